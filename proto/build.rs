@@ -34,6 +34,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Ordered maps: encoded messages and iteration are deterministic,
+        // which request fingerprints and the simulation rely on.
+        .btree_map(".")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -1,1 +1,31 @@
-//! Reference daemon.
+//! The reference Elide execution daemon.
+//!
+//! It serves the `elide.daemon.v1` API (see `proto/README.md`) and really
+//! runs snippets. The crate is layered so that the state machine can be
+//! tested, and simulated, without processes or sockets:
+//!
+//! * [`registry`]: sessions, executions, events and the API operations;
+//! * [`supervisor`]: drives one execution (slots, timeout, stop, memory);
+//! * [`runtime`]: the seam that starts programs ([`runtime::process`] is the
+//!   real one);
+//! * [`store`]: durable state; [`output`], [`events`]: retained output and
+//!   status logs; [`session`]: the narrowing rules;
+//! * [`service`]: the gRPC translation; [`server`]: listeners.
+
+pub mod client;
+pub mod error;
+pub mod events;
+pub mod ids;
+pub mod intrinsics;
+pub mod language;
+pub mod limits;
+pub mod output;
+pub mod registry;
+pub mod runtime;
+pub mod server;
+pub mod service;
+pub mod session;
+pub mod signal;
+pub mod store;
+pub mod supervisor;
+pub mod time;

@@ -1,1 +1,174 @@
-fn main() {}
+//! `elide-daemon`: the reference Elide execution daemon.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use elide_daemon::ids::RandomIds;
+use elide_daemon::limits::Limits;
+use elide_daemon::registry::{RegistryDeps, SessionRegistry};
+use elide_daemon::runtime::process::{ProcessRuntime, ProcessRuntimeConfig};
+use elide_daemon::server::{serve, ListenOptions};
+use elide_daemon::service::DaemonService;
+use elide_daemon::store::FsStore;
+use elide_daemon::time::SystemClock;
+
+/// Runs Python and JavaScript snippets for many clients through one
+/// session-based gRPC API.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Unix socket to listen on.
+    #[arg(
+        long,
+        env = "ELIDE_DAEMON_SOCKET",
+        default_value = "/run/elide/daemon.sock"
+    )]
+    socket: PathBuf,
+    /// Permission bits of the socket, in octal.
+    #[arg(long, default_value = "660", value_parser = parse_octal)]
+    socket_mode: u32,
+    /// Also listen on this TCP address (for example 127.0.0.1:7420).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Directory for sessions, execution records and scratch files.
+    #[arg(long, env = "ELIDE_DAEMON_STATE_DIR", default_value = "/var/lib/elide")]
+    state_dir: PathBuf,
+    /// Python interpreter.
+    #[arg(long, default_value = "python3")]
+    python: String,
+    /// Node.js interpreter.
+    #[arg(long, default_value = "node")]
+    node: String,
+    /// Elide CLI (serves typescript when present).
+    #[arg(long, default_value = "elide")]
+    elide: String,
+    /// Largest snippet accepted, in bytes.
+    #[arg(long, default_value_t = Limits::default().max_code_bytes)]
+    max_code_bytes: u64,
+    /// Output kept per execution and stream, in bytes.
+    #[arg(long, default_value_t = Limits::default().output_retention_bytes_per_stream)]
+    output_retention_bytes: u64,
+    /// Most executions running at once.
+    #[arg(long, default_value_t = Limits::default().max_running_executions)]
+    max_running: u32,
+    /// Most executions waiting for a run slot.
+    #[arg(long, default_value_t = Limits::default().max_queued_executions)]
+    max_queued: u32,
+    /// Most sessions.
+    #[arg(long, default_value_t = Limits::default().max_sessions)]
+    max_sessions: u32,
+    /// Seconds between SIGTERM and SIGKILL when an execution times out.
+    #[arg(long, default_value_t = 2.0)]
+    timeout_grace_secs: f64,
+    /// Seconds running executions get to stop when the daemon shuts down.
+    #[arg(long, default_value_t = 5.0)]
+    shutdown_grace_secs: f64,
+    /// Seconds between resource samples of each running program.
+    #[arg(long, default_value_t = 1.0)]
+    sample_interval_secs: f64,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_octal(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8).map_err(|e| format!("{s:?} is not an octal mode: {e}"))
+}
+
+fn secs(value: f64, flag: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .with_context(|| format!("--{flag} must be a non-negative number of seconds"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+
+    let limits = Limits {
+        max_code_bytes: args.max_code_bytes,
+        output_retention_bytes_per_stream: args.output_retention_bytes,
+        max_running_executions: args.max_running,
+        max_queued_executions: args.max_queued,
+        max_sessions: args.max_sessions,
+        timeout_grace: secs(args.timeout_grace_secs, "timeout-grace-secs")?,
+        ..Limits::default()
+    };
+    let runtime = ProcessRuntime::discover(&ProcessRuntimeConfig {
+        python: args.python.clone(),
+        node: args.node.clone(),
+        elide: args.elide.clone(),
+        sample_interval: secs(args.sample_interval_secs, "sample-interval-secs")?,
+    });
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
+    let store = FsStore::open(&args.state_dir).context("opening the state store")?;
+    let registry = SessionRegistry::open(RegistryDeps {
+        runtime: Arc::new(runtime),
+        store: Arc::new(store),
+        clock: Arc::new(SystemClock),
+        ids: Arc::new(RandomIds),
+        limits,
+        scratch_dir: args.state_dir.join("scratch"),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    })
+    .context("restoring daemon state")?;
+    for lang in registry.capabilities().languages {
+        if lang.available {
+            tracing::info!(language = %lang.language, runtime = %lang.runtime, version = %lang.runtime_version, "language available");
+        } else {
+            tracing::info!(language = %lang.language, reason = %lang.unavailable_reason, "language unavailable");
+        }
+    }
+    tracing::info!(instance_id = registry.instance_id(), state_dir = %args.state_dir.display(), "daemon starting");
+    registry.spawn_expiry(Duration::from_secs(1));
+
+    let opts = ListenOptions {
+        socket: args.socket.clone(),
+        socket_mode: args.socket_mode,
+        tcp: args.listen,
+    };
+    let shutdown_grace = secs(args.shutdown_grace_secs, "shutdown-grace-secs")?;
+    let drain_registry = registry.clone();
+    let shutdown = async move {
+        let name = wait_for_stop_signal().await;
+        tracing::info!(
+            signal = name,
+            "shutting down: cancelling running executions"
+        );
+        drain_registry.drain(shutdown_grace).await;
+    };
+    serve(DaemonService::new(registry), &opts, shutdown)
+        .await
+        .context("serving")?;
+    tracing::info!("daemon stopped");
+    Ok(())
+}
+
+async fn wait_for_stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

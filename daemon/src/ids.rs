@@ -1,0 +1,63 @@
+//! Identifiers: validation of client-chosen ids and generation of new ones.
+
+use crate::error::DaemonError;
+
+/// Longest id accepted, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// Checks a client-chosen session or execution id. `what` names it in errors.
+pub fn validate_id(id: &str, what: &str) -> Result<(), DaemonError> {
+    if id.is_empty() {
+        return Err(DaemonError::InvalidArgument(format!("{what} is empty")));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(DaemonError::InvalidArgument(format!(
+            "{what} is {} bytes long; the limit is {MAX_ID_BYTES}",
+            id.len()
+        )));
+    }
+    let ok = id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !ok || id == "." || id == ".." {
+        return Err(DaemonError::InvalidArgument(format!(
+            "{what} {id:?} may only contain letters, digits, '-', '_' and '.'"
+        )));
+    }
+    Ok(())
+}
+
+/// Source of fresh identifiers (random in production, seeded in simulation).
+pub trait IdSource: Send + Sync + 'static {
+    /// A new identifier, unique with overwhelming probability.
+    fn new_id(&self) -> String;
+}
+
+/// Random UUIDv4 identifiers.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RandomIds;
+
+impl IdSource for RandomIds {
+    fn new_id(&self) -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_nomad_style_ids() {
+        validate_id("a1b2c3d4-e5f6-7890-abcd-ef0123456789", "execution_id").unwrap();
+        validate_id("node-1.elide_sess", "session_id").unwrap();
+    }
+
+    #[test]
+    fn rejects_path_like_and_oversized_ids() {
+        for bad in ["", "..", "a/b", "a b", &"x".repeat(129)] {
+            let err = validate_id(bad, "session_id").unwrap_err().to_string();
+            assert!(err.contains("session_id"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The seam between the daemon's state machine and whatever runs programs.
+//!
+//! The daemon core only asks a [`Runtime`] to start a program and then reads
+//! its [`ProgramEvent`]s; it signals it through [`ProgramControl`]. The real
+//! implementation ([`process::ProcessRuntime`]) runs interpreters as child
+//! processes; a simulation supplies its own.
+
+pub mod process;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::sync::mpsc;
+
+use crate::language::Language;
+use crate::output::Stream;
+
+/// Everything needed to start one program.
+#[derive(Debug, Clone)]
+pub struct ProgramSpec {
+    /// For logs only.
+    pub execution_id: String,
+    /// Language of `code`.
+    pub language: Language,
+    /// The snippet source.
+    pub code: String,
+    /// Name of the source in tracebacks.
+    pub source_name: String,
+    /// Program arguments (after the source file).
+    pub args: Vec<String>,
+    /// The program's complete environment.
+    pub env: BTreeMap<String, String>,
+    /// Working directory of the program.
+    pub working_dir: PathBuf,
+    /// A directory the runtime may use for this execution's files.
+    pub scratch_dir: PathBuf,
+    /// Memory limit in bytes, if any.
+    pub memory_limit_bytes: Option<u64>,
+    /// Intrinsics granted to the program.
+    pub intrinsics: Vec<String>,
+    /// Whether local AI is enabled.
+    pub enable_ai: bool,
+}
+
+/// How a program ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitInfo {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal ended it.
+    Signal(Signal),
+}
+
+/// Something a running program did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProgramEvent {
+    /// Output bytes, in order per stream.
+    Output(Stream, Vec<u8>),
+    /// Its memory went over the limit (the runtime does not kill it itself).
+    MemoryExceeded {
+        /// Resident memory observed, in bytes.
+        rss_bytes: u64,
+    },
+    /// It ended. Always the last event, after all output.
+    Exited(ExitInfo),
+}
+
+/// Resource use of a program, summed over its processes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Metrics {
+    /// User CPU time.
+    pub cpu_user: Duration,
+    /// System CPU time.
+    pub cpu_system: Duration,
+    /// Resident memory now, in bytes.
+    pub rss_bytes: u64,
+    /// Highest resident memory seen, in bytes.
+    pub peak_rss_bytes: u64,
+    /// Number of processes.
+    pub process_count: u32,
+    /// Whether these figures were sampled while the program ran (false: the
+    /// last sample before it ended).
+    pub live: bool,
+}
+
+/// Controls a running program.
+pub trait ProgramControl: Send + Sync + 'static {
+    /// Sends `sig` to every process of the program. Not an error once it ended.
+    fn signal(&self, sig: Signal) -> Result<(), RuntimeError>;
+    /// Current (or last known) resource use.
+    fn metrics(&self) -> Metrics;
+}
+
+/// A started program.
+pub struct Program {
+    /// Its events; [`ProgramEvent::Exited`] comes last.
+    pub events: mpsc::Receiver<ProgramEvent>,
+    /// Its control handle.
+    pub control: Arc<dyn ProgramControl>,
+}
+
+/// Which runtime serves a language on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LanguageRuntime {
+    /// The language.
+    pub language: Language,
+    /// Program that runs it, e.g. "python3"; empty when unavailable.
+    pub runtime: String,
+    /// Version it reported; empty when unavailable.
+    pub version: String,
+    /// Why it is unavailable, or `None` when available.
+    pub unavailable_reason: Option<String>,
+}
+
+/// Errors of a runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// No runtime for the language on this host.
+    #[error("no runtime for {language} on this host: {reason}")]
+    Unavailable {
+        /// The language asked for.
+        language: Language,
+        /// Why.
+        reason: String,
+    },
+    /// Starting the program failed.
+    #[error("could not start {what}: {source}")]
+    Spawn {
+        /// What was being started.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Signalling failed for a reason other than the program having ended.
+    #[error("could not send {signal} to the program: {reason}")]
+    Signal {
+        /// The signal.
+        signal: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Starts programs.
+pub trait Runtime: Send + Sync + 'static {
+    /// The languages this runtime was asked to serve, with their availability.
+    fn languages(&self) -> Vec<LanguageRuntime>;
+    /// Whether intrinsic switches are enforced (true) or only passed on.
+    fn enforces_intrinsics(&self) -> bool;
+    /// Checks a requested working directory ("" means the scratch
+    /// directory); the error says what is wrong with it.
+    fn check_working_dir(&self, dir: &str) -> Result<(), String> {
+        let _ = dir;
+        Ok(())
+    }
+    /// Starts a program.
+    fn spawn(&self, spec: ProgramSpec) -> Result<Program, RuntimeError>;
+}

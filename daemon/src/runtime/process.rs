@@ -1,0 +1,494 @@
+//! The real runtime: each execution is an interpreter child process in a
+//! process group of its own.
+//!
+//! * python runs as `python3 -u FILE ARGS…`, javascript as `node FILE ARGS…`,
+//!   typescript (only when the `elide` CLI is installed) as
+//!   `elide run FILE ARGS…`.
+//! * The snippet is written to a file in the execution's scratch directory,
+//!   so tracebacks name a file and large snippets avoid argv limits.
+//! * Signals go to the whole process group. When the interpreter exits, any
+//!   process it left in its group is killed, so nothing outlives an
+//!   execution. Children also get `PR_SET_PDEATHSIG=SIGKILL`, so they die
+//!   with the daemon instead of running on unsupervised.
+//! * Resource use is sampled from `/proc` over the process tree, on demand and
+//!   every `sample_interval`; a sample over the memory limit is reported as
+//!   [`ProgramEvent::MemoryExceeded`].
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
+
+use super::{
+    ExitInfo, LanguageRuntime, Metrics, Program, ProgramControl, ProgramEvent, ProgramSpec,
+    Runtime, RuntimeError,
+};
+use crate::language::Language;
+use crate::output::Stream;
+
+/// Bytes read from a pipe at a time.
+const READ_CHUNK: usize = 64 * 1024;
+/// How long to wait for output pipes to close after the group was killed
+/// (a process that left the group with `setsid` may hold them open).
+const PIPE_DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+/// An interpreter found on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interpreter {
+    /// Program to run.
+    pub path: PathBuf,
+    /// Version it reported.
+    pub version: String,
+}
+
+/// Where to find interpreters and how often to sample.
+#[derive(Debug, Clone)]
+pub struct ProcessRuntimeConfig {
+    /// python3 (name on PATH or a path).
+    pub python: String,
+    /// node (name on PATH or a path).
+    pub node: String,
+    /// elide CLI (name on PATH or a path).
+    pub elide: String,
+    /// Interval of resource sampling.
+    pub sample_interval: Duration,
+}
+
+impl Default for ProcessRuntimeConfig {
+    fn default() -> Self {
+        ProcessRuntimeConfig {
+            python: "python3".into(),
+            node: "node".into(),
+            elide: "elide".into(),
+            sample_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Runs snippets as interpreter processes.
+#[derive(Debug, Clone)]
+pub struct ProcessRuntime {
+    python: Result<Interpreter, String>,
+    node: Result<Interpreter, String>,
+    elide: Result<Interpreter, String>,
+    sample_interval: Duration,
+}
+
+impl ProcessRuntime {
+    /// Looks for the interpreters (runs each with `--version`).
+    pub fn discover(config: &ProcessRuntimeConfig) -> Self {
+        ProcessRuntime {
+            python: probe(&config.python),
+            node: probe(&config.node),
+            elide: probe(&config.elide),
+            sample_interval: config.sample_interval,
+        }
+    }
+
+    fn interpreter(&self, language: Language) -> &Result<Interpreter, String> {
+        match language {
+            Language::Python => &self.python,
+            Language::JavaScript => &self.node,
+            Language::TypeScript => &self.elide,
+        }
+    }
+}
+
+/// Runs `program --version` and extracts a version number.
+fn probe(program: &str) -> Result<Interpreter, String> {
+    let out = std::process::Command::new(program)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{program} not found: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("`{program} --version` failed with {}", out.status));
+    }
+    let text = String::from_utf8_lossy(if out.stdout.is_empty() {
+        &out.stderr
+    } else {
+        &out.stdout
+    })
+    .to_string();
+    let version = text
+        .split_whitespace()
+        .find(|w| {
+            w.trim_start_matches('v')
+                .starts_with(|c: char| c.is_ascii_digit())
+        })
+        .map(|w| w.trim_start_matches('v').to_string())
+        .unwrap_or_else(|| text.trim().to_string());
+    Ok(Interpreter {
+        path: PathBuf::from(program),
+        version,
+    })
+}
+
+impl Runtime for ProcessRuntime {
+    fn languages(&self) -> Vec<LanguageRuntime> {
+        Language::ALL
+            .iter()
+            .map(|&language| {
+                let runtime = match language {
+                    Language::Python => "python3",
+                    Language::JavaScript => "node",
+                    Language::TypeScript => "elide",
+                };
+                match self.interpreter(language) {
+                    Ok(i) => LanguageRuntime {
+                        language,
+                        runtime: runtime.into(),
+                        version: i.version.clone(),
+                        unavailable_reason: None,
+                    },
+                    Err(reason) => LanguageRuntime {
+                        language,
+                        runtime: runtime.into(),
+                        version: String::new(),
+                        unavailable_reason: Some(reason.clone()),
+                    },
+                }
+            })
+            .collect()
+    }
+
+    fn enforces_intrinsics(&self) -> bool {
+        false
+    }
+
+    fn check_working_dir(&self, dir: &str) -> Result<(), String> {
+        if dir.is_empty() {
+            return Ok(());
+        }
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(format!("{dir:?} is not a directory")),
+            Err(e) => Err(format!("{dir:?}: {e}")),
+        }
+    }
+
+    fn spawn(&self, spec: ProgramSpec) -> Result<Program, RuntimeError> {
+        let interp = self.interpreter(spec.language).as_ref().map_err(|reason| {
+            RuntimeError::Unavailable {
+                language: spec.language,
+                reason: reason.clone(),
+            }
+        })?;
+        let spawn_err = |what: &str, source| RuntimeError::Spawn {
+            what: what.into(),
+            source,
+        };
+        std::fs::create_dir_all(&spec.scratch_dir)
+            .map_err(|e| spawn_err("the scratch directory", e))?;
+        let file = spec
+            .scratch_dir
+            .join(source_file_name(&spec.source_name, spec.language));
+        std::fs::write(&file, spec.code.as_bytes())
+            .map_err(|e| spawn_err("the snippet file", e))?;
+
+        let mut cmd = tokio::process::Command::new(&interp.path);
+        match spec.language {
+            Language::Python => {
+                cmd.arg("-u");
+            }
+            Language::JavaScript => {
+                if let Some(limit) = spec.memory_limit_bytes {
+                    // A hint to V8's collector; the sampler enforces the limit.
+                    cmd.arg(format!(
+                        "--max-old-space-size={}",
+                        (limit / (1024 * 1024)).max(16)
+                    ));
+                }
+            }
+            Language::TypeScript => {
+                cmd.arg("run");
+            }
+        }
+        cmd.arg(&file)
+            .args(&spec.args)
+            .env_clear()
+            .envs(&spec.env)
+            .current_dir(&spec.working_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        // SAFETY: the closure runs between fork and exec and only makes the
+        // async-signal-safe prctl system call.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| spawn_err(&interp.path.display().to_string(), e))?;
+        let pid = child.id().map(|p| p as i32).ok_or_else(|| {
+            spawn_err(
+                "the interpreter",
+                std::io::Error::other("exited before it got a pid"),
+            )
+        })?;
+        tracing::debug!(execution_id = %spec.execution_id, pid, "program started");
+
+        let (tx, rx) = mpsc::channel(64);
+        let control = Arc::new(ProcessControl::new(pid));
+        let readers = [
+            child
+                .stdout
+                .take()
+                .map(|p| tokio::spawn(pump(p, Stream::Stdout, tx.clone()))),
+            child
+                .stderr
+                .take()
+                .map(|p| tokio::spawn(pump(p, Stream::Stderr, tx.clone()))),
+        ];
+        let sampler = tokio::spawn(sample_loop(
+            control.clone(),
+            self.sample_interval,
+            spec.memory_limit_bytes,
+            tx.clone(),
+        ));
+        let waiter_control = control.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            waiter_control.finish();
+            sampler.abort();
+            for reader in readers.into_iter().flatten() {
+                if tokio::time::timeout(PIPE_DRAIN_LIMIT, reader)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(pid, "output pipe still open after the process group ended");
+                }
+            }
+            let info = match status {
+                Ok(s) => match (s.code(), s.signal()) {
+                    (Some(code), _) => ExitInfo::Code(code),
+                    (None, Some(sig)) => Signal::try_from(sig)
+                        .map(ExitInfo::Signal)
+                        .unwrap_or(ExitInfo::Code(128 + sig)),
+                    (None, None) => ExitInfo::Code(-1),
+                },
+                Err(e) => {
+                    tracing::error!(pid, error = %e, "waiting for the program failed");
+                    ExitInfo::Code(-1)
+                }
+            };
+            let _ = tx.send(ProgramEvent::Exited(info)).await;
+        });
+        Ok(Program {
+            events: rx,
+            control,
+        })
+    }
+}
+
+/// File name for the snippet: the last component of `source_name` (when it
+/// is a plain name) with the language's extension.
+fn source_file_name(source_name: &str, language: Language) -> String {
+    let ext = language.extension();
+    let base = Path::new(source_name)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| {
+            n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
+        .filter(|n| !n.starts_with('.'))
+        .unwrap_or("snippet");
+    if base.ends_with(&format!(".{ext}")) {
+        base.to_string()
+    } else {
+        format!("{base}.{ext}")
+    }
+}
+
+/// Copies a pipe into output events until EOF.
+async fn pump(mut pipe: impl AsyncRead + Unpin, stream: Stream, tx: mpsc::Sender<ProgramEvent>) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) => return,
+            Ok(n) => {
+                if tx
+                    .send(ProgramEvent::Output(stream, buf[..n].to_vec()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::warn!(?stream, error = %e, "reading program output failed");
+                return;
+            }
+        }
+    }
+}
+
+/// Samples resource use periodically and reports a memory overrun once.
+async fn sample_loop(
+    control: Arc<ProcessControl>,
+    every: Duration,
+    limit: Option<u64>,
+    tx: mpsc::Sender<ProgramEvent>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let m = control.sample();
+        if let Some(limit) = limit {
+            if m.rss_bytes > limit {
+                let _ = tx
+                    .send(ProgramEvent::MemoryExceeded {
+                        rss_bytes: m.rss_bytes,
+                    })
+                    .await;
+                return;
+            }
+        }
+    }
+}
+
+/// Signals and measures one process group.
+#[derive(Debug)]
+struct ProcessControl {
+    pgid: i32,
+    /// Set once the leader was reaped and the group killed: the pgid may be
+    /// reused from then on, so no more signals are sent.
+    done: AtomicBool,
+    last: Mutex<Metrics>,
+}
+
+impl ProcessControl {
+    fn new(pgid: i32) -> Self {
+        ProcessControl {
+            pgid,
+            done: AtomicBool::new(false),
+            last: Mutex::default(),
+        }
+    }
+
+    /// The leader exited: kill whatever it left behind and freeze metrics.
+    fn finish(&self) {
+        // The group id stays reserved while any member lives, so this reaches
+        // exactly the leftovers of this execution.
+        let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
+        self.done.store(true, Ordering::SeqCst);
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.live = false;
+        last.rss_bytes = 0;
+        last.process_count = 0;
+    }
+
+    /// Takes a fresh sample over the process tree (while running).
+    fn sample(&self) -> Metrics {
+        if self.done.load(Ordering::SeqCst) {
+            return *self.last.lock().unwrap_or_else(|p| p.into_inner());
+        }
+        let fresh = sample_tree(self.pgid);
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if self.done.load(Ordering::SeqCst) {
+            return *last;
+        }
+        if let Some(fresh) = fresh {
+            let peak = last.peak_rss_bytes.max(fresh.rss_bytes);
+            *last = Metrics {
+                peak_rss_bytes: peak,
+                ..fresh
+            };
+        }
+        *last
+    }
+}
+
+impl ProgramControl for ProcessControl {
+    fn signal(&self, sig: Signal) -> Result<(), RuntimeError> {
+        if self.done.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        match killpg(Pid::from_raw(self.pgid), sig) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(RuntimeError::Signal {
+                signal: sig.as_str(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    fn metrics(&self) -> Metrics {
+        self.sample()
+    }
+}
+
+/// Sums CPU and memory over `root` and its descendants; `None` when `root`
+/// is gone.
+fn sample_tree(root: i32) -> Option<Metrics> {
+    let ticks = procfs::ticks_per_second() as f64;
+    let page = procfs::page_size();
+    let mut pending = vec![root];
+    let mut m = Metrics {
+        live: true,
+        ..Metrics::default()
+    };
+    let mut seen_root = false;
+    let (mut user, mut system) = (0u64, 0u64);
+    while let Some(pid) = pending.pop() {
+        let Ok(proc_) = procfs::process::Process::new(pid) else {
+            continue;
+        };
+        let Ok(stat) = proc_.stat() else { continue };
+        seen_root |= pid == root;
+        m.process_count += 1;
+        user += stat.utime;
+        system += stat.stime;
+        m.rss_bytes += stat.rss * page;
+        if let Ok(tasks) = proc_.tasks() {
+            for task in tasks.flatten() {
+                if let Ok(children) = task.children() {
+                    pending.extend(children.into_iter().map(|c| c as i32));
+                }
+            }
+        }
+        if m.process_count > 4096 {
+            break;
+        }
+    }
+    if !seen_root {
+        return None;
+    }
+    m.cpu_user = Duration::from_secs_f64(user as f64 / ticks);
+    m.cpu_system = Duration::from_secs_f64(system as f64 / ticks);
+    m.peak_rss_bytes = m.rss_bytes;
+    Some(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_file_names_are_plain_and_carry_the_extension() {
+        assert_eq!(
+            source_file_name("local/hello.py", Language::Python),
+            "hello.py"
+        );
+        assert_eq!(source_file_name("", Language::JavaScript), "snippet.js");
+        assert_eq!(
+            source_file_name("../../etc/passwd", Language::Python),
+            "passwd.py"
+        );
+        assert_eq!(source_file_name(".hidden", Language::Python), "snippet.py");
+        assert_eq!(source_file_name("a b", Language::TypeScript), "snippet.ts");
+    }
+}

@@ -1,0 +1,444 @@
+//! The `elide.daemon.v1.ElideDaemon` gRPC service: translates requests to
+//! [`SessionRegistry`] calls and registry state into (resumable) streams.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use elide_proto::elide::daemon::v1 as pb;
+use elide_proto::elide::daemon::v1::elide_daemon_server::ElideDaemon;
+use nix::sys::signal::Signal;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::error::DaemonError;
+use crate::output::{Read, Stream};
+use crate::registry::{is_terminal, SessionRegistry};
+use crate::signal::parse_signal;
+use crate::time::std_duration;
+
+/// How long DeleteExecution with force waits for the program to be gone.
+const FORCE_DELETE_WAIT: Duration = Duration::from_secs(10);
+/// Messages buffered per open stream before the sender waits for the client.
+const STREAM_BUFFER: usize = 16;
+
+/// The daemon's gRPC service.
+#[derive(Clone)]
+pub struct DaemonService {
+    registry: Arc<SessionRegistry>,
+}
+
+impl DaemonService {
+    /// A service over `registry`.
+    pub fn new(registry: Arc<SessionRegistry>) -> Self {
+        DaemonService { registry }
+    }
+
+    /// The tonic server wrapper, with message sizes that fit the limits.
+    pub fn into_server(self) -> pb::elide_daemon_server::ElideDaemonServer<Self> {
+        let max_in = self.registry.limits().max_code_bytes as usize + 4 * 1024 * 1024;
+        pb::elide_daemon_server::ElideDaemonServer::new(self)
+            .max_decoding_message_size(max_in)
+            .max_encoding_message_size(16 * 1024 * 1024)
+    }
+}
+
+fn optional_duration(
+    d: Option<&prost_types::Duration>,
+    field: &str,
+) -> Result<Option<Duration>, Status> {
+    d.map(|d| std_duration(d, field))
+        .transpose()
+        .map_err(|e| Status::from(DaemonError::InvalidArgument(e)))
+}
+
+type EventStream<T> = ReceiverStream<Result<T, Status>>;
+
+#[tonic::async_trait]
+impl ElideDaemon for DaemonService {
+    async fn health(
+        &self,
+        _: Request<pb::HealthRequest>,
+    ) -> Result<Response<pb::HealthResponse>, Status> {
+        Ok(Response::new(self.registry.health()))
+    }
+
+    async fn get_capabilities(
+        &self,
+        _: Request<pb::GetCapabilitiesRequest>,
+    ) -> Result<Response<pb::GetCapabilitiesResponse>, Status> {
+        Ok(Response::new(self.registry.capabilities()))
+    }
+
+    async fn create_session(
+        &self,
+        req: Request<pb::CreateSessionRequest>,
+    ) -> Result<Response<pb::CreateSessionResponse>, Status> {
+        let (session, created) = self.registry.create_session(req.into_inner())?;
+        Ok(Response::new(pb::CreateSessionResponse {
+            session: Some(session),
+            created,
+        }))
+    }
+
+    async fn get_session(
+        &self,
+        req: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::GetSessionResponse>, Status> {
+        let session = self.registry.get_session(&req.into_inner().session_id)?;
+        Ok(Response::new(pb::GetSessionResponse {
+            session: Some(session),
+        }))
+    }
+
+    async fn list_sessions(
+        &self,
+        _: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        Ok(Response::new(pb::ListSessionsResponse {
+            sessions: self.registry.list_sessions(),
+        }))
+    }
+
+    async fn delete_session(
+        &self,
+        req: Request<pb::DeleteSessionRequest>,
+    ) -> Result<Response<pb::DeleteSessionResponse>, Status> {
+        let req = req.into_inner();
+        let grace = optional_duration(req.grace.as_ref(), "grace")?;
+        let cancelled = self
+            .registry
+            .delete_session(&req.session_id, grace, "session deleted")?;
+        Ok(Response::new(pb::DeleteSessionResponse {
+            cancelled_executions: cancelled,
+        }))
+    }
+
+    async fn execute_snippet(
+        &self,
+        req: Request<pb::ExecuteSnippetRequest>,
+    ) -> Result<Response<pb::ExecuteSnippetResponse>, Status> {
+        let (status, created) = self.registry.execute(req.into_inner())?;
+        Ok(Response::new(pb::ExecuteSnippetResponse {
+            status: Some(status),
+            created,
+        }))
+    }
+
+    async fn get_execution_status(
+        &self,
+        req: Request<pb::GetExecutionStatusRequest>,
+    ) -> Result<Response<pb::GetExecutionStatusResponse>, Status> {
+        let req = req.into_inner();
+        let status = self.registry.status(&req.session_id, &req.execution_id)?;
+        Ok(Response::new(pb::GetExecutionStatusResponse {
+            status: Some(status),
+        }))
+    }
+
+    async fn list_executions(
+        &self,
+        req: Request<pb::ListExecutionsRequest>,
+    ) -> Result<Response<pb::ListExecutionsResponse>, Status> {
+        let req = req.into_inner();
+        let (executions, last_seq) = self
+            .registry
+            .list_executions(&req.session_id, req.active_only)?;
+        Ok(Response::new(pb::ListExecutionsResponse {
+            executions,
+            last_seq,
+        }))
+    }
+
+    async fn signal_execution(
+        &self,
+        req: Request<pb::SignalExecutionRequest>,
+    ) -> Result<Response<pb::SignalExecutionResponse>, Status> {
+        let req = req.into_inner();
+        let sig = parse_signal(&req.signal)?;
+        let status = self
+            .registry
+            .signal(&req.session_id, &req.execution_id, sig)?;
+        Ok(Response::new(pb::SignalExecutionResponse {
+            status: Some(status),
+        }))
+    }
+
+    async fn cancel_execution(
+        &self,
+        req: Request<pb::CancelExecutionRequest>,
+    ) -> Result<Response<pb::CancelExecutionResponse>, Status> {
+        let req = req.into_inner();
+        let sig = if req.signal.is_empty() {
+            Signal::SIGTERM
+        } else {
+            parse_signal(&req.signal)?
+        };
+        let grace = optional_duration(req.grace.as_ref(), "grace")?;
+        let status = self
+            .registry
+            .cancel(&req.session_id, &req.execution_id, sig, grace)?;
+        Ok(Response::new(pb::CancelExecutionResponse {
+            status: Some(status),
+        }))
+    }
+
+    async fn delete_execution(
+        &self,
+        req: Request<pb::DeleteExecutionRequest>,
+    ) -> Result<Response<pb::DeleteExecutionResponse>, Status> {
+        let req = req.into_inner();
+        self.registry
+            .delete_execution(
+                &req.session_id,
+                &req.execution_id,
+                req.force,
+                FORCE_DELETE_WAIT,
+            )
+            .await?;
+        Ok(Response::new(pb::DeleteExecutionResponse {}))
+    }
+
+    async fn get_execution_metrics(
+        &self,
+        req: Request<pb::GetExecutionMetricsRequest>,
+    ) -> Result<Response<pb::GetExecutionMetricsResponse>, Status> {
+        let req = req.into_inner();
+        let metrics = self.registry.metrics(&req.session_id, &req.execution_id)?;
+        Ok(Response::new(pb::GetExecutionMetricsResponse {
+            metrics: Some(metrics),
+        }))
+    }
+
+    type WatchSessionStream = EventStream<pb::SessionEvent>;
+
+    async fn watch_session(
+        &self,
+        req: Request<pb::WatchSessionRequest>,
+    ) -> Result<Response<Self::WatchSessionStream>, Status> {
+        let req = req.into_inner();
+        let mut guard = self.registry.watch_session(&req.session_id)?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let registry = self.registry.clone();
+        tokio::spawn(async move {
+            use pb::session_event::Event;
+            let sid = req.session_id;
+            let mut cursor = req.after_seq;
+            let opened = pb::WatchOpened {
+                daemon_instance_id: registry.instance_id().to_string(),
+                last_seq: registry.get_session(&sid).map(|s| s.last_seq).unwrap_or(0),
+            };
+            if tx
+                .send(Ok(pb::SessionEvent {
+                    event: Some(Event::Opened(opened)),
+                }))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            loop {
+                guard.changed.borrow_and_update();
+                let batch = match registry.events_after(&sid, cursor) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                if let Some((first_missing_seq, first_available_seq)) = batch.gap {
+                    let gap = pb::EventGap {
+                        first_missing_seq,
+                        first_available_seq,
+                    };
+                    if tx
+                        .send(Ok(pb::SessionEvent {
+                            event: Some(Event::Gap(gap)),
+                        }))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    cursor = first_available_seq.saturating_sub(1);
+                    continue;
+                }
+                for status in batch.events {
+                    cursor = status.seq;
+                    if tx
+                        .send(Ok(pb::SessionEvent {
+                            event: Some(Event::Status(status)),
+                        }))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    changed = guard.changed.changed() => if changed.is_err() {
+                        // The session is gone: the next read reports it.
+                        let _ = tx.send(Err(Status::not_found(format!("session {sid:?} was deleted")))).await;
+                        return;
+                    },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type WatchExecutionStream = EventStream<pb::ExecutionStatus>;
+
+    async fn watch_execution(
+        &self,
+        req: Request<pb::WatchExecutionRequest>,
+    ) -> Result<Response<Self::WatchExecutionStream>, Status> {
+        let req = req.into_inner();
+        let mut guard = self.registry.watch_session(&req.session_id)?;
+        let first = self.registry.status(&req.session_id, &req.execution_id)?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let registry = self.registry.clone();
+        tokio::spawn(async move {
+            let (sid, eid) = (req.session_id, req.execution_id);
+            let mut cursor = first.seq;
+            let mut done = is_terminal(first.state());
+            if tx.send(Ok(first)).await.is_err() || done {
+                return;
+            }
+            while !done {
+                guard.changed.borrow_and_update();
+                let batch = match registry.events_after(&sid, cursor) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                let mut mine = Vec::new();
+                if batch.gap.is_some() {
+                    // Events were missed: the current status stands for them.
+                    match registry.status(&sid, &eid) {
+                        Ok(s) if s.seq > cursor => mine.push(s),
+                        Ok(_) => {}
+                        Err(e) => {
+                            let _ = tx.send(Err(e.into())).await;
+                            return;
+                        }
+                    }
+                }
+                let floor = mine.last().map_or(cursor, |s: &pb::ExecutionStatus| s.seq);
+                if let Some(last) = batch.events.last() {
+                    cursor = cursor.max(last.seq);
+                }
+                mine.extend(
+                    batch
+                        .events
+                        .into_iter()
+                        .filter(|s| s.execution_id == eid && s.seq > floor),
+                );
+                for status in mine {
+                    cursor = cursor.max(status.seq);
+                    done = is_terminal(status.state());
+                    if tx.send(Ok(status)).await.is_err() || done {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    changed = guard.changed.changed() => if changed.is_err() {
+                        let _ = tx.send(Err(Status::not_found(format!("session {sid:?} was deleted")))).await;
+                        return;
+                    },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type StreamOutputStream = EventStream<pb::OutputEvent>;
+
+    async fn stream_output(
+        &self,
+        req: Request<pb::StreamOutputRequest>,
+    ) -> Result<Response<Self::StreamOutputStream>, Status> {
+        let req = req.into_inner();
+        let log = self.registry.output(&req.session_id, &req.execution_id)?;
+        let chunk = self.registry.limits().max_output_chunk_bytes as usize;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let registry = self.registry.clone();
+        tokio::spawn(async move {
+            use pb::output_event::Event;
+            let mut changed = log.subscribe();
+            let mut offsets = [req.stdout_offset, req.stderr_offset];
+            loop {
+                changed.borrow_and_update();
+                // Closed before reading: then what we read is all there is.
+                let closed = log.is_closed();
+                let mut progressed = false;
+                for (i, stream) in Stream::ALL.into_iter().enumerate() {
+                    let pb_stream = match stream {
+                        Stream::Stdout => pb::OutputStream::Stdout,
+                        Stream::Stderr => pb::OutputStream::Stderr,
+                    } as i32;
+                    let event = match log.read(stream, offsets[i], chunk) {
+                        Read::Pending => continue,
+                        Read::Data { offset, data } => {
+                            offsets[i] = offset + data.len() as u64;
+                            Event::Chunk(pb::OutputChunk {
+                                stream: pb_stream,
+                                offset,
+                                data,
+                            })
+                        }
+                        Read::Dropped { from, to } => {
+                            offsets[i] = to;
+                            Event::Dropped(pb::OutputDropped {
+                                stream: pb_stream,
+                                from_offset: from,
+                                to_offset: to,
+                            })
+                        }
+                    };
+                    progressed = true;
+                    if tx
+                        .send(Ok(pb::OutputEvent { event: Some(event) }))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                if progressed {
+                    continue;
+                }
+                if closed {
+                    let (stdout_bytes, stderr_bytes) = log.totals();
+                    let state = registry
+                        .status(&req.session_id, &req.execution_id)
+                        .map(|s| s.state)
+                        .unwrap_or_default();
+                    let end = pb::OutputEnd {
+                        stdout_bytes,
+                        stderr_bytes,
+                        state,
+                    };
+                    let _ = tx
+                        .send(Ok(pb::OutputEvent {
+                            event: Some(Event::End(end)),
+                        }))
+                        .await;
+                    return;
+                }
+                if !req.follow {
+                    return;
+                }
+                tokio::select! {
+                    _ = changed.changed() => {},
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

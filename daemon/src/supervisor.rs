@@ -1,0 +1,160 @@
+//! Runs one execution from queue to terminal state.
+//!
+//! The supervisor waits for a run slot, starts the program through the
+//! [`Runtime`](crate::runtime::Runtime), copies its output into the
+//! execution's [`OutputLog`], and applies the three ways an execution can be
+//! ended from outside: a stop request (cancel, session deletion, shutdown),
+//! its timeout, and its memory limit. Every stop escalates to SIGKILL after
+//! its grace period, so nothing it started outlives it. Time comes only from
+//! `tokio::time`, so the same code runs on a simulated clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+
+use crate::output::OutputLog;
+use crate::registry::{Ending, SessionRegistry};
+use crate::runtime::{ProgramEvent, ProgramSpec};
+
+/// A request to stop an execution: `signal` now, SIGKILL after `grace`.
+#[derive(Debug, Clone)]
+pub struct StopRequest {
+    /// First signal.
+    pub signal: Signal,
+    /// Time allowed before SIGKILL.
+    pub grace: Duration,
+    /// Why, as shown in the final status.
+    pub reason: String,
+}
+
+/// Why an execution is being ended from outside.
+enum Cause {
+    Stop(String),
+    Timeout(Duration),
+    Memory(String),
+}
+
+/// Supervises one execution until it reaches a terminal state.
+pub async fn supervise(
+    registry: Arc<SessionRegistry>,
+    session_id: String,
+    spec: ProgramSpec,
+    timeout: Option<Duration>,
+    output: Arc<OutputLog>,
+    mut stops: mpsc::UnboundedReceiver<StopRequest>,
+) {
+    let execution_id = spec.execution_id.clone();
+
+    // 1. A run slot, unless stopped first.
+    let slots = registry.run_slots();
+    let permit = tokio::select! {
+        biased;
+        stop = stops.recv() => {
+            registry.dequeued();
+            let why = stop.map_or_else(|| "cancelled while queued".to_string(), |s| s.reason);
+            registry.finish(&session_id, &execution_id, Ending::Cancelled(why, None));
+            output.close();
+            return;
+        }
+        permit = slots.acquire_owned() => permit,
+    };
+    registry.dequeued();
+    let Ok(_permit) = permit else {
+        registry.finish(
+            &session_id,
+            &execution_id,
+            Ending::Lost("run slots are closed".into()),
+        );
+        output.close();
+        return;
+    };
+
+    // 2. Start.
+    let mut program = match registry.runtime().spawn(spec) {
+        Ok(p) => p,
+        Err(e) => {
+            registry.finish(
+                &session_id,
+                &execution_id,
+                Ending::SpawnFailed(e.to_string()),
+            );
+            output.close();
+            return;
+        }
+    };
+    let control = program.control.clone();
+    registry.mark_running(&session_id, &execution_id, control.clone());
+
+    // 3. Run until the program exits, acting on stops, timeout and memory.
+    let timeout_at = timeout.map(|t| Instant::now() + t);
+    let mut cause: Option<Cause> = None;
+    let mut kill_at: Option<Instant> = None;
+    let mut stops_open = true;
+    let exit = loop {
+        tokio::select! {
+            biased;
+            event = program.events.recv() => match event {
+                Some(ProgramEvent::Output(stream, data)) => output.append(stream, &data),
+                Some(ProgramEvent::Exited(info)) => break Some(info),
+                Some(ProgramEvent::MemoryExceeded { rss_bytes }) => {
+                    if cause.is_none() {
+                        let limit = registry_status_limit(&registry, &session_id, &execution_id);
+                        cause = Some(Cause::Memory(format!(
+                            "memory limit exceeded: {} MiB resident, limit {limit} MiB",
+                            rss_bytes / (1024 * 1024)
+                        )));
+                    }
+                    send(&*control, Signal::SIGKILL);
+                }
+                None => break None,
+            },
+            stop = stops.recv(), if stops_open => match stop {
+                Some(stop) => {
+                    if cause.is_none() {
+                        cause = Some(Cause::Stop(stop.reason.clone()));
+                    }
+                    send(&*control, stop.signal);
+                    let at = Instant::now() + stop.grace;
+                    kill_at = Some(kill_at.map_or(at, |k| k.min(at)));
+                }
+                None => stops_open = false,
+            },
+            _ = sleep_until(timeout_at.unwrap_or_else(Instant::now)), if cause.is_none() && timeout_at.is_some() => {
+                let after = timeout.unwrap_or_default();
+                cause = Some(Cause::Timeout(after));
+                send(&*control, Signal::SIGTERM);
+                kill_at = Some(Instant::now() + registry.limits().timeout_grace);
+            }
+            _ = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() => {
+                send(&*control, Signal::SIGKILL);
+                kill_at = None;
+            }
+        }
+    };
+    let ending = match (exit, cause) {
+        (None, _) => Ending::Lost("the runtime stopped reporting on the program".into()),
+        (Some(info), None) => Ending::Exited(info),
+        (Some(info), Some(Cause::Stop(why))) => Ending::Cancelled(why, Some(info)),
+        (Some(info), Some(Cause::Timeout(after))) => Ending::TimedOut(after, info),
+        (Some(info), Some(Cause::Memory(msg))) => Ending::MemoryExceeded(msg, info),
+    };
+    registry.finish(&session_id, &execution_id, ending);
+    // Normally closed by `finish`; here too in case the session was deleted.
+    output.close();
+}
+
+fn registry_status_limit(registry: &SessionRegistry, session_id: &str, execution_id: &str) -> u64 {
+    registry
+        .status(session_id, execution_id)
+        .map(|s| s.memory_limit_mb)
+        .unwrap_or(0)
+}
+
+fn send(control: &dyn crate::runtime::ProgramControl, sig: Signal) {
+    if let Err(e) = control.signal(sig) {
+        tracing::warn!(error = %e, "signalling the program failed");
+    }
+}
