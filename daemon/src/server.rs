@@ -98,6 +98,9 @@ impl Drop for OwnedSocket {
     }
 }
 
+/// How long open connections may linger after shutdown was requested.
+const CONNECTION_GRACE: Duration = Duration::from_millis(500);
+
 /// Where the daemon listens.
 #[derive(Debug, Clone)]
 pub struct ListenOptions {
@@ -148,12 +151,13 @@ pub async fn serve(
                     .add_service(service.into_server())
                     .serve_with_incoming_shutdown(
                         tokio_stream::wrappers::TcpListenerStream::new(listener),
-                        stopped(stop_rx),
+                        stopped(stop_rx.clone()),
                     ),
             )
         }
         None => None,
     };
+    let stop_flag = stop_rx.clone();
     let stopper = async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -164,10 +168,24 @@ pub async fn serve(
             None => Ok(()),
         }
     };
-    let ((), unix_result, tcp_result) = tokio::join!(stopper, unix_server, tcp);
+    let servers = async { tokio::join!(unix_server, tcp) };
+    // Open streams (watchers, followers) never end by themselves, so once
+    // stopped, connections get a short grace and are then dropped.
+    let bounded = async {
+        stopped(stop_flag).await;
+        tokio::time::sleep(CONNECTION_GRACE).await;
+    };
+    let (_, result) = tokio::join!(stopper, async {
+        tokio::select! {
+            (unix, tcp) = servers => Some((unix, tcp)),
+            _ = bounded => None,
+        }
+    });
     drop(socket);
-    unix_result?;
-    tcp_result?;
+    if let Some((unix, tcp)) = result {
+        unix?;
+        tcp?;
+    }
     Ok(())
 }
 

@@ -1,0 +1,280 @@
+//! Test harness: the real `elide-daemon` binary on a real Unix socket.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use elide_daemon::client::{connect, Target};
+use elide_proto::elide::daemon::v1 as pb;
+use pb::elide_daemon_client::ElideDaemonClient;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+pub type Client = ElideDaemonClient<Channel>;
+
+/// A running daemon process in its own temporary directory.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts a daemon with extra command-line flags.
+    pub async fn start(extra_args: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("daemon.sock");
+        let mut d = Daemon {
+            dir,
+            socket,
+            child: None,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        d.launch().await;
+        d
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    async fn launch(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_elide-daemon"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(&self.extra_args)
+            .env("RUST_LOG", "elide_daemon=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join("daemon.log")).unwrap())
+            .spawn()
+            .expect("starting elide-daemon");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if tokio::net::UnixStream::connect(&self.socket).await.is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not listen on {:?}; log:\n{}",
+                self.socket,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(&Target::Unix(self.socket.clone()))
+            .await
+            .expect("connecting to the daemon")
+    }
+
+    /// Sends `sig` to the daemon and waits for it to exit.
+    pub fn stop_with(&mut self, sig: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+        child.wait().unwrap()
+    }
+
+    /// Kills the daemon hard and starts it again on the same state dir.
+    pub async fn crash_and_restart(&mut self) {
+        self.stop_with(nix::sys::signal::Signal::SIGKILL);
+        self.launch().await;
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+    }
+}
+
+pub async fn create_session(
+    client: &mut Client,
+    id: &str,
+    config: pb::SessionConfig,
+) -> pb::SessionInfo {
+    client
+        .create_session(pb::CreateSessionRequest {
+            session_id: id.into(),
+            config: Some(config),
+            ..Default::default()
+        })
+        .await
+        .expect("create session")
+        .into_inner()
+        .session
+        .unwrap()
+}
+
+pub fn snippet(session: &str, id: &str, language: &str, code: &str) -> pb::ExecuteSnippetRequest {
+    pb::ExecuteSnippetRequest {
+        session_id: session.into(),
+        execution_id: id.into(),
+        language: language.into(),
+        code: code.into(),
+        ..Default::default()
+    }
+}
+
+pub async fn execute(client: &mut Client, req: pb::ExecuteSnippetRequest) -> pb::ExecutionStatus {
+    client
+        .execute_snippet(req)
+        .await
+        .expect("execute")
+        .into_inner()
+        .status
+        .unwrap()
+}
+
+/// Waits (through WatchExecution) for the terminal status.
+pub async fn wait_terminal(client: &mut Client, session: &str, id: &str) -> pb::ExecutionStatus {
+    let mut stream = client
+        .watch_execution(pb::WatchExecutionRequest {
+            session_id: session.into(),
+            execution_id: id.into(),
+        })
+        .await
+        .expect("watch execution")
+        .into_inner();
+    let mut last = None;
+    while let Some(status) = tokio::time::timeout(Duration::from_secs(60), stream.next())
+        .await
+        .expect("no terminal status within 60 s")
+    {
+        last = Some(status.expect("watch stream error"));
+    }
+    let last = last.expect("watch stream sent nothing");
+    assert!(
+        !matches!(
+            last.state(),
+            pb::ExecutionState::Queued | pb::ExecutionState::Running
+        ),
+        "watch ended before a terminal state: {last:?}"
+    );
+    last
+}
+
+/// Collected output of an execution.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub dropped: Vec<pb::OutputDropped>,
+    pub end: Option<pb::OutputEnd>,
+}
+
+/// Reads output from the given offsets until the stream ends, checking that
+/// chunk offsets are contiguous.
+pub async fn read_output(
+    client: &mut Client,
+    session: &str,
+    id: &str,
+    from: (u64, u64),
+    follow: bool,
+) -> Output {
+    let mut stream = client
+        .stream_output(pb::StreamOutputRequest {
+            session_id: session.into(),
+            execution_id: id.into(),
+            stdout_offset: from.0,
+            stderr_offset: from.1,
+            follow,
+        })
+        .await
+        .expect("stream output")
+        .into_inner();
+    let mut out = Output::default();
+    let mut next = [from.0, from.1];
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(60), stream.next())
+        .await
+        .expect("output stalled")
+    {
+        match ev.expect("output stream error").event.unwrap() {
+            pb::output_event::Event::Chunk(c) => {
+                let i = if c.stream() == pb::OutputStream::Stdout {
+                    0
+                } else {
+                    1
+                };
+                assert_eq!(c.offset, next[i], "chunk offsets must be contiguous");
+                next[i] += c.data.len() as u64;
+                if i == 0 {
+                    out.stdout.extend(&c.data)
+                } else {
+                    out.stderr.extend(&c.data)
+                }
+            }
+            pb::output_event::Event::Dropped(d) => {
+                let i = if d.stream() == pb::OutputStream::Stdout {
+                    0
+                } else {
+                    1
+                };
+                next[i] = d.to_offset;
+                out.dropped.push(d);
+            }
+            pb::output_event::Event::End(e) => out.end = Some(e),
+        }
+    }
+    out
+}
+
+/// Pids of live processes whose command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if pid as u32 != std::process::id() && String::from_utf8_lossy(&cmdline).contains(marker) {
+            // Zombies have an empty cmdline, so anything found here is alive.
+            found.push(pid);
+        }
+    }
+    found
+}
+
+pub fn secs(s: f64) -> Option<prost_types::Duration> {
+    let d = Duration::from_secs_f64(s);
+    Some(prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    })
+}
+
+pub fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+pub fn exists(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}
