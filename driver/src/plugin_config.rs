@@ -1,0 +1,256 @@
+//! The agent-side plugin configuration:
+//!
+//! ```hcl
+//! plugin "nomad-driver-elide" {
+//!   config {
+//!     daemon_socket  = "/run/elide/daemon.sock"   # or daemon_address = "10.0.0.5:7070"
+//!     session_config {
+//!       context_pool_size  = 4
+//!       enabled_languages  = ["python", "javascript"]
+//!       enabled_intrinsics = ["console", "fs.read"]
+//!       memory_limit_mb    = 256
+//!       enable_ai          = false
+//!     }
+//!   }
+//! }
+//! ```
+//!
+//! Its schema ([`schema`]) and its decoding and validation ([`PluginConfig::decode`]).
+
+use std::fmt;
+use std::path::PathBuf;
+
+use elide_proto::hashicorp::nomad::plugins::shared::hclspec::Spec;
+
+use crate::catalog::{self, Language};
+use crate::cty::{self, ConfigError, CtyObject};
+use crate::hclspec::{attr, block, object};
+
+/// Where the daemon listens when the configuration names no endpoint.
+pub const DEFAULT_DAEMON_SOCKET: &str = "/run/elide/daemon.sock";
+
+/// The longest unix socket path the kernel accepts (`sun_path` minus NUL).
+const MAX_SOCKET_PATH_BYTES: usize = 107;
+
+/// The schema of the agent's `config { … }` block.
+///
+/// `daemon_socket` has no HCL default on purpose: the default is applied by
+/// [`PluginConfig::decode`] only when `daemon_address` is not set either, so
+/// that setting both can be reported as a mistake.
+pub fn schema() -> Spec {
+    object([
+        ("daemon_socket", attr("string")),
+        ("daemon_address", attr("string")),
+        (
+            "session_config",
+            block(object([
+                ("context_pool_size", attr("number")),
+                ("enabled_languages", attr("list(string)")),
+                ("enabled_intrinsics", attr("list(string)")),
+                ("memory_limit_mb", attr("number")),
+                ("enable_ai", attr("bool")),
+            ])),
+        ),
+    ])
+}
+
+/// How to reach the execution daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DaemonEndpoint {
+    /// A unix socket path.
+    Unix(PathBuf),
+    /// A TCP `host:port`.
+    Tcp(String),
+}
+
+impl fmt::Display for DaemonEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DaemonEndpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+            DaemonEndpoint::Tcp(address) => write!(f, "tcp:{address}"),
+        }
+    }
+}
+
+/// Defaults for the daemon sessions this driver opens. `None` leaves the
+/// daemon's own default in place.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Warm execution contexts the daemon keeps per session.
+    pub context_pool_size: Option<u32>,
+    /// Languages tasks may use; `None` means every known language.
+    pub enabled_languages: Option<Vec<Language>>,
+    /// Intrinsics granted to sessions by default.
+    pub enabled_intrinsics: Option<Vec<String>>,
+    /// Memory limit of a session, in MiB.
+    pub memory_limit_mb: Option<u64>,
+    /// Whether the AI intrinsics are available.
+    pub enable_ai: Option<bool>,
+}
+
+/// The validated plugin configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginConfig {
+    /// Where the daemon is.
+    pub daemon: DaemonEndpoint,
+    /// Session defaults.
+    pub session: SessionConfig,
+}
+
+impl Default for PluginConfig {
+    fn default() -> Self {
+        PluginConfig {
+            daemon: DaemonEndpoint::Unix(PathBuf::from(DEFAULT_DAEMON_SOCKET)),
+            session: SessionConfig::default(),
+        }
+    }
+}
+
+impl PluginConfig {
+    /// Decodes and validates `SetConfigRequest.msgpack_config`. Empty bytes
+    /// (a plugin block without `config`) give the defaults.
+    pub fn decode(msgpack: &[u8]) -> Result<Self, ConfigError> {
+        let value = cty::decode(msgpack)?;
+        let root = CtyObject::root(&value)?;
+        Ok(PluginConfig {
+            daemon: daemon_endpoint(&root)?,
+            session: match root.block("session_config")? {
+                Some(session) => session_config(&session)?,
+                None => SessionConfig::default(),
+            },
+        })
+    }
+}
+
+fn daemon_endpoint(root: &CtyObject<'_>) -> Result<DaemonEndpoint, ConfigError> {
+    let socket = root.string("daemon_socket")?;
+    let address = root.string("daemon_address")?;
+    match (socket, address) {
+        (Some(_), Some(_)) => Err(ConfigError::invalid(
+            "daemon_address",
+            "set either daemon_socket or daemon_address, not both",
+        )),
+        (None, None) => Ok(DaemonEndpoint::Unix(PathBuf::from(DEFAULT_DAEMON_SOCKET))),
+        (Some(socket), None) => socket_path(&socket).map(DaemonEndpoint::Unix),
+        (None, Some(address)) => tcp_address(&address).map(DaemonEndpoint::Tcp),
+    }
+}
+
+fn socket_path(socket: &str) -> Result<PathBuf, ConfigError> {
+    let invalid = |problem: &str| ConfigError::invalid("daemon_socket", problem);
+    if socket.is_empty() {
+        return Err(invalid("must not be empty"));
+    }
+    if !socket.starts_with('/') {
+        return Err(invalid("must be an absolute path"));
+    }
+    if socket.len() > MAX_SOCKET_PATH_BYTES {
+        return Err(invalid(
+            "is longer than the 107 bytes a unix socket path may have",
+        ));
+    }
+    Ok(PathBuf::from(socket))
+}
+
+/// Checks a `host:port` (IPv6 hosts in brackets) and returns it unchanged.
+fn tcp_address(address: &str) -> Result<String, ConfigError> {
+    let invalid = |problem: String| ConfigError::invalid("daemon_address", problem);
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(invalid(format!("{address:?} is not of the form host:port")));
+    };
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(invalid(format!("{address:?} has no valid host")));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(address.to_owned()),
+        _ => Err(invalid(format!("{address:?} has no valid port (1-65535)"))),
+    }
+}
+
+fn session_config(session: &CtyObject<'_>) -> Result<SessionConfig, ConfigError> {
+    let context_pool_size = session
+        .integer("context_pool_size")?
+        .map(|n| {
+            u32::try_from(n).map_err(|_| {
+                let problem = if n < 0 {
+                    format!("must not be negative, got {n}")
+                } else {
+                    format!("{n} is too large")
+                };
+                ConfigError::invalid(session.field_path("context_pool_size"), problem)
+            })
+        })
+        .transpose()?;
+    let enabled_languages = session
+        .string_list("enabled_languages")?
+        .map(|names| languages(&names, &session.field_path("enabled_languages")))
+        .transpose()?;
+    let enabled_intrinsics = session
+        .string_list("enabled_intrinsics")?
+        .map(|names| intrinsics(names, &session.field_path("enabled_intrinsics")))
+        .transpose()?;
+    let memory_limit_mb = session
+        .integer("memory_limit_mb")?
+        .map(|mb| positive_mib(mb, &session.field_path("memory_limit_mb")))
+        .transpose()?;
+    Ok(SessionConfig {
+        context_pool_size,
+        enabled_languages,
+        enabled_intrinsics,
+        memory_limit_mb,
+        enable_ai: session.bool("enable_ai")?,
+    })
+}
+
+/// Parses language names, rejecting unknown ones; duplicates are dropped.
+pub(crate) fn languages(names: &[String], field: &str) -> Result<Vec<Language>, ConfigError> {
+    let mut out = Vec::new();
+    for name in names {
+        let language = Language::from_name(name).ok_or_else(|| {
+            ConfigError::invalid(
+                field,
+                format!(
+                    "unknown language {name:?} (known: {})",
+                    Language::known_names()
+                ),
+            )
+        })?;
+        if !out.contains(&language) {
+            out.push(language);
+        }
+    }
+    Ok(out)
+}
+
+/// Checks intrinsic names against [`catalog::KNOWN_INTRINSICS`]; duplicates
+/// are dropped.
+pub(crate) fn intrinsics(names: Vec<String>, field: &str) -> Result<Vec<String>, ConfigError> {
+    let mut out: Vec<String> = Vec::new();
+    for name in names {
+        if !catalog::is_known_intrinsic(&name) {
+            return Err(ConfigError::invalid(
+                field,
+                format!(
+                    "unknown intrinsic {name:?} (known: {})",
+                    catalog::KNOWN_INTRINSICS.join(", ")
+                ),
+            ));
+        }
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
+/// A memory limit in MiB, which must be at least 1.
+pub(crate) fn positive_mib(mb: i64, field: &str) -> Result<u64, ConfigError> {
+    u64::try_from(mb)
+        .ok()
+        .filter(|mb| *mb > 0)
+        .ok_or_else(|| ConfigError::invalid(field, format!("must be greater than 0 MiB, got {mb}")))
+}
