@@ -276,3 +276,138 @@ fn kind(value: &Value) -> &'static str {
         Value::Ext(..) => "an unknown value",
     }
 }
+
+/// Builders for msgpack shaped like Nomad's cty encoding, for tests.
+#[cfg(test)]
+pub(crate) mod encode {
+    use rmpv::Value;
+
+    /// A cty object: keys sorted lexicographically, as go-cty writes them.
+    pub fn object(entries: &[(&str, Value)]) -> Value {
+        let mut entries: Vec<(Value, Value)> = entries
+            .iter()
+            .map(|(k, v)| (Value::from(*k), v.clone()))
+            .collect();
+        entries.sort_by(|a, b| a.0.as_str().cmp(&b.0.as_str()));
+        Value::Map(entries)
+    }
+
+    /// A list of strings.
+    pub fn strings(items: &[&str]) -> Value {
+        Value::Array(items.iter().map(|s| Value::from(*s)).collect())
+    }
+
+    /// Encodes a value to bytes.
+    pub fn bytes(value: &Value) -> Vec<u8> {
+        let mut out = Vec::new();
+        rmpv::encode::write_value(&mut out, value).expect("writing to a Vec cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::encode::*;
+    use super::*;
+
+    #[test]
+    fn nil_and_absent_keys_read_as_none() {
+        let value = object(&[("a", Value::Nil)]);
+        let root = CtyObject::root(&value).unwrap();
+        assert_eq!(root.string("a"), Ok(None));
+        assert_eq!(root.string("missing"), Ok(None));
+        assert_eq!(root.integer("a"), Ok(None));
+        assert!(root.block("a").unwrap().is_none());
+    }
+
+    #[test]
+    fn integers_arrive_in_every_cty_shape() {
+        let value = object(&[
+            ("fixint", Value::from(7)),
+            ("uint16", Value::from(8080u16)),
+            ("negative", Value::from(-3)),
+            ("float", Value::F64(256.0)),
+            ("text", Value::from("512")),
+            ("big_text", Value::from("1e3")),
+        ]);
+        let root = CtyObject::root(&value).unwrap();
+        assert_eq!(root.integer("fixint"), Ok(Some(7)));
+        assert_eq!(root.integer("uint16"), Ok(Some(8080)));
+        assert_eq!(root.integer("negative"), Ok(Some(-3)));
+        assert_eq!(root.integer("float"), Ok(Some(256)));
+        assert_eq!(root.integer("text"), Ok(Some(512)));
+        assert_eq!(root.integer("big_text"), Ok(Some(1000)));
+    }
+
+    #[test]
+    fn fractional_and_oversized_numbers_are_rejected_by_name() {
+        let value = object(&[
+            ("half", Value::F64(0.5)),
+            ("tenth", Value::from("0.1")),
+            ("huge", Value::from("123456789012345678901234567890")),
+            ("u64", Value::from(u64::MAX)),
+            ("word", Value::from("lots")),
+        ]);
+        let root = CtyObject::root(&value).unwrap();
+        for key in ["half", "tenth", "huge", "u64", "word"] {
+            let err = root.integer(key).unwrap_err();
+            assert_eq!(err.field(), Some(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn blocks_may_be_maps_or_lists_of_at_most_one_map() {
+        let inner = object(&[("x", Value::from(1))]);
+        let value = object(&[
+            ("as_map", inner.clone()),
+            ("as_list", Value::Array(vec![inner.clone()])),
+            ("empty_list", Value::Array(vec![])),
+            ("two", Value::Array(vec![inner.clone(), inner])),
+        ]);
+        let root = CtyObject::root(&value).unwrap();
+        let block = root.block("as_map").unwrap().unwrap();
+        assert_eq!(block.integer("x"), Ok(Some(1)));
+        assert_eq!(block.field_path("x"), "as_map.x");
+        let block = root.block("as_list").unwrap().unwrap();
+        assert_eq!(block.integer("x"), Ok(Some(1)));
+        assert!(root.block("empty_list").unwrap().is_none());
+        assert_eq!(root.block("two").unwrap_err().field(), Some("two"));
+    }
+
+    #[test]
+    fn list_of_maps_is_merged_in_order() {
+        let value = object(&[(
+            "env",
+            Value::Array(vec![
+                object(&[("A", Value::from("1")), ("B", Value::from("2"))]),
+                object(&[("B", Value::from("3"))]),
+            ]),
+        )]);
+        let root = CtyObject::root(&value).unwrap();
+        let env = root.string_map("env").unwrap().unwrap();
+        assert_eq!(env["A"], "1");
+        assert_eq!(env["B"], "3");
+    }
+
+    #[test]
+    fn malformed_bytes_and_non_objects_are_reported() {
+        assert!(matches!(
+            decode(&[0x81, 0xa1]),
+            Err(ConfigError::Malformed { .. })
+        ));
+        assert!(matches!(
+            decode(&[0x80, 0x80]),
+            Err(ConfigError::Malformed { .. })
+        ));
+        assert_eq!(decode(&[]), Ok(Value::Nil));
+        let list = Value::Array(vec![]);
+        assert!(matches!(
+            CtyObject::root(&list),
+            Err(ConfigError::Malformed { .. })
+        ));
+        // An unknown cty value (ext d4 00 00) is a type error naming the field.
+        let value = decode(&[0x81, 0xa1, b'a', 0xd4, 0x00, 0x00]).unwrap();
+        let root = CtyObject::root(&value).unwrap();
+        assert_eq!(root.string("a").unwrap_err().field(), Some("a"));
+    }
+}

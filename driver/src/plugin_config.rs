@@ -254,3 +254,182 @@ pub(crate) fn positive_mib(mb: i64, field: &str) -> Result<u64, ConfigError> {
         .filter(|mb| *mb > 0)
         .ok_or_else(|| ConfigError::invalid(field, format!("must be greater than 0 MiB, got {mb}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cty::encode::{bytes, object, strings};
+    use elide_proto::hashicorp::nomad::plugins::shared::hclspec::spec::Block as SpecKind;
+    use rmpv::Value;
+
+    /// The whole config object as Nomad sends it: every key present, nil
+    /// where the user wrote nothing.
+    fn config(socket: Value, address: Value, session: Value) -> Vec<u8> {
+        bytes(&object(&[
+            ("daemon_socket", socket),
+            ("daemon_address", address),
+            ("session_config", session),
+        ]))
+    }
+
+    fn session(entries: &[(&str, Value)]) -> Value {
+        let mut all = vec![
+            ("context_pool_size", Value::Nil),
+            ("enabled_languages", Value::Nil),
+            ("enabled_intrinsics", Value::Nil),
+            ("memory_limit_mb", Value::Nil),
+            ("enable_ai", Value::Nil),
+        ];
+        for (key, value) in entries {
+            all.retain(|(k, _)| k != key);
+            all.push((key, value.clone()));
+        }
+        object(&all)
+    }
+
+    fn field_of(result: Result<PluginConfig, ConfigError>) -> String {
+        result.unwrap_err().field().unwrap().to_owned()
+    }
+
+    #[test]
+    fn absent_everything_gives_the_default_socket() {
+        assert_eq!(PluginConfig::decode(&[]), Ok(PluginConfig::default()));
+        assert_eq!(PluginConfig::decode(&[0x80]), Ok(PluginConfig::default()));
+        let all_nil = config(Value::Nil, Value::Nil, Value::Nil);
+        assert_eq!(PluginConfig::decode(&all_nil), Ok(PluginConfig::default()));
+        // A block given as an empty list (HCL1 rewriting) is an absent block.
+        let empty_block = config(Value::Nil, Value::Nil, Value::Array(vec![]));
+        assert_eq!(
+            PluginConfig::decode(&empty_block),
+            Ok(PluginConfig::default())
+        );
+    }
+
+    #[test]
+    fn full_config_decodes_with_numbers_in_any_shape() {
+        let bytes = config(
+            Value::from("/run/elide/other.sock"),
+            Value::Nil,
+            Value::Array(vec![session(&[
+                ("context_pool_size", Value::F64(4.0)),
+                (
+                    "enabled_languages",
+                    strings(&["python", "javascript", "python"]),
+                ),
+                ("enabled_intrinsics", strings(&["console", "fs.read"])),
+                ("memory_limit_mb", Value::from("256")),
+                ("enable_ai", Value::Boolean(true)),
+            ])]),
+        );
+        let decoded = PluginConfig::decode(&bytes).unwrap();
+        assert_eq!(
+            decoded,
+            PluginConfig {
+                daemon: DaemonEndpoint::Unix(PathBuf::from("/run/elide/other.sock")),
+                session: SessionConfig {
+                    context_pool_size: Some(4),
+                    enabled_languages: Some(vec![Language::Python, Language::JavaScript]),
+                    enabled_intrinsics: Some(vec!["console".into(), "fs.read".into()]),
+                    memory_limit_mb: Some(256),
+                    enable_ai: Some(true),
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn tcp_address_replaces_the_socket() {
+        let bytes = config(Value::Nil, Value::from("10.0.0.5:7070"), Value::Nil);
+        assert_eq!(
+            PluginConfig::decode(&bytes).unwrap().daemon,
+            DaemonEndpoint::Tcp("10.0.0.5:7070".into())
+        );
+        let bytes = config(Value::Nil, Value::from("[::1]:7070"), Value::Nil);
+        assert!(PluginConfig::decode(&bytes).is_ok());
+    }
+
+    #[test]
+    fn endpoint_mistakes_name_the_field() {
+        let both = config(Value::from("/a.sock"), Value::from("h:1"), Value::Nil);
+        assert_eq!(field_of(PluginConfig::decode(&both)), "daemon_address");
+        for bad in ["", "relative.sock"] {
+            let bytes = config(Value::from(bad), Value::Nil, Value::Nil);
+            assert_eq!(field_of(PluginConfig::decode(&bytes)), "daemon_socket");
+        }
+        let long = format!("/{}", "x".repeat(120));
+        let bytes = config(Value::from(long.as_str()), Value::Nil, Value::Nil);
+        assert_eq!(field_of(PluginConfig::decode(&bytes)), "daemon_socket");
+        for bad in [
+            "",
+            "host",
+            "host:",
+            ":7070",
+            "host:0",
+            "host:70000",
+            "host:http",
+        ] {
+            let bytes = config(Value::Nil, Value::from(bad), Value::Nil);
+            assert_eq!(
+                field_of(PluginConfig::decode(&bytes)),
+                "daemon_address",
+                "{bad:?}"
+            );
+        }
+        let wrong_type = config(Value::from(5), Value::Nil, Value::Nil);
+        assert_eq!(field_of(PluginConfig::decode(&wrong_type)), "daemon_socket");
+    }
+
+    #[test]
+    fn session_mistakes_name_the_field() {
+        let cases = [
+            ("context_pool_size", Value::from(-1), "must not be negative"),
+            ("context_pool_size", Value::from("2.5"), "whole number"),
+            (
+                "enabled_languages",
+                strings(&["python", "ruby"]),
+                "unknown language \"ruby\"",
+            ),
+            (
+                "enabled_intrinsics",
+                strings(&["console", "gpu"]),
+                "unknown intrinsic \"gpu\"",
+            ),
+            ("memory_limit_mb", Value::from(0), "greater than 0"),
+            ("memory_limit_mb", Value::from(-64), "greater than 0"),
+            ("enable_ai", Value::from("yes"), "expected a bool"),
+        ];
+        for (key, value, expected) in cases {
+            let bytes = config(Value::Nil, Value::Nil, session(&[(key, value)]));
+            let err = PluginConfig::decode(&bytes).unwrap_err();
+            assert_eq!(err.field(), Some(format!("session_config.{key}").as_str()));
+            let text = err.to_string();
+            assert!(
+                text.contains(expected),
+                "{text:?} should mention {expected:?}"
+            );
+            assert!(text.contains(&format!("session_config.{key}")), "{text}");
+        }
+    }
+
+    #[test]
+    fn schema_is_an_object_with_session_config_as_a_block() {
+        let Some(SpecKind::Object(root)) = schema().block else {
+            panic!("root must be an Object");
+        };
+        let mut keys: Vec<_> = root.attributes.keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, ["daemon_address", "daemon_socket", "session_config"]);
+        let Some(SpecKind::BlockValue(session)) = &root.attributes["session_config"].block else {
+            panic!("session_config must be a Block");
+        };
+        let Some(SpecKind::Object(nested)) = &session.nested.as_ref().unwrap().block else {
+            panic!("session_config body must be an Object");
+        };
+        assert_eq!(nested.attributes.len(), 5);
+        for spec in nested.attributes.values().chain(root.attributes.values()) {
+            if let Some(SpecKind::Attr(attr)) = &spec.block {
+                assert!(!attr.r#type.is_empty(), "every Attr needs a type");
+            }
+        }
+    }
+}

@@ -187,3 +187,186 @@ fn elide_opts(opts: &CtyObject<'_>) -> Result<ElideOpts, ConfigError> {
             .transpose()?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cty::encode::{bytes, object, strings};
+    use elide_proto::hashicorp::nomad::plugins::shared::hclspec::spec::Block as SpecKind;
+    use rmpv::Value;
+
+    /// A task config object as Nomad sends it: every key present.
+    fn task(entries: &[(&str, Value)]) -> Vec<u8> {
+        let mut all = vec![
+            ("script", Value::Nil),
+            ("code", Value::Nil),
+            ("language", Value::Nil),
+            ("args", Value::Nil),
+            ("env", Value::Nil),
+            ("elide_opts", Value::Nil),
+        ];
+        for (key, value) in entries {
+            all.retain(|(k, _)| k != key);
+            all.push((key, value.clone()));
+        }
+        bytes(&object(&all))
+    }
+
+    fn opts(entries: &[(&str, Value)]) -> Value {
+        let mut all = vec![
+            ("memory_limit", Value::Nil),
+            ("enable_ai", Value::Nil),
+            ("timeout", Value::Nil),
+            ("intrinsics", Value::Nil),
+        ];
+        for (key, value) in entries {
+            all.retain(|(k, _)| k != key);
+            all.push((key, value.clone()));
+        }
+        object(&all)
+    }
+
+    #[test]
+    fn script_task_infers_the_language_and_reads_everything() {
+        let bytes = task(&[
+            ("script", Value::from("local/main.mjs")),
+            ("args", strings(&["--verbose"])),
+            (
+                "env",
+                Value::Array(vec![object(&[("GREETING", Value::from("hi"))])]),
+            ),
+            (
+                "elide_opts",
+                Value::Array(vec![opts(&[
+                    ("memory_limit", Value::F64(128.0)),
+                    ("enable_ai", Value::Boolean(false)),
+                    ("timeout", Value::from("1m30s")),
+                    ("intrinsics", strings(&["console"])),
+                ])]),
+            ),
+        ]);
+        let config = ElideTaskConfig::decode(&bytes).unwrap();
+        assert_eq!(config.source, TaskSource::Script("local/main.mjs".into()));
+        assert_eq!(config.language, Language::JavaScript);
+        assert_eq!(config.args, ["--verbose"]);
+        assert_eq!(config.env["GREETING"], "hi");
+        assert_eq!(
+            config.opts,
+            ElideOpts {
+                memory_limit_mb: Some(128),
+                enable_ai: Some(false),
+                timeout: Some(Duration::from_secs(90)),
+                intrinsics: Some(vec!["console".into()]),
+            }
+        );
+    }
+
+    #[test]
+    fn code_task_needs_a_language() {
+        let bytes = task(&[
+            ("code", Value::from("print(1)")),
+            ("language", Value::from("python")),
+        ]);
+        let config = ElideTaskConfig::decode(&bytes).unwrap();
+        assert_eq!(config.source, TaskSource::Code("print(1)".into()));
+        assert_eq!(config.language, Language::Python);
+        assert!(config.args.is_empty() && config.env.is_empty());
+        assert_eq!(config.opts, ElideOpts::default());
+
+        let bytes = task(&[("code", Value::from("print(1)"))]);
+        assert_eq!(
+            ElideTaskConfig::decode(&bytes).unwrap_err().field(),
+            Some("language")
+        );
+    }
+
+    #[test]
+    fn mistakes_name_the_field() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (task(&[]), "script"),
+            (
+                task(&[("script", Value::from("a.py")), ("code", Value::from("x"))]),
+                "code",
+            ),
+            (task(&[("script", Value::from(""))]), "script"),
+            (task(&[("script", Value::from("main.rb"))]), "language"),
+            (
+                task(&[
+                    ("script", Value::from("a.py")),
+                    ("language", Value::from("ruby")),
+                ]),
+                "language",
+            ),
+            (
+                task(&[("script", Value::from("a.py")), ("args", Value::from("x"))]),
+                "args",
+            ),
+            (
+                task(&[
+                    ("script", Value::from("a.py")),
+                    ("args", Value::Array(vec![Value::from(1)])),
+                ]),
+                "args[0]",
+            ),
+            (
+                task(&[
+                    ("script", Value::from("a.py")),
+                    ("env", Value::Array(vec![object(&[("N", Value::from(1))])])),
+                ]),
+                "env.N",
+            ),
+            (
+                task(&[
+                    ("script", Value::from("a.py")),
+                    ("elide_opts", opts(&[("memory_limit", Value::from(0))])),
+                ]),
+                "elide_opts.memory_limit",
+            ),
+            (
+                task(&[
+                    ("script", Value::from("a.py")),
+                    ("elide_opts", opts(&[("timeout", Value::from("soon"))])),
+                ]),
+                "elide_opts.timeout",
+            ),
+            (
+                task(&[
+                    ("script", Value::from("a.py")),
+                    ("elide_opts", opts(&[("timeout", Value::from("0s"))])),
+                ]),
+                "elide_opts.timeout",
+            ),
+            (
+                task(&[
+                    ("script", Value::from("a.py")),
+                    (
+                        "elide_opts",
+                        opts(&[("intrinsics", strings(&["net", "root"]))]),
+                    ),
+                ]),
+                "elide_opts.intrinsics",
+            ),
+        ];
+        for (bytes, field) in cases {
+            let err = ElideTaskConfig::decode(&bytes).unwrap_err();
+            assert_eq!(err.field(), Some(field), "{err}");
+            assert!(err.to_string().contains(field), "{err}");
+        }
+    }
+
+    #[test]
+    fn schema_is_an_object_with_elide_opts_as_a_block_and_env_as_list_of_maps() {
+        let Some(SpecKind::Object(root)) = schema().block else {
+            panic!("root must be an Object");
+        };
+        assert_eq!(root.attributes.len(), 6);
+        assert!(matches!(
+            root.attributes["elide_opts"].block,
+            Some(SpecKind::BlockValue(_))
+        ));
+        let Some(SpecKind::Attr(env)) = &root.attributes["env"].block else {
+            panic!("env must be an Attr");
+        };
+        assert_eq!(env.r#type, "list(map(string))");
+    }
+}
