@@ -51,6 +51,10 @@ fn main() -> ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
+    // Handlers first: the host may signal us as soon as the handshake is
+    // out, and SIGINT's default action would kill the plugin.
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let env = |key: &str| std::env::var(key).ok();
     let mut socket = PluginSocket::bind(
         &launch::socket_dir(env),
@@ -71,8 +75,6 @@ async fn run() -> anyhow::Result<()> {
     announce(&socket)?;
     tracing::info!(socket = %socket.path().display(), version = env!("CARGO_PKG_VERSION"), "plugin serving");
 
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let outcome = loop {
         tokio::select! {
             _ = shutdown.requested() => break Ok(()),
