@@ -433,3 +433,43 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod wire_tests {
+    use super::*;
+
+    /// Bytes written by hand the way go-cty encodes a decoded agent block:
+    /// keys sorted, absent attributes nil, 256 as uint16, 0.5-free numbers as
+    /// compact ints, `session_config` as a map.
+    #[test]
+    fn decodes_hand_written_cty_bytes() {
+        #[rustfmt::skip]
+        let bytes: Vec<u8> = [
+            &[0x83][..],
+            &[0xae], b"daemon_address", &[0xc0],
+            &[0xad], b"daemon_socket", &[0xa7], b"/d.sock",
+            &[0xae], b"session_config", &[0x85],
+                &[0xb1], b"context_pool_size", &[0x02],
+                &[0xa9], b"enable_ai", &[0xc2],
+                &[0xb2], b"enabled_intrinsics", &[0xc0],
+                &[0xb1], b"enabled_languages", &[0x91, 0xa6], b"python",
+                &[0xaf], b"memory_limit_mb", &[0xcd, 0x01, 0x00],
+        ]
+        .concat();
+        let config = PluginConfig::decode(&bytes).unwrap();
+        assert_eq!(
+            config.daemon,
+            DaemonEndpoint::Unix(PathBuf::from("/d.sock"))
+        );
+        assert_eq!(
+            config.session,
+            SessionConfig {
+                context_pool_size: Some(2),
+                enabled_languages: Some(vec![Language::Python]),
+                enabled_intrinsics: None,
+                memory_limit_mb: Some(256),
+                enable_ai: Some(false),
+            }
+        );
+    }
+}

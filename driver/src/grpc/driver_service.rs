@@ -317,3 +317,77 @@ impl Driver for DriverService {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::ConnectProbe;
+    use elide_proto::hashicorp::nomad::plugins::drivers::proto::TaskConfig;
+
+    fn service() -> DriverService {
+        let driver = Arc::new(ElideDriver::new(Arc::new(ConnectProbe::default())));
+        DriverService::new(driver, FINGERPRINT_INTERVAL)
+    }
+
+    fn start(msgpack: Vec<u8>) -> Request<StartTaskRequest> {
+        Request::new(StartTaskRequest {
+            task: Some(TaskConfig {
+                id: "alloc/web/abcd1234".into(),
+                name: "web".into(),
+                msgpack_driver_config: msgpack,
+                ..TaskConfig::default()
+            }),
+        })
+    }
+
+    #[tokio::test]
+    async fn start_before_set_config_is_a_failed_precondition() {
+        let err = service().start_task(start(vec![0x80])).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+    }
+
+    #[tokio::test]
+    async fn bad_task_config_is_unrecoverable_and_names_the_field() {
+        let service = service();
+        service.driver.set_config(&[]).unwrap();
+        // {"code": "x"}: no language for inline code.
+        let msgpack = vec![0x81, 0xa4, b'c', b'o', b'd', b'e', 0xa1, b'x'];
+        let err = service.start_task(start(msgpack)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("`language`"), "{}", err.message());
+        assert_eq!(status::recoverable_flag(&err), Some(false));
+    }
+
+    #[tokio::test]
+    async fn stop_and_destroy_of_unknown_tasks_succeed() {
+        let service = service();
+        let stop = StopTaskRequest {
+            task_id: "a/b/c".into(),
+            timeout: None,
+            signal: String::new(),
+        };
+        assert!(service.stop_task(Request::new(stop)).await.is_ok());
+        let destroy = DestroyTaskRequest {
+            task_id: "a/b/c".into(),
+            force: true,
+        };
+        assert!(service.destroy_task(Request::new(destroy)).await.is_ok());
+        let wait = WaitTaskRequest {
+            task_id: "a/b/c".into(),
+        };
+        let err = service.wait_task(Request::new(wait)).await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+    }
+
+    #[test]
+    fn healthy_fingerprint_carries_typed_attributes() {
+        let attributes = [("driver.elide.pool".to_owned(), AttributeValue::Int(4))].into();
+        let response = fingerprint_response(DaemonHealth::Healthy { attributes });
+        assert_eq!(response.health(), HealthState::Healthy);
+        assert_eq!(response.health_description, "Healthy");
+        assert_eq!(
+            response.attributes["driver.elide.pool"].value,
+            Some(attribute::Value::IntVal(4))
+        );
+    }
+}
