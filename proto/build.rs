@@ -20,9 +20,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut files = Vec::new();
     for top in ["elide", "hashicorp", "plugin"] {
         let dir = root.join(top);
+        // Watched even while missing, so adding the folder triggers a rebuild.
+        println!("cargo:rerun-if-changed={}", dir.display());
         if dir.is_dir() {
             collect(&dir, &mut files)?;
-            println!("cargo:rerun-if-changed={}", dir.display());
         }
     }
     files.sort();

@@ -2,6 +2,12 @@
 //! files in this crate.
 //!
 //! * [`elide::daemon::v1`]: the execution daemon API (see `proto/README.md`).
+//! * [`hashicorp::nomad::plugins`]: the Nomad plugin protocol (base plugin,
+//!   task driver, HCL spec, shared structs).
+//! * [`plugin`]: go-plugin's own services (controller, stdio, broker).
+//!
+//! The module tree mirrors the protobuf packages exactly, because generated
+//! code refers to other packages through relative `super::` paths.
 
 /// Elide packages.
 pub mod elide {
@@ -13,4 +19,53 @@ pub mod elide {
             tonic::include_proto!("elide.daemon.v1");
         }
     }
+}
+
+/// HashiCorp packages.
+pub mod hashicorp {
+    /// Nomad packages.
+    pub mod nomad {
+        /// Nomad's plugin protocol.
+        pub mod plugins {
+            /// Services and messages every Nomad plugin serves.
+            pub mod base {
+                /// `hashicorp.nomad.plugins.base.proto`: the `BasePlugin`
+                /// service (PluginInfo, ConfigSchema, SetConfig).
+                #[allow(missing_docs, clippy::all)]
+                pub mod proto {
+                    tonic::include_proto!("hashicorp.nomad.plugins.base.proto");
+                }
+            }
+            /// Task drivers.
+            pub mod drivers {
+                /// `hashicorp.nomad.plugins.drivers.proto`: the `Driver`
+                /// service and the task messages.
+                #[allow(missing_docs, clippy::all)]
+                pub mod proto {
+                    tonic::include_proto!("hashicorp.nomad.plugins.drivers.proto");
+                }
+            }
+            /// Messages shared by every plugin type.
+            pub mod shared {
+                /// `hashicorp.nomad.plugins.shared.hclspec`: the HCL decoding
+                /// specification of plugin and task configuration.
+                #[allow(missing_docs, clippy::all)]
+                pub mod hclspec {
+                    tonic::include_proto!("hashicorp.nomad.plugins.shared.hclspec");
+                }
+                /// `hashicorp.nomad.plugins.shared.structs`: node attribute
+                /// values and the recoverable-error status detail.
+                #[allow(missing_docs, clippy::all)]
+                pub mod structs {
+                    tonic::include_proto!("hashicorp.nomad.plugins.shared.structs");
+                }
+            }
+        }
+    }
+}
+
+/// `plugin`: go-plugin's services (GRPCController, GRPCStdio, GRPCBroker).
+#[allow(missing_docs, clippy::all)]
+pub mod plugin {
+    tonic::include_proto!("plugin");
 }

@@ -1,0 +1,161 @@
+//! The driver's state, independent of gRPC: the current plugin
+//! configuration, the daemon health source and the task-event feed. The
+//! Nomad-facing services in [`crate::grpc`] only translate to and from it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::{broadcast, watch};
+
+use crate::cty::ConfigError;
+use crate::plugin_config::PluginConfig;
+use crate::probe::{DaemonHealth, DaemonProbe};
+
+/// The name jobs use (`driver = "elide"`) and the node attribute prefix.
+pub const DRIVER_NAME: &str = "elide";
+
+/// Description reported before the first successful `SetConfig`.
+pub const NOT_CONFIGURED: &str = "plugin not configured yet (SetConfig has not been called)";
+
+/// An event about a task, shown by Nomad as a "Driver" task event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskEvent {
+    /// Nomad's task id (`<alloc>/<task>/<random>`).
+    pub task_id: String,
+    /// Allocation id; with `task_name`, what Nomad routes the event by.
+    pub alloc_id: String,
+    /// Task name.
+    pub task_name: String,
+    /// When it happened.
+    pub timestamp: SystemTime,
+    /// Human-readable message.
+    pub message: String,
+    /// Extra details.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Shared driver state. Cheap to share behind an `Arc`; every method may be
+/// called concurrently.
+pub struct ElideDriver {
+    config: watch::Sender<Option<Arc<PluginConfig>>>,
+    probe: Arc<dyn DaemonProbe>,
+    events: broadcast::Sender<TaskEvent>,
+}
+
+impl ElideDriver {
+    /// A driver with no configuration yet, checking daemon health with `probe`.
+    pub fn new(probe: Arc<dyn DaemonProbe>) -> Self {
+        let (config, _) = watch::channel(None);
+        let (events, _) = broadcast::channel(256);
+        ElideDriver {
+            config,
+            probe,
+            events,
+        }
+    }
+
+    /// Decodes, validates and stores a plugin configuration. Idempotent: the
+    /// same bytes again change nothing and wake nobody. A rejected
+    /// configuration leaves the previous one in place.
+    pub fn set_config(&self, msgpack: &[u8]) -> Result<Arc<PluginConfig>, ConfigError> {
+        let new = Arc::new(PluginConfig::decode(msgpack)?);
+        self.config.send_if_modified(|current| {
+            if current.as_deref() == Some(&*new) {
+                false
+            } else {
+                *current = Some(new.clone());
+                true
+            }
+        });
+        Ok(new)
+    }
+
+    /// The current configuration, if `SetConfig` succeeded at least once.
+    pub fn config(&self) -> Option<Arc<PluginConfig>> {
+        self.config.borrow().clone()
+    }
+
+    /// Notified whenever the configuration changes.
+    pub fn watch_config(&self) -> watch::Receiver<Option<Arc<PluginConfig>>> {
+        self.config.subscribe()
+    }
+
+    /// Current daemon health, probed now.
+    pub async fn health(&self) -> DaemonHealth {
+        match self.config() {
+            None => DaemonHealth::Unhealthy {
+                description: NOT_CONFIGURED.to_owned(),
+            },
+            Some(config) => self.probe.probe(&config.daemon).await,
+        }
+    }
+
+    /// A receiver of every task event published from now on.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<TaskEvent> {
+        self.events.subscribe()
+    }
+
+    /// Publishes a task event to every open `TaskEvents` stream.
+    pub fn publish_event(&self, event: TaskEvent) {
+        // No subscriber is not an error: Nomad re-opens the stream later.
+        let _ = self.events.send(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin_config::DaemonEndpoint;
+    use futures::future::BoxFuture;
+
+    struct AlwaysHealthy;
+
+    impl DaemonProbe for AlwaysHealthy {
+        fn probe<'a>(&'a self, endpoint: &'a DaemonEndpoint) -> BoxFuture<'a, DaemonHealth> {
+            let attributes = BTreeMap::from([(
+                "driver.elide.endpoint".to_owned(),
+                crate::probe::AttributeValue::String(endpoint.to_string()),
+            )]);
+            Box::pin(async move { DaemonHealth::Healthy { attributes } })
+        }
+    }
+
+    #[tokio::test]
+    async fn unconfigured_driver_is_unhealthy() {
+        let driver = ElideDriver::new(Arc::new(AlwaysHealthy));
+        assert_eq!(
+            driver.health().await,
+            DaemonHealth::Unhealthy {
+                description: NOT_CONFIGURED.into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn set_config_is_idempotent_and_keeps_the_last_good_config() {
+        let driver = ElideDriver::new(Arc::new(AlwaysHealthy));
+        let mut changes = driver.watch_config();
+        let empty_object = [0x80];
+        driver.set_config(&empty_object).unwrap();
+        assert!(changes.has_changed().unwrap());
+        changes.borrow_and_update();
+        driver.set_config(&empty_object).unwrap();
+        assert!(
+            !changes.has_changed().unwrap(),
+            "same config must not notify"
+        );
+
+        // {"daemon_socket": ""} is rejected and the default stays.
+        let bad = [
+            0x81, 0xad, b'd', b'a', b'e', b'm', b'o', b'n', b'_', b's', b'o', b'c', b'k', b'e',
+            b't', 0xa0,
+        ];
+        assert!(driver.set_config(&bad).is_err());
+        assert_eq!(*driver.config().unwrap(), PluginConfig::default());
+        assert!(matches!(
+            driver.health().await,
+            DaemonHealth::Healthy { .. }
+        ));
+    }
+}

@@ -1,0 +1,393 @@
+//! `hashicorp.nomad.plugins.drivers.proto.Driver`: translates Nomad's RPCs
+//! to the driver state in [`crate::driver`] and back. No decision lives
+//! here beyond the choice of status codes.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use elide_proto::hashicorp::nomad::plugins::drivers::proto::{
+    driver_capabilities::{FsIsolation, MountConfigs},
+    driver_server::Driver,
+    fingerprint_response::HealthState,
+    network_isolation_spec::NetworkIsolationMode,
+    CapabilitiesRequest, CapabilitiesResponse, CreateNetworkRequest, CreateNetworkResponse,
+    DestroyNetworkRequest, DestroyNetworkResponse, DestroyTaskRequest, DestroyTaskResponse,
+    DriverCapabilities, DriverTaskEvent, ExecTaskRequest, ExecTaskResponse,
+    ExecTaskStreamingRequest, ExecTaskStreamingResponse, FingerprintRequest, FingerprintResponse,
+    InitRequest, InitResponse, InspectTaskRequest, InspectTaskResponse, RecoverTaskRequest,
+    RecoverTaskResponse, ShutdownRequest, ShutdownResponse, SignalTaskRequest, SignalTaskResponse,
+    StartTaskRequest, StartTaskResponse, StopTaskRequest, StopTaskResponse,
+    TaskConfigSchemaRequest, TaskConfigSchemaResponse, TaskEventsRequest, TaskStatsRequest,
+    TaskStatsResponse, WaitTaskRequest, WaitTaskResponse,
+};
+use elide_proto::hashicorp::nomad::plugins::shared::structs::{attribute, Attribute};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::driver::{ElideDriver, TaskEvent};
+use crate::probe::{AttributeValue, DaemonHealth};
+use crate::status;
+use crate::task_config::{self, ElideTaskConfig};
+
+/// How often the fingerprint is re-sent when nothing changed (Go drivers
+/// use 30 s; duplicates are cheap for the client).
+pub const FINGERPRINT_INTERVAL: Duration = Duration::from_secs(30);
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The Driver service over the shared driver state.
+pub struct DriverService {
+    driver: Arc<ElideDriver>,
+    fingerprint_interval: Duration,
+}
+
+impl DriverService {
+    /// A service for `driver`, re-fingerprinting every `fingerprint_interval`.
+    pub fn new(driver: Arc<ElideDriver>, fingerprint_interval: Duration) -> Self {
+        DriverService {
+            driver,
+            fingerprint_interval,
+        }
+    }
+}
+
+/// What the driver advertises. `fs_isolation = NONE`: the snippets run in
+/// the shared daemon, so Nomad's task-dir paths in the environment are host
+/// paths; `NO_MOUNTS`: the driver cannot bind volumes into a daemon session.
+pub fn capabilities() -> DriverCapabilities {
+    DriverCapabilities {
+        send_signals: true,
+        exec: false,
+        fs_isolation: FsIsolation::None as i32,
+        network_isolation_modes: vec![NetworkIsolationMode::Host as i32],
+        must_create_network: false,
+        mount_configs: MountConfigs::NoMounts as i32,
+        disable_log_collection: false,
+        dynamic_workload_users: false,
+    }
+}
+
+/// The fingerprint message for a health observation.
+pub fn fingerprint_response(health: DaemonHealth) -> FingerprintResponse {
+    match health {
+        DaemonHealth::Healthy { attributes } => FingerprintResponse {
+            attributes: attributes
+                .into_iter()
+                .map(|(key, value)| (key, attribute_of(value)))
+                .collect(),
+            health: HealthState::Healthy as i32,
+            health_description: "Healthy".to_owned(),
+            err: String::new(),
+        },
+        DaemonHealth::Unhealthy { description } => FingerprintResponse {
+            attributes: BTreeMap::new(),
+            health: HealthState::Unhealthy as i32,
+            health_description: description,
+            err: String::new(),
+        },
+    }
+}
+
+fn attribute_of(value: AttributeValue) -> Attribute {
+    let value = match value {
+        AttributeValue::String(s) => attribute::Value::StringVal(s),
+        AttributeValue::Int(i) => attribute::Value::IntVal(i),
+        AttributeValue::Float(f) => attribute::Value::FloatVal(f),
+        AttributeValue::Bool(b) => attribute::Value::BoolVal(b),
+    };
+    Attribute {
+        value: Some(value),
+        unit: String::new(),
+    }
+}
+
+fn task_event_message(event: TaskEvent) -> DriverTaskEvent {
+    DriverTaskEvent {
+        task_id: event.task_id,
+        alloc_id: event.alloc_id,
+        task_name: event.task_name,
+        timestamp: Some(event.timestamp.into()),
+        message: event.message,
+        annotations: event.annotations.into_iter().collect(),
+    }
+}
+
+/// Placeholder answer for the lifecycle RPCs that need the daemon client.
+fn not_implemented_yet(rpc: &str) -> Status {
+    Status::failed_precondition(format!(
+        "{rpc} is not implemented yet in this build of nomad-driver-elide"
+    ))
+}
+
+fn unknown_task(task_id: &str) -> Status {
+    Status::not_found(format!("task {task_id:?} is not known to the elide driver"))
+}
+
+#[tonic::async_trait]
+impl Driver for DriverService {
+    type FingerprintStream = BoxStream<FingerprintResponse>;
+    type TaskStatsStream = BoxStream<TaskStatsResponse>;
+    type TaskEventsStream = BoxStream<DriverTaskEvent>;
+    type ExecTaskStreamingStream = BoxStream<ExecTaskStreamingResponse>;
+
+    async fn init(&self, _request: Request<InitRequest>) -> Result<Response<InitResponse>, Status> {
+        Ok(Response::new(InitResponse {}))
+    }
+
+    async fn task_config_schema(
+        &self,
+        _request: Request<TaskConfigSchemaRequest>,
+    ) -> Result<Response<TaskConfigSchemaResponse>, Status> {
+        Ok(Response::new(TaskConfigSchemaResponse {
+            spec: Some(task_config::schema()),
+        }))
+    }
+
+    async fn capabilities(
+        &self,
+        _request: Request<CapabilitiesRequest>,
+    ) -> Result<Response<CapabilitiesResponse>, Status> {
+        Ok(Response::new(CapabilitiesResponse {
+            capabilities: Some(capabilities()),
+        }))
+    }
+
+    async fn fingerprint(
+        &self,
+        _request: Request<FingerprintRequest>,
+    ) -> Result<Response<Self::FingerprintStream>, Status> {
+        // The stream never completes: Nomad re-dispenses the plugin in a
+        // tight loop when it does. The loop ends when the client goes away.
+        let (sender, receiver) = mpsc::channel(1);
+        let driver = self.driver.clone();
+        let interval = self.fingerprint_interval;
+        tokio::spawn(async move {
+            let mut config_changes = driver.watch_config();
+            loop {
+                let response = fingerprint_response(driver.health().await);
+                if sender.send(Ok(response)).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    _ = sender.closed() => return,
+                    _ = tokio::time::sleep(interval) => {}
+                    changed = config_changes.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn recover_task(
+        &self,
+        _request: Request<RecoverTaskRequest>,
+    ) -> Result<Response<RecoverTaskResponse>, Status> {
+        Err(not_implemented_yet("RecoverTask"))
+    }
+
+    async fn start_task(
+        &self,
+        request: Request<StartTaskRequest>,
+    ) -> Result<Response<StartTaskResponse>, Status> {
+        if self.driver.config().is_none() {
+            return Err(Status::failed_precondition(crate::driver::NOT_CONFIGURED));
+        }
+        let task = request
+            .into_inner()
+            .task
+            .ok_or_else(|| Status::invalid_argument("StartTask without a task"))?;
+        // A bad task config will not get better by restarting: not recoverable.
+        ElideTaskConfig::decode(&task.msgpack_driver_config).map_err(|e| {
+            status::with_recoverable(
+                Code::InvalidArgument,
+                format!("task {:?}: {e}", task.name),
+                false,
+            )
+        })?;
+        Err(not_implemented_yet("StartTask"))
+    }
+
+    async fn wait_task(
+        &self,
+        request: Request<WaitTaskRequest>,
+    ) -> Result<Response<WaitTaskResponse>, Status> {
+        // No task can have started, so every id is unknown (§7.3: NOT_FOUND).
+        Err(unknown_task(&request.into_inner().task_id))
+    }
+
+    async fn stop_task(
+        &self,
+        request: Request<StopTaskRequest>,
+    ) -> Result<Response<StopTaskResponse>, Status> {
+        // Unknown ids are OK: an error makes the client retry for minutes.
+        tracing::debug!(task_id = %request.into_inner().task_id, "StopTask for an unknown task");
+        Ok(Response::new(StopTaskResponse {}))
+    }
+
+    async fn destroy_task(
+        &self,
+        request: Request<DestroyTaskRequest>,
+    ) -> Result<Response<DestroyTaskResponse>, Status> {
+        tracing::debug!(task_id = %request.into_inner().task_id, "DestroyTask for an unknown task");
+        Ok(Response::new(DestroyTaskResponse {}))
+    }
+
+    async fn inspect_task(
+        &self,
+        request: Request<InspectTaskRequest>,
+    ) -> Result<Response<InspectTaskResponse>, Status> {
+        Err(unknown_task(&request.into_inner().task_id))
+    }
+
+    async fn task_stats(
+        &self,
+        request: Request<TaskStatsRequest>,
+    ) -> Result<Response<Self::TaskStatsStream>, Status> {
+        Err(unknown_task(&request.into_inner().task_id))
+    }
+
+    async fn task_events(
+        &self,
+        _request: Request<TaskEventsRequest>,
+    ) -> Result<Response<Self::TaskEventsStream>, Status> {
+        // Lagged receivers skip what they missed rather than ending the
+        // stream; chained with `pending` so it never completes.
+        let events = BroadcastStream::new(self.driver.subscribe_events())
+            .filter_map(|event| async move { event.ok().map(|e| Ok(task_event_message(e))) })
+            .chain(futures::stream::pending());
+        Ok(Response::new(Box::pin(events)))
+    }
+
+    async fn shutdown(
+        &self,
+        _request: Request<ShutdownRequest>,
+    ) -> Result<Response<ShutdownResponse>, Status> {
+        // Tasks live in the daemon and must outlive this process: nothing to do.
+        Ok(Response::new(ShutdownResponse {}))
+    }
+
+    async fn signal_task(
+        &self,
+        request: Request<SignalTaskRequest>,
+    ) -> Result<Response<SignalTaskResponse>, Status> {
+        Err(unknown_task(&request.into_inner().task_id))
+    }
+
+    async fn exec_task(
+        &self,
+        _request: Request<ExecTaskRequest>,
+    ) -> Result<Response<ExecTaskResponse>, Status> {
+        Err(Status::unimplemented(
+            "the elide driver does not support exec: tasks are snippets inside the shared daemon, with no shell to run commands in",
+        ))
+    }
+
+    async fn exec_task_streaming(
+        &self,
+        _request: Request<Streaming<ExecTaskStreamingRequest>>,
+    ) -> Result<Response<Self::ExecTaskStreamingStream>, Status> {
+        Err(Status::unimplemented(
+            "the elide driver does not support `nomad alloc exec`: tasks are snippets inside the shared daemon, with no shell to run commands in",
+        ))
+    }
+
+    async fn create_network(
+        &self,
+        _request: Request<CreateNetworkRequest>,
+    ) -> Result<Response<CreateNetworkResponse>, Status> {
+        Err(Status::unimplemented(
+            "the elide driver does not create network namespaces",
+        ))
+    }
+
+    async fn destroy_network(
+        &self,
+        _request: Request<DestroyNetworkRequest>,
+    ) -> Result<Response<DestroyNetworkResponse>, Status> {
+        Err(Status::unimplemented(
+            "the elide driver does not create network namespaces",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::ConnectProbe;
+    use elide_proto::hashicorp::nomad::plugins::drivers::proto::TaskConfig;
+
+    fn service() -> DriverService {
+        let driver = Arc::new(ElideDriver::new(Arc::new(ConnectProbe::default())));
+        DriverService::new(driver, FINGERPRINT_INTERVAL)
+    }
+
+    fn start(msgpack: Vec<u8>) -> Request<StartTaskRequest> {
+        Request::new(StartTaskRequest {
+            task: Some(TaskConfig {
+                id: "alloc/web/abcd1234".into(),
+                name: "web".into(),
+                msgpack_driver_config: msgpack,
+                ..TaskConfig::default()
+            }),
+        })
+    }
+
+    #[tokio::test]
+    async fn start_before_set_config_is_a_failed_precondition() {
+        let err = service().start_task(start(vec![0x80])).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+    }
+
+    #[tokio::test]
+    async fn bad_task_config_is_unrecoverable_and_names_the_field() {
+        let service = service();
+        service.driver.set_config(&[]).unwrap();
+        // {"code": "x"}: no language for inline code.
+        let msgpack = vec![0x81, 0xa4, b'c', b'o', b'd', b'e', 0xa1, b'x'];
+        let err = service.start_task(start(msgpack)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("`language`"), "{}", err.message());
+        assert_eq!(status::recoverable_flag(&err), Some(false));
+    }
+
+    #[tokio::test]
+    async fn stop_and_destroy_of_unknown_tasks_succeed() {
+        let service = service();
+        let stop = StopTaskRequest {
+            task_id: "a/b/c".into(),
+            timeout: None,
+            signal: String::new(),
+        };
+        assert!(service.stop_task(Request::new(stop)).await.is_ok());
+        let destroy = DestroyTaskRequest {
+            task_id: "a/b/c".into(),
+            force: true,
+        };
+        assert!(service.destroy_task(Request::new(destroy)).await.is_ok());
+        let wait = WaitTaskRequest {
+            task_id: "a/b/c".into(),
+        };
+        let err = service.wait_task(Request::new(wait)).await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+    }
+
+    #[test]
+    fn healthy_fingerprint_carries_typed_attributes() {
+        let attributes = [("driver.elide.pool".to_owned(), AttributeValue::Int(4))].into();
+        let response = fingerprint_response(DaemonHealth::Healthy { attributes });
+        assert_eq!(response.health(), HealthState::Healthy);
+        assert_eq!(response.health_description, "Healthy");
+        assert_eq!(
+            response.attributes["driver.elide.pool"].value,
+            Some(attribute::Value::IntVal(4))
+        );
+    }
+}

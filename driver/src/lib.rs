@@ -1,0 +1,29 @@
+//! `nomad-driver-elide`: a Nomad task-driver plugin that runs Python and
+//! JavaScript snippets in the node's shared Elide execution daemon.
+//!
+//! Layout:
+//! * process contract: [`launch`] (environment, socket, handshake),
+//!   [`logging`] (hclog JSON on stderr), [`shutdown`];
+//! * configuration: [`plugin_config`] (agent `plugin` block),
+//!   [`task_config`] (task `config` block), [`script`] (loading a task's
+//!   script safely), built on [`cty`] (Nomad's msgpack encoding),
+//!   [`hclspec`] (schema builders), [`duration`] and [`catalog`];
+//! * driver state: [`driver`], with daemon health from [`probe`];
+//! * Nomad-facing gRPC: [`grpc`], with error details from [`status`].
+
+#![warn(missing_docs)]
+
+pub mod catalog;
+pub mod cty;
+pub mod driver;
+pub mod duration;
+pub mod grpc;
+pub mod hclspec;
+pub mod launch;
+pub mod logging;
+pub mod plugin_config;
+pub mod probe;
+pub mod script;
+pub mod shutdown;
+pub mod status;
+pub mod task_config;

@@ -1,0 +1,475 @@
+//! The agent-side plugin configuration:
+//!
+//! ```hcl
+//! plugin "nomad-driver-elide" {
+//!   config {
+//!     daemon_socket  = "/run/elide/daemon.sock"   # or daemon_address = "10.0.0.5:7070"
+//!     session_config {
+//!       context_pool_size  = 4
+//!       enabled_languages  = ["python", "javascript"]
+//!       enabled_intrinsics = ["console", "fs.read"]
+//!       memory_limit_mb    = 256
+//!       enable_ai          = false
+//!     }
+//!   }
+//! }
+//! ```
+//!
+//! Its schema ([`schema`]) and its decoding and validation ([`PluginConfig::decode`]).
+
+use std::fmt;
+use std::path::PathBuf;
+
+use elide_proto::hashicorp::nomad::plugins::shared::hclspec::Spec;
+
+use crate::catalog::{self, Language};
+use crate::cty::{self, ConfigError, CtyObject};
+use crate::hclspec::{attr, block, object};
+
+/// Where the daemon listens when the configuration names no endpoint.
+pub const DEFAULT_DAEMON_SOCKET: &str = "/run/elide/daemon.sock";
+
+/// The longest unix socket path the kernel accepts (`sun_path` minus NUL).
+const MAX_SOCKET_PATH_BYTES: usize = 107;
+
+/// The schema of the agent's `config { … }` block.
+///
+/// `daemon_socket` has no HCL default on purpose: the default is applied by
+/// [`PluginConfig::decode`] only when `daemon_address` is not set either, so
+/// that setting both can be reported as a mistake.
+pub fn schema() -> Spec {
+    object([
+        ("daemon_socket", attr("string")),
+        ("daemon_address", attr("string")),
+        (
+            "session_config",
+            block(object([
+                ("context_pool_size", attr("number")),
+                ("enabled_languages", attr("list(string)")),
+                ("enabled_intrinsics", attr("list(string)")),
+                ("memory_limit_mb", attr("number")),
+                ("enable_ai", attr("bool")),
+            ])),
+        ),
+    ])
+}
+
+/// How to reach the execution daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DaemonEndpoint {
+    /// A unix socket path.
+    Unix(PathBuf),
+    /// A TCP `host:port`.
+    Tcp(String),
+}
+
+impl fmt::Display for DaemonEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DaemonEndpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+            DaemonEndpoint::Tcp(address) => write!(f, "tcp:{address}"),
+        }
+    }
+}
+
+/// Defaults for the daemon sessions this driver opens. `None` leaves the
+/// daemon's own default in place.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Warm execution contexts the daemon keeps per session.
+    pub context_pool_size: Option<u32>,
+    /// Languages tasks may use; `None` means every known language.
+    pub enabled_languages: Option<Vec<Language>>,
+    /// Intrinsics granted to sessions by default.
+    pub enabled_intrinsics: Option<Vec<String>>,
+    /// Memory limit of a session, in MiB.
+    pub memory_limit_mb: Option<u64>,
+    /// Whether the AI intrinsics are available.
+    pub enable_ai: Option<bool>,
+}
+
+/// The validated plugin configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginConfig {
+    /// Where the daemon is.
+    pub daemon: DaemonEndpoint,
+    /// Session defaults.
+    pub session: SessionConfig,
+}
+
+impl Default for PluginConfig {
+    fn default() -> Self {
+        PluginConfig {
+            daemon: DaemonEndpoint::Unix(PathBuf::from(DEFAULT_DAEMON_SOCKET)),
+            session: SessionConfig::default(),
+        }
+    }
+}
+
+impl PluginConfig {
+    /// Decodes and validates `SetConfigRequest.msgpack_config`. Empty bytes
+    /// (a plugin block without `config`) give the defaults.
+    pub fn decode(msgpack: &[u8]) -> Result<Self, ConfigError> {
+        let value = cty::decode(msgpack)?;
+        let root = CtyObject::root(&value)?;
+        Ok(PluginConfig {
+            daemon: daemon_endpoint(&root)?,
+            session: match root.block("session_config")? {
+                Some(session) => session_config(&session)?,
+                None => SessionConfig::default(),
+            },
+        })
+    }
+}
+
+fn daemon_endpoint(root: &CtyObject<'_>) -> Result<DaemonEndpoint, ConfigError> {
+    let socket = root.string("daemon_socket")?;
+    let address = root.string("daemon_address")?;
+    match (socket, address) {
+        (Some(_), Some(_)) => Err(ConfigError::invalid(
+            "daemon_address",
+            "set either daemon_socket or daemon_address, not both",
+        )),
+        (None, None) => Ok(DaemonEndpoint::Unix(PathBuf::from(DEFAULT_DAEMON_SOCKET))),
+        (Some(socket), None) => socket_path(&socket).map(DaemonEndpoint::Unix),
+        (None, Some(address)) => tcp_address(&address).map(DaemonEndpoint::Tcp),
+    }
+}
+
+fn socket_path(socket: &str) -> Result<PathBuf, ConfigError> {
+    let invalid = |problem: &str| ConfigError::invalid("daemon_socket", problem);
+    if socket.is_empty() {
+        return Err(invalid("must not be empty"));
+    }
+    if !socket.starts_with('/') {
+        return Err(invalid("must be an absolute path"));
+    }
+    if socket.len() > MAX_SOCKET_PATH_BYTES {
+        return Err(invalid(
+            "is longer than the 107 bytes a unix socket path may have",
+        ));
+    }
+    Ok(PathBuf::from(socket))
+}
+
+/// Checks a `host:port` (IPv6 hosts in brackets) and returns it unchanged.
+fn tcp_address(address: &str) -> Result<String, ConfigError> {
+    let invalid = |problem: String| ConfigError::invalid("daemon_address", problem);
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(invalid(format!("{address:?} is not of the form host:port")));
+    };
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(invalid(format!("{address:?} has no valid host")));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(address.to_owned()),
+        _ => Err(invalid(format!("{address:?} has no valid port (1-65535)"))),
+    }
+}
+
+fn session_config(session: &CtyObject<'_>) -> Result<SessionConfig, ConfigError> {
+    let context_pool_size = session
+        .integer("context_pool_size")?
+        .map(|n| {
+            u32::try_from(n).map_err(|_| {
+                let problem = if n < 0 {
+                    format!("must not be negative, got {n}")
+                } else {
+                    format!("{n} is too large")
+                };
+                ConfigError::invalid(session.field_path("context_pool_size"), problem)
+            })
+        })
+        .transpose()?;
+    let enabled_languages = session
+        .string_list("enabled_languages")?
+        .map(|names| languages(&names, &session.field_path("enabled_languages")))
+        .transpose()?;
+    let enabled_intrinsics = session
+        .string_list("enabled_intrinsics")?
+        .map(|names| intrinsics(names, &session.field_path("enabled_intrinsics")))
+        .transpose()?;
+    let memory_limit_mb = session
+        .integer("memory_limit_mb")?
+        .map(|mb| positive_mib(mb, &session.field_path("memory_limit_mb")))
+        .transpose()?;
+    Ok(SessionConfig {
+        context_pool_size,
+        enabled_languages,
+        enabled_intrinsics,
+        memory_limit_mb,
+        enable_ai: session.bool("enable_ai")?,
+    })
+}
+
+/// Parses language names, rejecting unknown ones; duplicates are dropped.
+pub(crate) fn languages(names: &[String], field: &str) -> Result<Vec<Language>, ConfigError> {
+    let mut out = Vec::new();
+    for name in names {
+        let language = Language::from_name(name).ok_or_else(|| {
+            ConfigError::invalid(
+                field,
+                format!(
+                    "unknown language {name:?} (known: {})",
+                    Language::known_names()
+                ),
+            )
+        })?;
+        if !out.contains(&language) {
+            out.push(language);
+        }
+    }
+    Ok(out)
+}
+
+/// Checks intrinsic names against [`catalog::KNOWN_INTRINSICS`]; duplicates
+/// are dropped.
+pub(crate) fn intrinsics(names: Vec<String>, field: &str) -> Result<Vec<String>, ConfigError> {
+    let mut out: Vec<String> = Vec::new();
+    for name in names {
+        if !catalog::is_known_intrinsic(&name) {
+            return Err(ConfigError::invalid(
+                field,
+                format!(
+                    "unknown intrinsic {name:?} (known: {})",
+                    catalog::KNOWN_INTRINSICS.join(", ")
+                ),
+            ));
+        }
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
+/// A memory limit in MiB, which must be at least 1.
+pub(crate) fn positive_mib(mb: i64, field: &str) -> Result<u64, ConfigError> {
+    u64::try_from(mb)
+        .ok()
+        .filter(|mb| *mb > 0)
+        .ok_or_else(|| ConfigError::invalid(field, format!("must be greater than 0 MiB, got {mb}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cty::encode::{bytes, object, strings};
+    use elide_proto::hashicorp::nomad::plugins::shared::hclspec::spec::Block as SpecKind;
+    use rmpv::Value;
+
+    /// The whole config object as Nomad sends it: every key present, nil
+    /// where the user wrote nothing.
+    fn config(socket: Value, address: Value, session: Value) -> Vec<u8> {
+        bytes(&object(&[
+            ("daemon_socket", socket),
+            ("daemon_address", address),
+            ("session_config", session),
+        ]))
+    }
+
+    fn session(entries: &[(&str, Value)]) -> Value {
+        let mut all = vec![
+            ("context_pool_size", Value::Nil),
+            ("enabled_languages", Value::Nil),
+            ("enabled_intrinsics", Value::Nil),
+            ("memory_limit_mb", Value::Nil),
+            ("enable_ai", Value::Nil),
+        ];
+        for (key, value) in entries {
+            all.retain(|(k, _)| k != key);
+            all.push((key, value.clone()));
+        }
+        object(&all)
+    }
+
+    fn field_of(result: Result<PluginConfig, ConfigError>) -> String {
+        result.unwrap_err().field().unwrap().to_owned()
+    }
+
+    #[test]
+    fn absent_everything_gives_the_default_socket() {
+        assert_eq!(PluginConfig::decode(&[]), Ok(PluginConfig::default()));
+        assert_eq!(PluginConfig::decode(&[0x80]), Ok(PluginConfig::default()));
+        let all_nil = config(Value::Nil, Value::Nil, Value::Nil);
+        assert_eq!(PluginConfig::decode(&all_nil), Ok(PluginConfig::default()));
+        // A block given as an empty list (HCL1 rewriting) is an absent block.
+        let empty_block = config(Value::Nil, Value::Nil, Value::Array(vec![]));
+        assert_eq!(
+            PluginConfig::decode(&empty_block),
+            Ok(PluginConfig::default())
+        );
+    }
+
+    #[test]
+    fn full_config_decodes_with_numbers_in_any_shape() {
+        let bytes = config(
+            Value::from("/run/elide/other.sock"),
+            Value::Nil,
+            Value::Array(vec![session(&[
+                ("context_pool_size", Value::F64(4.0)),
+                (
+                    "enabled_languages",
+                    strings(&["python", "javascript", "python"]),
+                ),
+                ("enabled_intrinsics", strings(&["console", "fs.read"])),
+                ("memory_limit_mb", Value::from("256")),
+                ("enable_ai", Value::Boolean(true)),
+            ])]),
+        );
+        let decoded = PluginConfig::decode(&bytes).unwrap();
+        assert_eq!(
+            decoded,
+            PluginConfig {
+                daemon: DaemonEndpoint::Unix(PathBuf::from("/run/elide/other.sock")),
+                session: SessionConfig {
+                    context_pool_size: Some(4),
+                    enabled_languages: Some(vec![Language::Python, Language::JavaScript]),
+                    enabled_intrinsics: Some(vec!["console".into(), "fs.read".into()]),
+                    memory_limit_mb: Some(256),
+                    enable_ai: Some(true),
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn tcp_address_replaces_the_socket() {
+        let bytes = config(Value::Nil, Value::from("10.0.0.5:7070"), Value::Nil);
+        assert_eq!(
+            PluginConfig::decode(&bytes).unwrap().daemon,
+            DaemonEndpoint::Tcp("10.0.0.5:7070".into())
+        );
+        let bytes = config(Value::Nil, Value::from("[::1]:7070"), Value::Nil);
+        assert!(PluginConfig::decode(&bytes).is_ok());
+    }
+
+    #[test]
+    fn endpoint_mistakes_name_the_field() {
+        let both = config(Value::from("/a.sock"), Value::from("h:1"), Value::Nil);
+        assert_eq!(field_of(PluginConfig::decode(&both)), "daemon_address");
+        for bad in ["", "relative.sock"] {
+            let bytes = config(Value::from(bad), Value::Nil, Value::Nil);
+            assert_eq!(field_of(PluginConfig::decode(&bytes)), "daemon_socket");
+        }
+        let long = format!("/{}", "x".repeat(120));
+        let bytes = config(Value::from(long.as_str()), Value::Nil, Value::Nil);
+        assert_eq!(field_of(PluginConfig::decode(&bytes)), "daemon_socket");
+        for bad in [
+            "",
+            "host",
+            "host:",
+            ":7070",
+            "host:0",
+            "host:70000",
+            "host:http",
+        ] {
+            let bytes = config(Value::Nil, Value::from(bad), Value::Nil);
+            assert_eq!(
+                field_of(PluginConfig::decode(&bytes)),
+                "daemon_address",
+                "{bad:?}"
+            );
+        }
+        let wrong_type = config(Value::from(5), Value::Nil, Value::Nil);
+        assert_eq!(field_of(PluginConfig::decode(&wrong_type)), "daemon_socket");
+    }
+
+    #[test]
+    fn session_mistakes_name_the_field() {
+        let cases = [
+            ("context_pool_size", Value::from(-1), "must not be negative"),
+            ("context_pool_size", Value::from("2.5"), "whole number"),
+            (
+                "enabled_languages",
+                strings(&["python", "ruby"]),
+                "unknown language \"ruby\"",
+            ),
+            (
+                "enabled_intrinsics",
+                strings(&["console", "gpu"]),
+                "unknown intrinsic \"gpu\"",
+            ),
+            ("memory_limit_mb", Value::from(0), "greater than 0"),
+            ("memory_limit_mb", Value::from(-64), "greater than 0"),
+            ("enable_ai", Value::from("yes"), "expected a bool"),
+        ];
+        for (key, value, expected) in cases {
+            let bytes = config(Value::Nil, Value::Nil, session(&[(key, value)]));
+            let err = PluginConfig::decode(&bytes).unwrap_err();
+            assert_eq!(err.field(), Some(format!("session_config.{key}").as_str()));
+            let text = err.to_string();
+            assert!(
+                text.contains(expected),
+                "{text:?} should mention {expected:?}"
+            );
+            assert!(text.contains(&format!("session_config.{key}")), "{text}");
+        }
+    }
+
+    #[test]
+    fn schema_is_an_object_with_session_config_as_a_block() {
+        let Some(SpecKind::Object(root)) = schema().block else {
+            panic!("root must be an Object");
+        };
+        let mut keys: Vec<_> = root.attributes.keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, ["daemon_address", "daemon_socket", "session_config"]);
+        let Some(SpecKind::BlockValue(session)) = &root.attributes["session_config"].block else {
+            panic!("session_config must be a Block");
+        };
+        let Some(SpecKind::Object(nested)) = &session.nested.as_ref().unwrap().block else {
+            panic!("session_config body must be an Object");
+        };
+        assert_eq!(nested.attributes.len(), 5);
+        for spec in nested.attributes.values().chain(root.attributes.values()) {
+            if let Some(SpecKind::Attr(attr)) = &spec.block {
+                assert!(!attr.r#type.is_empty(), "every Attr needs a type");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod wire_tests {
+    use super::*;
+
+    /// Bytes written by hand the way go-cty encodes a decoded agent block:
+    /// keys sorted, absent attributes nil, 256 as uint16, 0.5-free numbers as
+    /// compact ints, `session_config` as a map.
+    #[test]
+    fn decodes_hand_written_cty_bytes() {
+        #[rustfmt::skip]
+        let bytes: Vec<u8> = [
+            &[0x83][..],
+            &[0xae], b"daemon_address", &[0xc0],
+            &[0xad], b"daemon_socket", &[0xa7], b"/d.sock",
+            &[0xae], b"session_config", &[0x85],
+                &[0xb1], b"context_pool_size", &[0x02],
+                &[0xa9], b"enable_ai", &[0xc2],
+                &[0xb2], b"enabled_intrinsics", &[0xc0],
+                &[0xb1], b"enabled_languages", &[0x91, 0xa6], b"python",
+                &[0xaf], b"memory_limit_mb", &[0xcd, 0x01, 0x00],
+        ]
+        .concat();
+        let config = PluginConfig::decode(&bytes).unwrap();
+        assert_eq!(
+            config.daemon,
+            DaemonEndpoint::Unix(PathBuf::from("/d.sock"))
+        );
+        assert_eq!(
+            config.session,
+            SessionConfig {
+                context_pool_size: Some(2),
+                enabled_languages: Some(vec![Language::Python]),
+                enabled_intrinsics: None,
+                memory_limit_mb: Some(256),
+                enable_ai: Some(false),
+            }
+        );
+    }
+}
