@@ -209,7 +209,7 @@ async fn a_trapped_sigterm_lets_the_snippet_clean_up() {
                 def bye(*_):\n    print('cleaning up', flush=True)\n    sys.exit(0)\n\
                 signal.signal(signal.SIGTERM, bye)\nprint('ready', flush=True)\ntime.sleep(60)\n";
     execute(&mut c, snippet("s", "trap", "python", code)).await;
-    wait_for_stdout(&mut c, "s", "trap", "ready").await;
+    wait_for_stdout(&mut c, "s", "trap", "ready\n").await;
     c.cancel_execution(pb::CancelExecutionRequest {
         session_id: "s".into(),
         execution_id: "trap".into(),
@@ -548,4 +548,50 @@ async fn memory_limit_kills_a_hungry_snippet_with_a_clear_reason() {
         "{}",
         status.message
     );
+}
+
+#[tokio::test]
+async fn the_runtime_versions_reported_are_the_ones_that_run_snippets() {
+    let d = Daemon::start(&[]).await;
+    let mut c = d.client().await;
+    let caps = c
+        .get_capabilities(pb::GetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let version_of = |lang: &str| {
+        let l = caps.languages.iter().find(|l| l.language == lang).unwrap();
+        assert!(l.available, "{l:?}");
+        l.runtime_version.clone()
+    };
+    create_session(&mut c, "s", Default::default()).await;
+    // A snippet environment with a PATH that points elsewhere must not change
+    // which interpreter runs.
+    let mut py = snippet(
+        "s",
+        "py",
+        "python",
+        "import platform\nprint(platform.python_version(), end='')",
+    );
+    py.env = env(&[("PATH", "/nonexistent")]);
+    execute(&mut c, py).await;
+    execute(
+        &mut c,
+        snippet(
+            "s",
+            "js",
+            "javascript",
+            "process.stdout.write(process.versions.node)",
+        ),
+    )
+    .await;
+    for (id, lang) in [("py", "python"), ("js", "javascript")] {
+        wait_terminal(&mut c, "s", id).await;
+        let out = read_output(&mut c, "s", id, (0, 0), false).await;
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            version_of(lang),
+            "{lang}"
+        );
+    }
 }

@@ -85,9 +85,9 @@ impl ProcessRuntime {
     /// Looks for the interpreters (runs each with `--version`).
     pub fn discover(config: &ProcessRuntimeConfig) -> Self {
         ProcessRuntime {
-            python: probe(&config.python),
-            node: probe(&config.node),
-            elide: probe(&config.elide),
+            python: probe(&config.python, Language::Python),
+            node: probe(&config.node, Language::JavaScript),
+            elide: probe(&config.elide, Language::TypeScript),
             sample_interval: config.sample_interval,
         }
     }
@@ -101,15 +101,51 @@ impl ProcessRuntime {
     }
 }
 
-/// Runs `program --version` and extracts a version number.
-fn probe(program: &str) -> Result<Interpreter, String> {
-    let out = std::process::Command::new(program)
-        .arg("--version")
+/// Finds `program` on the daemon's own PATH (a name with a `/` is taken as
+/// is). Resolved once, so the interpreter that runs snippets is the one whose
+/// version was reported, whatever PATH a snippet's environment sets.
+fn resolve(program: &str) -> Result<PathBuf, String> {
+    if program.contains('/') {
+        return Ok(PathBuf::from(program));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .ok_or_else(|| format!("{program} not found on PATH"))
+}
+
+/// How to ask an interpreter for its real executable and its version (two
+/// lines). Wrappers such as pyenv shims need their own environment, which
+/// snippets do not get, so snippets run the real executable directly.
+fn self_report(language: Language) -> &'static [&'static str] {
+    match language {
+        Language::Python => &[
+            "-c",
+            "import sys, platform; print(sys.executable); print(platform.python_version())",
+        ],
+        Language::JavaScript => &["-p", "process.execPath + '\\n' + process.versions.node"],
+        Language::TypeScript => &["--version"],
+    }
+}
+
+/// Resolves `program` and learns its real path and version.
+fn probe(program: &str, language: Language) -> Result<Interpreter, String> {
+    let path = resolve(program)?;
+    let out = std::process::Command::new(&path)
+        .args(self_report(language))
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("{program} not found: {e}"))?;
+        .map_err(|e| format!("{program} could not be run: {e}"))?;
     if !out.status.success() {
-        return Err(format!("`{program} --version` failed with {}", out.status));
+        return Err(format!(
+            "`{program}` failed with {} when asked for its version",
+            out.status
+        ));
     }
     let text = String::from_utf8_lossy(if out.stdout.is_empty() {
         &out.stderr
@@ -117,18 +153,26 @@ fn probe(program: &str) -> Result<Interpreter, String> {
         &out.stdout
     })
     .to_string();
-    let version = text
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let (real, version_text) = match language {
+        Language::TypeScript => (None, text.trim().to_string()),
+        _ => (
+            lines.next().map(PathBuf::from),
+            lines.next().unwrap_or_default().to_string(),
+        ),
+    };
+    let version = version_text
         .split_whitespace()
         .find(|w| {
             w.trim_start_matches('v')
                 .starts_with(|c: char| c.is_ascii_digit())
         })
         .map(|w| w.trim_start_matches('v').to_string())
-        .unwrap_or_else(|| text.trim().to_string());
-    Ok(Interpreter {
-        path: PathBuf::from(program),
-        version,
-    })
+        .unwrap_or(version_text);
+    let path = real
+        .filter(|p| p.is_absolute() && p.is_file())
+        .unwrap_or(path);
+    Ok(Interpreter { path, version })
 }
 
 impl Runtime for ProcessRuntime {

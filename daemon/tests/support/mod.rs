@@ -278,3 +278,30 @@ pub fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 pub fn exists(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok()
 }
+
+/// Waits (through WatchExecution) until the execution reaches `state`.
+pub async fn wait_state(
+    client: &mut Client,
+    session: &str,
+    id: &str,
+    state: pb::ExecutionState,
+) -> pb::ExecutionStatus {
+    let mut stream = client
+        .watch_execution(pb::WatchExecutionRequest {
+            session_id: session.into(),
+            execution_id: id.into(),
+        })
+        .await
+        .expect("watch execution")
+        .into_inner();
+    while let Some(status) = tokio::time::timeout(Duration::from_secs(30), stream.next())
+        .await
+        .expect("state not reached within 30 s")
+    {
+        let status = status.expect("watch stream error");
+        if status.state() == state {
+            return status;
+        }
+    }
+    panic!("execution {id} ended without reaching {state:?}");
+}
