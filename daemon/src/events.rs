@@ -15,11 +15,18 @@ pub struct EventBatch {
 }
 
 /// A bounded, ordered log of status events with increasing sequence numbers.
+///
+/// After a daemon restart the log starts with a *compacted history*: the
+/// last persisted status of every retained execution, at its original
+/// sequence number. Sequence numbers between them were intermediate states
+/// that no longer matter, so they do not count as missing.
 #[derive(Debug)]
 pub struct EventLog {
     cap: usize,
     /// Sequence number the next event gets.
     next_seq: u64,
+    /// Every event that matters with a seq at or above this is retained.
+    complete_from: u64,
     events: VecDeque<pb::ExecutionStatus>,
 }
 
@@ -29,7 +36,31 @@ impl EventLog {
         EventLog {
             cap: cap.max(1),
             next_seq: first_seq.max(1),
+            complete_from: 1,
             events: VecDeque::new(),
+        }
+    }
+
+    /// A log that starts with `history` (statuses keeping their own seq, all
+    /// below `first_seq`); new events get `first_seq` onwards.
+    pub fn with_history(cap: usize, first_seq: u64, mut history: Vec<pb::ExecutionStatus>) -> Self {
+        history.sort_by_key(|s| s.seq);
+        let mut log = EventLog::new(cap, first_seq);
+        for status in history
+            .into_iter()
+            .filter(|s| s.seq > 0 && s.seq < log.next_seq)
+        {
+            log.events.push_back(status);
+        }
+        log.trim();
+        log
+    }
+
+    fn trim(&mut self) {
+        while self.events.len() > self.cap {
+            if let Some(dropped) = self.events.pop_front() {
+                self.complete_from = dropped.seq + 1;
+            }
         }
     }
 
@@ -45,9 +76,7 @@ impl EventLog {
         self.next_seq += 1;
         status.seq = seq;
         self.events.push_back(status);
-        while self.events.len() > self.cap {
-            self.events.pop_front();
-        }
+        self.trim();
         seq
     }
 
@@ -61,7 +90,7 @@ impl EventLog {
             // A cursor from the future: it belongs to another log (for
             // example an older daemon instance); the client must resync.
             Some((0, first_available))
-        } else if after + 1 < first_available {
+        } else if after + 1 < self.complete_from {
             Some((after + 1, first_available))
         } else {
             None
@@ -122,6 +151,24 @@ mod tests {
             vec![3, 4]
         );
         assert_eq!(log.after(2).gap, None);
+    }
+
+    #[test]
+    fn a_compacted_history_is_not_a_gap() {
+        let old = |id: &str, seq| pb::ExecutionStatus {
+            execution_id: id.into(),
+            seq,
+            ..Default::default()
+        };
+        let mut log = EventLog::with_history(10, 1025, vec![old("b", 9), old("a", 4)]);
+        assert_eq!(log.push(ev("c")), 1025);
+        let batch = log.after(5);
+        assert_eq!(batch.gap, None);
+        assert_eq!(
+            batch.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![9, 1025]
+        );
+        assert_eq!(log.after(2).events.len(), 3);
     }
 
     #[test]

@@ -43,6 +43,31 @@ impl IdSource for RandomIds {
     }
 }
 
+/// Predictable identifiers `<prefix>-1`, `<prefix>-2`, … (for tests and
+/// simulations, where the same run must produce the same ids).
+#[derive(Debug)]
+pub struct SequentialIds {
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl SequentialIds {
+    /// Ids starting at `<prefix>-1`.
+    pub fn new(prefix: &str) -> Self {
+        SequentialIds {
+            prefix: prefix.to_string(),
+            next: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+}
+
+impl IdSource for SequentialIds {
+    fn new_id(&self) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}-{n}", self.prefix)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

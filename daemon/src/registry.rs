@@ -193,14 +193,20 @@ impl SessionRegistry {
             let first_seq = record.seq_reserved.max(1);
             record.seq_reserved = first_seq + SEQ_BLOCK;
             self.store.put_session(&id, &record)?;
+            let history: Vec<pb::ExecutionStatus> = execs
+                .values()
+                .filter_map(|r| r.status.clone())
+                .filter(|s| is_terminal(s.state()))
+                .collect();
             let mut session = Session {
                 record,
                 policy,
                 executions: BTreeMap::new(),
                 finished: VecDeque::new(),
-                events: EventLog::new(
+                events: EventLog::with_history(
                     self.limits.max_events_retained_per_session as usize,
                     first_seq,
+                    history,
                 ),
                 changed: watch::Sender::new(0),
                 last_active: Instant::now(),

@@ -168,6 +168,12 @@ async fn cancel_ends_a_sleeping_snippet_and_its_children_within_the_grace() {
     );
     execute(&mut c, snippet("s", "sleepy", "python", &code)).await;
     wait_for_stdout(&mut c, "s", "sleepy", "ready").await;
+    for _ in 0..250 {
+        if !processes_with(&marker).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
         processes_with(&marker).len(),
         1,

@@ -6,6 +6,7 @@
 //! processes; a simulation supplies its own.
 
 pub mod process;
+pub mod scripted;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

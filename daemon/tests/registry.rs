@@ -1,0 +1,300 @@
+//! The daemon's state machine driven directly, with the scripted runtime on
+//! a paused tokio clock: no processes, no sockets, fully deterministic.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use elide_daemon::error::DaemonError;
+use elide_daemon::ids::SequentialIds;
+use elide_daemon::limits::Limits;
+use elide_daemon::registry::{is_terminal, RegistryDeps, SessionRegistry};
+use elide_daemon::runtime::scripted::ScriptedRuntime;
+use elide_daemon::store::{MemoryStore, StateStore};
+use elide_daemon::time::TokioClock;
+use elide_proto::elide::daemon::v1 as pb;
+use nix::sys::signal::Signal;
+use pb::ExecutionState as S;
+
+fn open(store: Arc<MemoryStore>, limits: Limits, ids: &str) -> Arc<SessionRegistry> {
+    SessionRegistry::open(RegistryDeps {
+        runtime: Arc::new(ScriptedRuntime),
+        store: store as Arc<dyn StateStore>,
+        clock: Arc::new(TokioClock::starting_at(SystemTime::UNIX_EPOCH)),
+        ids: Arc::new(SequentialIds::new(ids)),
+        limits,
+        scratch_dir: std::env::temp_dir()
+            .join(format!("elide-registry-test-{}", std::process::id())),
+        version: "test".into(),
+    })
+    .unwrap()
+}
+
+fn session(reg: &SessionRegistry, id: &str, config: pb::SessionConfig) {
+    reg.create_session(pb::CreateSessionRequest {
+        session_id: id.into(),
+        config: Some(config),
+        ..Default::default()
+    })
+    .unwrap();
+}
+
+fn run(reg: &Arc<SessionRegistry>, session: &str, id: &str, code: &str) -> pb::ExecutionStatus {
+    reg.execute(pb::ExecuteSnippetRequest {
+        session_id: session.into(),
+        execution_id: id.into(),
+        language: "python".into(),
+        code: code.into(),
+        ..Default::default()
+    })
+    .unwrap()
+    .0
+}
+
+/// Lets virtual time pass (tasks run meanwhile).
+async fn advance(d: Duration) {
+    tokio::time::sleep(d).await;
+}
+
+fn status(reg: &SessionRegistry, session: &str, id: &str) -> pb::ExecutionStatus {
+    reg.status(session, id).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn executions_queue_for_run_slots_in_order() {
+    let reg = open(
+        Arc::default(),
+        Limits {
+            max_running_executions: 1,
+            ..Limits::default()
+        },
+        "i",
+    );
+    session(&reg, "s", Default::default());
+    run(&reg, "s", "a", "sleep 5s\nexit 1");
+    run(&reg, "s", "b", "print b");
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(status(&reg, "s", "a").state(), S::Running);
+    assert_eq!(status(&reg, "s", "b").state(), S::Queued);
+    advance(Duration::from_secs(5)).await;
+    let a = status(&reg, "s", "a");
+    let b = status(&reg, "s", "b");
+    assert_eq!((a.state(), a.exit_code), (S::Exited, Some(1)));
+    assert_eq!((b.state(), b.exit_code), (S::Exited, Some(0)));
+    assert!(b.started_at.unwrap().seconds >= a.finished_at.unwrap().seconds);
+    // Every change is an event, in order.
+    let events = reg.events_after("s", 0).unwrap().events;
+    let seen: Vec<(String, S)> = events
+        .iter()
+        .map(|e| (e.execution_id.clone(), e.state()))
+        .collect();
+    let want = [
+        ("a", S::Queued),
+        ("b", S::Queued),
+        ("a", S::Running),
+        ("a", S::Exited),
+        ("b", S::Running),
+        ("b", S::Exited),
+    ];
+    assert_eq!(seen, want.map(|(id, s)| (id.to_string(), s)).to_vec());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queued_execution_can_be_cancelled_and_the_queue_is_bounded() {
+    let limits = Limits {
+        max_running_executions: 1,
+        max_queued_executions: 1,
+        ..Limits::default()
+    };
+    let reg = open(Arc::default(), limits, "i");
+    session(&reg, "s", Default::default());
+    run(&reg, "s", "a", "sleep 60s");
+    advance(Duration::from_millis(10)).await;
+    run(&reg, "s", "b", "print never");
+    let err = reg
+        .execute(pb::ExecuteSnippetRequest {
+            session_id: "s".into(),
+            execution_id: "c".into(),
+            language: "python".into(),
+            code: "print c".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert!(matches!(err, DaemonError::ResourceExhausted(_)), "{err:?}");
+    reg.cancel("s", "b", Signal::SIGTERM, None).unwrap();
+    advance(Duration::from_millis(10)).await;
+    let b = status(&reg, "s", "b");
+    assert_eq!(
+        (b.state(), b.exit_code, b.started_at),
+        (S::Cancelled, None, None)
+    );
+    assert_eq!(reg.output("s", "b").unwrap().totals(), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeouts_send_sigterm_then_sigkill() {
+    let limits = Limits {
+        timeout_grace: Duration::from_secs(2),
+        ..Limits::default()
+    };
+    let reg = open(Arc::default(), limits, "i");
+    session(
+        &reg,
+        "s",
+        pb::SessionConfig {
+            max_timeout: Some(prost_types::Duration {
+                seconds: 10,
+                nanos: 0,
+            }),
+            ..Default::default()
+        },
+    );
+    run(&reg, "s", "polite", "trap TERM 1s 7\nsleep 60s");
+    run(&reg, "s", "stubborn", "ignore TERM\nsleep 60s");
+    advance(Duration::from_millis(11_500)).await;
+    let polite = status(&reg, "s", "polite");
+    assert_eq!((polite.state(), polite.exit_code), (S::TimedOut, Some(7)));
+    assert_eq!(
+        status(&reg, "s", "stubborn").state(),
+        S::Running,
+        "still within the grace"
+    );
+    advance(Duration::from_secs(1)).await;
+    let stubborn = status(&reg, "s", "stubborn");
+    assert_eq!(
+        (stubborn.state(), stubborn.signal.as_str()),
+        (S::TimedOut, "SIGKILL")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn going_over_the_memory_limit_fails_the_execution() {
+    let reg = open(Arc::default(), Limits::default(), "i");
+    session(
+        &reg,
+        "s",
+        pb::SessionConfig {
+            memory_limit_mb: 10,
+            ..Default::default()
+        },
+    );
+    run(
+        &reg,
+        "s",
+        "hog",
+        "memory 5MiB\nsleep 1s\nmemory 50MiB\nsleep 60s",
+    );
+    advance(Duration::from_secs(2)).await;
+    let hog = status(&reg, "s", "hog");
+    assert_eq!(
+        (hog.state(), hog.failure()),
+        (S::Failed, pb::FailureReason::MemoryLimitExceeded)
+    );
+    assert!(hog.message.contains("limit 10 MiB"), "{}", hog.message);
+    assert_eq!(hog.signal, "SIGKILL");
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_sessions_expire_unless_watched_and_their_executions_are_cancelled() {
+    let reg = open(Arc::default(), Limits::default(), "i");
+    let idle = Some(prost_types::Duration {
+        seconds: 30,
+        nanos: 0,
+    });
+    session(
+        &reg,
+        "gone",
+        pb::SessionConfig {
+            idle_timeout: idle,
+            ..Default::default()
+        },
+    );
+    session(
+        &reg,
+        "watched",
+        pb::SessionConfig {
+            idle_timeout: idle,
+            ..Default::default()
+        },
+    );
+    session(
+        &reg,
+        "forever",
+        pb::SessionConfig {
+            idle_timeout: Some(Default::default()),
+            ..Default::default()
+        },
+    );
+    run(&reg, "gone", "e", "sleep 600s");
+    let guard = reg.watch_session("watched").unwrap();
+    advance(Duration::from_secs(20)).await;
+    assert!(reg.expire_idle_sessions().is_empty());
+    advance(Duration::from_secs(11)).await;
+    assert_eq!(reg.expire_idle_sessions(), vec!["gone".to_string()]);
+    assert!(matches!(
+        reg.get_session("gone"),
+        Err(DaemonError::NotFound(_))
+    ));
+    reg.get_session("watched").unwrap();
+    reg.get_session("forever").unwrap();
+    // Once the watcher leaves, the idle clock starts again from then.
+    drop(guard);
+    advance(Duration::from_secs(29)).await;
+    assert!(reg.expire_idle_sessions().is_empty());
+    advance(Duration::from_secs(2)).await;
+    assert_eq!(reg.expire_idle_sessions(), vec!["watched".to_string()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn finished_executions_beyond_retention_are_forgotten_oldest_first() {
+    let store = Arc::new(MemoryStore::default());
+    let limits = Limits {
+        max_retained_executions_per_session: 2,
+        ..Limits::default()
+    };
+    let reg = open(store.clone(), limits, "i");
+    session(&reg, "s", Default::default());
+    for id in ["one", "two", "three"] {
+        run(&reg, "s", id, "print x");
+        advance(Duration::from_millis(10)).await;
+    }
+    assert!(matches!(
+        reg.status("s", "one"),
+        Err(DaemonError::NotFound(_))
+    ));
+    reg.status("s", "two").unwrap();
+    reg.status("s", "three").unwrap();
+    let stored = store.load().unwrap();
+    let ids: Vec<&String> = stored.sessions["s"].1.keys().collect();
+    assert_eq!(ids, vec!["three", "two"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_registry_reports_lost_executions_and_keeps_finished_ones() {
+    let store = Arc::new(MemoryStore::default());
+    let first = open(store.clone(), Limits::default(), "first");
+    session(&first, "s", Default::default());
+    run(&first, "s", "done", "print bye\nexit 3");
+    run(&first, "s", "running", "sleep 600s");
+    advance(Duration::from_secs(1)).await;
+    let last_seq = first.get_session("s").unwrap().last_seq;
+    let old_instance = first.instance_id().to_string();
+
+    let second = open(store, Limits::default(), "second");
+    assert_ne!(second.instance_id(), old_instance);
+    let done = status(&second, "s", "done");
+    assert_eq!((done.state(), done.exit_code), (S::Exited, Some(3)));
+    assert_eq!(second.output("s", "done").unwrap().totals(), (4, 0));
+    let lost = status(&second, "s", "running");
+    assert_eq!(
+        (lost.state(), lost.failure()),
+        (S::Failed, pb::FailureReason::DaemonRestarted)
+    );
+    assert!(lost.message.contains(&old_instance), "{}", lost.message);
+    assert!(lost.seq > last_seq);
+    let events = second.events_after("s", last_seq).unwrap();
+    assert_eq!(events.gap, None);
+    assert!(events
+        .events
+        .iter()
+        .any(|e| e.execution_id == "running" && is_terminal(e.state())));
+}
