@@ -46,7 +46,8 @@ pub struct RegistryDeps {
     pub ids: Arc<dyn IdSource>,
     /// Limits in force.
     pub limits: Limits,
-    /// Directory for per-execution scratch files.
+    /// Directory under which each execution gets a scratch directory
+    /// (`<scratch_dir>/<session>/<execution>`); the runtime owns its contents.
     pub scratch_dir: PathBuf,
     /// Version reported to clients.
     pub version: String,
@@ -166,8 +167,6 @@ impl SessionRegistry {
             scratch_dir: deps.scratch_dir,
             inner: Mutex::default(),
         });
-        // Scratch files only matter while a program runs.
-        let _ = std::fs::remove_dir_all(&reg.scratch_dir);
         reg.restore()?;
         Ok(reg)
     }
@@ -453,7 +452,6 @@ impl SessionRegistry {
             }
         }
         self.store.remove_session(session_id)?;
-        let _ = std::fs::remove_dir_all(self.scratch_dir.join(session_id));
         tracing::info!(session_id, cancelled, why, "session deleted");
         Ok(cancelled)
     }
@@ -1004,7 +1002,6 @@ impl SessionRegistry {
                 }
             }
         }
-        let _ = std::fs::remove_dir_all(self.scratch_dir.join(session_id).join(execution_id));
         if let Some(record) = record {
             tracing::info!(
                 session_id,

@@ -177,6 +177,7 @@ pub async fn serve(
     };
     let (_, result) = tokio::join!(stopper, async {
         tokio::select! {
+            biased;
             (unix, tcp) = servers => Some((unix, tcp)),
             _ = bounded => None,
         }

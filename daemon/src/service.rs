@@ -276,6 +276,7 @@ impl ElideDaemon for DaemonService {
                     }
                 }
                 tokio::select! {
+                    biased;
                     changed = guard.changed.changed() => if changed.is_err() {
                         // The session is gone: the next read reports it.
                         let _ = tx.send(Err(Status::not_found(format!("session {sid:?} was deleted")))).await;
@@ -345,6 +346,7 @@ impl ElideDaemon for DaemonService {
                     }
                 }
                 tokio::select! {
+                    biased;
                     changed = guard.changed.changed() => if changed.is_err() {
                         let _ = tx.send(Err(Status::not_found(format!("session {sid:?} was deleted")))).await;
                         return;
@@ -434,6 +436,7 @@ impl ElideDaemon for DaemonService {
                     return;
                 }
                 tokio::select! {
+                    biased;
                     _ = changed.changed() => {},
                     _ = tx.closed() => return,
                 }

@@ -51,7 +51,7 @@ pub async fn supervise(
     // 1. A run slot, unless stopped first.
     let slots = registry.run_slots();
     let permit = tokio::select! {
-        biased;
+       biased;
         stop = stops.recv() => {
             registry.dequeued();
             let why = stop.map_or_else(|| "cancelled while queued".to_string(), |s| s.reason);
@@ -95,7 +95,7 @@ pub async fn supervise(
     let mut stops_open = true;
     let exit = loop {
         tokio::select! {
-            biased;
+           biased;
             event = program.events.recv() => match event {
                 Some(ProgramEvent::Output(stream, data)) => output.append(stream, &data),
                 Some(ProgramEvent::Exited(info)) => break Some(info),

@@ -36,7 +36,8 @@ pub struct ProgramSpec {
     pub env: BTreeMap<String, String>,
     /// Working directory of the program.
     pub working_dir: PathBuf,
-    /// A directory the runtime may use for this execution's files.
+    /// A directory the runtime may use for this execution's files; the
+    /// runtime creates it and removes it when the program has ended.
     pub scratch_dir: PathBuf,
     /// Memory limit in bytes, if any.
     pub memory_limit_bytes: Option<u64>,

@@ -301,6 +301,7 @@ impl Runtime for ProcessRuntime {
             tx.clone(),
         ));
         let waiter_control = control.clone();
+        let scratch = spec.scratch_dir.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
             waiter_control.finish();
@@ -326,6 +327,10 @@ impl Runtime for ProcessRuntime {
                     ExitInfo::Code(-1)
                 }
             };
+            // The snippet file is only needed while the program runs.
+            if let Err(e) = std::fs::remove_dir_all(&scratch) {
+                tracing::debug!(pid, error = %e, "removing the scratch directory failed");
+            }
             let _ = tx.send(ProgramEvent::Exited(info)).await;
         });
         Ok(Program {
