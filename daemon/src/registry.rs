@@ -931,6 +931,7 @@ impl SessionRegistry {
         };
         let mut delete = false;
         let mut evict = Vec::new();
+        let mut forgotten = None;
         let record = self.transition(session_id, execution_id, |e| {
             let s = &mut e.status;
             s.finished_at = Some(now);
@@ -988,7 +989,11 @@ impl SessionRegistry {
         {
             let mut inner = self.lock();
             if let Some(session) = inner.sessions.get_mut(session_id) {
-                session.finished.push_back(execution_id.to_string());
+                if delete {
+                    forgotten = session.executions.remove(execution_id);
+                } else {
+                    session.finished.push_back(execution_id.to_string());
+                }
                 while session.finished.len()
                     > self.limits.max_retained_executions_per_session as usize
                 {
@@ -996,9 +1001,6 @@ impl SessionRegistry {
                         session.executions.remove(&old);
                         evict.push(old);
                     }
-                }
-                if let Some(e) = session.executions.get(execution_id) {
-                    e.done.send_replace(true);
                 }
             }
         }
@@ -1009,15 +1011,34 @@ impl SessionRegistry {
                 state = record.status.as_ref().map(|s| s.state().as_str_name()),
                 "execution ended"
             );
-            if let Err(e) = self.store.put_execution(session_id, execution_id, &record) {
+            let stored = if delete {
+                self.store.remove_execution(session_id, execution_id)
+            } else {
+                self.store.put_execution(session_id, execution_id, &record)
+            };
+            if let Err(e) = stored {
                 tracing::error!(session_id, execution_id, error = %e, "persisting the final status failed");
             }
         }
         for old in evict {
             let _ = self.store.remove_execution(session_id, &old);
         }
-        if delete {
-            self.forget(session_id, execution_id);
+        // Waiters wake only now, when the execution is persisted or
+        // forgotten: a forced delete returns with the execution gone.
+        match forgotten {
+            Some(e) => {
+                e.done.send_replace(true);
+            }
+            None => {
+                let mut inner = self.lock();
+                if let Some(e) = inner
+                    .sessions
+                    .get_mut(session_id)
+                    .and_then(|s| s.executions.get(execution_id))
+                {
+                    e.done.send_replace(true);
+                }
+            }
         }
     }
 

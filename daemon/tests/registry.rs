@@ -298,3 +298,22 @@ async fn a_restarted_registry_reports_lost_executions_and_keeps_finished_ones() 
         .iter()
         .any(|e| e.execution_id == "running" && is_terminal(e.state())));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_forced_delete_returns_only_once_the_execution_is_gone() {
+    let store = Arc::new(MemoryStore::default());
+    let reg = open(store.clone(), Limits::default(), "i");
+    session(&reg, "s", Default::default());
+    run(&reg, "s", "e", "ignore TERM\nsleep 600s");
+    advance(Duration::from_millis(10)).await;
+    reg.delete_execution("s", "e", true, Duration::from_secs(10))
+        .await
+        .unwrap();
+    // No await in between: gone from the list and from the disk already.
+    assert!(reg.list_executions("s", false).unwrap().0.is_empty());
+    assert!(store.load().unwrap().sessions["s"].1.is_empty());
+    assert!(matches!(
+        reg.status("s", "e"),
+        Err(DaemonError::NotFound(_))
+    ));
+}

@@ -1,0 +1,72 @@
+//! gRPC over turmoil's simulated TCP: the server side (`incoming`) and the
+//! client side (`channel`). The only transport code of the simulation; the
+//! services and clients above it are the production ones.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_stream::Stream;
+use tonic::transport::server::Connected;
+use tonic::transport::{Channel, Endpoint, Uri};
+use turmoil::net::{TcpListener, TcpStream};
+
+/// A simulated TCP connection tonic can serve (tonic only knows tokio's types).
+pub struct SimConn(pub TcpStream);
+
+impl Connected for SimConn {
+    type ConnectInfo = ();
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+impl AsyncRead for SimConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SimConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// Accepted connections of `listener`, for `serve_with_incoming`.
+pub fn incoming(listener: TcpListener) -> impl Stream<Item = std::io::Result<SimConn>> {
+    futures::stream::unfold(listener, |listener| async move {
+        let conn = listener.accept().await.map(|(stream, _)| SimConn(stream));
+        Some((conn, listener))
+    })
+}
+
+/// A lazily connecting channel to `host:port` over simulated TCP, with the
+/// deadlines and keepalive the production client uses.
+pub fn channel(host: &str, port: u16) -> Channel {
+    let target = format!("{host}:{port}");
+    Endpoint::from_shared(format!("http://{target}"))
+        .expect("valid simulated endpoint")
+        .connect_timeout(Duration::from_secs(2))
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+            let target = target.clone();
+            async move { TcpStream::connect(target).await.map(TokioIo::new) }
+        }))
+}
