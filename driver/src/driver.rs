@@ -11,6 +11,7 @@ use tokio::sync::{broadcast, watch};
 use crate::cty::ConfigError;
 use crate::plugin_config::PluginConfig;
 use crate::probe::{DaemonHealth, DaemonProbe};
+use crate::tasks::TaskManager;
 
 /// The name jobs use (`driver = "elide"`) and the node attribute prefix.
 pub const DRIVER_NAME: &str = "elide";
@@ -41,6 +42,7 @@ pub struct ElideDriver {
     config: watch::Sender<Option<Arc<PluginConfig>>>,
     probe: Arc<dyn DaemonProbe>,
     events: broadcast::Sender<TaskEvent>,
+    tasks: TaskManager,
 }
 
 impl ElideDriver {
@@ -51,8 +53,14 @@ impl ElideDriver {
         ElideDriver {
             config,
             probe,
+            tasks: TaskManager::new(events.clone()),
             events,
         }
+    }
+
+    /// The task table and lifecycle operations.
+    pub fn tasks(&self) -> &TaskManager {
+        &self.tasks
     }
 
     /// Decodes, validates and stores a plugin configuration. Idempotent: the
