@@ -13,7 +13,7 @@ use elide_proto::elide::daemon::v1 as pb;
 use futures::future::BoxFuture;
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::daemon_link::{dialer_for, DaemonLink};
+use crate::daemon_link::{DaemonLink, DialerFactory};
 use crate::plugin_config::DaemonEndpoint;
 
 /// A node attribute value (`driver.elide.*`).
@@ -103,25 +103,32 @@ impl DaemonProbe for ConnectProbe {
 pub struct ApiProbe {
     /// Deadline of each of the two calls.
     pub timeout: Duration,
+    dialers: DialerFactory,
     link: Mutex<Option<(DaemonEndpoint, DaemonLink)>>,
 }
 
 impl Default for ApiProbe {
     fn default() -> Self {
-        ApiProbe {
-            timeout: Duration::from_secs(3),
-            link: Mutex::new(None),
-        }
+        ApiProbe::with_dialers(crate::daemon_link::real_dialers())
     }
 }
 
 impl ApiProbe {
+    /// A probe reaching daemons through `dialers`.
+    pub fn with_dialers(dialers: DialerFactory) -> Self {
+        ApiProbe {
+            timeout: Duration::from_secs(3),
+            dialers,
+            link: Mutex::new(None),
+        }
+    }
+
     fn link(&self, endpoint: &DaemonEndpoint) -> DaemonLink {
         let mut cached = self.link.lock().unwrap_or_else(|p| p.into_inner());
         match &*cached {
             Some((known, link)) if known == endpoint => link.clone(),
             _ => {
-                let link = DaemonLink::new(dialer_for(endpoint), self.timeout);
+                let link = DaemonLink::new((self.dialers)(endpoint), self.timeout);
                 *cached = Some((endpoint.clone(), link.clone()));
                 link
             }

@@ -88,6 +88,15 @@ impl Dialer for TcpDialer {
     }
 }
 
+/// Chooses the dialer for a configured endpoint: [`dialer_for`] in the
+/// plugin; tests and simulations substitute their own transport.
+pub type DialerFactory = Arc<dyn Fn(&DaemonEndpoint) -> Arc<dyn Dialer> + Send + Sync>;
+
+/// The real transports: [`UnixDialer`] or [`TcpDialer`].
+pub fn real_dialers() -> DialerFactory {
+    Arc::new(dialer_for)
+}
+
 /// The dialer for a configured endpoint.
 pub fn dialer_for(endpoint: &DaemonEndpoint) -> Arc<dyn Dialer> {
     match endpoint {
@@ -189,8 +198,8 @@ impl DaemonLink {
     }
 
     /// A link to a configured endpoint with the default call deadline.
-    pub fn to_endpoint(endpoint: &DaemonEndpoint) -> Self {
-        DaemonLink::new(dialer_for(endpoint), DEFAULT_CALL_TIMEOUT)
+    pub fn to_endpoint(dialers: &DialerFactory, endpoint: &DaemonEndpoint) -> Self {
+        DaemonLink::new(dialers(endpoint), DEFAULT_CALL_TIMEOUT)
     }
 
     /// Where the link dials.

@@ -29,7 +29,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::daemon_link::identity;
-use crate::daemon_link::{CallError, DaemonLink};
+use crate::daemon_link::{CallError, DaemonLink, DialerFactory};
 use crate::driver::TaskEvent;
 use crate::plugin_config::{PluginConfig, StatusMode};
 use crate::task_config::ElideTaskConfig;
@@ -177,6 +177,7 @@ pub struct Started {
 
 /// The task table and everything that talks to the daemon for it.
 pub struct TaskManager {
+    dialers: DialerFactory,
     host_identity: String,
     contexts: tokio::sync::Mutex<BTreeMap<(String, String), Arc<SessionContext>>>,
     tasks: Mutex<BTreeMap<String, Arc<Task>>>,
@@ -184,9 +185,11 @@ pub struct TaskManager {
 }
 
 impl TaskManager {
-    /// An empty table publishing task events on `events`.
-    pub fn new(events: broadcast::Sender<TaskEvent>) -> Self {
+    /// An empty table publishing task events on `events`, reaching daemons
+    /// through `dialers`.
+    pub fn new(events: broadcast::Sender<TaskEvent>, dialers: DialerFactory) -> Self {
         TaskManager {
+            dialers,
             host_identity: identity::host_identity(),
             contexts: tokio::sync::Mutex::default(),
             tasks: Mutex::default(),
@@ -225,7 +228,7 @@ impl TaskManager {
         if let Some(context) = contexts.get(&key) {
             return Ok(context.clone());
         }
-        let link = DaemonLink::to_endpoint(&config.daemon);
+        let link = DaemonLink::to_endpoint(&self.dialers, &config.daemon);
         let mode = match config.status_mode {
             StatusMode::Auto => {
                 let capabilities = link
@@ -272,7 +275,7 @@ impl TaskManager {
     /// (idempotent for the same id and config; never deletes anything).
     pub async fn ensure_session(&self, config: &PluginConfig) -> Result<String, TaskError> {
         let session_id = self.session_id_for(config);
-        let link = DaemonLink::to_endpoint(&config.daemon);
+        let link = DaemonLink::to_endpoint(&self.dialers, &config.daemon);
         self.create_session(&link, config, &session_id).await?;
         Ok(session_id)
     }
