@@ -98,6 +98,13 @@ impl FifoReader {
         self.wait_until(limit, |text| text.contains(needle))
     }
 
+    /// The complete text once the writers closed the FIFO `eofs` times
+    /// (the driver closes it after the last byte of a task's output).
+    pub fn text_after_eofs(&self, eofs: usize, limit: Duration) -> String {
+        self.wait_for_eofs(eofs, limit);
+        self.text()
+    }
+
     /// Waits until the writers closed the FIFO at least `count` times.
     pub fn wait_for_eofs(&self, count: usize, limit: Duration) {
         let deadline = Instant::now() + limit;

@@ -93,9 +93,8 @@ async fn hello_in_python_and_javascript_reaches_the_fifos() {
             "{language}"
         );
         // WaitTask returns only after the output is complete and the FIFOs closed.
-        assert_eq!(alloc.stdout.text(), stdout, "{language}");
-        assert_eq!(alloc.stderr.text(), stderr, "{language}");
-        alloc.stdout.wait_for_eofs(1, LIMIT);
+        assert_eq!(alloc.stdout.text_after_eofs(1, LIMIT), stdout, "{language}");
+        assert_eq!(alloc.stderr.text_after_eofs(1, LIMIT), stderr, "{language}");
         // Repeated WaitTask answers at once with the same result.
         let again = host.wait(&task.id, Duration::from_secs(2)).await;
         assert_eq!(again.result, Some(result));
@@ -124,7 +123,7 @@ async fn script_from_the_task_dir_with_args_and_env() {
     assert_eq!(exit.result.unwrap().exit_code, 0, "{}", alloc.stderr.text());
     let cwd = alloc.task_dir().canonicalize().unwrap();
     assert_eq!(
-        alloc.stdout.text(),
+        alloc.stdout.text_after_eofs(1, LIMIT),
         format!("['a', 'b'] hi script {}\n", cwd.display())
     );
 }
@@ -146,7 +145,7 @@ async fn non_zero_exit_codes_are_reported() {
             exit.err, "",
             "a program's own exit code is not a driver error"
         );
-        assert_eq!(alloc.stdout.text(), "failing\n");
+        assert_eq!(alloc.stdout.text_after_eofs(1, LIMIT), "failing\n");
     }
 }
 
@@ -169,7 +168,7 @@ async fn stop_ends_a_long_task_within_kill_timeout() {
     );
     let exit = host.wait(&task.id, Duration::from_secs(2)).await;
     assert_eq!(exit.result.unwrap().signal, 9);
-    assert_eq!(alloc.stdout.text(), "ready\n");
+    assert_eq!(alloc.stdout.text_after_eofs(1, LIMIT), "ready\n");
     // Stopping again, or an unknown task, is fine.
     host.stop(&task.id, Duration::from_secs(1), "").await;
     host.stop("no/such/task", Duration::from_secs(1), "").await;
@@ -192,21 +191,29 @@ signal.signal(signal.SIGTERM, bye)\nprint('ready', flush=True)\ntime.sleep(60)\n
         (result.exit_code, result.signal, exit.err.as_str()),
         (0, 0, "")
     );
-    assert_eq!(alloc.stdout.text(), "ready\nterminating cleanly\n");
+    assert_eq!(
+        alloc.stdout.text_after_eofs(1, LIMIT),
+        "ready\nterminating cleanly\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_kill_signal_sends_sigint() {
     let (_daemon, mut host) = setup().await;
     let alloc = Alloc::new("sigint");
-    let code = "import time\nprint('ready', flush=True)\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    print('got SIGINT', flush=True)\n";
+    // `ready` is printed inside the try: the signal may land before print returns.
+    let code = "import time\ntry:\n    print('ready', flush=True)\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    print('got SIGINT', flush=True)\n";
     let task = alloc.task_config(&TaskConfig::code("python", code));
     host.start(task.clone()).await.expect("StartTask");
     alloc.stdout.wait_for("ready\n", LIMIT);
     host.stop(&task.id, Duration::from_secs(5), "").await;
     let exit = host.wait(&task.id, Duration::from_secs(2)).await;
-    assert_eq!(exit.result.unwrap().exit_code, 0);
-    assert_eq!(alloc.stdout.text(), "ready\ngot SIGINT\n");
+    let result = exit.result.unwrap();
+    assert_eq!((result.exit_code, result.signal), (0, 0));
+    assert_eq!(
+        alloc.stdout.text_after_eofs(1, LIMIT),
+        "ready\ngot SIGINT\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,7 +235,10 @@ signal.signal(signal.SIGUSR1, usr1)\nprint('ready', flush=True)\ntime.sleep(60)\
         .expect("SignalTask");
     let exit = host.wait(&task.id, LIMIT).await;
     assert_eq!(exit.result.unwrap().exit_code, 0);
-    assert_eq!(alloc.stdout.text(), "ready\ngot SIGUSR1\n");
+    assert_eq!(
+        alloc.stdout.text_after_eofs(1, LIMIT),
+        "ready\ngot SIGUSR1\n"
+    );
     let unknown = host
         .driver
         .signal_task(SignalTaskRequest {
@@ -430,7 +440,7 @@ async fn poll_mode_follows_tasks_too() {
     host.start(task.clone()).await.expect("StartTask");
     let exit = host.wait(&task.id, LIMIT).await;
     assert_eq!(exit.result.unwrap().exit_code, 2);
-    assert_eq!(alloc.stdout.text(), "polled\n");
+    assert_eq!(alloc.stdout.text_after_eofs(1, LIMIT), "polled\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -449,7 +459,30 @@ for i in range(3):\n    print('after', i, flush=True)\nraise SystemExit(5)\n",
     );
     let task = alloc.task_config(&TaskConfig::code("python", &code));
     let handle = host.start(task.clone()).await.expect("StartTask");
-    alloc.stdout.wait_for("before 2\n", LIMIT);
+    let first_half = alloc.stdout.wait_for("before 2\n", LIMIT);
+    // The forwarder records its offsets right after each write; a crash
+    // in between would repeat one chunk, so wait until the record caught up
+    // (`<task_dir>/private/elide-output-<execution>.json`).
+    let recorded = || {
+        std::fs::read_dir(alloc.task_dir().join("private"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .any(|e| {
+                std::fs::read_to_string(e.path())
+                    .is_ok_and(|t| t.contains(&format!("\"stdout\":{}", first_half.len())))
+            })
+    };
+    let deadline = std::time::Instant::now() + LIMIT;
+    while !recorded() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "offsets never recorded"
+        );
+        // A file has no change notification short of inotify.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     host.plugin.kill_hard();
     let mut host = NomadHost::configured(&config).await;
@@ -461,7 +494,7 @@ for i in range(3):\n    print('after', i, flush=True)\nraise SystemExit(5)\n",
     let exit = host.wait(&task.id, LIMIT).await;
     assert_eq!(exit.result.unwrap().exit_code, 5);
     assert_eq!(
-        alloc.stdout.text(),
+        alloc.stdout.text_after_eofs(2, LIMIT),
         "before 0\nbefore 1\nbefore 2\nafter 0\nafter 1\nafter 2\n",
         "every line exactly once"
     );
