@@ -9,8 +9,10 @@ use std::time::SystemTime;
 use tokio::sync::{broadcast, watch};
 
 use crate::cty::ConfigError;
+use crate::daemon_link::DialerFactory;
 use crate::plugin_config::PluginConfig;
 use crate::probe::{DaemonHealth, DaemonProbe};
+use crate::tasks::TaskManager;
 
 /// The name jobs use (`driver = "elide"`) and the node attribute prefix.
 pub const DRIVER_NAME: &str = "elide";
@@ -41,18 +43,31 @@ pub struct ElideDriver {
     config: watch::Sender<Option<Arc<PluginConfig>>>,
     probe: Arc<dyn DaemonProbe>,
     events: broadcast::Sender<TaskEvent>,
+    tasks: TaskManager,
 }
 
 impl ElideDriver {
     /// A driver with no configuration yet, checking daemon health with `probe`.
     pub fn new(probe: Arc<dyn DaemonProbe>) -> Self {
+        ElideDriver::with_dialers(probe, crate::daemon_link::real_dialers())
+    }
+
+    /// Like [`ElideDriver::new`], reaching daemons through `dialers` (tests
+    /// and simulations supply in-memory transports).
+    pub fn with_dialers(probe: Arc<dyn DaemonProbe>, dialers: DialerFactory) -> Self {
         let (config, _) = watch::channel(None);
         let (events, _) = broadcast::channel(256);
         ElideDriver {
             config,
             probe,
+            tasks: TaskManager::new(events.clone(), dialers),
             events,
         }
+    }
+
+    /// The task table and lifecycle operations.
+    pub fn tasks(&self) -> &TaskManager {
+        &self.tasks
     }
 
     /// Decodes, validates and stores a plugin configuration. Idempotent: the

@@ -9,12 +9,15 @@
 //!   script safely), built on [`cty`] (Nomad's msgpack encoding),
 //!   [`hclspec`] (schema builders), [`duration`] and [`catalog`];
 //! * driver state: [`driver`], with daemon health from [`probe`];
+//! * the daemon: [`daemon_link`] (transport seam, deadlines, keepalive,
+//!   session and execution naming) and [`tasks`] (the task lifecycle);
 //! * Nomad-facing gRPC: [`grpc`], with error details from [`status`].
 
 #![warn(missing_docs)]
 
 pub mod catalog;
 pub mod cty;
+pub mod daemon_link;
 pub mod driver;
 pub mod duration;
 pub mod grpc;
@@ -27,3 +30,4 @@ pub mod script;
 pub mod shutdown;
 pub mod status;
 pub mod task_config;
+pub mod tasks;

@@ -4,6 +4,8 @@
 //! plugin "nomad-driver-elide" {
 //!   config {
 //!     daemon_socket  = "/run/elide/daemon.sock"   # or daemon_address = "10.0.0.5:7070"
+//!     status_mode    = "auto"    # "watch" (WatchSession stream), "poll" or "auto"
+//!     poll_interval  = "1s"      # GetExecutionStatus period in "poll" mode
 //!     session_config {
 //!       context_pool_size  = 4
 //!       enabled_languages  = ["python", "javascript"]
@@ -19,11 +21,13 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use elide_proto::hashicorp::nomad::plugins::shared::hclspec::Spec;
 
 use crate::catalog::{self, Language};
 use crate::cty::{self, ConfigError, CtyObject};
+use crate::duration;
 use crate::hclspec::{attr, block, object};
 
 /// Where the daemon listens when the configuration names no endpoint.
@@ -41,6 +45,8 @@ pub fn schema() -> Spec {
     object([
         ("daemon_socket", attr("string")),
         ("daemon_address", attr("string")),
+        ("status_mode", attr("string")),
+        ("poll_interval", attr("string")),
         (
             "session_config",
             block(object([
@@ -88,6 +94,36 @@ pub struct SessionConfig {
     pub enable_ai: Option<bool>,
 }
 
+/// How the driver learns that executions changed state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StatusMode {
+    /// `WatchSession` when the daemon lists it in its features, else polling.
+    #[default]
+    Auto,
+    /// One `WatchSession` stream per driver process.
+    Watch,
+    /// `GetExecutionStatus` for every running task each `poll_interval`.
+    Poll,
+}
+
+impl StatusMode {
+    /// The configuration spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            StatusMode::Auto => "auto",
+            StatusMode::Watch => "watch",
+            StatusMode::Poll => "poll",
+        }
+    }
+}
+
+/// Default `poll_interval`.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Shortest `poll_interval` accepted (each poll is one call per task).
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Longest `poll_interval` accepted (exits are noticed this late at worst).
+pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(60);
+
 /// The validated plugin configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginConfig {
@@ -95,6 +131,10 @@ pub struct PluginConfig {
     pub daemon: DaemonEndpoint,
     /// Session defaults.
     pub session: SessionConfig,
+    /// How execution status changes are followed.
+    pub status_mode: StatusMode,
+    /// Polling period in [`StatusMode::Poll`] (and `Auto` falling back).
+    pub poll_interval: Duration,
 }
 
 impl Default for PluginConfig {
@@ -102,6 +142,8 @@ impl Default for PluginConfig {
         PluginConfig {
             daemon: DaemonEndpoint::Unix(PathBuf::from(DEFAULT_DAEMON_SOCKET)),
             session: SessionConfig::default(),
+            status_mode: StatusMode::Auto,
+            poll_interval: DEFAULT_POLL_INTERVAL,
         }
     }
 }
@@ -118,8 +160,39 @@ impl PluginConfig {
                 Some(session) => session_config(&session)?,
                 None => SessionConfig::default(),
             },
+            status_mode: status_mode(root.string("status_mode")?)?,
+            poll_interval: poll_interval(root.string("poll_interval")?)?,
         })
     }
+}
+
+fn status_mode(configured: Option<String>) -> Result<StatusMode, ConfigError> {
+    match configured.as_deref() {
+        None | Some("auto") => Ok(StatusMode::Auto),
+        Some("watch") => Ok(StatusMode::Watch),
+        Some("poll") => Ok(StatusMode::Poll),
+        Some(other) => Err(ConfigError::invalid(
+            "status_mode",
+            format!("{other:?} is not one of \"auto\", \"watch\", \"poll\""),
+        )),
+    }
+}
+
+fn poll_interval(configured: Option<String>) -> Result<Duration, ConfigError> {
+    let Some(text) = configured else {
+        return Ok(DEFAULT_POLL_INTERVAL);
+    };
+    let interval =
+        duration::parse(&text).map_err(|e| ConfigError::invalid("poll_interval", e.to_string()))?;
+    if !(MIN_POLL_INTERVAL..=MAX_POLL_INTERVAL).contains(&interval) {
+        return Err(ConfigError::invalid(
+            "poll_interval",
+            format!(
+                "must be between {MIN_POLL_INTERVAL:?} and {MAX_POLL_INTERVAL:?}, got {interval:?}"
+            ),
+        ));
+    }
+    Ok(interval)
 }
 
 fn daemon_endpoint(root: &CtyObject<'_>) -> Result<DaemonEndpoint, ConfigError> {
@@ -333,8 +406,36 @@ mod tests {
                     memory_limit_mb: Some(256),
                     enable_ai: Some(true),
                 },
+                ..PluginConfig::default()
             }
         );
+    }
+
+    #[test]
+    fn status_mode_and_poll_interval_are_checked() {
+        let with = |mode: Value, interval: Value| {
+            bytes(&object(&[
+                ("daemon_socket", Value::Nil),
+                ("daemon_address", Value::Nil),
+                ("session_config", Value::Nil),
+                ("status_mode", mode),
+                ("poll_interval", interval),
+            ]))
+        };
+        let decoded =
+            PluginConfig::decode(&with(Value::from("poll"), Value::from("250ms"))).unwrap();
+        assert_eq!(decoded.status_mode, StatusMode::Poll);
+        assert_eq!(decoded.poll_interval, Duration::from_millis(250));
+        let bad_mode = with(Value::from("push"), Value::Nil);
+        assert_eq!(field_of(PluginConfig::decode(&bad_mode)), "status_mode");
+        for bad in ["0s", "1ms", "2h", "soon"] {
+            let bytes = with(Value::Nil, Value::from(bad));
+            assert_eq!(
+                field_of(PluginConfig::decode(&bytes)),
+                "poll_interval",
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -418,7 +519,16 @@ mod tests {
         };
         let mut keys: Vec<_> = root.attributes.keys().cloned().collect();
         keys.sort();
-        assert_eq!(keys, ["daemon_address", "daemon_socket", "session_config"]);
+        assert_eq!(
+            keys,
+            [
+                "daemon_address",
+                "daemon_socket",
+                "poll_interval",
+                "session_config",
+                "status_mode"
+            ]
+        );
         let Some(SpecKind::BlockValue(session)) = &root.attributes["session_config"].block else {
             panic!("session_config must be a Block");
         };

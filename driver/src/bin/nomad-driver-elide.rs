@@ -12,7 +12,7 @@ use elide_driver::driver::ElideDriver;
 use elide_driver::grpc::{self, FINGERPRINT_INTERVAL};
 use elide_driver::launch::{self, PluginSocket};
 use elide_driver::logging;
-use elide_driver::probe::ConnectProbe;
+use elide_driver::probe::ApiProbe;
 use elide_driver::shutdown::Shutdown;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -64,7 +64,7 @@ async fn run() -> anyhow::Result<()> {
         .take_listener()
         .context("socket listener already taken")?;
     let shutdown = Shutdown::new();
-    let driver = Arc::new(ElideDriver::new(Arc::new(ConnectProbe::default())));
+    let driver = Arc::new(ElideDriver::new(Arc::new(ApiProbe::default())));
     let mut server = tokio::spawn(grpc::serve(
         listener,
         driver,

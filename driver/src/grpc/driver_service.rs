@@ -8,30 +8,36 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use elide_proto::hashicorp::nomad::plugins::drivers::proto::{
+    cpu_usage,
     driver_capabilities::{FsIsolation, MountConfigs},
     driver_server::Driver,
     fingerprint_response::HealthState,
+    memory_usage,
     network_isolation_spec::NetworkIsolationMode,
-    CapabilitiesRequest, CapabilitiesResponse, CreateNetworkRequest, CreateNetworkResponse,
-    DestroyNetworkRequest, DestroyNetworkResponse, DestroyTaskRequest, DestroyTaskResponse,
-    DriverCapabilities, DriverTaskEvent, ExecTaskRequest, ExecTaskResponse,
-    ExecTaskStreamingRequest, ExecTaskStreamingResponse, FingerprintRequest, FingerprintResponse,
-    InitRequest, InitResponse, InspectTaskRequest, InspectTaskResponse, RecoverTaskRequest,
-    RecoverTaskResponse, ShutdownRequest, ShutdownResponse, SignalTaskRequest, SignalTaskResponse,
-    StartTaskRequest, StartTaskResponse, StopTaskRequest, StopTaskResponse,
-    TaskConfigSchemaRequest, TaskConfigSchemaResponse, TaskEventsRequest, TaskStatsRequest,
-    TaskStatsResponse, WaitTaskRequest, WaitTaskResponse,
+    start_task_response, CapabilitiesRequest, CapabilitiesResponse, CpuUsage, CreateNetworkRequest,
+    CreateNetworkResponse, DestroyNetworkRequest, DestroyNetworkResponse, DestroyTaskRequest,
+    DestroyTaskResponse, DriverCapabilities, DriverTaskEvent, ExecTaskRequest, ExecTaskResponse,
+    ExecTaskStreamingRequest, ExecTaskStreamingResponse, ExitResult, FingerprintRequest,
+    FingerprintResponse, InitRequest, InitResponse, InspectTaskRequest, InspectTaskResponse,
+    MemoryUsage, RecoverTaskRequest, RecoverTaskResponse, ShutdownRequest, ShutdownResponse,
+    SignalTaskRequest, SignalTaskResponse, StartTaskRequest, StartTaskResponse, StopTaskRequest,
+    StopTaskResponse, TaskConfigSchemaRequest, TaskConfigSchemaResponse, TaskDriverStatus,
+    TaskEventsRequest, TaskResourceUsage, TaskState, TaskStats, TaskStatsRequest,
+    TaskStatsResponse, TaskStatus, WaitTaskRequest, WaitTaskResponse,
 };
 use elide_proto::hashicorp::nomad::plugins::shared::structs::{attribute, Attribute};
 use futures::{Stream, StreamExt};
+use prost_types::Timestamp;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::driver::{ElideDriver, TaskEvent};
+use crate::plugin_config::PluginConfig;
 use crate::probe::{AttributeValue, DaemonHealth};
 use crate::status;
-use crate::task_config::{self, ElideTaskConfig};
+use crate::task_config;
+use crate::tasks::{ExitOutcome, ResourceSample, TaskError};
 
 /// How often the fingerprint is re-sent when nothing changed (Go drivers
 /// use 30 s; duplicates are cheap for the client).
@@ -116,15 +122,92 @@ fn task_event_message(event: TaskEvent) -> DriverTaskEvent {
     }
 }
 
-/// Placeholder answer for the lifecycle RPCs that need the daemon client.
-fn not_implemented_yet(rpc: &str) -> Status {
-    Status::failed_precondition(format!(
-        "{rpc} is not implemented yet in this build of nomad-driver-elide"
-    ))
+impl DriverService {
+    fn configured(&self) -> Result<Arc<PluginConfig>, Status> {
+        self.driver
+            .config()
+            .ok_or_else(|| Status::failed_precondition(crate::driver::NOT_CONFIGURED))
+    }
 }
 
-fn unknown_task(task_id: &str) -> Status {
-    Status::not_found(format!("task {task_id:?} is not known to the elide driver"))
+/// The status for a lifecycle error. Never UNAVAILABLE or CANCELED (Nomad
+/// reads those as "the plugin is dying"); a `RecoverableError` detail on
+/// everything StartTask can fail with.
+fn task_status(error: TaskError) -> Status {
+    let message = error.to_string();
+    match error {
+        TaskError::NotConfigured => Status::failed_precondition(message),
+        TaskError::InvalidConfig(_) => {
+            status::with_recoverable(Code::InvalidArgument, message, false)
+        }
+        TaskError::Daemon { recoverable, .. } => {
+            status::with_recoverable(Code::FailedPrecondition, message, recoverable)
+        }
+        TaskError::AlreadyStarted(_) => {
+            status::with_recoverable(Code::FailedPrecondition, message, false)
+        }
+        TaskError::NotFound(_) => Status::not_found(message),
+        TaskError::Precondition(_) => Status::failed_precondition(message),
+    }
+}
+
+fn exit_result(outcome: &ExitOutcome) -> ExitResult {
+    ExitResult {
+        exit_code: outcome.exit_code,
+        signal: outcome.signal,
+        oom_killed: outcome.oom_killed,
+    }
+}
+
+/// Go's zero `time.Time` (0001-01-01T00:00:00Z), what Go drivers send for
+/// "not completed"; the client rejects an unset timestamp.
+fn go_zero_time() -> Timestamp {
+    Timestamp {
+        seconds: -62_135_596_800,
+        nanos: 0,
+    }
+}
+
+/// A fully populated `TaskStats`: timestamp, aggregate usage with CPU and
+/// memory, `measured_fields`, and an (empty, never null-valued) per-pid map.
+fn task_stats(task_id: &str, sample: &ResourceSample) -> TaskStats {
+    use cpu_usage::Fields as Cpu;
+    use memory_usage::Fields as Memory;
+    let usage = TaskResourceUsage {
+        cpu: Some(CpuUsage {
+            system_mode: sample.system_percent,
+            user_mode: sample.user_percent,
+            total_ticks: 0.0,
+            throttled_periods: 0,
+            throttled_time: 0,
+            percent: sample.percent(),
+            measured_fields: vec![
+                Cpu::SystemMode as i32,
+                Cpu::UserMode as i32,
+                Cpu::Percent as i32,
+            ],
+        }),
+        memory: Some(MemoryUsage {
+            rss: sample.rss_bytes,
+            cache: 0,
+            max_usage: sample.peak_rss_bytes,
+            kernel_usage: 0,
+            kernel_max_usage: 0,
+            usage: sample.rss_bytes,
+            swap: 0,
+            measured_fields: vec![
+                Memory::Rss as i32,
+                Memory::MaxUsage as i32,
+                Memory::Usage as i32,
+            ],
+        }),
+    };
+    TaskStats {
+        id: task_id.to_owned(),
+        timestamp: Some(sample.timestamp.into()),
+        agg_resource_usage: Some(usage),
+        resource_usage_by_pid: BTreeMap::new(),
+    }
 }
 
 #[tonic::async_trait]
@@ -188,47 +271,77 @@ impl Driver for DriverService {
 
     async fn recover_task(
         &self,
-        _request: Request<RecoverTaskRequest>,
+        request: Request<RecoverTaskRequest>,
     ) -> Result<Response<RecoverTaskResponse>, Status> {
-        Err(not_implemented_yet("RecoverTask"))
+        let config = self.configured()?;
+        // task_id is never set by Nomad: the id is handle.config.id.
+        let handle = request
+            .into_inner()
+            .handle
+            .ok_or_else(|| Status::invalid_argument("RecoverTask without a handle"))?;
+        self.driver
+            .tasks()
+            .recover(&config, handle)
+            .await
+            .map_err(task_status)?;
+        Ok(Response::new(RecoverTaskResponse {}))
     }
 
     async fn start_task(
         &self,
         request: Request<StartTaskRequest>,
     ) -> Result<Response<StartTaskResponse>, Status> {
-        if self.driver.config().is_none() {
-            return Err(Status::failed_precondition(crate::driver::NOT_CONFIGURED));
-        }
+        let config = self.configured()?;
         let task = request
             .into_inner()
             .task
             .ok_or_else(|| Status::invalid_argument("StartTask without a task"))?;
-        // A bad task config will not get better by restarting: not recoverable.
-        ElideTaskConfig::decode(&task.msgpack_driver_config).map_err(|e| {
-            status::with_recoverable(
-                Code::InvalidArgument,
-                format!("task {:?}: {e}", task.name),
-                false,
-            )
-        })?;
-        Err(not_implemented_yet("StartTask"))
+        let started = self
+            .driver
+            .tasks()
+            .start(&config, task)
+            .await
+            .map_err(task_status)?;
+        Ok(Response::new(StartTaskResponse {
+            result: start_task_response::Result::Success as i32,
+            driver_error_msg: String::new(),
+            handle: Some(started.handle),
+            network_override: None,
+        }))
     }
 
     async fn wait_task(
         &self,
         request: Request<WaitTaskRequest>,
     ) -> Result<Response<WaitTaskResponse>, Status> {
-        // No task can have started, so every id is unknown (§7.3: NOT_FOUND).
-        Err(unknown_task(&request.into_inner().task_id))
+        let task_id = request.into_inner().task_id;
+        let outcome = self
+            .driver
+            .tasks()
+            .wait(&task_id)
+            .await
+            .map_err(task_status)?;
+        Ok(Response::new(WaitTaskResponse {
+            err: outcome.err.clone(),
+            // Always set: an unset result crashes Nomad 1.9.0-1.11.2.
+            result: Some(exit_result(&outcome)),
+        }))
     }
 
     async fn stop_task(
         &self,
         request: Request<StopTaskRequest>,
     ) -> Result<Response<StopTaskResponse>, Status> {
-        // Unknown ids are OK: an error makes the client retry for minutes.
-        tracing::debug!(task_id = %request.into_inner().task_id, "StopTask for an unknown task");
+        let request = request.into_inner();
+        let timeout = request
+            .timeout
+            .map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
+            .unwrap_or_default();
+        self.driver
+            .tasks()
+            .stop(&request.task_id, timeout, &request.signal)
+            .await
+            .map_err(task_status)?;
         Ok(Response::new(StopTaskResponse {}))
     }
 
@@ -236,7 +349,12 @@ impl Driver for DriverService {
         &self,
         request: Request<DestroyTaskRequest>,
     ) -> Result<Response<DestroyTaskResponse>, Status> {
-        tracing::debug!(task_id = %request.into_inner().task_id, "DestroyTask for an unknown task");
+        let request = request.into_inner();
+        self.driver
+            .tasks()
+            .destroy(&request.task_id, request.force)
+            .await
+            .map_err(task_status)?;
         Ok(Response::new(DestroyTaskResponse {}))
     }
 
@@ -244,14 +362,60 @@ impl Driver for DriverService {
         &self,
         request: Request<InspectTaskRequest>,
     ) -> Result<Response<InspectTaskResponse>, Status> {
-        Err(unknown_task(&request.into_inner().task_id))
+        let snapshot = self
+            .driver
+            .tasks()
+            .inspect(&request.into_inner().task_id)
+            .map_err(task_status)?;
+        let (state, completed_at, result) = match &snapshot.outcome {
+            Some(outcome) => (
+                TaskState::Exited,
+                outcome
+                    .completed_at
+                    .map(Timestamp::from)
+                    .unwrap_or_else(go_zero_time),
+                exit_result(outcome),
+            ),
+            None => (TaskState::Running, go_zero_time(), ExitResult::default()),
+        };
+        Ok(Response::new(InspectTaskResponse {
+            task: Some(TaskStatus {
+                id: snapshot.id,
+                name: snapshot.name,
+                state: state as i32,
+                started_at: Some(snapshot.started_at.into()),
+                completed_at: Some(completed_at),
+                result: Some(result),
+            }),
+            driver: Some(TaskDriverStatus {
+                attributes: BTreeMap::new(),
+            }),
+            network_override: None,
+        }))
     }
 
     async fn task_stats(
         &self,
         request: Request<TaskStatsRequest>,
     ) -> Result<Response<Self::TaskStatsStream>, Status> {
-        Err(unknown_task(&request.into_inner().task_id))
+        let request = request.into_inner();
+        let interval = request
+            .collection_interval
+            .map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
+            .filter(|d| !d.is_zero())
+            .unwrap_or(Duration::from_secs(1));
+        let task_id = request.task_id;
+        let samples = self
+            .driver
+            .tasks()
+            .stats(&task_id, interval)
+            .map_err(task_status)?;
+        let stream = samples.map(move |sample| {
+            Ok(TaskStatsResponse {
+                stats: Some(task_stats(&task_id, &sample)),
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn task_events(
@@ -278,7 +442,13 @@ impl Driver for DriverService {
         &self,
         request: Request<SignalTaskRequest>,
     ) -> Result<Response<SignalTaskResponse>, Status> {
-        Err(unknown_task(&request.into_inner().task_id))
+        let request = request.into_inner();
+        self.driver
+            .tasks()
+            .signal(&request.task_id, &request.signal)
+            .await
+            .map_err(task_status)?;
+        Ok(Response::new(SignalTaskResponse {}))
     }
 
     async fn exec_task(

@@ -1,3 +1,4 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: the fake Nomad plugin host
+//! lives in the `elide-e2e` crate, shared with the end-to-end suite.
 
-pub mod nomad_client;
+pub use elide_e2e::nomad_client;

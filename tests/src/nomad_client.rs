@@ -78,6 +78,12 @@ impl PluginProcess {
         self.child.id()
     }
 
+    /// `kill -9`s the plugin (a crash) and reaps it.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// A gRPC channel over the plugin's unix socket.
     pub async fn channel(&self) -> Channel {
         let socket = self.socket.clone();

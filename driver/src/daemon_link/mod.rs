@@ -1,0 +1,266 @@
+//! The connection to the execution daemon.
+//!
+//! Everything that talks to the daemon goes through a [`DaemonLink`], which
+//! is built over an injectable [`Dialer`]: [`UnixDialer`] and [`TcpDialer`]
+//! are the real transports; a simulation can supply its own without
+//! anything else in the driver knowing. The link adds what every call needs:
+//! a deadline on each unary call ([`DaemonLink::unary`]) and HTTP/2
+//! keepalive, so a hung daemon is noticed even on long streams.
+
+pub mod identity;
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use elide_proto::elide::daemon::v1::elide_daemon_client::ElideDaemonClient;
+use futures::future::BoxFuture;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::plugin_config::DaemonEndpoint;
+
+/// Default deadline of one unary call to the daemon.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest time one connection attempt may take.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+/// HTTP/2 ping interval, also while no call is open.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// A connection whose ping is not answered within this is considered dead.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Largest message accepted from the daemon (its output chunks are at most
+/// 64 KiB by default; listings of many executions are larger).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// A byte stream to the daemon, whatever carries it.
+pub trait DaemonIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> DaemonIo for T {}
+
+/// A boxed [`DaemonIo`].
+pub type BoxedIo = Box<dyn DaemonIo>;
+
+/// Opens byte streams to the daemon. Called again for every reconnection.
+pub trait Dialer: Send + Sync + 'static {
+    /// Opens one connection.
+    fn dial(&self) -> BoxFuture<'static, io::Result<BoxedIo>>;
+    /// Where it dials, for messages ("/run/elide/daemon.sock", "10.0.0.5:7070").
+    fn target(&self) -> String;
+}
+
+/// Dials a unix socket.
+#[derive(Debug, Clone)]
+pub struct UnixDialer(pub PathBuf);
+
+impl Dialer for UnixDialer {
+    fn dial(&self) -> BoxFuture<'static, io::Result<BoxedIo>> {
+        let path = self.0.clone();
+        Box::pin(async move {
+            let stream = tokio::net::UnixStream::connect(path).await?;
+            Ok(Box::new(stream) as BoxedIo)
+        })
+    }
+
+    fn target(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+/// Dials a TCP `host:port`.
+#[derive(Debug, Clone)]
+pub struct TcpDialer(pub String);
+
+impl Dialer for TcpDialer {
+    fn dial(&self) -> BoxFuture<'static, io::Result<BoxedIo>> {
+        let address = self.0.clone();
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect(address).await?;
+            stream.set_nodelay(true)?;
+            Ok(Box::new(stream) as BoxedIo)
+        })
+    }
+
+    fn target(&self) -> String {
+        self.0.clone()
+    }
+}
+
+/// Chooses the dialer for a configured endpoint: [`dialer_for`] in the
+/// plugin; tests and simulations substitute their own transport.
+pub type DialerFactory = Arc<dyn Fn(&DaemonEndpoint) -> Arc<dyn Dialer> + Send + Sync>;
+
+/// The real transports: [`UnixDialer`] or [`TcpDialer`].
+pub fn real_dialers() -> DialerFactory {
+    Arc::new(dialer_for)
+}
+
+/// The dialer for a configured endpoint.
+pub fn dialer_for(endpoint: &DaemonEndpoint) -> Arc<dyn Dialer> {
+    match endpoint {
+        DaemonEndpoint::Unix(path) => Arc::new(UnixDialer(path.clone())),
+        DaemonEndpoint::Tcp(address) => Arc::new(TcpDialer(address.clone())),
+    }
+}
+
+/// The gRPC client type of the daemon API.
+pub type DaemonClient = ElideDaemonClient<Channel>;
+
+/// Why a daemon call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// The daemon answered with an error status.
+    #[error("{}", .0.message())]
+    Status(tonic::Status),
+    /// No answer within the deadline.
+    #[error("no answer from the daemon within {0:?}")]
+    Timeout(Duration),
+}
+
+impl CallError {
+    /// The gRPC code of the failure (`DeadlineExceeded` for a timeout).
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            CallError::Status(status) => status.code(),
+            CallError::Timeout(_) => tonic::Code::DeadlineExceeded,
+        }
+    }
+
+    /// Whether the daemon said the session or execution does not exist.
+    pub fn is_not_found(&self) -> bool {
+        self.code() == tonic::Code::NotFound
+    }
+
+    /// Whether the failure is about reaching the daemon rather than about
+    /// the request (worth retrying later).
+    pub fn is_transport(&self) -> bool {
+        matches!(
+            self.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
+        )
+    }
+}
+
+/// A lazily connected, self-reconnecting link to one daemon.
+#[derive(Clone)]
+pub struct DaemonLink {
+    client: DaemonClient,
+    target: String,
+    call_timeout: Duration,
+}
+
+impl fmt::Debug for DaemonLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DaemonLink")
+            .field("target", &self.target)
+            .field("call_timeout", &self.call_timeout)
+            .finish()
+    }
+}
+
+impl DaemonLink {
+    /// A link over `dialer`. Nothing is dialled until the first call; a
+    /// broken connection is re-dialled on the next call.
+    pub fn new(dialer: Arc<dyn Dialer>, call_timeout: Duration) -> Self {
+        let target = dialer.target();
+        let connector = tower::service_fn(move |_: Uri| {
+            let dial = dialer.dial();
+            async move {
+                match tokio::time::timeout(DIAL_TIMEOUT, dial).await {
+                    Ok(Ok(io)) => Ok(TokioIo::new(io)),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no connection within {DIAL_TIMEOUT:?}"),
+                    )),
+                }
+            }
+        });
+        // The URI is required by the API and unused: the dialer decides.
+        let channel = Endpoint::from_static("http://elide-daemon.invalid")
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .connect_with_connector_lazy(connector);
+        let client = ElideDaemonClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        DaemonLink {
+            client,
+            target,
+            call_timeout,
+        }
+    }
+
+    /// A link to a configured endpoint with the default call deadline.
+    pub fn to_endpoint(dialers: &DialerFactory, endpoint: &DaemonEndpoint) -> Self {
+        DaemonLink::new(dialers(endpoint), DEFAULT_CALL_TIMEOUT)
+    }
+
+    /// Where the link dials.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// A client for opening streams (which carry no deadline; keepalive
+    /// detects a dead peer).
+    pub fn client(&self) -> DaemonClient {
+        self.client.clone()
+    }
+
+    /// Runs one unary call with the link's deadline: the deadline is sent to
+    /// the daemon (`grpc-timeout`) and enforced here as well.
+    pub async fn unary<Req, Resp, F, Fut>(&self, message: Req, call: F) -> Result<Resp, CallError>
+    where
+        F: FnOnce(DaemonClient, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        self.unary_within(self.call_timeout, message, call).await
+    }
+
+    /// [`DaemonLink::unary`] with an explicit deadline.
+    pub async fn unary_within<Req, Resp, F, Fut>(
+        &self,
+        deadline: Duration,
+        message: Req,
+        call: F,
+    ) -> Result<Resp, CallError>
+    where
+        F: FnOnce(DaemonClient, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(deadline);
+        match tokio::time::timeout(deadline, call(self.client.clone(), request)).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(CallError::Status(status)),
+            Err(_) => Err(CallError::Timeout(deadline)),
+        }
+    }
+
+    /// Opens a server stream: the call must *answer* within the link's
+    /// deadline, but the stream itself has none (no `grpc-timeout` is
+    /// sent, which would bound the whole stream); HTTP/2 keepalive notices
+    /// a dead daemon instead.
+    pub async fn open_stream<Req, Resp, F, Fut>(
+        &self,
+        message: Req,
+        call: F,
+    ) -> Result<Resp, CallError>
+    where
+        F: FnOnce(DaemonClient, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let request = tonic::Request::new(message);
+        match tokio::time::timeout(self.call_timeout, call(self.client.clone(), request)).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(CallError::Status(status)),
+            Err(_) => Err(CallError::Timeout(self.call_timeout)),
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! How a finished execution is reported to Nomad.
+//!
+//! Nomad counts a run as successful only when `exit_code == 0`,
+//! `signal == 0` and `err` is empty; a non-empty `err` marks the run failed
+//! and becomes the message of the "Terminated" event. So `err` is set for
+//! every ending that is a failure *regardless of how the program exited*:
+//! a timeout (the program may well exit 0 after the SIGTERM it got), a
+//! daemon-side failure, a lost execution. A cancel (what `StopTask` does)
+//! reports only how the program ended.
+
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use elide_proto::elide::daemon::v1 as pb;
+use nix::sys::signal::Signal;
+
+/// The exit of a task as Nomad's `ExitResult` + `WaitTaskResponse.err`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExitOutcome {
+    /// Exit code (0 when it ended by a signal).
+    pub exit_code: i32,
+    /// Number of the terminating signal, 0 if none.
+    pub signal: i32,
+    /// Killed over its memory limit.
+    pub oom_killed: bool,
+    /// Why the run failed beyond its exit code; empty when it did not.
+    pub err: String,
+    /// When the driver saw it end.
+    pub completed_at: Option<SystemTime>,
+}
+
+/// Whether a daemon state is terminal.
+pub fn is_terminal(state: pb::ExecutionState) -> bool {
+    use pb::ExecutionState as S;
+    matches!(state, S::Exited | S::Failed | S::Cancelled | S::TimedOut)
+}
+
+/// Signal number of a daemon signal name ("SIGKILL"); 0 for none, and for
+/// names this platform does not know (the name then appears in `err`).
+pub fn signal_number(name: &str) -> i32 {
+    if name.is_empty() {
+        return 0;
+    }
+    Signal::from_str(name).map(|s| s as i32).unwrap_or(0)
+}
+
+/// The outcome of a terminal execution status.
+pub fn outcome_of(status: &pb::ExecutionStatus) -> ExitOutcome {
+    use pb::ExecutionState as S;
+    let exit_code = status.exit_code.unwrap_or(0);
+    let signal = signal_number(&status.signal);
+    let ended_by_program = status.exit_code.is_some() || !status.signal.is_empty();
+    let unknown_signal = (!status.signal.is_empty() && signal == 0)
+        .then(|| format!("ended by signal {}", status.signal));
+    let mut outcome = ExitOutcome {
+        exit_code,
+        signal,
+        completed_at: Some(SystemTime::now()),
+        ..ExitOutcome::default()
+    };
+    outcome.err = match status.state() {
+        S::Exited => unknown_signal.unwrap_or_default(),
+        S::Cancelled if ended_by_program => unknown_signal.unwrap_or_default(),
+        S::Cancelled => non_empty(&status.message, "cancelled before it started"),
+        S::TimedOut => non_empty(&status.message, "timed out"),
+        S::Failed => {
+            outcome.oom_killed = status.failure() == pb::FailureReason::MemoryLimitExceeded;
+            let reason = status.failure().as_str_name().to_ascii_lowercase();
+            format!(
+                "execution failed ({reason}): {}",
+                non_empty(&status.message, "no detail from the daemon")
+            )
+        }
+        S::Queued | S::Running | S::Unspecified => {
+            format!(
+                "execution is not finished ({})",
+                status.state().as_str_name()
+            )
+        }
+    };
+    outcome
+}
+
+/// The outcome of an execution the daemon no longer knows.
+pub fn lost(why: &str) -> ExitOutcome {
+    ExitOutcome {
+        err: format!("execution lost: {why}"),
+        completed_at: Some(SystemTime::now()),
+        ..ExitOutcome::default()
+    }
+}
+
+fn non_empty(text: &str, fallback: &str) -> String {
+    if text.is_empty() {
+        fallback.to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(state: pb::ExecutionState, code: Option<i32>, signal: &str) -> pb::ExecutionStatus {
+        let mut s = pb::ExecutionStatus {
+            exit_code: code,
+            signal: signal.into(),
+            ..Default::default()
+        };
+        s.set_state(state);
+        s
+    }
+
+    #[test]
+    fn exited_reports_code_or_signal_number() {
+        let o = outcome_of(&status(pb::ExecutionState::Exited, Some(3), ""));
+        assert_eq!((o.exit_code, o.signal, o.err.as_str()), (3, 0, ""));
+        let o = outcome_of(&status(pb::ExecutionState::Exited, None, "SIGKILL"));
+        assert_eq!((o.exit_code, o.signal, o.err.as_str()), (0, 9, ""));
+    }
+
+    #[test]
+    fn cancelled_reports_how_the_program_ended() {
+        let o = outcome_of(&status(pb::ExecutionState::Cancelled, None, "SIGINT"));
+        assert_eq!((o.signal, o.err.as_str()), (2, ""));
+        let o = outcome_of(&status(pb::ExecutionState::Cancelled, Some(0), ""));
+        assert_eq!(
+            o,
+            ExitOutcome {
+                completed_at: o.completed_at,
+                ..Default::default()
+            }
+        );
+        let o = outcome_of(&status(pb::ExecutionState::Cancelled, None, ""));
+        assert!(!o.err.is_empty());
+    }
+
+    #[test]
+    fn timeout_and_failures_set_err() {
+        let mut s = status(pb::ExecutionState::TimedOut, Some(0), "");
+        s.message = "timed out after 2s".into();
+        let o = outcome_of(&s);
+        assert_eq!((o.exit_code, o.err.as_str()), (0, "timed out after 2s"));
+        let mut s = status(pb::ExecutionState::Failed, None, "SIGKILL");
+        s.set_failure(pb::FailureReason::MemoryLimitExceeded);
+        s.message = "memory limit exceeded".into();
+        let o = outcome_of(&s);
+        assert!(o.oom_killed && o.signal == 9);
+        assert!(o.err.contains("memory limit exceeded"), "{}", o.err);
+    }
+}

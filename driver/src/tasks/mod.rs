@@ -1,0 +1,771 @@
+//! The task lifecycle against the daemon, free of gRPC servers: the
+//! Nomad-facing service only translates to and from [`TaskManager`].
+//!
+//! * [`TaskManager`] keeps the task table (keyed by Nomad's task id) and
+//!   one [`SessionContext`] per daemon session it uses.
+//! * A session context owns the daemon link, the [`StatusHub`] and the
+//!   status feed filling it (one `WatchSession` stream, or polling).
+//! * Each task has an output forwarder ([`output`]) and a supervisor that
+//!   turns the terminal status into an [`ExitOutcome`] once every byte of
+//!   output has reached Nomad's FIFOs; the outcome is published exactly
+//!   once on a `watch` channel, which any number of `WaitTask` calls read.
+
+pub mod backoff;
+pub mod driver_state;
+pub mod exit;
+pub mod output;
+pub mod request;
+pub mod stats;
+pub mod status_feed;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use elide_proto::elide::daemon::v1 as pb;
+use elide_proto::hashicorp::nomad::plugins::drivers::proto::{TaskConfig, TaskHandle};
+use futures::Stream;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+use crate::daemon_link::identity;
+use crate::daemon_link::{CallError, DaemonLink, DialerFactory};
+use crate::driver::TaskEvent;
+use crate::plugin_config::{PluginConfig, StatusMode};
+use crate::task_config::ElideTaskConfig;
+
+pub use driver_state::{DriverState, DRIVER_STATE_VERSION};
+pub use exit::ExitOutcome;
+pub use stats::ResourceSample;
+pub use status_feed::{Observed, StatusHub};
+
+use output::{OffsetsFile, OutputForwarder};
+
+/// After the terminal status, how long the output forwarder may take to
+/// write the rest of the output before the result is published anyway.
+pub const OUTPUT_FLUSH_LIMIT: Duration = Duration::from_secs(30);
+/// `StopTask` waits for the exit up to its `timeout` plus this margin (the
+/// daemon SIGKILLs at `timeout`; this covers the kill and the flush).
+pub const STOP_WAIT_MARGIN: Duration = Duration::from_secs(5);
+/// Longest cancel grace asked of the daemon (its default
+/// `max_cancel_grace`; Nomad's `max_kill_timeout` defaults to 30 s).
+pub const MAX_STOP_GRACE: Duration = Duration::from_secs(300);
+/// Deadline of `DeleteExecution(force)`: the daemon waits up to 10 s for
+/// the program to be gone.
+pub const FORCE_DELETE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Signal sent by `StopTask` when the job sets no `kill_signal` (Nomad's
+/// exec drivers use SIGINT too).
+pub const DEFAULT_STOP_SIGNAL: &str = "SIGINT";
+
+/// Why a lifecycle operation failed. The service maps each to a status code.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TaskError {
+    /// `SetConfig` was never called.
+    #[error("{}", crate::driver::NOT_CONFIGURED)]
+    NotConfigured,
+    /// The task's configuration is wrong; restarting will not help.
+    #[error("{0}")]
+    InvalidConfig(String),
+    /// The daemon failed or could not be reached; `recoverable` says
+    /// whether Nomad restarting the task may help.
+    #[error("{message}")]
+    Daemon {
+        /// What happened.
+        message: String,
+        /// Whether a retry may succeed.
+        recoverable: bool,
+    },
+    /// `StartTask` for a task id that is already running.
+    #[error("task with ID {0:?} already started")]
+    AlreadyStarted(String),
+    /// Unknown task id, or the workload is gone.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request does not fit the task's state.
+    #[error("{0}")]
+    Precondition(String),
+}
+
+fn daemon_error(context: &str, target: &str, e: &CallError) -> TaskError {
+    let message = if e.is_transport() {
+        format!("{context}: daemon not reachable at {target}: {e}")
+    } else {
+        format!("{context}: {e}")
+    };
+    let recoverable = !matches!(
+        e.code(),
+        tonic::Code::InvalidArgument | tonic::Code::AlreadyExists | tonic::Code::PermissionDenied
+    );
+    TaskError::Daemon {
+        message,
+        recoverable,
+    }
+}
+
+fn unknown_task(task_id: &str) -> TaskError {
+    TaskError::NotFound(format!("task {task_id:?} is not known to the elide driver"))
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One daemon session the driver uses: its link and its status feed.
+pub struct SessionContext {
+    link: DaemonLink,
+    session_id: String,
+    hub: Arc<StatusHub>,
+    mode: StatusMode,
+    _feed: AbortOnDrop<()>,
+}
+
+impl SessionContext {
+    /// The session id.
+    pub fn session_id(&self) -> &str {
+        &self.session_id
+    }
+
+    /// How status changes are followed (`Watch` or `Poll`, never `Auto`).
+    pub fn mode(&self) -> StatusMode {
+        self.mode
+    }
+}
+
+/// Whether a task is still running, as `InspectTask` reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskSnapshot {
+    /// Nomad's task id.
+    pub id: String,
+    /// Task name.
+    pub name: String,
+    /// When `StartTask` (or the recovered start) happened.
+    pub started_at: SystemTime,
+    /// The result once it exited.
+    pub outcome: Option<ExitOutcome>,
+}
+
+/// A task in the table.
+struct Task {
+    id: String,
+    name: String,
+    alloc_id: String,
+    state: DriverState,
+    session: Arc<SessionContext>,
+    started_at: SystemTime,
+    started_instant: Instant,
+    exit: watch::Receiver<Option<ExitOutcome>>,
+    _supervisor: AbortOnDrop<()>,
+}
+
+impl Task {
+    fn outcome(&self) -> Option<ExitOutcome> {
+        self.exit.borrow().clone()
+    }
+}
+
+/// What `StartTask` returns to Nomad.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The handle to persist (`version`, echoed config, `driver_state`).
+    pub handle: TaskHandle,
+}
+
+/// The task table and everything that talks to the daemon for it.
+pub struct TaskManager {
+    dialers: DialerFactory,
+    host_identity: String,
+    contexts: tokio::sync::Mutex<BTreeMap<(String, String), Arc<SessionContext>>>,
+    tasks: Mutex<BTreeMap<String, Arc<Task>>>,
+    events: broadcast::Sender<TaskEvent>,
+}
+
+impl TaskManager {
+    /// An empty table publishing task events on `events`, reaching daemons
+    /// through `dialers`.
+    pub fn new(events: broadcast::Sender<TaskEvent>, dialers: DialerFactory) -> Self {
+        TaskManager {
+            dialers,
+            host_identity: identity::host_identity(),
+            contexts: tokio::sync::Mutex::default(),
+            tasks: Mutex::default(),
+            events,
+        }
+    }
+
+    fn table(&self) -> MutexGuard<'_, BTreeMap<String, Arc<Task>>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn task(&self, task_id: &str) -> Result<Arc<Task>, TaskError> {
+        self.table()
+            .get(task_id)
+            .cloned()
+            .ok_or_else(|| unknown_task(task_id))
+    }
+
+    /// The session this client's driver uses under `config`.
+    pub fn session_id_for(&self, config: &PluginConfig) -> String {
+        identity::session_id(
+            &self.host_identity,
+            &identity::daemon_session_config(&config.session),
+        )
+    }
+
+    /// The context of `session_id` on the configured daemon, created (and
+    /// its status feed started) on first use.
+    async fn context(
+        &self,
+        config: &PluginConfig,
+        session_id: &str,
+    ) -> Result<Arc<SessionContext>, TaskError> {
+        let key = (config.daemon.to_string(), session_id.to_owned());
+        let mut contexts = self.contexts.lock().await;
+        if let Some(context) = contexts.get(&key) {
+            return Ok(context.clone());
+        }
+        let link = DaemonLink::to_endpoint(&self.dialers, &config.daemon);
+        let mode = match config.status_mode {
+            StatusMode::Auto => {
+                let capabilities = link
+                    .unary(pb::GetCapabilitiesRequest {}, |mut c, r| async move {
+                        c.get_capabilities(r).await
+                    })
+                    .await
+                    .map_err(|e| daemon_error("reading daemon capabilities", link.target(), &e))?;
+                if capabilities.features.iter().any(|f| f == "WatchSession") {
+                    StatusMode::Watch
+                } else {
+                    StatusMode::Poll
+                }
+            }
+            explicit => explicit,
+        };
+        let hub = Arc::new(StatusHub::default());
+        let feed = match mode {
+            StatusMode::Poll => tokio::spawn(status_feed::poll_session(
+                link.clone(),
+                hub.clone(),
+                session_id.to_owned(),
+                config.poll_interval,
+            )),
+            _ => tokio::spawn(status_feed::watch_session(
+                link.clone(),
+                hub.clone(),
+                session_id.to_owned(),
+            )),
+        };
+        tracing::info!(session_id, daemon = %link.target(), mode = mode.name(), "following daemon session");
+        let context = Arc::new(SessionContext {
+            link,
+            session_id: session_id.to_owned(),
+            hub,
+            mode,
+            _feed: AbortOnDrop(feed),
+        });
+        contexts.insert(key, context.clone());
+        Ok(context)
+    }
+
+    /// Creates this client's session on the daemon if it does not exist
+    /// (idempotent for the same id and config; never deletes anything).
+    pub async fn ensure_session(&self, config: &PluginConfig) -> Result<String, TaskError> {
+        let session_id = self.session_id_for(config);
+        let link = DaemonLink::to_endpoint(&self.dialers, &config.daemon);
+        self.create_session(&link, config, &session_id).await?;
+        Ok(session_id)
+    }
+
+    async fn create_session(
+        &self,
+        link: &DaemonLink,
+        config: &PluginConfig,
+        session_id: &str,
+    ) -> Result<(), TaskError> {
+        let hostname = self
+            .host_identity
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let request = pb::CreateSessionRequest {
+            session_id: session_id.to_owned(),
+            config: Some(identity::daemon_session_config(&config.session)),
+            labels: [
+                ("created_by".to_owned(), "nomad-driver-elide".to_owned()),
+                ("hostname".to_owned(), hostname),
+            ]
+            .into(),
+        };
+        link.unary(request, |mut c, r| async move { c.create_session(r).await })
+            .await
+            .map(drop)
+            .map_err(|e| daemon_error(&format!("creating session {session_id}"), link.target(), &e))
+    }
+
+    /// `StartTask`: validates, submits the execution (idempotently, under
+    /// an id derived from the task id) and starts following it.
+    pub async fn start(
+        &self,
+        config: &PluginConfig,
+        task: TaskConfig,
+    ) -> Result<Started, TaskError> {
+        if self.table().contains_key(&task.id) {
+            return Err(TaskError::AlreadyStarted(task.id));
+        }
+        let task_config = ElideTaskConfig::decode(&task.msgpack_driver_config)
+            .map_err(|e| TaskError::InvalidConfig(format!("task {:?}: {e}", task.name)))?;
+        let session_id = self.session_id_for(config);
+        let execution_id = identity::execution_id(&task.id);
+        let request =
+            request::execute_request(&task, &task_config, config, &session_id, &execution_id)
+                .map_err(|e| TaskError::InvalidConfig(format!("task {:?}: {e}", task.name)))?;
+
+        let context = self.context(config, &session_id).await?;
+        self.create_session(&context.link, config, &session_id)
+            .await?;
+        let observed = context.hub.register(&execution_id);
+        let submitted = context
+            .link
+            .unary(
+                request,
+                |mut c, r| async move { c.execute_snippet(r).await },
+            )
+            .await;
+        let response = match submitted {
+            Ok(response) => response,
+            Err(e) => {
+                context.hub.unregister(&execution_id);
+                if e.code() == tonic::Code::InvalidArgument {
+                    return Err(TaskError::InvalidConfig(format!(
+                        "task {:?}: the daemon refused it: {e}",
+                        task.name
+                    )));
+                }
+                return Err(daemon_error(
+                    &format!("submitting task {:?}", task.name),
+                    context.link.target(),
+                    &e,
+                ));
+            }
+        };
+        context.hub.confirm(&execution_id);
+        let status = response.status.unwrap_or_default();
+        let daemon_instance_id = status.daemon_instance_id.clone();
+        context.hub.deliver(status);
+        if !response.created {
+            tracing::info!(task_id = %task.id, execution_id, "execution already existed (retried StartTask)");
+        }
+
+        let task_dir = request::task_dir(&task);
+        let state = DriverState {
+            session_id: session_id.clone(),
+            execution_id: execution_id.clone(),
+            daemon_instance_id,
+            stdout_path: task.stdout_path.clone(),
+            stderr_path: task.stderr_path.clone(),
+            offsets_file: OffsetsFile::for_task(&task_dir, &execution_id)
+                .path()
+                .to_owned(),
+            task_dir,
+            started_at_unix: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+        };
+        let handle = TaskHandle {
+            version: DRIVER_STATE_VERSION,
+            config: Some(task.clone()),
+            state: elide_proto::hashicorp::nomad::plugins::drivers::proto::TaskState::Running
+                as i32,
+            driver_state: state.encode(),
+        };
+        self.launch(&task, state, context, observed)?;
+        tracing::info!(task_id = %task.id, execution_id, session_id, "task started");
+        Ok(Started { handle })
+    }
+
+    /// Registers a task and starts its forwarder and supervisor.
+    fn launch(
+        &self,
+        task: &TaskConfig,
+        state: DriverState,
+        context: Arc<SessionContext>,
+        mut observed: watch::Receiver<Observed>,
+    ) -> Result<(), TaskError> {
+        let events = self.events.clone();
+        let (task_id, alloc_id, task_name) =
+            (task.id.clone(), task.alloc_id.clone(), task.name.clone());
+        let forwarder = OutputForwarder {
+            link: context.link.clone(),
+            session_id: state.session_id.clone(),
+            execution_id: state.execution_id.clone(),
+            stdout_path: state.stdout_path.clone(),
+            stderr_path: state.stderr_path.clone(),
+            offsets_file: OffsetsFile::at(state.offsets_file.clone()),
+            on_dropped: Box::new(move |stream, from, to| {
+                let stream = stream.as_str_name().to_ascii_lowercase();
+                tracing::warn!(
+                    task_id,
+                    stream,
+                    from,
+                    to,
+                    "the daemon no longer had part of the output; it is skipped"
+                );
+                let _ = events.send(TaskEvent {
+                    task_id: task_id.clone(),
+                    alloc_id: alloc_id.clone(),
+                    task_name: task_name.clone(),
+                    timestamp: SystemTime::now(),
+                    message: format!(
+                        "{} bytes of {stream} were lost (the daemon had already discarded them)",
+                        to - from
+                    ),
+                    annotations: [
+                        ("stream".to_owned(), stream.clone()),
+                        ("from_offset".to_owned(), from.to_string()),
+                        ("to_offset".to_owned(), to.to_string()),
+                    ]
+                    .into(),
+                });
+            }),
+        };
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let task_id = task.id.clone();
+        let supervisor = tokio::spawn(async move {
+            let mut forwarding = AbortOnDrop(tokio::spawn(forwarder.run()));
+            let outcome = match observed.wait_for(Observed::is_final).await {
+                Ok(final_state) => match &*final_state {
+                    Observed::Status(status) => exit::outcome_of(status),
+                    Observed::Lost(why) => exit::lost(why),
+                    Observed::Pending => exit::lost("no status"),
+                },
+                Err(_) => exit::lost("the driver stopped following it"),
+            };
+            if tokio::time::timeout(OUTPUT_FLUSH_LIMIT, &mut forwarding.0)
+                .await
+                .is_err()
+            {
+                tracing::warn!(task_id, limit = ?OUTPUT_FLUSH_LIMIT, "output not complete in time after the task ended; closing the log FIFOs");
+            }
+            drop(forwarding);
+            tracing::info!(task_id, exit_code = outcome.exit_code, signal = outcome.signal, err = %outcome.err, "task exited");
+            let _ = exit_tx.send(Some(outcome));
+        });
+        let entry = Arc::new(Task {
+            id: task.id.clone(),
+            name: task.name.clone(),
+            alloc_id: task.alloc_id.clone(),
+            state,
+            session: context,
+            started_at: SystemTime::now(),
+            started_instant: Instant::now(),
+            exit: exit_rx,
+            _supervisor: AbortOnDrop(supervisor),
+        });
+        let mut table = self.table();
+        if table.contains_key(&task.id) {
+            return Err(TaskError::AlreadyStarted(task.id.clone()));
+        }
+        table.insert(task.id.clone(), entry);
+        Ok(())
+    }
+
+    /// `RecoverTask`: re-attaches to a task from its handle alone. Known
+    /// ids are fine (idempotent); `msgpack_driver_config` is never read.
+    pub async fn recover(
+        &self,
+        config: &PluginConfig,
+        handle: TaskHandle,
+    ) -> Result<(), TaskError> {
+        let task = handle
+            .config
+            .ok_or_else(|| TaskError::InvalidConfig("RecoverTask handle has no config".into()))?;
+        if task.id.is_empty() {
+            return Err(TaskError::InvalidConfig(
+                "RecoverTask handle has no task id (handle.config.id)".into(),
+            ));
+        }
+        if self.table().contains_key(&task.id) {
+            return Ok(());
+        }
+        let state = DriverState::decode(handle.version, &handle.driver_state)
+            .map_err(|e| TaskError::InvalidConfig(format!("task {:?}: {e}", task.id)))?;
+        let context = self.context(config, &state.session_id).await?;
+        let observed = context.hub.register(&state.execution_id);
+        let request = pb::GetExecutionStatusRequest {
+            session_id: state.session_id.clone(),
+            execution_id: state.execution_id.clone(),
+        };
+        let status = match context
+            .link
+            .unary(request, |mut c, r| async move {
+                c.get_execution_status(r).await
+            })
+            .await
+        {
+            Ok(response) => response.status.unwrap_or_default(),
+            Err(e) => {
+                context.hub.unregister(&state.execution_id);
+                if e.is_not_found() {
+                    return Err(TaskError::NotFound(format!(
+                        "task {:?}: execution {} is not on the daemon any more: {e}",
+                        task.id, state.execution_id
+                    )));
+                }
+                return Err(daemon_error(
+                    &format!("recovering task {:?}", task.id),
+                    context.link.target(),
+                    &e,
+                ));
+            }
+        };
+        context.hub.confirm(&state.execution_id);
+        context.hub.deliver(status);
+        tracing::info!(task_id = %task.id, execution_id = %state.execution_id, "task recovered");
+        match self.launch(&task, state, context, observed) {
+            // Recovered concurrently by another call: fine.
+            Err(TaskError::AlreadyStarted(_)) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// `WaitTask`: the task's exit, once it exited and its output is
+    /// complete. Any number of concurrent callers.
+    pub async fn wait(&self, task_id: &str) -> Result<ExitOutcome, TaskError> {
+        let mut exit = self.task(task_id)?.exit.clone();
+        let outcome = match exit.wait_for(Option::is_some).await {
+            Ok(outcome) => outcome.clone().unwrap_or_default(),
+            // The task was destroyed while we waited.
+            Err(_) => exit::lost("the task was destroyed"),
+        };
+        Ok(outcome)
+    }
+
+    /// `StopTask`: `signal` (SIGINT when empty), SIGKILL after `timeout`;
+    /// returns once the task has exited. Unknown or exited tasks are fine.
+    pub async fn stop(
+        &self,
+        task_id: &str,
+        timeout: Duration,
+        signal: &str,
+    ) -> Result<(), TaskError> {
+        let Ok(task) = self.task(task_id) else {
+            tracing::debug!(task_id, "StopTask for an unknown task");
+            return Ok(());
+        };
+        if task.outcome().is_some() {
+            return Ok(());
+        }
+        let signal = if signal.is_empty() {
+            DEFAULT_STOP_SIGNAL
+        } else {
+            signal
+        };
+        let grace = timeout.min(MAX_STOP_GRACE);
+        let request = pb::CancelExecutionRequest {
+            session_id: task.state.session_id.clone(),
+            execution_id: task.state.execution_id.clone(),
+            signal: signal.to_owned(),
+            grace: Some(prost_types::Duration {
+                seconds: grace.as_secs() as i64,
+                nanos: grace.subsec_nanos() as i32,
+            }),
+        };
+        let link = &task.session.link;
+        match link
+            .unary(
+                request,
+                |mut c, r| async move { c.cancel_execution(r).await },
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {
+                task.session
+                    .hub
+                    .mark_lost(&task.state.execution_id, &e.to_string());
+            }
+            Err(e) => {
+                return Err(daemon_error(
+                    &format!("stopping task {task_id:?}"),
+                    link.target(),
+                    &e,
+                ))
+            }
+        }
+        tracing::info!(task_id, signal, ?grace, "stopping task");
+        let mut exit = task.exit.clone();
+        let exited = tokio::time::timeout(timeout + STOP_WAIT_MARGIN, async {
+            exit.wait_for(Option::is_some).await.is_ok()
+        })
+        .await;
+        match exited {
+            Ok(_) => Ok(()),
+            Err(_) => Err(TaskError::Precondition(format!(
+                "task {task_id:?} did not exit within {:?} of {signal}",
+                timeout + STOP_WAIT_MARGIN
+            ))),
+        }
+    }
+
+    /// `DestroyTask`: kills the task if running (only with `force`),
+    /// removes its execution from the daemon and forgets it. Unknown ids
+    /// are fine; idempotent.
+    pub async fn destroy(&self, task_id: &str, force: bool) -> Result<(), TaskError> {
+        let Ok(task) = self.task(task_id) else {
+            tracing::debug!(task_id, "DestroyTask for an unknown task");
+            return Ok(());
+        };
+        let running = task.outcome().is_none();
+        if running && !force {
+            return Err(TaskError::Precondition(format!(
+                "task {task_id:?} is still running; stop it first or destroy with force"
+            )));
+        }
+        let link = &task.session.link;
+        let delete = |force: bool| pb::DeleteExecutionRequest {
+            session_id: task.state.session_id.clone(),
+            execution_id: task.state.execution_id.clone(),
+            force,
+        };
+        if running {
+            // Kills the program and waits until it is gone.
+            let killed = link
+                .unary_within(FORCE_DELETE_TIMEOUT, delete(true), |mut c, r| async move {
+                    c.delete_execution(r).await
+                })
+                .await;
+            match killed {
+                Err(e) if !e.is_not_found() => {
+                    return Err(daemon_error(
+                        &format!("destroying task {task_id:?}"),
+                        link.target(),
+                        &e,
+                    ))
+                }
+                _ => {}
+            }
+        }
+        // Forgets the (now terminal) execution; after a forced delete the
+        // daemon may still hold the record for a moment.
+        match link
+            .unary(delete(false), |mut c, r| async move {
+                c.delete_execution(r).await
+            })
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                tracing::warn!(task_id, error = %e, "could not remove the finished execution from the daemon");
+            }
+        }
+        task.session.hub.unregister(&task.state.execution_id);
+        OffsetsFile::at(task.state.offsets_file.clone()).remove();
+        self.table().remove(task_id);
+        tracing::info!(task_id, "task destroyed");
+        Ok(())
+    }
+
+    /// `SignalTask`: delivers a signal by name.
+    pub async fn signal(&self, task_id: &str, signal: &str) -> Result<(), TaskError> {
+        let task = self.task(task_id)?;
+        let request = pb::SignalExecutionRequest {
+            session_id: task.state.session_id.clone(),
+            execution_id: task.state.execution_id.clone(),
+            signal: signal.to_owned(),
+        };
+        let link = &task.session.link;
+        link.unary(
+            request,
+            |mut c, r| async move { c.signal_execution(r).await },
+        )
+        .await
+        .map(drop)
+        .map_err(|e| match e.code() {
+            tonic::Code::NotFound => TaskError::NotFound(format!("task {task_id:?}: {e}")),
+            tonic::Code::InvalidArgument => TaskError::InvalidConfig(e.to_string()),
+            tonic::Code::FailedPrecondition => {
+                TaskError::Precondition(format!("task {task_id:?}: {e}"))
+            }
+            _ => daemon_error(&format!("signalling task {task_id:?}"), link.target(), &e),
+        })
+    }
+
+    /// `InspectTask`.
+    pub fn inspect(&self, task_id: &str) -> Result<TaskSnapshot, TaskError> {
+        let task = self.task(task_id)?;
+        Ok(TaskSnapshot {
+            id: task.id.clone(),
+            name: task.name.clone(),
+            started_at: task.started_at,
+            outcome: task.outcome(),
+        })
+    }
+
+    /// `TaskStats`: a sample now and every `interval` until the task ends
+    /// (or the daemon stops answering, which ends the stream; Nomad calls
+    /// again). Fails at once for unknown tasks.
+    pub fn stats(
+        &self,
+        task_id: &str,
+        interval: Duration,
+    ) -> Result<impl Stream<Item = ResourceSample> + Send + 'static, TaskError> {
+        let task = self.task(task_id)?;
+        let interval = interval.max(Duration::from_millis(100));
+        let state = (task, stats::CpuRate::since(Instant::now()), true);
+        let stream = futures::stream::unfold(state, move |(task, mut rate, first)| async move {
+            if !first {
+                let mut exit = task.exit.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = exit.wait_for(Option::is_some) => return None,
+                }
+            } else {
+                rate = stats::CpuRate::since(task.started_instant);
+            }
+            if task.outcome().is_some() {
+                return None;
+            }
+            let request = pb::GetExecutionMetricsRequest {
+                session_id: task.state.session_id.clone(),
+                execution_id: task.state.execution_id.clone(),
+            };
+            let metrics = task
+                .session
+                .link
+                .unary(request, |mut c, r| async move {
+                    c.get_execution_metrics(r).await
+                })
+                .await;
+            match metrics {
+                Ok(response) => {
+                    let sample = rate.sample(&response.metrics.unwrap_or_default());
+                    Some((sample, (task, rate, false)))
+                }
+                Err(e) => {
+                    tracing::debug!(task_id = %task.id, error = %e, "metrics unavailable; ending the stats stream");
+                    None
+                }
+            }
+        });
+        Ok(stream)
+    }
+
+    /// Ids of every task in the table.
+    pub fn task_ids(&self) -> Vec<String> {
+        self.table().keys().cloned().collect()
+    }
+
+    /// The alloc id and name of a task (for events).
+    pub fn task_identity(&self, task_id: &str) -> Option<(String, String)> {
+        self.table()
+            .get(task_id)
+            .map(|t| (t.alloc_id.clone(), t.name.clone()))
+    }
+}

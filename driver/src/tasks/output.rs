@@ -1,0 +1,371 @@
+//! Forwarding a task's output from the daemon to Nomad's log FIFOs.
+//!
+//! One [`OutputForwarder`] per task reads `StreamOutput(follow = true)`
+//! from the offsets it has already written and writes each stream's bytes,
+//! in order, to `TaskConfig.stdout_path` / `stderr_path`. The offsets are
+//! persisted ([`OffsetsFile`]) after every chunk written (one small file
+//! write and rename; chunks are up to 64 KiB, so this is cheap next to the
+//! output itself), so a restarted plugin resumes exactly after the last
+//! byte written. The only window for a duplicate is a crash between a FIFO
+//! write and the rename that records it: at most one chunk.
+//!
+//! FIFOs are opened `O_RDWR | O_NONBLOCK` (Linux): that never blocks, never
+//! fails because logmon is not reading yet, and never gets `EPIPE`
+//! (protocol notes §6.6). The write ends stay open for the task's life and
+//! are closed, after the last byte, when the daemon reports the end of
+//! output; that EOF is what tells logmon the task is done.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use elide_proto::elide::daemon::v1 as pb;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::pipe;
+
+use super::backoff::Backoff;
+use crate::daemon_link::DaemonLink;
+
+/// How long a FIFO that cannot be opened (not created yet, e.g. right after
+/// recovery, before Nomad's prestart re-creates logmon) is retried before
+/// that stream's output is discarded.
+pub const FIFO_OPEN_LIMIT: Duration = Duration::from_secs(120);
+
+/// Directory, inside the task directory, holding the offsets files
+/// (Nomad's per-task `private/` directory: not the program's concern).
+pub const OFFSETS_DIR: &str = "private";
+
+/// Bytes of each stream written to the FIFOs so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offsets {
+    /// Next stdout byte to write.
+    pub stdout: u64,
+    /// Next stderr byte to write.
+    pub stderr: u64,
+}
+
+impl Offsets {
+    fn get_mut(&mut self, stream: pb::OutputStream) -> Option<&mut u64> {
+        match stream {
+            pb::OutputStream::Stdout => Some(&mut self.stdout),
+            pb::OutputStream::Stderr => Some(&mut self.stderr),
+            pb::OutputStream::Unspecified => None,
+        }
+    }
+}
+
+/// The small file recording [`Offsets`]: `<task_dir>/private/elide-output-<execution_id>.json`,
+/// replaced atomically (write to a temporary file, then rename).
+#[derive(Debug, Clone)]
+pub struct OffsetsFile {
+    path: PathBuf,
+}
+
+impl OffsetsFile {
+    /// The offsets file of an execution in `task_dir`.
+    pub fn for_task(task_dir: &Path, execution_id: &str) -> Self {
+        OffsetsFile {
+            path: task_dir
+                .join(OFFSETS_DIR)
+                .join(format!("elide-output-{execution_id}.json")),
+        }
+    }
+
+    /// At an explicit path (as recorded in `driver_state`).
+    pub fn at(path: PathBuf) -> Self {
+        OffsetsFile { path }
+    }
+
+    /// Where it lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The recorded offsets; zero when there is no (readable) file.
+    pub fn load(&self) -> Offsets {
+        std::fs::read(&self.path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    /// Records `offsets` atomically.
+    pub fn store(&self, offsets: Offsets) -> io::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let temporary = self.path.with_extension("json.tmp");
+        std::fs::write(&temporary, serde_json::to_vec(&offsets).unwrap_or_default())?;
+        std::fs::rename(&temporary, &self.path)
+    }
+
+    /// Removes the file (the task is destroyed).
+    pub fn remove(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// One FIFO write end, opened lazily.
+struct FifoSink {
+    /// `None` when output of this stream is discarded (`/dev/null`, empty
+    /// path, or the FIFO could not be opened).
+    path: Option<PathBuf>,
+    sender: Option<pipe::Sender>,
+}
+
+impl FifoSink {
+    fn new(path: &str) -> Self {
+        let path = (!path.is_empty() && path != "/dev/null").then(|| PathBuf::from(path));
+        FifoSink { path, sender: None }
+    }
+
+    async fn write(&mut self, data: &[u8]) {
+        let Some(path) = self.path.clone() else {
+            return;
+        };
+        if self.sender.is_none() {
+            match open_fifo(&path).await {
+                Ok(sender) => self.sender = Some(sender),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot open the log FIFO; discarding this stream's output");
+                    self.path = None;
+                    return;
+                }
+            }
+        }
+        if let Some(sender) = self.sender.as_mut() {
+            if let Err(e) = sender.write_all(data).await {
+                tracing::warn!(path = %path.display(), error = %e, "writing the log FIFO failed; discarding this stream's output");
+                self.sender = None;
+                self.path = None;
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        self.sender = None;
+    }
+}
+
+/// Opens a FIFO for writing without ever blocking, retrying while it does
+/// not exist yet (up to [`FIFO_OPEN_LIMIT`]).
+async fn open_fifo(path: &Path) -> io::Result<pipe::Sender> {
+    let deadline = tokio::time::Instant::now() + FIFO_OPEN_LIMIT;
+    let mut backoff = Backoff::default();
+    loop {
+        match pipe::OpenOptions::new().read_write(true).open_sender(path) {
+            Ok(sender) => return Ok(sender),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "log FIFO not openable yet; retrying");
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+/// Reports output the daemon no longer had (it is skipped).
+pub type DroppedReporter = Box<dyn Fn(pb::OutputStream, u64, u64) + Send + Sync>;
+
+/// Everything one task's forwarder needs.
+pub struct OutputForwarder {
+    /// The daemon.
+    pub link: DaemonLink,
+    /// The session of the execution.
+    pub session_id: String,
+    /// The execution.
+    pub execution_id: String,
+    /// Nomad's stdout path.
+    pub stdout_path: String,
+    /// Nomad's stderr path.
+    pub stderr_path: String,
+    /// Where written offsets are recorded.
+    pub offsets_file: OffsetsFile,
+    /// Called for every `dropped` marker.
+    pub on_dropped: DroppedReporter,
+}
+
+/// How forwarding ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardEnd {
+    /// The daemon sent `end`: every byte is written.
+    Complete(Offsets),
+    /// The execution is gone from the daemon.
+    Gone(Offsets),
+}
+
+impl OutputForwarder {
+    /// Forwards until the daemon reports the end of output (or forgets the
+    /// execution), reconnecting with back-off when the stream breaks. The
+    /// FIFOs are closed when this returns.
+    pub async fn run(self) -> ForwardEnd {
+        let mut sinks = [
+            FifoSink::new(&self.stdout_path),
+            FifoSink::new(&self.stderr_path),
+        ];
+        let mut offsets = self.offsets_file.load();
+        let mut backoff = Backoff::default();
+        let end = loop {
+            match self
+                .forward_once(&mut sinks, &mut offsets, &mut backoff)
+                .await
+            {
+                Some(end) => break end,
+                None => backoff.wait().await,
+            }
+        };
+        self.persist(offsets);
+        for sink in &mut sinks {
+            sink.close();
+        }
+        end
+    }
+
+    /// One `StreamOutput` call; `None` when it broke and should be resumed.
+    async fn forward_once(
+        &self,
+        sinks: &mut [FifoSink; 2],
+        offsets: &mut Offsets,
+        backoff: &mut Backoff,
+    ) -> Option<ForwardEnd> {
+        use pb::output_event::Event;
+        let request = pb::StreamOutputRequest {
+            session_id: self.session_id.clone(),
+            execution_id: self.execution_id.clone(),
+            stdout_offset: offsets.stdout,
+            stderr_offset: offsets.stderr,
+            follow: true,
+        };
+        let mut stream = match self
+            .link
+            .open_stream(request, |mut c, r| async move { c.stream_output(r).await })
+            .await
+        {
+            Ok(stream) => stream,
+            Err(e) if e.is_not_found() => return Some(ForwardEnd::Gone(*offsets)),
+            Err(e) => {
+                tracing::debug!(execution_id = %self.execution_id, error = %e, "StreamOutput failed; retrying");
+                return None;
+            }
+        };
+        backoff.reset();
+        loop {
+            let next = stream.next().await;
+            let event = match next {
+                Some(Ok(pb::OutputEvent { event: Some(event) })) => event,
+                Some(Ok(_)) => continue,
+                Some(Err(status)) if status.code() == tonic::Code::NotFound => {
+                    return Some(ForwardEnd::Gone(*offsets))
+                }
+                Some(Err(status)) => {
+                    tracing::debug!(execution_id = %self.execution_id, error = %status.message(), "output stream broke; resuming");
+                    self.persist(*offsets);
+                    return None;
+                }
+                None => {
+                    self.persist(*offsets);
+                    return None;
+                }
+            };
+            match event {
+                Event::Chunk(chunk) => {
+                    let stream_kind = chunk.stream();
+                    let index = stream_index(stream_kind);
+                    let Some(written) = offsets.get_mut(stream_kind) else {
+                        continue;
+                    };
+                    let (Some(index), chunk_end) = (index, chunk.offset + chunk.data.len() as u64)
+                    else {
+                        continue;
+                    };
+                    if chunk_end <= *written {
+                        continue; // Already written before a reconnect.
+                    }
+                    if chunk.offset > *written {
+                        // The daemon skipped bytes without a marker: report it.
+                        (self.on_dropped)(stream_kind, *written, chunk.offset);
+                    }
+                    let skip = written.saturating_sub(chunk.offset) as usize;
+                    sinks[index].write(&chunk.data[skip..]).await;
+                    *written = chunk_end;
+                    // Recorded right after each write, before reading on:
+                    // a crash can then repeat at most this one chunk.
+                    self.persist(*offsets);
+                }
+                Event::Dropped(dropped) => {
+                    let stream_kind = dropped.stream();
+                    let Some(written) = offsets.get_mut(stream_kind) else {
+                        continue;
+                    };
+                    if dropped.to_offset > *written {
+                        (self.on_dropped)(
+                            stream_kind,
+                            (*written).max(dropped.from_offset),
+                            dropped.to_offset,
+                        );
+                        *written = dropped.to_offset;
+                        self.persist(*offsets);
+                    }
+                }
+                Event::End(_) => return Some(ForwardEnd::Complete(*offsets)),
+            }
+        }
+    }
+
+    fn persist(&self, offsets: Offsets) {
+        if let Err(e) = self.offsets_file.store(offsets) {
+            tracing::warn!(path = %self.offsets_file.path().display(), error = %e, "cannot record output offsets; a plugin restart may repeat output");
+        }
+    }
+}
+
+fn stream_index(stream: pb::OutputStream) -> Option<usize> {
+    match stream {
+        pb::OutputStream::Stdout => Some(0),
+        pb::OutputStream::Stderr => Some(1),
+        pb::OutputStream::Unspecified => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_file_round_trips_and_defaults_to_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = OffsetsFile::for_task(dir.path(), "a.b.c");
+        assert_eq!(file.load(), Offsets::default());
+        let offsets = Offsets {
+            stdout: 12,
+            stderr: 3,
+        };
+        file.store(offsets).unwrap();
+        assert_eq!(file.load(), offsets);
+        assert!(file.path().starts_with(dir.path().join(OFFSETS_DIR)));
+        file.remove();
+        assert_eq!(file.load(), Offsets::default());
+    }
+
+    #[tokio::test]
+    async fn fifo_is_written_without_a_reader_and_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.fifo");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let mut sink = FifoSink::new(path.to_str().unwrap());
+        // No reader is open: a plain O_WRONLY open would block here.
+        sink.write(b"hello\n").await;
+        let mut reader = std::fs::File::open(&path).unwrap();
+        sink.close();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut reader, &mut text).unwrap_or_default();
+        // Data written before the reader opened is kept only while a write
+        // end is open; either way the reader must not hang after close.
+        assert!(text.is_empty() || text == "hello\n");
+        let mut null = FifoSink::new("/dev/null");
+        null.write(b"x").await;
+        assert!(null.sender.is_none());
+    }
+}

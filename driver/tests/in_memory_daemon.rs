@@ -1,0 +1,126 @@
+//! The driver core against the reference daemon's service over an
+//! in-memory transport: no socket anywhere, only the [`Dialer`] seam a
+//! simulation will use. (Programs still run as real interpreters.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use elide_daemon::ids::RandomIds;
+use elide_daemon::limits::Limits;
+use elide_daemon::registry::{RegistryDeps, SessionRegistry};
+use elide_daemon::runtime::process::{ProcessRuntime, ProcessRuntimeConfig};
+use elide_daemon::service::DaemonService;
+use elide_daemon::store::FsStore;
+use elide_daemon::time::SystemClock;
+use elide_driver::daemon_link::{BoxedIo, Dialer, DialerFactory};
+use elide_driver::driver::ElideDriver;
+use elide_driver::probe::{ApiProbe, AttributeValue, DaemonHealth};
+use elide_proto::hashicorp::nomad::plugins::drivers::proto::TaskConfig;
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// Hands the server half of a fresh in-memory pipe to the daemon's server.
+struct InMemoryDialer(mpsc::Sender<Result<tokio::io::DuplexStream, std::io::Error>>);
+
+impl Dialer for InMemoryDialer {
+    fn dial(&self) -> BoxFuture<'static, std::io::Result<BoxedIo>> {
+        let server = self.0.clone();
+        Box::pin(async move {
+            let (client, server_half) = tokio::io::duplex(64 * 1024);
+            server
+                .send(Ok(server_half))
+                .await
+                .map_err(|_| std::io::Error::other("in-memory daemon is gone"))?;
+            Ok(Box::new(client) as BoxedIo)
+        })
+    }
+
+    fn target(&self) -> String {
+        "in-memory".to_owned()
+    }
+}
+
+fn in_memory_daemon(state: &std::path::Path) -> DialerFactory {
+    let registry = SessionRegistry::open(RegistryDeps {
+        runtime: Arc::new(ProcessRuntime::discover(&ProcessRuntimeConfig::default())),
+        store: Arc::new(FsStore::open(&state.join("state")).unwrap()),
+        clock: Arc::new(SystemClock),
+        ids: Arc::new(RandomIds),
+        limits: Limits::default(),
+        scratch_dir: state.join("scratch"),
+        version: "in-memory".into(),
+    })
+    .unwrap();
+    let (connections, incoming) = mpsc::channel(16);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(DaemonService::new(registry).into_server())
+            .serve_with_incoming(ReceiverStream::new(incoming)),
+    );
+    let dialer: Arc<dyn Dialer> = Arc::new(InMemoryDialer(connections));
+    Arc::new(move |_| dialer.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_runs_over_an_injected_transport() {
+    let dir = tempfile::tempdir().unwrap();
+    let dialers = in_memory_daemon(dir.path());
+    let driver =
+        ElideDriver::with_dialers(Arc::new(ApiProbe::with_dialers(dialers.clone())), dialers);
+    // Default config: the unix socket it names is never dialled.
+    driver.set_config(&[]).unwrap();
+    let DaemonHealth::Healthy { attributes } = driver.health().await else {
+        panic!("the in-memory daemon is healthy");
+    };
+    assert_eq!(
+        attributes["driver.elide.daemon_version"],
+        AttributeValue::String("in-memory".into())
+    );
+
+    std::fs::create_dir_all(dir.path().join("alloc/t")).unwrap();
+    // {code = "...", language = "python"} with every other key nil.
+    let config = {
+        let value = rmpv::Value::Map(
+            [
+                ("args", None),
+                ("code", Some("import sys; sys.exit(4)")),
+                ("elide_opts", None),
+                ("env", None),
+                ("language", Some("python")),
+                ("script", None),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.map_or(rmpv::Value::Nil, rmpv::Value::from)))
+            .collect(),
+        );
+        let mut bytes = Vec::new();
+        rmpv::encode::write_value(&mut bytes, &value).unwrap();
+        bytes
+    };
+    let task = TaskConfig {
+        id: "alloc/t/0001".into(),
+        name: "t".into(),
+        msgpack_driver_config: config,
+        alloc_dir: dir.path().join("alloc").display().to_string(),
+        stdout_path: "/dev/null".into(),
+        stderr_path: "/dev/null".into(),
+        ..Default::default()
+    };
+    let plugin = driver.config().unwrap();
+    let started = driver
+        .tasks()
+        .start(&plugin, task.clone())
+        .await
+        .expect("start");
+    assert_eq!(started.handle.config.unwrap().id, task.id);
+    let outcome = tokio::time::timeout(Duration::from_secs(20), driver.tasks().wait(&task.id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((outcome.exit_code, outcome.err.as_str()), (4, ""));
+    // A retried StartTask for a live id is refused; after destroy, unknown.
+    assert!(driver.tasks().start(&plugin, task.clone()).await.is_err());
+    driver.tasks().destroy(&task.id, true).await.unwrap();
+    assert!(driver.tasks().wait(&task.id).await.is_err());
+}

@@ -1,0 +1,116 @@
+//! A real `elide-daemon` in a temporary directory.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use elide_proto::elide::daemon::v1 as pb;
+use hyper_util::rt::TokioIo;
+use pb::elide_daemon_client::ElideDaemonClient;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::binaries::{binary, DAEMON};
+
+/// How long the daemon may take to listen.
+const START_LIMIT: Duration = Duration::from_secs(20);
+
+/// A daemon process; killed when dropped.
+pub struct Daemon {
+    /// Holds the socket, the state dir and the log.
+    pub dir: tempfile::TempDir,
+    /// Its unix socket.
+    pub socket: PathBuf,
+    child: Child,
+}
+
+impl Daemon {
+    /// Starts a daemon and waits until it accepts connections.
+    pub async fn start() -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("daemon.sock");
+        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("daemon log");
+        let child = Command::new(binary(DAEMON))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(["--sample-interval-secs", "0.2"])
+            .env("RUST_LOG", "elide_daemon=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting elide-daemon");
+        let daemon = Daemon { dir, socket, child };
+        let deadline = Instant::now() + START_LIMIT;
+        while tokio::net::UnixStream::connect(&daemon.socket)
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not listen; log:\n{}",
+                daemon.log()
+            );
+            // The daemon offers no readiness signal other than its socket.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        daemon
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// A client of the daemon API.
+    pub async fn client(&self) -> ElideDaemonClient<Channel> {
+        let socket = self.socket.clone();
+        let channel = Endpoint::from_static("http://daemon.invalid")
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let socket = socket.clone();
+                async move {
+                    tokio::net::UnixStream::connect(socket)
+                        .await
+                        .map(TokioIo::new)
+                }
+            }))
+            .await
+            .expect("dial the daemon");
+        ElideDaemonClient::new(channel)
+    }
+
+    /// Every execution of every session.
+    pub async fn executions(&self) -> Vec<pb::ExecutionStatus> {
+        let mut client = self.client().await;
+        let sessions = client
+            .list_sessions(pb::ListSessionsRequest {})
+            .await
+            .expect("list sessions")
+            .into_inner()
+            .sessions;
+        let mut all = Vec::new();
+        for session in sessions {
+            let list = client
+                .list_executions(pb::ListExecutionsRequest {
+                    session_id: session.session_id,
+                    active_only: false,
+                })
+                .await
+                .expect("list executions")
+                .into_inner();
+            all.extend(list.executions);
+        }
+        all
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,16 @@
+//! Harness for end-to-end tests of `nomad-driver-elide`: the real plugin
+//! binary, the real `elide-daemon`, real interpreters, real FIFOs.
+//!
+//! * [`binaries`]: finds (building once if needed) the binaries under test;
+//! * [`daemon`]: a daemon process in a temporary directory;
+//! * [`nomad_client`]: launching the plugin as Nomad's go-plugin host does;
+//! * [`nomad`]: the Driver RPCs as Nomad's client calls them, with alloc
+//!   and task directories and logmon-like FIFO readers ([`logmon`]);
+//! * [`cty`]: configuration encoded the way Nomad encodes it.
+
+pub mod binaries;
+pub mod cty;
+pub mod daemon;
+pub mod logmon;
+pub mod nomad;
+pub mod nomad_client;

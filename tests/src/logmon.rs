@@ -1,0 +1,123 @@
+//! Logmon stand-ins: readers that drain a task's log FIFO into a buffer.
+//!
+//! Nomad's logmon opens each FIFO for reading in the background and copies
+//! everything into rotated files. This reader does the same into memory;
+//! where logmon stops at EOF until the next prestart, this one reopens
+//! right away and counts the EOFs, so a test sees every byte ever written,
+//! across plugin restarts, and how often the writers closed.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+struct Captured {
+    bytes: Vec<u8>,
+    eofs: usize,
+}
+
+/// One FIFO and what was read from it.
+#[derive(Clone)]
+pub struct FifoReader {
+    path: PathBuf,
+    shared: Arc<(Mutex<Captured>, Condvar)>,
+}
+
+impl FifoReader {
+    /// Creates the FIFO (mode 0600, like logmon) and starts reading it.
+    pub fn create(path: &Path) -> FifoReader {
+        nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+        let reader = FifoReader {
+            path: path.to_owned(),
+            shared: Arc::default(),
+        };
+        let shared = reader.shared.clone();
+        let path = path.to_owned();
+        std::thread::spawn(move || loop {
+            // Blocks until a writer opens, like logmon's background open.
+            let Ok(mut fifo) = std::fs::File::open(&path) else {
+                return;
+            };
+            let mut buffer = [0u8; 8192];
+            loop {
+                match fifo.read(&mut buffer) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let (lock, changed) = &*shared;
+                        lock.lock().unwrap().bytes.extend_from_slice(&buffer[..n]);
+                        changed.notify_all();
+                    }
+                }
+            }
+            let (lock, changed) = &*shared;
+            lock.lock().unwrap().eofs += 1;
+            changed.notify_all();
+        });
+        reader
+    }
+
+    /// The FIFO's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Everything read so far, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.shared.0.lock().unwrap().bytes).into_owned()
+    }
+
+    /// How many times every writer had closed the FIFO.
+    pub fn eofs(&self) -> usize {
+        self.shared.0.lock().unwrap().eofs
+    }
+
+    /// Waits (up to `limit`) until `done` holds for the text read so far;
+    /// returns the text. Panics on timeout with what was read.
+    pub fn wait_until(&self, limit: Duration, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + limit;
+        let (lock, changed) = &*self.shared;
+        let mut captured = lock.lock().unwrap();
+        loop {
+            let text = String::from_utf8_lossy(&captured.bytes).into_owned();
+            if done(&text) {
+                return text;
+            }
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "{}: condition not met within {limit:?}; read so far: {text:?}",
+                self.path.display()
+            );
+            captured = changed.wait_timeout(captured, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits until the text contains `needle`.
+    pub fn wait_for(&self, needle: &str, limit: Duration) -> String {
+        self.wait_until(limit, |text| text.contains(needle))
+    }
+
+    /// The complete text once the writers closed the FIFO `eofs` times
+    /// (the driver closes it after the last byte of a task's output).
+    pub fn text_after_eofs(&self, eofs: usize, limit: Duration) -> String {
+        self.wait_for_eofs(eofs, limit);
+        self.text()
+    }
+
+    /// Waits until the writers closed the FIFO at least `count` times.
+    pub fn wait_for_eofs(&self, count: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let (lock, changed) = &*self.shared;
+        let mut captured = lock.lock().unwrap();
+        while captured.eofs < count {
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "{}: no EOF within {limit:?}",
+                self.path.display()
+            );
+            captured = changed.wait_timeout(captured, deadline - now).unwrap().0;
+        }
+    }
+}

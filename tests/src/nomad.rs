@@ -1,0 +1,270 @@
+//! The Driver RPCs as a Nomad client calls them, plus the allocation
+//! directory layout and log FIFOs Nomad prepares before `StartTask`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use elide_proto::hashicorp::nomad::plugins::base::proto::{
+    base_plugin_client::BasePluginClient, SetConfigRequest,
+};
+use elide_proto::hashicorp::nomad::plugins::drivers::proto::{
+    driver_client::DriverClient, AllocatedMemoryResources, AllocatedTaskResources,
+    DestroyTaskRequest, FingerprintRequest, FingerprintResponse, RecoverTaskRequest, Resources,
+    StartTaskRequest, StopTaskRequest, TaskConfig, TaskHandle, WaitTaskRequest, WaitTaskResponse,
+};
+use elide_proto::hashicorp::nomad::plugins::shared::structs::RecoverableError;
+use futures::StreamExt;
+use prost::Message;
+use tonic::transport::Channel;
+
+use crate::binaries::{binary, PLUGIN};
+use crate::logmon::FifoReader;
+use crate::nomad_client::PluginProcess;
+
+/// A launched plugin and the clients Nomad holds to it.
+pub struct NomadHost {
+    /// The plugin process.
+    pub plugin: PluginProcess,
+    /// Driver service client.
+    pub driver: DriverClient<Channel>,
+    /// Base plugin service client.
+    pub base: BasePluginClient<Channel>,
+    _socket_dir: tempfile::TempDir,
+}
+
+impl NomadHost {
+    /// Launches the plugin as Nomad does and dials it.
+    pub async fn launch() -> NomadHost {
+        let socket_dir = tempfile::tempdir().expect("tempdir");
+        let plugin = PluginProcess::launch(&binary(PLUGIN), socket_dir.path());
+        let channel = plugin.channel().await;
+        NomadHost {
+            driver: DriverClient::new(channel.clone()),
+            base: BasePluginClient::new(channel),
+            plugin,
+            _socket_dir: socket_dir,
+        }
+    }
+
+    /// Launches and configures the plugin (`SetConfig` with `nomad_config`
+    /// left unset, which the driver tolerates).
+    pub async fn configured(config: &crate::cty::PluginConfig) -> NomadHost {
+        let mut host = NomadHost::launch().await;
+        host.set_config(config).await;
+        host
+    }
+
+    /// `SetConfig`.
+    pub async fn set_config(&mut self, config: &crate::cty::PluginConfig) {
+        self.base
+            .set_config(SetConfigRequest {
+                msgpack_config: config.encode(),
+                nomad_config: None,
+                plugin_api_version: "v0.1.0".into(),
+            })
+            .await
+            .expect("SetConfig");
+    }
+
+    /// The first fingerprint message.
+    pub async fn fingerprint(&mut self) -> FingerprintResponse {
+        let mut stream = self
+            .driver
+            .fingerprint(FingerprintRequest {})
+            .await
+            .expect("Fingerprint")
+            .into_inner();
+        stream
+            .next()
+            .await
+            .expect("a first fingerprint")
+            .expect("fingerprint message")
+    }
+
+    /// `StartTask`; returns the handle.
+    pub async fn start(&mut self, task: TaskConfig) -> Result<TaskHandle, tonic::Status> {
+        let response = self
+            .driver
+            .start_task(StartTaskRequest { task: Some(task) })
+            .await?
+            .into_inner();
+        Ok(response.handle.expect("StartTask must return a handle"))
+    }
+
+    /// `WaitTask` with a test deadline.
+    pub async fn wait(&mut self, task_id: &str, limit: Duration) -> WaitTaskResponse {
+        let call = self.driver.wait_task(WaitTaskRequest {
+            task_id: task_id.into(),
+        });
+        tokio::time::timeout(limit, call)
+            .await
+            .expect("WaitTask returned in time")
+            .expect("WaitTask")
+            .into_inner()
+    }
+
+    /// `StopTask`.
+    pub async fn stop(&mut self, task_id: &str, timeout: Duration, signal: &str) {
+        self.driver
+            .stop_task(StopTaskRequest {
+                task_id: task_id.into(),
+                timeout: Some(prost_types::Duration {
+                    seconds: timeout.as_secs() as i64,
+                    nanos: timeout.subsec_nanos() as i32,
+                }),
+                signal: signal.into(),
+            })
+            .await
+            .expect("StopTask");
+    }
+
+    /// `DestroyTask` with `force = true`, as the client always sends.
+    pub async fn destroy(&mut self, task_id: &str) {
+        self.driver
+            .destroy_task(DestroyTaskRequest {
+                task_id: task_id.into(),
+                force: true,
+            })
+            .await
+            .expect("DestroyTask");
+    }
+
+    /// `RecoverTask` as after an agent restart: `task_id` empty and the
+    /// handle's config without `msgpack_driver_config`.
+    pub async fn recover(&mut self, handle: &TaskHandle) -> Result<(), tonic::Status> {
+        let mut handle = handle.clone();
+        if let Some(config) = handle.config.as_mut() {
+            config.msgpack_driver_config.clear();
+        }
+        self.driver
+            .recover_task(RecoverTaskRequest {
+                task_id: String::new(),
+                handle: Some(handle),
+            })
+            .await
+            .map(drop)
+    }
+}
+
+/// An allocation directory with one task: task dir (`local/`,
+/// `secrets/`, `tmp/`, `private/`), shared `alloc/logs/` and the task's
+/// two log FIFOs with their readers.
+pub struct Alloc {
+    /// Holds everything.
+    pub root: tempfile::TempDir,
+    /// The allocation id.
+    pub alloc_id: String,
+    /// The task name.
+    pub task: String,
+    /// stdout FIFO reader.
+    pub stdout: FifoReader,
+    /// stderr FIFO reader.
+    pub stderr: FifoReader,
+}
+
+impl Alloc {
+    /// Lays out an allocation for `task` like Nomad's prestart hooks.
+    pub fn new(task: &str) -> Alloc {
+        let root = tempfile::tempdir().expect("tempdir");
+        let alloc_id = format!(
+            "{:08x}-e2e0-4000-8000-{:012x}",
+            std::process::id(),
+            counter()
+        );
+        let alloc_dir = root.path().join(&alloc_id);
+        for dir in ["local", "secrets", "tmp", "private"] {
+            std::fs::create_dir_all(alloc_dir.join(task).join(dir)).expect("task dir");
+        }
+        let logs = alloc_dir.join("alloc").join("logs");
+        std::fs::create_dir_all(&logs).expect("logs dir");
+        let stdout = FifoReader::create(&logs.join(format!(".{task}.stdout.fifo")));
+        let stderr = FifoReader::create(&logs.join(format!(".{task}.stderr.fifo")));
+        Alloc {
+            root,
+            alloc_id,
+            task: task.to_owned(),
+            stdout,
+            stderr,
+        }
+    }
+
+    /// `<alloc_dir>`.
+    pub fn alloc_dir(&self) -> PathBuf {
+        self.root.path().join(&self.alloc_id)
+    }
+
+    /// `<alloc_dir>/<task>`.
+    pub fn task_dir(&self) -> PathBuf {
+        self.alloc_dir().join(&self.task)
+    }
+
+    /// Writes a file into the task directory.
+    pub fn write_file(&self, relative: &str, contents: &str) {
+        let path = self.task_dir().join(relative);
+        std::fs::create_dir_all(path.parent().unwrap_or(Path::new("/"))).expect("dir");
+        std::fs::write(path, contents).expect("write file");
+    }
+
+    /// The `TaskConfig` Nomad would send for a start of this task.
+    pub fn task_config(&self, driver_config: &crate::cty::TaskConfig) -> TaskConfig {
+        TaskConfig {
+            id: format!("{}/{}/{:08x}", self.alloc_id, self.task, counter()),
+            name: self.task.clone(),
+            msgpack_driver_config: driver_config.encode(),
+            env: [
+                ("NOMAD_TASK_NAME".to_owned(), self.task.clone()),
+                ("NOMAD_ALLOC_ID".to_owned(), self.alloc_id.clone()),
+                (
+                    "NOMAD_TASK_DIR".to_owned(),
+                    self.task_dir().join("local").display().to_string(),
+                ),
+            ]
+            .into(),
+            resources: Some(Resources {
+                allocated_resources: Some(AllocatedTaskResources {
+                    memory: Some(AllocatedMemoryResources {
+                        memory_mb: 256,
+                        memory_max_mb: 0,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            alloc_dir: self.alloc_dir().display().to_string(),
+            stdout_path: self.stdout.path().display().to_string(),
+            stderr_path: self.stderr.path().display().to_string(),
+            task_group_name: "group".into(),
+            job_name: "e2e".into(),
+            alloc_id: self.alloc_id.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+fn counter() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The `RecoverableError` flag of a status, read as Nomad's client does
+/// (`None` without a matching detail).
+pub fn recoverable_flag(status: &tonic::Status) -> Option<bool> {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct RpcStatus {
+        #[prost(int32, tag = "1")]
+        code: i32,
+        #[prost(string, tag = "2")]
+        message: String,
+        #[prost(message, repeated, tag = "3")]
+        details: Vec<prost_types::Any>,
+    }
+    let body = RpcStatus::decode(status.details()).ok()?;
+    if body.code != status.code() as i32 {
+        return None;
+    }
+    let detail = body.details.first()?;
+    RecoverableError::decode(detail.value.as_slice())
+        .ok()
+        .map(|e| e.recoverable)
+}
