@@ -226,11 +226,11 @@ impl SessionRegistry {
                 if !is_terminal(status.state()) {
                     status.set_state(pb::ExecutionState::Failed);
                     status.set_failure(pb::FailureReason::DaemonRestarted);
+                    // RUNNING is not persisted (one write per execution is
+                    // enough), so say only what is known.
                     status.message = format!(
-                        "the daemon restarted (instance {} is gone, now {}) while this execution was {}",
-                        status.daemon_instance_id,
-                        self.instance_id,
-                        if status.started_at.is_some() { "running" } else { "queued" }
+                        "the daemon restarted (instance {} is gone, now {}) before this execution finished; it did not run to completion",
+                        status.daemon_instance_id, self.instance_id
                     );
                     status.finished_at = Some(proto_timestamp(now));
                     session.events.push(status.clone());

@@ -12,9 +12,15 @@ pub struct Trace {
 }
 
 impl Trace {
-    /// Appends `line`, prefixed with the simulated time.
+    /// Appends `line`, prefixed with the simulated time (from inside a
+    /// simulated host or client).
     pub fn record(&self, who: &str, line: impl AsRef<str>) {
-        let at = turmoil::sim_elapsed().unwrap_or_default();
+        self.record_at(turmoil::sim_elapsed().unwrap_or_default(), who, line);
+    }
+
+    /// Appends `line` at simulated time `at` (for the world outside hosts,
+    /// which reads the time from `Sim::elapsed`).
+    pub fn record_at(&self, at: std::time::Duration, who: &str, line: impl AsRef<str>) {
         let entry = format!("[{:>10.3}s] {who}: {}", at.as_secs_f64(), line.as_ref());
         self.lines
             .lock()
