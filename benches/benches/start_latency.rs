@@ -1,0 +1,103 @@
+//! `start_latency`: from asking for a snippet to its first output byte.
+//! Through the daemon (ExecuteSnippet, then StreamOutput) against spawning the
+//! interpreter directly, which is what one process per task (raw_exec) does.
+
+use std::process::Stdio;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use elide_benches::BenchDaemon;
+use elide_proto::elide::daemon::v1 as pb;
+use tokio::io::AsyncReadExt;
+use tokio_stream::StreamExt;
+
+const PYTHON: &str = "print('x')";
+const JAVASCRIPT: &str = "console.log('x')";
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let daemon = rt.block_on(BenchDaemon::start());
+    let client = rt.block_on(daemon.client());
+    rt.block_on(client.clone().create_session(pb::CreateSessionRequest {
+        session_id: "bench".into(),
+        config: Some(pb::SessionConfig {
+            idle_timeout: Some(Default::default()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }))
+    .unwrap();
+    let counter = std::sync::atomic::AtomicU64::new(0);
+
+    let mut group = c.benchmark_group("start_latency");
+    group.sample_size(20);
+    for (language, code, program, flag) in [
+        ("python", PYTHON, "python3", "-c"),
+        ("javascript", JAVASCRIPT, "node", "-e"),
+    ] {
+        group.bench_function(format!("daemon_{language}"), |b| {
+            b.to_async(&rt).iter(|| {
+                let mut client = client.clone();
+                let id = format!(
+                    "e{}",
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                );
+                async move {
+                    client
+                        .execute_snippet(pb::ExecuteSnippetRequest {
+                            session_id: "bench".into(),
+                            execution_id: id.clone(),
+                            language: language.into(),
+                            code: code.into(),
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap();
+                    let mut out = client
+                        .stream_output(pb::StreamOutputRequest {
+                            session_id: "bench".into(),
+                            execution_id: id,
+                            follow: true,
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    while let Some(ev) = out.next().await {
+                        if let Some(pb::output_event::Event::Chunk(_)) = ev.unwrap().event {
+                            break;
+                        }
+                    }
+                }
+            })
+        });
+        group.bench_function(format!("direct_spawn_{language}"), |b| {
+            b.to_async(&rt).iter(|| async move {
+                let mut child = tokio::process::Command::new(program)
+                    .arg(flag)
+                    .arg(code)
+                    .stdout(Stdio::piped())
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                let mut first = [0u8; 1];
+                child
+                    .stdout
+                    .take()
+                    .unwrap()
+                    .read_exact(&mut first)
+                    .await
+                    .unwrap();
+                child.wait().await.unwrap();
+            })
+        });
+    }
+    group.finish();
+    drop(daemon);
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
