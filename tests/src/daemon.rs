@@ -28,34 +28,40 @@ impl Daemon {
     pub async fn start() -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("daemon.sock");
-        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("daemon log");
-        let child = Command::new(binary(DAEMON))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .args(["--sample-interval-secs", "0.2"])
-            .env("RUST_LOG", "elide_daemon=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting elide-daemon");
+        let child = spawn(dir.path(), &socket);
         let daemon = Daemon { dir, socket, child };
+        daemon.wait_listening().await;
+        daemon
+    }
+
+    async fn wait_listening(&self) {
         let deadline = Instant::now() + START_LIMIT;
-        while tokio::net::UnixStream::connect(&daemon.socket)
-            .await
-            .is_err()
-        {
+        while tokio::net::UnixStream::connect(&self.socket).await.is_err() {
             assert!(
                 Instant::now() < deadline,
                 "daemon did not listen; log:\n{}",
-                daemon.log()
+                self.log()
             );
             // The daemon offers no readiness signal other than its socket.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        daemon
+    }
+
+    /// Kills the daemon with SIGKILL (a crash) and waits for it to be gone.
+    pub fn kill_hard(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// Starts the daemon again on the same socket and state directory.
+    pub async fn restart(&mut self) {
+        self.child = spawn(self.dir.path(), &self.socket);
+        self.wait_listening().await;
+    }
+
+    /// Sends `signal` to the daemon process (SIGSTOP/SIGCONT simulate a hang).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal);
     }
 
     /// The daemon's log so far.
@@ -105,8 +111,32 @@ impl Daemon {
     }
 }
 
+/// Launches `elide-daemon` with its socket and state under `dir`; its log
+/// is appended to `dir/daemon.log`.
+fn spawn(dir: &std::path::Path, socket: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("daemon.log"))
+        .expect("daemon log");
+    Command::new(binary(DAEMON))
+        .arg("--socket")
+        .arg(socket)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(["--sample-interval-secs", "0.2"])
+        .env("RUST_LOG", "elide_daemon=debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("starting elide-daemon")
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // A paused daemon cannot act on SIGTERM.
+        self.signal(nix::sys::signal::Signal::SIGCONT);
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
