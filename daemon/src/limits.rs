@@ -64,6 +64,24 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// Checks that the limits fit together; the error names the limit.
+    pub fn validate(&self) -> Result<(), String> {
+        // Backpressure pauses at half the retention; one read appends up to
+        // a chunk, so retention must hold two chunks for nothing a follower
+        // has not received to be pushed out.
+        let min_retention = 2 * u64::from(self.max_output_chunk_bytes);
+        if self.output_retention_bytes_per_stream < min_retention {
+            return Err(format!(
+                "output retention per stream is {} bytes; it must be at least {min_retention} (two output chunks)",
+                self.output_retention_bytes_per_stream
+            ));
+        }
+        if self.max_running_executions == 0 || self.max_sessions == 0 {
+            return Err("max_running_executions and max_sessions must be at least 1".into());
+        }
+        Ok(())
+    }
+
     /// The limits as the API reports them.
     pub fn to_proto(&self) -> elide_proto::elide::daemon::v1::DaemonLimits {
         use crate::time::proto_duration;

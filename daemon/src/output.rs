@@ -67,6 +67,8 @@ impl StreamBuf {
 #[derive(Debug, Default)]
 struct Inner {
     streams: [StreamBuf; 2],
+    /// Per stream, the furthest offset any follower has been sent.
+    sent: [u64; 2],
     closed: bool,
 }
 
@@ -77,6 +79,8 @@ pub struct OutputLog {
     inner: Mutex<Inner>,
     /// Bumped on every append and on close; readers wait on it.
     changed: watch::Sender<u64>,
+    /// Bumped whenever a follower was sent more; a paused writer waits on it.
+    progress: watch::Sender<u64>,
 }
 
 impl OutputLog {
@@ -86,6 +90,7 @@ impl OutputLog {
             cap: cap.max(1),
             inner: Mutex::default(),
             changed: watch::Sender::new(0),
+            progress: watch::Sender::new(0),
         }
     }
 
@@ -170,6 +175,46 @@ impl OutputLog {
         Read::Data { offset, data }
     }
 
+    /// Records that a follower was sent `stream` up to `end` (exclusive).
+    pub fn mark_sent(&self, stream: Stream, end: u64) {
+        {
+            let mut inner = self.lock();
+            let sent = &mut inner.sent[stream.index()];
+            if end <= *sent {
+                return;
+            }
+            *sent = end;
+        }
+        self.progress.send_modify(|v| *v += 1);
+    }
+
+    /// Bytes written but not yet sent to any follower, on the stream where
+    /// that backlog is largest.
+    pub fn backlog(&self) -> u64 {
+        let inner = self.lock();
+        Stream::ALL
+            .iter()
+            .map(|s| {
+                inner.streams[s.index()]
+                    .end()
+                    .saturating_sub(inner.sent[s.index()])
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Whether a writer applying backpressure should pause: the backlog has
+    /// reached half the retention cap, so more output would soon push bytes
+    /// no follower has received out of retention.
+    pub fn needs_pause(&self) -> bool {
+        self.backlog() >= self.cap / 2
+    }
+
+    /// A receiver that changes whenever a follower makes progress.
+    pub fn subscribe_progress(&self) -> watch::Receiver<u64> {
+        self.progress.subscribe()
+    }
+
     /// Retained bytes of each stream with the total written, for persistence.
     pub fn tails(&self) -> [(u64, Vec<u8>); 2] {
         let inner = self.lock();
@@ -228,6 +273,19 @@ mod tests {
             }
         );
         assert_eq!(log.totals(), (8, 0));
+    }
+
+    #[test]
+    fn backlog_counts_what_no_follower_was_sent() {
+        let log = OutputLog::new(100);
+        log.append(Stream::Stdout, &[1; 60]);
+        log.append(Stream::Stderr, &[2; 10]);
+        assert_eq!(log.backlog(), 60);
+        assert!(log.needs_pause());
+        log.mark_sent(Stream::Stdout, 40);
+        log.mark_sent(Stream::Stdout, 30); // never goes back
+        assert_eq!(log.backlog(), 20);
+        assert!(!log.needs_pause());
     }
 
     #[test]

@@ -617,6 +617,7 @@ impl SessionRegistry {
             session_id,
             spec,
             policy.timeout,
+            req.output_backpressure,
             output,
             stops,
         ));

@@ -387,6 +387,7 @@ impl ElideDaemon for DaemonService {
                         Read::Pending => continue,
                         Read::Data { offset, data } => {
                             offsets[i] = offset + data.len() as u64;
+                            log.mark_sent(stream, offsets[i]);
                             Event::Chunk(pb::OutputChunk {
                                 stream: pb_stream,
                                 offset,

@@ -43,6 +43,7 @@ pub async fn supervise(
     session_id: String,
     spec: ProgramSpec,
     timeout: Option<Duration>,
+    backpressure: bool,
     output: Arc<OutputLog>,
     mut stops: mpsc::UnboundedReceiver<StopRequest>,
 ) {
@@ -93,10 +94,16 @@ pub async fn supervise(
     let mut cause: Option<Cause> = None;
     let mut kill_at: Option<Instant> = None;
     let mut stops_open = true;
+    let mut progress = output.subscribe_progress();
     let exit = loop {
+        // Seen before checking, so progress made after the check wakes us.
+        progress.borrow_and_update();
+        // Backpressure: leave the program's output unread (so it blocks on
+        // write) while followers lag; never once it is being stopped.
+        let paused = backpressure && cause.is_none() && output.needs_pause();
         tokio::select! {
-           biased;
-            event = program.events.recv() => match event {
+            biased;
+            event = program.events.recv(), if !paused => match event {
                 Some(ProgramEvent::Output(stream, data)) => output.append(stream, &data),
                 Some(ProgramEvent::Exited(info)) => break Some(info),
                 Some(ProgramEvent::MemoryExceeded { rss_bytes }) => {
@@ -132,6 +139,7 @@ pub async fn supervise(
                 send(&*control, Signal::SIGKILL);
                 kill_at = None;
             }
+            _ = progress.changed(), if paused => {}
         }
     };
     let ending = match (exit, cause) {

@@ -132,7 +132,7 @@ async fn five_megabytes_arrive_intact_live_and_from_a_middle_offset() {
 
 #[tokio::test]
 async fn bytes_beyond_retention_are_reported_dropped_not_lost_silently() {
-    let d = Daemon::start(&["--output-retention-bytes", "1000"]).await;
+    let d = Daemon::start(&["--output-retention-bytes", "131072"]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     execute(
@@ -141,7 +141,7 @@ async fn bytes_beyond_retention_are_reported_dropped_not_lost_silently() {
             "s",
             "e",
             "python",
-            "import sys\nsys.stdout.write('x' * 5000)\n",
+            "import sys\nsys.stdout.write('x' * 300000)\n",
         ),
     )
     .await;
@@ -150,10 +150,67 @@ async fn bytes_beyond_retention_are_reported_dropped_not_lost_silently() {
     assert_eq!(out.dropped.len(), 1);
     assert_eq!(
         (out.dropped[0].from_offset, out.dropped[0].to_offset),
-        (0, 4000)
+        (0, 300000 - 131072)
     );
-    assert_eq!(out.stdout, vec![b'x'; 1000]);
-    assert_eq!(out.end.unwrap().stdout_bytes, 5000);
+    assert_eq!(out.stdout, vec![b'x'; 131072]);
+    assert_eq!(out.end.unwrap().stdout_bytes, 300000);
+}
+
+#[tokio::test]
+async fn with_backpressure_a_program_waits_for_its_reader_instead_of_losing_output() {
+    let d = Daemon::start(&["--output-retention-bytes", "131072"]).await;
+    let mut c = d.client().await;
+    create_session(&mut c, "s", Default::default()).await;
+    let code = "import sys\nfor i in range(256):\n    sys.stdout.buffer.write(bytes([i]) * 8192)\nprint('done', file=sys.stderr)\n";
+    let mut req = snippet("s", "bp", "python", code);
+    req.output_backpressure = true;
+    execute(&mut c, req).await;
+    // Nobody reads yet: the program is held back near half the retention.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let held = c
+        .get_execution_status(pb::GetExecutionStatusRequest {
+            session_id: "s".into(),
+            execution_id: "bp".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(
+        held.state(),
+        S::Running,
+        "the program must be waiting, not finished"
+    );
+    assert!(
+        held.stdout_bytes <= 65536 + 65536,
+        "read on without a reader: {}",
+        held.stdout_bytes
+    );
+    // A reader arrives late and still gets every byte.
+    let out = read_output(&mut c, "s", "bp", (0, 0), true).await;
+    assert!(out.dropped.is_empty(), "{:?}", out.dropped);
+    let want: Vec<u8> = (0..256u32)
+        .flat_map(|i| std::iter::repeat(i as u8).take(8192))
+        .collect();
+    assert!(out.stdout == want, "got {} bytes", out.stdout.len());
+    assert_eq!(out.stderr, b"done\n");
+    assert_eq!(wait_terminal(&mut c, "s", "bp").await.exit_code, Some(0));
+}
+
+#[tokio::test]
+async fn a_retention_too_small_for_backpressure_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_elide-daemon"))
+        .arg("--socket")
+        .arg(dir.path().join("d.sock"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--output-retention-bytes", "1000"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("two output chunks"));
 }
 
 #[tokio::test]

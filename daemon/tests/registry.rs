@@ -317,3 +317,40 @@ async fn a_forced_delete_returns_only_once_the_execution_is_gone() {
         Err(DaemonError::NotFound(_))
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn backpressure_holds_a_flood_without_a_reader_and_a_stop_lifts_it() {
+    let limits = Limits {
+        output_retention_bytes_per_stream: 256 * 1024,
+        ..Limits::default()
+    };
+    let reg = open(Arc::default(), limits, "i");
+    session(&reg, "s", Default::default());
+    reg.execute(pb::ExecuteSnippetRequest {
+        session_id: "s".into(),
+        execution_id: "flood".into(),
+        language: "python".into(),
+        code: "flood 10MiB".into(),
+        output_backpressure: true,
+        ..Default::default()
+    })
+    .unwrap();
+    advance(Duration::from_secs(5)).await;
+    let held = status(&reg, "s", "flood");
+    assert_eq!(held.state(), S::Running);
+    assert!(
+        held.stdout_bytes <= 128 * 1024 + 64 * 1024,
+        "{}",
+        held.stdout_bytes
+    );
+    // A reader's progress lets more through.
+    let log = reg.output("s", "flood").unwrap();
+    log.mark_sent(elide_daemon::output::Stream::Stdout, held.stdout_bytes);
+    advance(Duration::from_millis(10)).await;
+    assert!(status(&reg, "s", "flood").stdout_bytes > held.stdout_bytes);
+    // A stop is never held back by backpressure.
+    reg.cancel("s", "flood", Signal::SIGKILL, Some(Duration::ZERO))
+        .unwrap();
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(status(&reg, "s", "flood").state(), S::Cancelled);
+}

@@ -67,6 +67,16 @@ impl FifoReader {
         String::from_utf8_lossy(&self.shared.0.lock().unwrap().bytes).into_owned()
     }
 
+    /// How many bytes were read so far.
+    pub fn len(&self) -> usize {
+        self.shared.0.lock().unwrap().bytes.len()
+    }
+
+    /// Whether nothing was read yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// How many times every writer had closed the FIFO.
     pub fn eofs(&self) -> usize {
         self.shared.0.lock().unwrap().eofs

@@ -103,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Json => logs.json().init(),
     }
 
+    raise_open_file_limit();
     let limits = Limits {
         max_code_bytes: args.max_code_bytes,
         output_retention_bytes_per_stream: args.output_retention_bytes,
@@ -112,6 +113,10 @@ async fn main() -> anyhow::Result<()> {
         timeout_grace: secs(args.timeout_grace_secs, "timeout-grace-secs")?,
         ..Limits::default()
     };
+    limits
+        .validate()
+        .map_err(anyhow::Error::msg)
+        .context("checking the limits")?;
     let runtime = ProcessRuntime::discover(&ProcessRuntimeConfig {
         python: args.python.clone(),
         node: args.node.clone(),
@@ -161,6 +166,20 @@ async fn main() -> anyhow::Result<()> {
         .context("serving")?;
     tracing::info!("daemon stopped");
     Ok(())
+}
+
+/// Every execution holds two pipes: raise the soft limit on open files to
+/// the hard limit (many systems default to a soft limit of 1024).
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open file limit"),
+            Err(e) => tracing::warn!(error = %e, soft, "could not raise the open file limit"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not read the open file limit"),
+    }
 }
 
 async fn wait_for_stop_signal() -> &'static str {

@@ -284,15 +284,16 @@ impl Runtime for ProcessRuntime {
 
         let (tx, rx) = mpsc::channel(64);
         let control = Arc::new(ProcessControl::new(pid));
+        let (exited_tx, exited_rx) = tokio::sync::watch::channel(false);
         let readers = [
             child
                 .stdout
                 .take()
-                .map(|p| tokio::spawn(pump(p, Stream::Stdout, tx.clone()))),
+                .map(|p| tokio::spawn(pump(p, Stream::Stdout, tx.clone(), exited_rx.clone()))),
             child
                 .stderr
                 .take()
-                .map(|p| tokio::spawn(pump(p, Stream::Stderr, tx.clone()))),
+                .map(|p| tokio::spawn(pump(p, Stream::Stderr, tx.clone(), exited_rx))),
         ];
         let sampler = tokio::spawn(sample_loop(
             control.clone(),
@@ -306,13 +307,11 @@ impl Runtime for ProcessRuntime {
             let status = child.wait().await;
             waiter_control.finish();
             sampler.abort();
+            let _ = exited_tx.send(true);
+            // Every byte is delivered before the exit, however long the
+            // consumer takes; `pump` itself bounds waiting on a pipe.
             for reader in readers.into_iter().flatten() {
-                if tokio::time::timeout(PIPE_DRAIN_LIMIT, reader)
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!(pid, "output pipe still open after the process group ended");
-                }
+                let _ = reader.await;
             }
             let info = match status {
                 Ok(s) => match (s.code(), s.signal()) {
@@ -360,11 +359,43 @@ fn source_file_name(source_name: &str, language: Language) -> String {
     }
 }
 
-/// Copies a pipe into output events until EOF.
-async fn pump(mut pipe: impl AsyncRead + Unpin, stream: Stream, tx: mpsc::Sender<ProgramEvent>) {
+/// Copies a pipe into output events until EOF. Once the program has exited
+/// (and its group was killed), a read that takes longer than
+/// `PIPE_DRAIN_LIMIT` means a process that left the group holds the pipe:
+/// stop there. Sending to a slow consumer is never cut short.
+async fn pump(
+    mut pipe: impl AsyncRead + Unpin,
+    stream: Stream,
+    tx: mpsc::Sender<ProgramEvent>,
+    mut exited: tokio::sync::watch::Receiver<bool>,
+) {
     let mut buf = vec![0u8; READ_CHUNK];
+    let mut after_exit = false;
     loop {
-        match pipe.read(&mut buf).await {
+        let read = if after_exit {
+            match tokio::time::timeout(PIPE_DRAIN_LIMIT, pipe.read(&mut buf)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(
+                        ?stream,
+                        "output pipe still open after the process group ended"
+                    );
+                    return;
+                }
+            }
+        } else {
+            tokio::select! {
+                biased;
+                r = pipe.read(&mut buf) => r,
+                // From the exit on (or if the waiter is gone), reads are
+                // bounded by the drain limit.
+                _ = exited.changed() => {
+                    after_exit = true;
+                    continue;
+                }
+            }
+        };
+        match read {
             Ok(0) => return,
             Ok(n) => {
                 if tx

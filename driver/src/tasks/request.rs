@@ -127,6 +127,9 @@ pub fn execute_request(
         }),
         source_name,
         labels,
+        // Like a program writing to a slow pipe, a task whose logs are not
+        // read fast enough is slowed down rather than losing output.
+        output_backpressure: true,
     })
 }
 
