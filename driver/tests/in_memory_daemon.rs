@@ -41,13 +41,38 @@ impl Dialer for InMemoryDialer {
     }
 }
 
+/// A task config `{code = code, language = "python"}` with every other
+/// key nil, as Nomad encodes it.
+fn python_task(code: &str) -> Vec<u8> {
+    let value = rmpv::Value::Map(
+        [
+            ("args", None),
+            ("code", Some(code)),
+            ("elide_opts", None),
+            ("env", None),
+            ("language", Some("python")),
+            ("script", None),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.map_or(rmpv::Value::Nil, rmpv::Value::from)))
+        .collect(),
+    );
+    let mut bytes = Vec::new();
+    rmpv::encode::write_value(&mut bytes, &value).unwrap();
+    bytes
+}
+
 fn in_memory_daemon(state: &std::path::Path) -> DialerFactory {
+    in_memory_daemon_with(state, Limits::default())
+}
+
+fn in_memory_daemon_with(state: &std::path::Path, limits: Limits) -> DialerFactory {
     let registry = SessionRegistry::open(RegistryDeps {
         runtime: Arc::new(ProcessRuntime::discover(&ProcessRuntimeConfig::default())),
         store: Arc::new(FsStore::open(&state.join("state")).unwrap()),
         clock: Arc::new(SystemClock),
         ids: Arc::new(RandomIds),
-        limits: Limits::default(),
+        limits,
         scratch_dir: state.join("scratch"),
         version: "in-memory".into(),
     })
@@ -79,25 +104,7 @@ async fn lifecycle_runs_over_an_injected_transport() {
     );
 
     std::fs::create_dir_all(dir.path().join("alloc/t")).unwrap();
-    // {code = "...", language = "python"} with every other key nil.
-    let config = {
-        let value = rmpv::Value::Map(
-            [
-                ("args", None),
-                ("code", Some("import sys; sys.exit(4)")),
-                ("elide_opts", None),
-                ("env", None),
-                ("language", Some("python")),
-                ("script", None),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.map_or(rmpv::Value::Nil, rmpv::Value::from)))
-            .collect(),
-        );
-        let mut bytes = Vec::new();
-        rmpv::encode::write_value(&mut bytes, &value).unwrap();
-        bytes
-    };
+    let config = python_task("import sys; sys.exit(4)");
     let task = TaskConfig {
         id: "alloc/t/0001".into(),
         name: "t".into(),
@@ -123,4 +130,50 @@ async fn lifecycle_runs_over_an_injected_transport() {
     assert!(driver.tasks().start(&plugin, task.clone()).await.is_err());
     driver.tasks().destroy(&task.id, true).await.unwrap();
     assert!(driver.tasks().wait(&task.id).await.is_err());
+}
+
+/// Nomad's kill timeout may exceed the daemon's `max_cancel_grace`, and a
+/// job's `kill_signal` may be a name the daemon does not know. Neither may
+/// make `StopTask` fail: Nomad would retry it for minutes and then wait
+/// forever for a task that keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_fits_what_the_daemon_accepts_instead_of_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        max_cancel_grace: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let dialers = in_memory_daemon_with(dir.path(), limits);
+    let driver =
+        ElideDriver::with_dialers(Arc::new(ApiProbe::with_dialers(dialers.clone())), dialers);
+    driver.set_config(&[]).unwrap();
+    let plugin = driver.config().unwrap();
+    std::fs::create_dir_all(dir.path().join("alloc/t")).unwrap();
+    let code =
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)\n";
+    for (id, timeout, signal) in [
+        ("alloc/t/0003", Duration::from_secs(30), "SIGTERM"),
+        ("alloc/t/0004", Duration::from_millis(500), "SIGBOGUS"),
+    ] {
+        let task = TaskConfig {
+            id: id.into(),
+            name: "t".into(),
+            msgpack_driver_config: python_task(code),
+            alloc_dir: dir.path().join("alloc").display().to_string(),
+            stdout_path: "/dev/null".into(),
+            stderr_path: "/dev/null".into(),
+            ..Default::default()
+        };
+        driver.tasks().start(&plugin, task).await.expect("start");
+        driver
+            .tasks()
+            .stop(id, timeout, signal)
+            .await
+            .unwrap_or_else(|e| panic!("StopTask({signal}, {timeout:?}) failed: {e}"));
+        let outcome = tokio::time::timeout(Duration::from_secs(30), driver.tasks().wait(id))
+            .await
+            .expect("the task ended")
+            .unwrap();
+        assert_ne!(outcome.signal, 0, "{signal}: {outcome:?}");
+    }
 }

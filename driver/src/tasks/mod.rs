@@ -547,7 +547,14 @@ impl TaskManager {
     }
 
     /// `StopTask`: `signal` (SIGINT when empty), SIGKILL after `timeout`;
-    /// returns once the task has exited. Unknown or exited tasks are fine.
+    /// returns once the task has exited or, failing that, once the kill is
+    /// irrevocably under way. Unknown or exited tasks are fine.
+    ///
+    /// An error makes Nomad retry `StopTask` for minutes ("failed to kill
+    /// task") and then wait for `WaitTask` with no time limit, so errors are
+    /// kept for the one case a retry can fix: the daemon could not be told
+    /// to stop the program at all. A signal name or grace the daemon refuses
+    /// falls back to what it accepts rather than leaving the task running.
     pub async fn stop(
         &self,
         task_id: &str,
@@ -567,24 +574,29 @@ impl TaskManager {
             signal
         };
         let grace = timeout.min(MAX_STOP_GRACE);
-        let request = pb::CancelExecutionRequest {
-            session_id: task.state.session_id.clone(),
-            execution_id: task.state.execution_id.clone(),
-            signal: signal.to_owned(),
-            grace: Some(prost_types::Duration {
-                seconds: grace.as_secs() as i64,
-                nanos: grace.subsec_nanos() as i32,
-            }),
-        };
         let link = &task.session.link;
-        match link
-            .unary(
-                request,
-                |mut c, r| async move { c.cancel_execution(r).await },
-            )
-            .await
-        {
-            Ok(_) => {}
+        let mut cancelled = cancel(&task, signal, grace).await;
+        if let Err(e) = &cancelled {
+            if e.code() == tonic::Code::InvalidArgument {
+                // Most likely a grace above the daemon's max_cancel_grace
+                // (an operator may set Nomad's max_kill_timeout higher):
+                // ask for the longest grace the daemon allows.
+                let allowed = max_cancel_grace(link).await.unwrap_or(Duration::ZERO);
+                tracing::warn!(task_id, signal, ?grace, ?allowed, error = %e, "daemon refused the stop request; retrying with the grace it allows");
+                cancelled = cancel(&task, signal, grace.min(allowed)).await;
+            }
+        }
+        if matches!(&cancelled, Err(e) if e.code() == tonic::Code::InvalidArgument) {
+            // Still refused: the signal name is unknown to the daemon.
+            tracing::warn!(
+                task_id,
+                signal,
+                "daemon refused the stop signal; killing the task instead"
+            );
+            cancelled = cancel(&task, "SIGKILL", Duration::ZERO).await;
+        }
+        match cancelled {
+            Ok(()) => {}
             Err(e) if e.is_not_found() => {
                 task.session
                     .hub
@@ -599,18 +611,18 @@ impl TaskManager {
             }
         }
         tracing::info!(task_id, signal, ?grace, "stopping task");
-        let mut exit = task.exit.clone();
-        let exited = tokio::time::timeout(timeout + STOP_WAIT_MARGIN, async {
-            exit.wait_for(Option::is_some).await.is_ok()
+        let limit = timeout + STOP_WAIT_MARGIN;
+        let end = await_stop(task.exit.clone(), limit, STOP_WAIT_MARGIN, || async {
+            tracing::warn!(task_id, "task did not exit in time after its stop signal; sending SIGKILL");
+            if let Err(e) = cancel(&task, "SIGKILL", Duration::ZERO).await {
+                tracing::warn!(task_id, error = %e, "could not send SIGKILL; the daemon kills the task when its grace ends");
+            }
         })
         .await;
-        match exited {
-            Ok(_) => Ok(()),
-            Err(_) => Err(TaskError::Precondition(format!(
-                "task {task_id:?} did not exit within {:?} of {signal}",
-                timeout + STOP_WAIT_MARGIN
-            ))),
+        if end == StopEnd::NotYetExited {
+            tracing::warn!(task_id, "task is not reported exited yet; the kill is under way and WaitTask will report the exit");
         }
+        Ok(())
     }
 
     /// `DestroyTask`: kills the task if running (only with `force`),
@@ -767,5 +779,129 @@ impl TaskManager {
         self.table()
             .get(task_id)
             .map(|t| (t.alloc_id.clone(), t.name.clone()))
+    }
+}
+
+/// `CancelExecution` of a task's execution.
+async fn cancel(task: &Task, signal: &str, grace: Duration) -> Result<(), CallError> {
+    let request = pb::CancelExecutionRequest {
+        session_id: task.state.session_id.clone(),
+        execution_id: task.state.execution_id.clone(),
+        signal: signal.to_owned(),
+        grace: Some(prost_types::Duration {
+            seconds: grace.as_secs() as i64,
+            nanos: grace.subsec_nanos() as i32,
+        }),
+    };
+    task.session
+        .link
+        .unary(
+            request,
+            |mut c, r| async move { c.cancel_execution(r).await },
+        )
+        .await
+        .map(drop)
+}
+
+/// The daemon's `max_cancel_grace`, if it says.
+async fn max_cancel_grace(link: &DaemonLink) -> Option<Duration> {
+    let capabilities = link
+        .unary(pb::GetCapabilitiesRequest {}, |mut c, r| async move {
+            c.get_capabilities(r).await
+        })
+        .await
+        .ok()?;
+    let grace = capabilities.limits?.max_cancel_grace?;
+    Some(Duration::new(
+        grace.seconds.max(0) as u64,
+        grace.nanos.max(0) as u32,
+    ))
+}
+
+/// How the wait after a stop request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopEnd {
+    /// The task exited within the stop timeout.
+    Exited,
+    /// It exited only after the force kill.
+    ExitedAfterForceKill,
+    /// Not reported exited even after the force kill (e.g. the daemon is
+    /// unreachable): the kill is under way, `WaitTask` reports the exit.
+    NotYetExited,
+}
+
+/// After the stop signal was accepted: waits up to `limit` for the exit;
+/// if it has not come, runs `force_kill` once and waits up to `after_kill`
+/// more. Never fails, never waits longer.
+pub async fn await_stop<F, Fut>(
+    exit: watch::Receiver<Option<ExitOutcome>>,
+    limit: Duration,
+    after_kill: Duration,
+    force_kill: F,
+) -> StopEnd
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let exited = |limit: Duration| {
+        let mut exit = exit.clone();
+        async move {
+            // A closed channel means the task was destroyed: nothing runs.
+            tokio::time::timeout(limit, exit.wait_for(Option::is_some))
+                .await
+                .is_ok()
+        }
+    };
+    if exited(limit).await {
+        return StopEnd::Exited;
+    }
+    force_kill().await;
+    if exited(after_kill).await {
+        StopEnd::ExitedAfterForceKill
+    } else {
+        StopEnd::NotYetExited
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Stands in for the stop timeout and margin; the outcomes below do not
+    /// depend on how long it is.
+    const SHORT: Duration = Duration::from_millis(20);
+
+    #[tokio::test]
+    async fn a_task_that_does_not_exit_is_force_killed_and_stop_still_returns() {
+        let (_exit_tx, exit_rx) = watch::channel(None::<ExitOutcome>);
+        let kills = AtomicUsize::new(0);
+        let end = await_stop(exit_rx, SHORT, SHORT, || async {
+            kills.fetch_add(1, Ordering::SeqCst);
+        })
+        .await;
+        assert_eq!(end, StopEnd::NotYetExited);
+        assert_eq!(kills.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn exit_after_the_force_kill_is_reported() {
+        let (exit_tx, exit_rx) = watch::channel(None::<ExitOutcome>);
+        let end = await_stop(exit_rx, SHORT, SHORT, || async {
+            exit_tx.send_replace(Some(ExitOutcome::default()));
+        })
+        .await;
+        assert_eq!(end, StopEnd::ExitedAfterForceKill);
+    }
+
+    #[tokio::test]
+    async fn exit_in_time_needs_no_force_kill() {
+        let (exit_tx, exit_rx) = watch::channel(None::<ExitOutcome>);
+        exit_tx.send_replace(Some(ExitOutcome::default()));
+        let end = await_stop(exit_rx, SHORT, SHORT, || async {
+            panic!("no force kill for a task that exited");
+        })
+        .await;
+        assert_eq!(end, StopEnd::Exited);
     }
 }
