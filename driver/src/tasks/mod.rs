@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use crate::daemon_link::identity;
 use crate::daemon_link::{CallError, DaemonLink, DialerFactory};
 use crate::driver::TaskEvent;
-use crate::plugin_config::{PluginConfig, StatusMode};
+use crate::plugin_config::{DaemonEndpoint, PluginConfig};
 use crate::task_config::ElideTaskConfig;
 
 pub use driver_state::{DriverState, DRIVER_STATE_VERSION};
@@ -53,6 +53,9 @@ pub const MAX_STOP_GRACE: Duration = Duration::from_secs(300);
 /// Deadline of `DeleteExecution(force)`: the daemon waits up to 10 s for
 /// the program to be gone.
 pub const FORCE_DELETE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Deadline of the one daemon call `RecoverTask` makes: Nomad recovers the
+/// tasks of a node one after another on its start-up path.
+pub const RECOVER_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Signal sent by `StopTask` when the job sets no `kill_signal` (Nomad's
 /// exec drivers use SIGINT too).
 pub const DEFAULT_STOP_SIGNAL: &str = "SIGINT";
@@ -120,7 +123,6 @@ pub struct SessionContext {
     link: DaemonLink,
     session_id: String,
     hub: Arc<StatusHub>,
-    mode: StatusMode,
     _feed: AbortOnDrop<()>,
 }
 
@@ -128,11 +130,6 @@ impl SessionContext {
     /// The session id.
     pub fn session_id(&self) -> &str {
         &self.session_id
-    }
-
-    /// How status changes are followed (`Watch` or `Poll`, never `Auto`).
-    pub fn mode(&self) -> StatusMode {
-        self.mode
     }
 }
 
@@ -216,59 +213,40 @@ impl TaskManager {
         )
     }
 
-    /// The context of `session_id` on the configured daemon, created (and
-    /// its status feed started) on first use.
+    /// The context of `session_id` on `daemon`, created (and
+    /// its status feed started) on first use. Never talks to the daemon
+    /// itself: the feed finds out how to follow the session (and retries
+    /// while the daemon is unreachable), so `RecoverTask` can re-attach to a
+    /// task while the daemon is briefly down.
     async fn context(
         &self,
         config: &PluginConfig,
+        daemon: &DaemonEndpoint,
         session_id: &str,
-    ) -> Result<Arc<SessionContext>, TaskError> {
-        let key = (config.daemon.to_string(), session_id.to_owned());
+    ) -> Arc<SessionContext> {
+        let key = (daemon.to_string(), session_id.to_owned());
         let mut contexts = self.contexts.lock().await;
         if let Some(context) = contexts.get(&key) {
-            return Ok(context.clone());
+            return context.clone();
         }
-        let link = DaemonLink::to_endpoint(&self.dialers, &config.daemon);
-        let mode = match config.status_mode {
-            StatusMode::Auto => {
-                let capabilities = link
-                    .unary(pb::GetCapabilitiesRequest {}, |mut c, r| async move {
-                        c.get_capabilities(r).await
-                    })
-                    .await
-                    .map_err(|e| daemon_error("reading daemon capabilities", link.target(), &e))?;
-                if capabilities.features.iter().any(|f| f == "WatchSession") {
-                    StatusMode::Watch
-                } else {
-                    StatusMode::Poll
-                }
-            }
-            explicit => explicit,
-        };
+        let link = DaemonLink::to_endpoint(&self.dialers, daemon);
         let hub = Arc::new(StatusHub::default());
-        let feed = match mode {
-            StatusMode::Poll => tokio::spawn(status_feed::poll_session(
-                link.clone(),
-                hub.clone(),
-                session_id.to_owned(),
-                config.poll_interval,
-            )),
-            _ => tokio::spawn(status_feed::watch_session(
-                link.clone(),
-                hub.clone(),
-                session_id.to_owned(),
-            )),
-        };
-        tracing::info!(session_id, daemon = %link.target(), mode = mode.name(), "following daemon session");
+        let feed = tokio::spawn(status_feed::follow_session(
+            link.clone(),
+            hub.clone(),
+            session_id.to_owned(),
+            config.status_mode,
+            config.poll_interval,
+        ));
+        tracing::info!(session_id, daemon = %link.target(), mode = config.status_mode.name(), "following daemon session");
         let context = Arc::new(SessionContext {
             link,
             session_id: session_id.to_owned(),
             hub,
-            mode,
             _feed: AbortOnDrop(feed),
         });
         contexts.insert(key, context.clone());
-        Ok(context)
+        context
     }
 
     /// Creates this client's session on the daemon if it does not exist
@@ -325,7 +303,7 @@ impl TaskManager {
             request::execute_request(&task, &task_config, config, &session_id, &execution_id)
                 .map_err(|e| TaskError::InvalidConfig(format!("task {:?}: {e}", task.name)))?;
 
-        let context = self.context(config, &session_id).await?;
+        let context = self.context(config, &config.daemon, &session_id).await;
         self.create_session(&context.link, config, &session_id)
             .await?;
         let observed = context.hub.register(&execution_id);
@@ -363,6 +341,7 @@ impl TaskManager {
 
         let task_dir = request::task_dir(&task);
         let state = DriverState {
+            daemon: Some(config.daemon.to_string()),
             session_id: session_id.clone(),
             execution_id: execution_id.clone(),
             daemon_instance_id,
@@ -495,37 +474,60 @@ impl TaskManager {
         }
         let state = DriverState::decode(handle.version, &handle.driver_state)
             .map_err(|e| TaskError::InvalidConfig(format!("task {:?}: {e}", task.id)))?;
-        let context = self.context(config, &state.session_id).await?;
+        // The daemon the task was started on, even if the configuration
+        // now names another one.
+        let daemon = state
+            .daemon
+            .as_deref()
+            .and_then(DaemonEndpoint::parse)
+            .unwrap_or_else(|| config.daemon.clone());
+        let context = self.context(config, &daemon, &state.session_id).await;
         let observed = context.hub.register(&state.execution_id);
+        // The handle proves the daemon accepted the execution: if a later
+        // listing lacks it, it is lost.
+        context.hub.confirm(&state.execution_id);
         let request = pb::GetExecutionStatusRequest {
             session_id: state.session_id.clone(),
             execution_id: state.execution_id.clone(),
         };
-        let status = match context
+        let checked = context
             .link
-            .unary(request, |mut c, r| async move {
+            .unary_within(RECOVER_CHECK_TIMEOUT, request, |mut c, r| async move {
                 c.get_execution_status(r).await
             })
-            .await
-        {
-            Ok(response) => response.status.unwrap_or_default(),
-            Err(e) => {
-                context.hub.unregister(&state.execution_id);
-                if e.is_not_found() {
-                    return Err(TaskError::NotFound(format!(
-                        "task {:?}: execution {} is not on the daemon any more: {e}",
-                        task.id, state.execution_id
-                    )));
+            .await;
+        match checked {
+            Ok(response) => {
+                if let Some(status) = response.status {
+                    context.hub.deliver(status);
                 }
-                return Err(daemon_error(
-                    &format!("recovering task {:?}", task.id),
-                    context.link.target(),
-                    &e,
-                ));
             }
-        };
-        context.hub.confirm(&state.execution_id);
-        context.hub.deliver(status);
+            // Only a daemon that answers "no such execution" (or rejects
+            // the ids outright) proves the workload is gone: then Nomad
+            // destroys the task and starts it afresh.
+            Err(e) if e.is_not_found() || e.code() == tonic::Code::InvalidArgument => {
+                context.hub.unregister(&state.execution_id);
+                return Err(TaskError::NotFound(format!(
+                    "task {:?}: execution {} is not on the daemon any more: {e}",
+                    task.id, state.execution_id
+                )));
+            }
+            // Anything else (daemon down, restarting, slow) says nothing
+            // about the execution. Failing here would make Nomad start a
+            // second copy while the first keeps running; instead the task is
+            // recovered now and the status feed and output forwarder
+            // re-attach in the background, with back-off, once the daemon
+            // answers (reporting the execution lost if it is gone by then).
+            Err(e) => {
+                tracing::warn!(
+                    task_id = %task.id,
+                    execution_id = %state.execution_id,
+                    daemon = %context.link.target(),
+                    error = %e,
+                    "daemon not reachable while recovering; re-attaching in the background"
+                );
+            }
+        }
         tracing::info!(task_id = %task.id, execution_id = %state.execution_id, "task recovered");
         match self.launch(&task, state, context, observed) {
             // Recovered concurrently by another call: fine.
