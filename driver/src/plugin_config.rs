@@ -69,6 +69,18 @@ pub enum DaemonEndpoint {
     Tcp(String),
 }
 
+impl DaemonEndpoint {
+    /// Reads back what [`fmt::Display`] writes (`unix:/path`,
+    /// `tcp:host:port`); `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            return (!path.is_empty()).then(|| DaemonEndpoint::Unix(PathBuf::from(path)));
+        }
+        let address = text.strip_prefix("tcp:")?;
+        (!address.is_empty()).then(|| DaemonEndpoint::Tcp(address.to_owned()))
+    }
+}
+
 impl fmt::Display for DaemonEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -330,6 +342,18 @@ pub(crate) fn positive_mib(mb: i64, field: &str) -> Result<u64, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn endpoints_read_back_what_they_display() {
+        for endpoint in [
+            DaemonEndpoint::Unix(PathBuf::from("/run/elide/daemon.sock")),
+            DaemonEndpoint::Tcp("[::1]:7070".into()),
+        ] {
+            assert_eq!(DaemonEndpoint::parse(&endpoint.to_string()), Some(endpoint));
+        }
+        assert_eq!(DaemonEndpoint::parse("unix:"), None);
+        assert_eq!(DaemonEndpoint::parse("/run/elide/daemon.sock"), None);
+    }
     use super::*;
     use crate::cty::encode::{bytes, object, strings};
     use elide_proto::hashicorp::nomad::plugins::shared::hclspec::spec::Block as SpecKind;

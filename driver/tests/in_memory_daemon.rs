@@ -2,6 +2,7 @@
 //! in-memory transport: no socket anywhere, only the [`Dialer`] seam a
 //! simulation will use. (Programs still run as real interpreters.)
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use elide_daemon::store::FsStore;
 use elide_daemon::time::SystemClock;
 use elide_driver::daemon_link::{BoxedIo, Dialer, DialerFactory};
 use elide_driver::driver::ElideDriver;
+use elide_driver::plugin_config::{DaemonEndpoint, DEFAULT_DAEMON_SOCKET};
 use elide_driver::probe::{ApiProbe, AttributeValue, DaemonHealth};
 use elide_proto::hashicorp::nomad::plugins::drivers::proto::TaskConfig;
 use futures::future::BoxFuture;
@@ -41,13 +43,71 @@ impl Dialer for InMemoryDialer {
     }
 }
 
+/// A dialer that refuses connections while `up` is false, like a daemon
+/// that is down or restarting.
+struct SwitchableDialer {
+    inner: Arc<dyn Dialer>,
+    up: Arc<AtomicBool>,
+}
+
+impl Dialer for SwitchableDialer {
+    fn dial(&self) -> BoxFuture<'static, std::io::Result<BoxedIo>> {
+        if self.up.load(Ordering::SeqCst) {
+            self.inner.dial()
+        } else {
+            Box::pin(async { Err(std::io::ErrorKind::ConnectionRefused.into()) })
+        }
+    }
+
+    fn target(&self) -> String {
+        self.inner.target()
+    }
+}
+
+/// `dialers` behind a switch that starts in the "down" position.
+fn switchable(dialers: &DialerFactory, up: &Arc<AtomicBool>) -> DialerFactory {
+    let dialers = dialers.clone();
+    let up = up.clone();
+    Arc::new(move |endpoint| {
+        Arc::new(SwitchableDialer {
+            inner: dialers(endpoint),
+            up: up.clone(),
+        }) as Arc<dyn Dialer>
+    })
+}
+
+/// A task config `{code = code, language = "python"}` with every other
+/// key nil, as Nomad encodes it.
+fn python_task(code: &str) -> Vec<u8> {
+    let value = rmpv::Value::Map(
+        [
+            ("args", None),
+            ("code", Some(code)),
+            ("elide_opts", None),
+            ("env", None),
+            ("language", Some("python")),
+            ("script", None),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.map_or(rmpv::Value::Nil, rmpv::Value::from)))
+        .collect(),
+    );
+    let mut bytes = Vec::new();
+    rmpv::encode::write_value(&mut bytes, &value).unwrap();
+    bytes
+}
+
 fn in_memory_daemon(state: &std::path::Path) -> DialerFactory {
+    in_memory_daemon_with(state, Limits::default())
+}
+
+fn in_memory_daemon_with(state: &std::path::Path, limits: Limits) -> DialerFactory {
     let registry = SessionRegistry::open(RegistryDeps {
         runtime: Arc::new(ProcessRuntime::discover(&ProcessRuntimeConfig::default())),
         store: Arc::new(FsStore::open(&state.join("state")).unwrap()),
         clock: Arc::new(SystemClock),
         ids: Arc::new(RandomIds),
-        limits: Limits::default(),
+        limits,
         scratch_dir: state.join("scratch"),
         version: "in-memory".into(),
     })
@@ -79,25 +139,7 @@ async fn lifecycle_runs_over_an_injected_transport() {
     );
 
     std::fs::create_dir_all(dir.path().join("alloc/t")).unwrap();
-    // {code = "...", language = "python"} with every other key nil.
-    let config = {
-        let value = rmpv::Value::Map(
-            [
-                ("args", None),
-                ("code", Some("import sys; sys.exit(4)")),
-                ("elide_opts", None),
-                ("env", None),
-                ("language", Some("python")),
-                ("script", None),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.map_or(rmpv::Value::Nil, rmpv::Value::from)))
-            .collect(),
-        );
-        let mut bytes = Vec::new();
-        rmpv::encode::write_value(&mut bytes, &value).unwrap();
-        bytes
-    };
+    let config = python_task("import sys; sys.exit(4)");
     let task = TaskConfig {
         id: "alloc/t/0001".into(),
         name: "t".into(),
@@ -123,4 +165,186 @@ async fn lifecycle_runs_over_an_injected_transport() {
     assert!(driver.tasks().start(&plugin, task.clone()).await.is_err());
     driver.tasks().destroy(&task.id, true).await.unwrap();
     assert!(driver.tasks().wait(&task.id).await.is_err());
+}
+
+/// After a plugin restart, Nomad recovers tasks before anything else; a
+/// daemon that is down at that moment must not make `RecoverTask` fail
+/// (Nomad would then start a second copy while the execution keeps
+/// running). The task is recovered at once and followed once the daemon
+/// answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_while_the_daemon_is_unreachable_reattaches_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let dialers = in_memory_daemon(dir.path());
+    let first = ElideDriver::with_dialers(
+        Arc::new(ApiProbe::with_dialers(dialers.clone())),
+        dialers.clone(),
+    );
+    first.set_config(&[]).unwrap();
+    std::fs::create_dir_all(dir.path().join("alloc/t")).unwrap();
+    let go = dir.path().join("go");
+    let code = format!(
+        "import os, time\nwhile not os.path.exists({go:?}):\n    time.sleep(0.05)\nraise SystemExit(4)\n",
+        go = go.display().to_string()
+    );
+    let task = TaskConfig {
+        id: "alloc/t/0002".into(),
+        name: "t".into(),
+        msgpack_driver_config: python_task(&code),
+        alloc_dir: dir.path().join("alloc").display().to_string(),
+        stdout_path: "/dev/null".into(),
+        stderr_path: "/dev/null".into(),
+        ..Default::default()
+    };
+    let plugin = first.config().unwrap();
+    let mut handle = first
+        .tasks()
+        .start(&plugin, task.clone())
+        .await
+        .expect("start")
+        .handle;
+    // The plugin process dies; the execution keeps running in the daemon.
+    drop(first);
+
+    let up = Arc::new(AtomicBool::new(false));
+    let dialers = switchable(&dialers, &up);
+    let second =
+        ElideDriver::with_dialers(Arc::new(ApiProbe::with_dialers(dialers.clone())), dialers);
+    second.set_config(&[]).unwrap();
+    // As after an agent restart: no driver config in the handle.
+    handle
+        .config
+        .as_mut()
+        .unwrap()
+        .msgpack_driver_config
+        .clear();
+    second
+        .tasks()
+        .recover(&plugin, handle)
+        .await
+        .expect("RecoverTask succeeds while the daemon is unreachable");
+    assert!(second.tasks().inspect(&task.id).unwrap().outcome.is_none());
+
+    up.store(true, Ordering::SeqCst);
+    std::fs::write(&go, "").unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), second.tasks().wait(&task.id))
+        .await
+        .expect("the exit is seen once the daemon is back")
+        .unwrap();
+    assert_eq!((outcome.exit_code, outcome.err.as_str()), (4, ""));
+}
+
+/// Nomad's kill timeout may exceed the daemon's `max_cancel_grace`, and a
+/// job's `kill_signal` may be a name the daemon does not know. Neither may
+/// make `StopTask` fail: Nomad would retry it for minutes and then wait
+/// forever for a task that keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_fits_what_the_daemon_accepts_instead_of_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        max_cancel_grace: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let dialers = in_memory_daemon_with(dir.path(), limits);
+    let driver =
+        ElideDriver::with_dialers(Arc::new(ApiProbe::with_dialers(dialers.clone())), dialers);
+    driver.set_config(&[]).unwrap();
+    let plugin = driver.config().unwrap();
+    std::fs::create_dir_all(dir.path().join("alloc/t")).unwrap();
+    let code =
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)\n";
+    for (id, timeout, signal) in [
+        ("alloc/t/0003", Duration::from_secs(30), "SIGTERM"),
+        ("alloc/t/0004", Duration::from_millis(500), "SIGBOGUS"),
+    ] {
+        let task = TaskConfig {
+            id: id.into(),
+            name: "t".into(),
+            msgpack_driver_config: python_task(code),
+            alloc_dir: dir.path().join("alloc").display().to_string(),
+            stdout_path: "/dev/null".into(),
+            stderr_path: "/dev/null".into(),
+            ..Default::default()
+        };
+        driver.tasks().start(&plugin, task).await.expect("start");
+        driver
+            .tasks()
+            .stop(id, timeout, signal)
+            .await
+            .unwrap_or_else(|e| panic!("StopTask({signal}, {timeout:?}) failed: {e}"));
+        let outcome = tokio::time::timeout(Duration::from_secs(30), driver.tasks().wait(id))
+            .await
+            .expect("the task ended")
+            .unwrap();
+        assert_ne!(outcome.signal, 0, "{signal}: {outcome:?}");
+    }
+}
+
+/// `driver_state` alone finds the workload: a task recovered after the
+/// plugin configuration moved to another daemon is still followed on the
+/// daemon it was started on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_finds_the_daemon_the_task_was_started_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let in_memory = in_memory_daemon(dir.path());
+    let started_on = DaemonEndpoint::Unix(DEFAULT_DAEMON_SOCKET.into());
+    // Only the default endpoint leads to the daemon; any other refuses.
+    let dialers: DialerFactory = Arc::new(move |endpoint| {
+        let up = Arc::new(AtomicBool::new(*endpoint == started_on));
+        Arc::new(SwitchableDialer {
+            inner: in_memory(endpoint),
+            up,
+        }) as Arc<dyn Dialer>
+    });
+    let first = ElideDriver::with_dialers(
+        Arc::new(ApiProbe::with_dialers(dialers.clone())),
+        dialers.clone(),
+    );
+    first.set_config(&[]).unwrap();
+    std::fs::create_dir_all(dir.path().join("alloc/t")).unwrap();
+    let go = dir.path().join("go");
+    let code = format!(
+        "import os, time\nwhile not os.path.exists({go:?}):\n    time.sleep(0.05)\nraise SystemExit(4)\n",
+        go = go.display().to_string()
+    );
+    let task = TaskConfig {
+        id: "alloc/t/0005".into(),
+        name: "t".into(),
+        msgpack_driver_config: python_task(&code),
+        alloc_dir: dir.path().join("alloc").display().to_string(),
+        stdout_path: "/dev/null".into(),
+        stderr_path: "/dev/null".into(),
+        ..Default::default()
+    };
+    let handle = first
+        .tasks()
+        .start(&first.config().unwrap(), task.clone())
+        .await
+        .expect("start")
+        .handle;
+    drop(first);
+
+    let second =
+        ElideDriver::with_dialers(Arc::new(ApiProbe::with_dialers(dialers.clone())), dialers);
+    let moved = {
+        let value = rmpv::Value::Map(vec![(
+            "daemon_socket".into(),
+            "/run/elide/other.sock".into(),
+        )]);
+        let mut bytes = Vec::new();
+        rmpv::encode::write_value(&mut bytes, &value).unwrap();
+        bytes
+    };
+    second.set_config(&moved).unwrap();
+    second
+        .tasks()
+        .recover(&second.config().unwrap(), handle)
+        .await
+        .expect("RecoverTask");
+    std::fs::write(&go, "").unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), second.tasks().wait(&task.id))
+        .await
+        .expect("the task is followed on the daemon it was started on")
+        .unwrap();
+    assert_eq!((outcome.exit_code, outcome.err.as_str()), (4, ""));
 }

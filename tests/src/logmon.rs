@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 #[derive(Default)]
 struct Captured {
     bytes: Vec<u8>,
+    opens: usize,
     eofs: usize,
 }
 
@@ -39,6 +40,11 @@ impl FifoReader {
             let Ok(mut fifo) = std::fs::File::open(&path) else {
                 return;
             };
+            {
+                let (lock, changed) = &*shared;
+                lock.lock().unwrap().opens += 1;
+                changed.notify_all();
+            }
             let mut buffer = [0u8; 8192];
             loop {
                 match fifo.read(&mut buffer) {
@@ -75,6 +81,28 @@ impl FifoReader {
     /// Whether nothing was read yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// How many times a writer had opened the FIFO (the reader's blocking
+    /// open returned).
+    pub fn opens(&self) -> usize {
+        self.shared.0.lock().unwrap().opens
+    }
+
+    /// Waits until a writer opened the FIFO at least `count` times.
+    pub fn wait_for_opens(&self, count: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let (lock, changed) = &*self.shared;
+        let mut captured = lock.lock().unwrap();
+        while captured.opens < count {
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "{}: no writer opened it within {limit:?}",
+                self.path.display()
+            );
+            captured = changed.wait_timeout(captured, deadline - now).unwrap().0;
+        }
     }
 
     /// How many times every writer had closed the FIFO.

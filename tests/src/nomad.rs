@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use elide_proto::hashicorp::nomad::plugins::base::proto::{
-    base_plugin_client::BasePluginClient, SetConfigRequest,
+    base_plugin_client::BasePluginClient, NomadConfig, NomadDriverConfig, SetConfigRequest,
 };
 use elide_proto::hashicorp::nomad::plugins::drivers::proto::{
     driver_client::DriverClient, AllocatedMemoryResources, AllocatedTaskResources,
@@ -46,20 +46,27 @@ impl NomadHost {
         }
     }
 
-    /// Launches and configures the plugin (`SetConfig` with `nomad_config`
-    /// left unset, which the driver tolerates).
+    /// Launches and configures the plugin as the driver manager does for
+    /// the long-lived process (`SetConfig` with `nomad_config` set).
     pub async fn configured(config: &crate::cty::PluginConfig) -> NomadHost {
         let mut host = NomadHost::launch().await;
         host.set_config(config).await;
         host
     }
 
-    /// `SetConfig`.
+    /// `SetConfig` as the long-lived driver process gets it (the agent's
+    /// default client port range in `nomad_config`).
     pub async fn set_config(&mut self, config: &crate::cty::PluginConfig) {
         self.base
             .set_config(SetConfigRequest {
                 msgpack_config: config.encode(),
-                nomad_config: None,
+                nomad_config: Some(NomadConfig {
+                    driver: Some(NomadDriverConfig {
+                        client_max_port: 14512,
+                        client_min_port: 14000,
+                        topology: None,
+                    }),
+                }),
                 plugin_api_version: "v0.1.0".into(),
             })
             .await
@@ -74,33 +81,55 @@ impl NomadHost {
             .await
             .expect("Fingerprint")
             .into_inner();
-        stream
+        let first = stream
             .next()
             .await
             .expect("a first fingerprint")
-            .expect("fingerprint message")
+            .expect("fingerprint message");
+        // The client stringifies every attribute; one without a value would
+        // silently delete the node attribute.
+        for (key, attribute) in &first.attributes {
+            assert!(attribute.value.is_some(), "attribute {key} has no value");
+        }
+        first
     }
 
-    /// `StartTask`; returns the handle.
+    /// `StartTask`; returns the handle, checked the way the client relies
+    /// on it (persisted, and its `config.id` is the task id after a restart).
     pub async fn start(&mut self, task: TaskConfig) -> Result<TaskHandle, tonic::Status> {
+        let id = task.id.clone();
         let response = self
             .driver
             .start_task(StartTaskRequest { task: Some(task) })
             .await?
             .into_inner();
-        Ok(response.handle.expect("StartTask must return a handle"))
+        let handle = response.handle.expect("StartTask must return a handle");
+        assert!(handle.version >= 1, "handle version 0 is reserved");
+        assert_eq!(
+            handle.config.as_ref().map(|c| c.id.as_str()),
+            Some(id.as_str()),
+            "the handle must echo the task config"
+        );
+        Ok(handle)
     }
 
-    /// `WaitTask` with a test deadline.
+    /// `WaitTask` with a test deadline. Like Nomad 1.9.0-1.11.2, which
+    /// dereferences `result` unchecked (an unset one crashes the agent),
+    /// this fails on a response without `result`.
     pub async fn wait(&mut self, task_id: &str, limit: Duration) -> WaitTaskResponse {
         let call = self.driver.wait_task(WaitTaskRequest {
             task_id: task_id.into(),
         });
-        tokio::time::timeout(limit, call)
+        let response = tokio::time::timeout(limit, call)
             .await
             .expect("WaitTask returned in time")
             .expect("WaitTask")
-            .into_inner()
+            .into_inner();
+        assert!(
+            response.result.is_some(),
+            "WaitTaskResponse.result unset: crashes Nomad 1.9.0-1.11.2"
+        );
+        response
     }
 
     /// `StopTask`.

@@ -507,3 +507,30 @@ for i in range(3):\n    print('after', i, flush=True)\nraise SystemExit(5)\n",
         "{err:?}"
     );
 }
+
+/// Both FIFO write ends are held from the start of the task to its end, even
+/// for a stream the program never writes: logmon's reader waits for a
+/// writer, and only the writer's close tells it the task's output is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifos_are_held_for_the_task_lifetime_even_without_output() {
+    let (_daemon, mut host) = setup().await;
+    let alloc = Alloc::new("quiet");
+    let go = alloc.task_dir().join("tmp/go");
+    let code = format!(
+        "import os, time\nwhile not os.path.exists({go:?}):\n    time.sleep(0.05)\nprint('done', flush=True)\n",
+        go = go.display().to_string()
+    );
+    let task = alloc.task_config(&TaskConfig::code("python", &code));
+    host.start(task.clone()).await.expect("StartTask");
+    // Nothing was written yet, and both writers are already there.
+    alloc.stdout.wait_for_opens(1, LIMIT);
+    alloc.stderr.wait_for_opens(1, LIMIT);
+    assert_eq!(alloc.stdout.text(), "");
+    std::fs::write(&go, "").unwrap();
+    let exit = host.wait(&task.id, LIMIT).await;
+    assert_eq!(exit.result.unwrap().exit_code, 0);
+    assert_eq!(alloc.stdout.text_after_eofs(1, LIMIT), "done\n");
+    // The stream that got no output is closed too.
+    assert_eq!(alloc.stderr.text_after_eofs(1, LIMIT), "");
+    host.destroy(&task.id).await;
+}

@@ -13,6 +13,12 @@ pub const DRIVER_STATE_VERSION: i32 = 1;
 /// DB when debugging, and new optional fields stay backwards compatible.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DriverState {
+    /// The daemon the execution was submitted to (`unix:/path` or
+    /// `tcp:host:port`), so recovery finds it even if the plugin
+    /// configuration changed since. Absent in handles written before it
+    /// was recorded: then the configured daemon is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<String>,
     /// The daemon session the execution lives in.
     pub session_id: String,
     /// The execution id (derived from the task id).
@@ -65,6 +71,7 @@ mod tests {
     #[test]
     fn round_trips_and_checks_the_version() {
         let state = DriverState {
+            daemon: Some("unix:/run/elide/daemon.sock".into()),
             session_id: "nomad-abc-def".into(),
             execution_id: "a.b.c".into(),
             daemon_instance_id: "i".into(),
@@ -84,5 +91,13 @@ mod tests {
             DriverState::decode(1, b"{"),
             Err(DriverStateError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn handles_without_the_daemon_still_decode() {
+        let old = br#"{"session_id":"s","execution_id":"e","daemon_instance_id":"i","stdout_path":"/dev/null","stderr_path":"/dev/null","task_dir":"/a/t","offsets_file":"/a/t/private/o","started_at_unix":1}"#;
+        let state = DriverState::decode(1, old).unwrap();
+        assert_eq!(state.daemon, None);
+        assert_eq!(state.execution_id, "e");
     }
 }

@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use crate::daemon_link::identity;
 use crate::daemon_link::{CallError, DaemonLink, DialerFactory};
 use crate::driver::TaskEvent;
-use crate::plugin_config::{PluginConfig, StatusMode};
+use crate::plugin_config::{DaemonEndpoint, PluginConfig};
 use crate::task_config::ElideTaskConfig;
 
 pub use driver_state::{DriverState, DRIVER_STATE_VERSION};
@@ -53,6 +53,9 @@ pub const MAX_STOP_GRACE: Duration = Duration::from_secs(300);
 /// Deadline of `DeleteExecution(force)`: the daemon waits up to 10 s for
 /// the program to be gone.
 pub const FORCE_DELETE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Deadline of the one daemon call `RecoverTask` makes: Nomad recovers the
+/// tasks of a node one after another on its start-up path.
+pub const RECOVER_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Signal sent by `StopTask` when the job sets no `kill_signal` (Nomad's
 /// exec drivers use SIGINT too).
 pub const DEFAULT_STOP_SIGNAL: &str = "SIGINT";
@@ -120,7 +123,6 @@ pub struct SessionContext {
     link: DaemonLink,
     session_id: String,
     hub: Arc<StatusHub>,
-    mode: StatusMode,
     _feed: AbortOnDrop<()>,
 }
 
@@ -128,11 +130,6 @@ impl SessionContext {
     /// The session id.
     pub fn session_id(&self) -> &str {
         &self.session_id
-    }
-
-    /// How status changes are followed (`Watch` or `Poll`, never `Auto`).
-    pub fn mode(&self) -> StatusMode {
-        self.mode
     }
 }
 
@@ -216,59 +213,40 @@ impl TaskManager {
         )
     }
 
-    /// The context of `session_id` on the configured daemon, created (and
-    /// its status feed started) on first use.
+    /// The context of `session_id` on `daemon`, created (and
+    /// its status feed started) on first use. Never talks to the daemon
+    /// itself: the feed finds out how to follow the session (and retries
+    /// while the daemon is unreachable), so `RecoverTask` can re-attach to a
+    /// task while the daemon is briefly down.
     async fn context(
         &self,
         config: &PluginConfig,
+        daemon: &DaemonEndpoint,
         session_id: &str,
-    ) -> Result<Arc<SessionContext>, TaskError> {
-        let key = (config.daemon.to_string(), session_id.to_owned());
+    ) -> Arc<SessionContext> {
+        let key = (daemon.to_string(), session_id.to_owned());
         let mut contexts = self.contexts.lock().await;
         if let Some(context) = contexts.get(&key) {
-            return Ok(context.clone());
+            return context.clone();
         }
-        let link = DaemonLink::to_endpoint(&self.dialers, &config.daemon);
-        let mode = match config.status_mode {
-            StatusMode::Auto => {
-                let capabilities = link
-                    .unary(pb::GetCapabilitiesRequest {}, |mut c, r| async move {
-                        c.get_capabilities(r).await
-                    })
-                    .await
-                    .map_err(|e| daemon_error("reading daemon capabilities", link.target(), &e))?;
-                if capabilities.features.iter().any(|f| f == "WatchSession") {
-                    StatusMode::Watch
-                } else {
-                    StatusMode::Poll
-                }
-            }
-            explicit => explicit,
-        };
+        let link = DaemonLink::to_endpoint(&self.dialers, daemon);
         let hub = Arc::new(StatusHub::default());
-        let feed = match mode {
-            StatusMode::Poll => tokio::spawn(status_feed::poll_session(
-                link.clone(),
-                hub.clone(),
-                session_id.to_owned(),
-                config.poll_interval,
-            )),
-            _ => tokio::spawn(status_feed::watch_session(
-                link.clone(),
-                hub.clone(),
-                session_id.to_owned(),
-            )),
-        };
-        tracing::info!(session_id, daemon = %link.target(), mode = mode.name(), "following daemon session");
+        let feed = tokio::spawn(status_feed::follow_session(
+            link.clone(),
+            hub.clone(),
+            session_id.to_owned(),
+            config.status_mode,
+            config.poll_interval,
+        ));
+        tracing::info!(session_id, daemon = %link.target(), mode = config.status_mode.name(), "following daemon session");
         let context = Arc::new(SessionContext {
             link,
             session_id: session_id.to_owned(),
             hub,
-            mode,
             _feed: AbortOnDrop(feed),
         });
         contexts.insert(key, context.clone());
-        Ok(context)
+        context
     }
 
     /// Creates this client's session on the daemon if it does not exist
@@ -325,7 +303,7 @@ impl TaskManager {
             request::execute_request(&task, &task_config, config, &session_id, &execution_id)
                 .map_err(|e| TaskError::InvalidConfig(format!("task {:?}: {e}", task.name)))?;
 
-        let context = self.context(config, &session_id).await?;
+        let context = self.context(config, &config.daemon, &session_id).await;
         self.create_session(&context.link, config, &session_id)
             .await?;
         let observed = context.hub.register(&execution_id);
@@ -363,6 +341,7 @@ impl TaskManager {
 
         let task_dir = request::task_dir(&task);
         let state = DriverState {
+            daemon: Some(config.daemon.to_string()),
             session_id: session_id.clone(),
             execution_id: execution_id.clone(),
             daemon_instance_id,
@@ -495,37 +474,60 @@ impl TaskManager {
         }
         let state = DriverState::decode(handle.version, &handle.driver_state)
             .map_err(|e| TaskError::InvalidConfig(format!("task {:?}: {e}", task.id)))?;
-        let context = self.context(config, &state.session_id).await?;
+        // The daemon the task was started on, even if the configuration
+        // now names another one.
+        let daemon = state
+            .daemon
+            .as_deref()
+            .and_then(DaemonEndpoint::parse)
+            .unwrap_or_else(|| config.daemon.clone());
+        let context = self.context(config, &daemon, &state.session_id).await;
         let observed = context.hub.register(&state.execution_id);
+        // The handle proves the daemon accepted the execution: if a later
+        // listing lacks it, it is lost.
+        context.hub.confirm(&state.execution_id);
         let request = pb::GetExecutionStatusRequest {
             session_id: state.session_id.clone(),
             execution_id: state.execution_id.clone(),
         };
-        let status = match context
+        let checked = context
             .link
-            .unary(request, |mut c, r| async move {
+            .unary_within(RECOVER_CHECK_TIMEOUT, request, |mut c, r| async move {
                 c.get_execution_status(r).await
             })
-            .await
-        {
-            Ok(response) => response.status.unwrap_or_default(),
-            Err(e) => {
-                context.hub.unregister(&state.execution_id);
-                if e.is_not_found() {
-                    return Err(TaskError::NotFound(format!(
-                        "task {:?}: execution {} is not on the daemon any more: {e}",
-                        task.id, state.execution_id
-                    )));
+            .await;
+        match checked {
+            Ok(response) => {
+                if let Some(status) = response.status {
+                    context.hub.deliver(status);
                 }
-                return Err(daemon_error(
-                    &format!("recovering task {:?}", task.id),
-                    context.link.target(),
-                    &e,
-                ));
             }
-        };
-        context.hub.confirm(&state.execution_id);
-        context.hub.deliver(status);
+            // Only a daemon that answers "no such execution" (or rejects
+            // the ids outright) proves the workload is gone: then Nomad
+            // destroys the task and starts it afresh.
+            Err(e) if e.is_not_found() || e.code() == tonic::Code::InvalidArgument => {
+                context.hub.unregister(&state.execution_id);
+                return Err(TaskError::NotFound(format!(
+                    "task {:?}: execution {} is not on the daemon any more: {e}",
+                    task.id, state.execution_id
+                )));
+            }
+            // Anything else (daemon down, restarting, slow) says nothing
+            // about the execution. Failing here would make Nomad start a
+            // second copy while the first keeps running; instead the task is
+            // recovered now and the status feed and output forwarder
+            // re-attach in the background, with back-off, once the daemon
+            // answers (reporting the execution lost if it is gone by then).
+            Err(e) => {
+                tracing::warn!(
+                    task_id = %task.id,
+                    execution_id = %state.execution_id,
+                    daemon = %context.link.target(),
+                    error = %e,
+                    "daemon not reachable while recovering; re-attaching in the background"
+                );
+            }
+        }
         tracing::info!(task_id = %task.id, execution_id = %state.execution_id, "task recovered");
         match self.launch(&task, state, context, observed) {
             // Recovered concurrently by another call: fine.
@@ -547,7 +549,14 @@ impl TaskManager {
     }
 
     /// `StopTask`: `signal` (SIGINT when empty), SIGKILL after `timeout`;
-    /// returns once the task has exited. Unknown or exited tasks are fine.
+    /// returns once the task has exited or, failing that, once the kill is
+    /// irrevocably under way. Unknown or exited tasks are fine.
+    ///
+    /// An error makes Nomad retry `StopTask` for minutes ("failed to kill
+    /// task") and then wait for `WaitTask` with no time limit, so errors are
+    /// kept for the one case a retry can fix: the daemon could not be told
+    /// to stop the program at all. A signal name or grace the daemon refuses
+    /// falls back to what it accepts rather than leaving the task running.
     pub async fn stop(
         &self,
         task_id: &str,
@@ -567,24 +576,29 @@ impl TaskManager {
             signal
         };
         let grace = timeout.min(MAX_STOP_GRACE);
-        let request = pb::CancelExecutionRequest {
-            session_id: task.state.session_id.clone(),
-            execution_id: task.state.execution_id.clone(),
-            signal: signal.to_owned(),
-            grace: Some(prost_types::Duration {
-                seconds: grace.as_secs() as i64,
-                nanos: grace.subsec_nanos() as i32,
-            }),
-        };
         let link = &task.session.link;
-        match link
-            .unary(
-                request,
-                |mut c, r| async move { c.cancel_execution(r).await },
-            )
-            .await
-        {
-            Ok(_) => {}
+        let mut cancelled = cancel(&task, signal, grace).await;
+        if let Err(e) = &cancelled {
+            if e.code() == tonic::Code::InvalidArgument {
+                // Most likely a grace above the daemon's max_cancel_grace
+                // (an operator may set Nomad's max_kill_timeout higher):
+                // ask for the longest grace the daemon allows.
+                let allowed = max_cancel_grace(link).await.unwrap_or(Duration::ZERO);
+                tracing::warn!(task_id, signal, ?grace, ?allowed, error = %e, "daemon refused the stop request; retrying with the grace it allows");
+                cancelled = cancel(&task, signal, grace.min(allowed)).await;
+            }
+        }
+        if matches!(&cancelled, Err(e) if e.code() == tonic::Code::InvalidArgument) {
+            // Still refused: the signal name is unknown to the daemon.
+            tracing::warn!(
+                task_id,
+                signal,
+                "daemon refused the stop signal; killing the task instead"
+            );
+            cancelled = cancel(&task, "SIGKILL", Duration::ZERO).await;
+        }
+        match cancelled {
+            Ok(()) => {}
             Err(e) if e.is_not_found() => {
                 task.session
                     .hub
@@ -599,18 +613,18 @@ impl TaskManager {
             }
         }
         tracing::info!(task_id, signal, ?grace, "stopping task");
-        let mut exit = task.exit.clone();
-        let exited = tokio::time::timeout(timeout + STOP_WAIT_MARGIN, async {
-            exit.wait_for(Option::is_some).await.is_ok()
+        let limit = timeout + STOP_WAIT_MARGIN;
+        let end = await_stop(task.exit.clone(), limit, STOP_WAIT_MARGIN, || async {
+            tracing::warn!(task_id, "task did not exit in time after its stop signal; sending SIGKILL");
+            if let Err(e) = cancel(&task, "SIGKILL", Duration::ZERO).await {
+                tracing::warn!(task_id, error = %e, "could not send SIGKILL; the daemon kills the task when its grace ends");
+            }
         })
         .await;
-        match exited {
-            Ok(_) => Ok(()),
-            Err(_) => Err(TaskError::Precondition(format!(
-                "task {task_id:?} did not exit within {:?} of {signal}",
-                timeout + STOP_WAIT_MARGIN
-            ))),
+        if end == StopEnd::NotYetExited {
+            tracing::warn!(task_id, "task is not reported exited yet; the kill is under way and WaitTask will report the exit");
         }
+        Ok(())
     }
 
     /// `DestroyTask`: kills the task if running (only with `force`),
@@ -767,5 +781,129 @@ impl TaskManager {
         self.table()
             .get(task_id)
             .map(|t| (t.alloc_id.clone(), t.name.clone()))
+    }
+}
+
+/// `CancelExecution` of a task's execution.
+async fn cancel(task: &Task, signal: &str, grace: Duration) -> Result<(), CallError> {
+    let request = pb::CancelExecutionRequest {
+        session_id: task.state.session_id.clone(),
+        execution_id: task.state.execution_id.clone(),
+        signal: signal.to_owned(),
+        grace: Some(prost_types::Duration {
+            seconds: grace.as_secs() as i64,
+            nanos: grace.subsec_nanos() as i32,
+        }),
+    };
+    task.session
+        .link
+        .unary(
+            request,
+            |mut c, r| async move { c.cancel_execution(r).await },
+        )
+        .await
+        .map(drop)
+}
+
+/// The daemon's `max_cancel_grace`, if it says.
+async fn max_cancel_grace(link: &DaemonLink) -> Option<Duration> {
+    let capabilities = link
+        .unary(pb::GetCapabilitiesRequest {}, |mut c, r| async move {
+            c.get_capabilities(r).await
+        })
+        .await
+        .ok()?;
+    let grace = capabilities.limits?.max_cancel_grace?;
+    Some(Duration::new(
+        grace.seconds.max(0) as u64,
+        grace.nanos.max(0) as u32,
+    ))
+}
+
+/// How the wait after a stop request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopEnd {
+    /// The task exited within the stop timeout.
+    Exited,
+    /// It exited only after the force kill.
+    ExitedAfterForceKill,
+    /// Not reported exited even after the force kill (e.g. the daemon is
+    /// unreachable): the kill is under way, `WaitTask` reports the exit.
+    NotYetExited,
+}
+
+/// After the stop signal was accepted: waits up to `limit` for the exit;
+/// if it has not come, runs `force_kill` once and waits up to `after_kill`
+/// more. Never fails, never waits longer.
+pub async fn await_stop<F, Fut>(
+    exit: watch::Receiver<Option<ExitOutcome>>,
+    limit: Duration,
+    after_kill: Duration,
+    force_kill: F,
+) -> StopEnd
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let exited = |limit: Duration| {
+        let mut exit = exit.clone();
+        async move {
+            // A closed channel means the task was destroyed: nothing runs.
+            tokio::time::timeout(limit, exit.wait_for(Option::is_some))
+                .await
+                .is_ok()
+        }
+    };
+    if exited(limit).await {
+        return StopEnd::Exited;
+    }
+    force_kill().await;
+    if exited(after_kill).await {
+        StopEnd::ExitedAfterForceKill
+    } else {
+        StopEnd::NotYetExited
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Stands in for the stop timeout and margin; the outcomes below do not
+    /// depend on how long it is.
+    const SHORT: Duration = Duration::from_millis(20);
+
+    #[tokio::test]
+    async fn a_task_that_does_not_exit_is_force_killed_and_stop_still_returns() {
+        let (_exit_tx, exit_rx) = watch::channel(None::<ExitOutcome>);
+        let kills = AtomicUsize::new(0);
+        let end = await_stop(exit_rx, SHORT, SHORT, || async {
+            kills.fetch_add(1, Ordering::SeqCst);
+        })
+        .await;
+        assert_eq!(end, StopEnd::NotYetExited);
+        assert_eq!(kills.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn exit_after_the_force_kill_is_reported() {
+        let (exit_tx, exit_rx) = watch::channel(None::<ExitOutcome>);
+        let end = await_stop(exit_rx, SHORT, SHORT, || async {
+            exit_tx.send_replace(Some(ExitOutcome::default()));
+        })
+        .await;
+        assert_eq!(end, StopEnd::ExitedAfterForceKill);
+    }
+
+    #[tokio::test]
+    async fn exit_in_time_needs_no_force_kill() {
+        let (exit_tx, exit_rx) = watch::channel(None::<ExitOutcome>);
+        exit_tx.send_replace(Some(ExitOutcome::default()));
+        let end = await_stop(exit_rx, SHORT, SHORT, || async {
+            panic!("no force kill for a task that exited");
+        })
+        .await;
+        assert_eq!(end, StopEnd::Exited);
     }
 }

@@ -11,9 +11,13 @@
 //!
 //! FIFOs are opened `O_RDWR | O_NONBLOCK` (Linux): that never blocks, never
 //! fails because logmon is not reading yet, and never gets `EPIPE`
-//! (protocol notes §6.6). The write ends stay open for the task's life and
-//! are closed, after the last byte, when the daemon reports the end of
-//! output; that EOF is what tells logmon the task is done.
+//! (protocol notes §6.6). Both are opened as soon as the forwarder starts
+//! (after `StartTask` and after every recovery), not at the first byte: a
+//! stream the program never writes must still see its writer come and go,
+//! or logmon's reader would wait for a writer until the allocation stops.
+//! The write ends stay open for the task's life and are closed, after the
+//! last byte, when the daemon reports the end of output; that EOF is what
+//! tells logmon the task is done.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -121,20 +125,28 @@ impl FifoSink {
         FifoSink { path, sender: None }
     }
 
+    /// Opens the write end unless it is open, discarded, or `/dev/null`.
+    async fn open(&mut self) {
+        let Some(path) = self.path.clone() else {
+            return;
+        };
+        if self.sender.is_some() {
+            return;
+        }
+        match open_fifo(&path).await {
+            Ok(sender) => self.sender = Some(sender),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot open the log FIFO; discarding this stream's output");
+                self.path = None;
+            }
+        }
+    }
+
     async fn write(&mut self, data: &[u8]) {
         let Some(path) = self.path.clone() else {
             return;
         };
-        if self.sender.is_none() {
-            match open_fifo(&path).await {
-                Ok(sender) => self.sender = Some(sender),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot open the log FIFO; discarding this stream's output");
-                    self.path = None;
-                    return;
-                }
-            }
-        }
+        self.open().await;
         if let Some(sender) = self.sender.as_mut() {
             if let Err(e) = sender.write_all(data).await {
                 tracing::warn!(path = %path.display(), error = %e, "writing the log FIFO failed; discarding this stream's output");
@@ -205,6 +217,9 @@ impl OutputForwarder {
             FifoSink::new(&self.stdout_path),
             FifoSink::new(&self.stderr_path),
         ];
+        // Held from now until the end of output, whatever the program writes.
+        let [stdout, stderr] = &mut sinks;
+        tokio::join!(stdout.open(), stderr.open());
         let mut offsets = self.offsets_file.load();
         let mut backoff = Backoff::default();
         let end = loop {

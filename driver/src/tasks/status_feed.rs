@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use super::backoff::Backoff;
 use super::exit::is_terminal;
 use crate::daemon_link::DaemonLink;
+use crate::plugin_config::StatusMode;
 
 /// What is known about one execution.
 #[derive(Debug, Clone, PartialEq)]
@@ -188,6 +189,49 @@ async fn relist(
                 ));
             }
             Err(e)
+        }
+    }
+}
+
+/// Follows a session in `mode` until the task is aborted. `Auto` asks the
+/// daemon whether it serves `WatchSession` first, retrying with back-off
+/// while it is unreachable (so creating a feed never needs the daemon up).
+pub async fn follow_session(
+    link: DaemonLink,
+    hub: Arc<StatusHub>,
+    session_id: String,
+    mode: StatusMode,
+    poll_interval: Duration,
+) {
+    let mode = match mode {
+        StatusMode::Auto => resolve_mode(&link, &session_id).await,
+        explicit => explicit,
+    };
+    tracing::debug!(session_id, mode = mode.name(), "status feed running");
+    match mode {
+        StatusMode::Poll => poll_session(link, hub, session_id, poll_interval).await,
+        _ => watch_session(link, hub, session_id).await,
+    }
+}
+
+/// `Watch` when the daemon lists the `WatchSession` feature, else `Poll`.
+async fn resolve_mode(link: &DaemonLink, session_id: &str) -> StatusMode {
+    let mut backoff = Backoff::default();
+    loop {
+        match link
+            .unary(pb::GetCapabilitiesRequest {}, |mut c, r| async move {
+                c.get_capabilities(r).await
+            })
+            .await
+        {
+            Ok(capabilities) if capabilities.features.iter().any(|f| f == "WatchSession") => {
+                return StatusMode::Watch
+            }
+            Ok(_) => return StatusMode::Poll,
+            Err(e) => {
+                tracing::debug!(session_id, error = %e, "reading daemon capabilities failed; retrying");
+                backoff.wait().await;
+            }
         }
     }
 }
