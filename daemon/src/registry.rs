@@ -298,6 +298,18 @@ impl SessionRegistry {
         }
     }
 
+    /// Load figures for `GetDaemonStats` (request counts are the service's).
+    pub fn load(&self) -> (u32, u32, u32) {
+        let inner = self.lock();
+        let running = inner
+            .sessions
+            .values()
+            .flat_map(|s| s.executions.values())
+            .filter(|e| e.status.state() == pb::ExecutionState::Running)
+            .count() as u32;
+        (inner.sessions.len() as u32, running, inner.queued)
+    }
+
     /// What this daemon can run.
     pub fn capabilities(&self) -> pb::GetCapabilitiesResponse {
         let enforced = self.runtime.enforces_intrinsics();

@@ -26,12 +26,26 @@ const STREAM_BUFFER: usize = 16;
 #[derive(Clone)]
 pub struct DaemonService {
     registry: Arc<SessionRegistry>,
+    requests: Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>>,
 }
 
 impl DaemonService {
     /// A service over `registry`.
     pub fn new(registry: Arc<SessionRegistry>) -> Self {
-        DaemonService { registry }
+        DaemonService {
+            registry,
+            requests: Arc::default(),
+        }
+    }
+
+    /// Counts one request of `rpc`.
+    fn count(&self, rpc: &'static str) {
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(rpc)
+            .or_default() += 1;
     }
 
     /// The tonic server wrapper, with message sizes that fit the limits.
@@ -60,6 +74,7 @@ impl ElideDaemon for DaemonService {
         &self,
         _: Request<pb::HealthRequest>,
     ) -> Result<Response<pb::HealthResponse>, Status> {
+        self.count("Health");
         Ok(Response::new(self.registry.health()))
     }
 
@@ -67,13 +82,39 @@ impl ElideDaemon for DaemonService {
         &self,
         _: Request<pb::GetCapabilitiesRequest>,
     ) -> Result<Response<pb::GetCapabilitiesResponse>, Status> {
+        self.count("GetCapabilities");
         Ok(Response::new(self.registry.capabilities()))
+    }
+
+    async fn get_daemon_stats(
+        &self,
+        _: Request<pb::GetDaemonStatsRequest>,
+    ) -> Result<Response<pb::GetDaemonStatsResponse>, Status> {
+        self.count("GetDaemonStats");
+        let (sessions, running_executions, queued_executions) = self.registry.load();
+        let health = self.registry.health();
+        let requests = self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+        Ok(Response::new(pb::GetDaemonStatsResponse {
+            instance_id: health.instance_id,
+            uptime: health.uptime,
+            requests,
+            sessions,
+            running_executions,
+            queued_executions,
+        }))
     }
 
     async fn create_session(
         &self,
         req: Request<pb::CreateSessionRequest>,
     ) -> Result<Response<pb::CreateSessionResponse>, Status> {
+        self.count("CreateSession");
         let (session, created) = self.registry.create_session(req.into_inner())?;
         Ok(Response::new(pb::CreateSessionResponse {
             session: Some(session),
@@ -85,6 +126,7 @@ impl ElideDaemon for DaemonService {
         &self,
         req: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
+        self.count("GetSession");
         let session = self.registry.get_session(&req.into_inner().session_id)?;
         Ok(Response::new(pb::GetSessionResponse {
             session: Some(session),
@@ -95,6 +137,7 @@ impl ElideDaemon for DaemonService {
         &self,
         _: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        self.count("ListSessions");
         Ok(Response::new(pb::ListSessionsResponse {
             sessions: self.registry.list_sessions(),
         }))
@@ -104,6 +147,7 @@ impl ElideDaemon for DaemonService {
         &self,
         req: Request<pb::DeleteSessionRequest>,
     ) -> Result<Response<pb::DeleteSessionResponse>, Status> {
+        self.count("DeleteSession");
         let req = req.into_inner();
         let grace = optional_duration(req.grace.as_ref(), "grace")?;
         let cancelled = self
@@ -118,6 +162,7 @@ impl ElideDaemon for DaemonService {
         &self,
         req: Request<pb::ExecuteSnippetRequest>,
     ) -> Result<Response<pb::ExecuteSnippetResponse>, Status> {
+        self.count("ExecuteSnippet");
         let (status, created) = self.registry.execute(req.into_inner())?;
         Ok(Response::new(pb::ExecuteSnippetResponse {
             status: Some(status),
@@ -129,6 +174,7 @@ impl ElideDaemon for DaemonService {
         &self,
         req: Request<pb::GetExecutionStatusRequest>,
     ) -> Result<Response<pb::GetExecutionStatusResponse>, Status> {
+        self.count("GetExecutionStatus");
         let req = req.into_inner();
         let status = self.registry.status(&req.session_id, &req.execution_id)?;
         Ok(Response::new(pb::GetExecutionStatusResponse {
@@ -140,6 +186,7 @@ impl ElideDaemon for DaemonService {
         &self,
         req: Request<pb::ListExecutionsRequest>,
     ) -> Result<Response<pb::ListExecutionsResponse>, Status> {
+        self.count("ListExecutions");
         let req = req.into_inner();
         let (executions, last_seq) = self
             .registry
@@ -154,6 +201,7 @@ impl ElideDaemon for DaemonService {
         &self,
         req: Request<pb::SignalExecutionRequest>,
     ) -> Result<Response<pb::SignalExecutionResponse>, Status> {
+        self.count("SignalExecution");
         let req = req.into_inner();
         let sig = parse_signal(&req.signal)?;
         let status = self
@@ -168,6 +216,7 @@ impl ElideDaemon for DaemonService {
         &self,
         req: Request<pb::CancelExecutionRequest>,
     ) -> Result<Response<pb::CancelExecutionResponse>, Status> {
+        self.count("CancelExecution");
         let req = req.into_inner();
         let sig = if req.signal.is_empty() {
             Signal::SIGTERM
@@ -187,6 +236,7 @@ impl ElideDaemon for DaemonService {
         &self,
         req: Request<pb::DeleteExecutionRequest>,
     ) -> Result<Response<pb::DeleteExecutionResponse>, Status> {
+        self.count("DeleteExecution");
         let req = req.into_inner();
         self.registry
             .delete_execution(
@@ -203,6 +253,7 @@ impl ElideDaemon for DaemonService {
         &self,
         req: Request<pb::GetExecutionMetricsRequest>,
     ) -> Result<Response<pb::GetExecutionMetricsResponse>, Status> {
+        self.count("GetExecutionMetrics");
         let req = req.into_inner();
         let metrics = self.registry.metrics(&req.session_id, &req.execution_id)?;
         Ok(Response::new(pb::GetExecutionMetricsResponse {
@@ -216,6 +267,7 @@ impl ElideDaemon for DaemonService {
         &self,
         req: Request<pb::WatchSessionRequest>,
     ) -> Result<Response<Self::WatchSessionStream>, Status> {
+        self.count("WatchSession");
         let req = req.into_inner();
         let mut guard = self.registry.watch_session(&req.session_id)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
@@ -295,6 +347,7 @@ impl ElideDaemon for DaemonService {
         &self,
         req: Request<pb::WatchExecutionRequest>,
     ) -> Result<Response<Self::WatchExecutionStream>, Status> {
+        self.count("WatchExecution");
         let req = req.into_inner();
         let mut guard = self.registry.watch_session(&req.session_id)?;
         let first = self.registry.status(&req.session_id, &req.execution_id)?;
@@ -364,6 +417,7 @@ impl ElideDaemon for DaemonService {
         &self,
         req: Request<pb::StreamOutputRequest>,
     ) -> Result<Response<Self::StreamOutputStream>, Status> {
+        self.count("StreamOutput");
         let req = req.into_inner();
         let log = self.registry.output(&req.session_id, &req.execution_id)?;
         let chunk = self.registry.limits().max_output_chunk_bytes as usize;

@@ -658,3 +658,40 @@ async fn the_runtime_versions_reported_are_the_ones_that_run_snippets() {
         );
     }
 }
+
+#[tokio::test]
+async fn daemon_stats_count_requests_by_method_and_report_load() {
+    let d = Daemon::start(&[]).await;
+    let mut c = d.client().await;
+    create_session(&mut c, "s", Default::default()).await;
+    execute(
+        &mut c,
+        snippet(
+            "s",
+            "a",
+            "python",
+            "import time\nprint('ready', flush=True)\ntime.sleep(30)",
+        ),
+    )
+    .await;
+    execute(&mut c, snippet("s", "b", "python", "print('quick')")).await;
+    wait_state(&mut c, "s", "a", S::Running).await;
+    wait_terminal(&mut c, "s", "b").await;
+    let stats = c
+        .get_daemon_stats(pb::GetDaemonStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.requests.get("ExecuteSnippet"), Some(&2));
+    assert_eq!(stats.requests.get("CreateSession"), Some(&1));
+    assert_eq!(stats.requests.get("WatchExecution"), Some(&2));
+    assert_eq!(stats.requests.get("GetDaemonStats"), Some(&1));
+    assert_eq!(
+        (
+            stats.sessions,
+            stats.running_executions,
+            stats.queued_executions
+        ),
+        (1, 1, 0)
+    );
+}

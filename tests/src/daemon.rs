@@ -26,8 +26,16 @@ pub struct Daemon {
 impl Daemon {
     /// Starts a daemon and waits until it accepts connections.
     pub async fn start() -> Daemon {
+        Daemon::start_with(&[]).await
+    }
+
+    /// Starts a daemon with extra command-line flags (for example
+    /// `--runtime scripted`).
+    pub async fn start_with(extra: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("daemon.sock");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        std::fs::write(dir.path().join("extra-args"), extra.join("\n")).expect("daemon args");
         let child = spawn(dir.path(), &socket);
         let daemon = Daemon { dir, socket, child };
         daemon.wait_listening().await;
@@ -130,12 +138,24 @@ fn spawn(dir: &std::path::Path, socket: &std::path::Path) -> Child {
         .arg("--state-dir")
         .arg(dir.join("state"))
         .args(["--sample-interval-secs", "0.2"])
+        .args(extra_args(dir))
         .env("RUST_LOG", "elide_daemon=debug")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .expect("starting elide-daemon")
+}
+
+/// The extra flags the daemon in `dir` was first started with (kept in a
+/// file so a restart uses the same ones).
+fn extra_args(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("extra-args"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 impl Drop for Daemon {

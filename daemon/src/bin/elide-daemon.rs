@@ -69,9 +69,20 @@ struct Args {
     /// Seconds between resource samples of each running program.
     #[arg(long, default_value_t = 1.0)]
     sample_interval_secs: f64,
+    /// What runs snippets: `process` (python3/node/elide interpreters) or
+    /// `scripted` (the deterministic test language of
+    /// `elide_daemon::runtime::scripted`, for benchmarks and tests at scale).
+    #[arg(long, value_enum, default_value = "process")]
+    runtime: RuntimeKind,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RuntimeKind {
+    Process,
+    Scripted,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -117,17 +128,20 @@ async fn main() -> anyhow::Result<()> {
         .validate()
         .map_err(anyhow::Error::msg)
         .context("checking the limits")?;
-    let runtime = ProcessRuntime::discover(&ProcessRuntimeConfig {
-        python: args.python.clone(),
-        node: args.node.clone(),
-        elide: args.elide.clone(),
-        sample_interval: secs(args.sample_interval_secs, "sample-interval-secs")?,
-    });
+    let runtime: Arc<dyn elide_daemon::runtime::Runtime> = match args.runtime {
+        RuntimeKind::Process => Arc::new(ProcessRuntime::discover(&ProcessRuntimeConfig {
+            python: args.python.clone(),
+            node: args.node.clone(),
+            elide: args.elide.clone(),
+            sample_interval: secs(args.sample_interval_secs, "sample-interval-secs")?,
+        })),
+        RuntimeKind::Scripted => Arc::new(elide_daemon::runtime::scripted::ScriptedRuntime),
+    };
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
     let store = FsStore::open(&args.state_dir).context("opening the state store")?;
     let registry = SessionRegistry::open(RegistryDeps {
-        runtime: Arc::new(runtime),
+        runtime,
         store: Arc::new(store),
         clock: Arc::new(SystemClock),
         ids: Arc::new(RandomIds),
