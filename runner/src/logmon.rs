@@ -98,15 +98,20 @@ impl FifoForwarder {
         let (lock, changed) = &*self.shared;
         lock.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
         // A writer that opens and closes at once releases a reader blocked
-        // in open() and adds an EOF after any unread bytes.
-        let _ = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(nix::libc::O_NONBLOCK)
-            .open(&self.path);
+        // in open() and adds an EOF after any unread bytes. Retried: the
+        // open fails (ENXIO) while the reader thread has not reached open().
         let deadline = Instant::now() + limit;
         let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
         while !state.exited && Instant::now() < deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
+            drop(state);
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(nix::libc::O_NONBLOCK)
+                .open(&self.path);
+            state = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(20));
             state = changed
                 .wait_timeout(state, left)
                 .unwrap_or_else(|e| e.into_inner())
@@ -177,13 +182,16 @@ mod tests {
         let path = dir.path().join(".t.stdout.fifo");
         nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let buffer = Arc::new(Mutex::new(Vec::new()));
-        // The driver's way: O_RDWR, write, close, possibly before we read.
+        // Readers start before StartTask (as logmon's do); the driver then
+        // opens O_RDWR, writes and closes, possibly before the reader thread
+        // has read anything.
+        let forwarder = FifoForwarder::start(&path, "t", Sink::Buffer(buffer.clone()));
+        std::thread::sleep(Duration::from_millis(100));
         let mut writer = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(&path)
             .unwrap();
-        let forwarder = FifoForwarder::start(&path, "t", Sink::Buffer(buffer.clone()));
         writer.write_all(b"early\n").unwrap();
         drop(writer);
         assert!(forwarder.finish(Duration::from_secs(5)));
