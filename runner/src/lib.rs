@@ -1,0 +1,28 @@
+//! `elide-run`: runs Nomad job files locally the way a Nomad client runs
+//! their `driver = "elide"` tasks, through the real `nomad-driver-elide`
+//! plugin binary (go-plugin handshake, gRPC) and a real `elide-daemon`.
+//!
+//! The reusable "Nomad host" parts:
+//! * [`jobspec`]: job files (HCL, `hcl-rs`);
+//! * [`agent_config`]: the plugin block of an agent config file;
+//! * [`plugin_host`]: launching and stopping the plugin as go-plugin does;
+//! * [`cty`]: config bodies encoded with the plugin's schema as Nomad does;
+//! * [`alloc`]: alloc and task directories, log FIFOs;
+//! * [`env`]: the task environment (`NOMAD_*` and the `env` block);
+//! * [`template`]: `template` blocks with literal data;
+//! * [`logmon`]: task output from the FIFOs, prefixed by task name;
+//! * [`daemon`]: reaching the daemon or starting a private one;
+//! * [`run`]: the orchestration.
+
+#![warn(missing_docs)]
+
+pub mod agent_config;
+pub mod alloc;
+pub mod cty;
+pub mod daemon;
+pub mod env;
+pub mod jobspec;
+pub mod logmon;
+pub mod plugin_host;
+pub mod run;
+pub mod template;
