@@ -3,15 +3,16 @@
 //! Nomad-facing services in [`crate::grpc`] only translate to and from it.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use tokio::sync::{broadcast, watch};
 
 use crate::cty::ConfigError;
 use crate::daemon_link::DialerFactory;
-use crate::plugin_config::PluginConfig;
+use crate::plugin_config::{DaemonEndpoint, PluginConfig};
 use crate::probe::{DaemonHealth, DaemonProbe};
+use crate::supervision::{LaunchPlan, Launcher, ProcessLauncher, Supervisor, SupervisorState};
 use crate::tasks::TaskManager;
 
 /// The name jobs use (`driver = "elide"`) and the node attribute prefix.
@@ -44,6 +45,9 @@ pub struct ElideDriver {
     probe: Arc<dyn DaemonProbe>,
     events: broadcast::Sender<TaskEvent>,
     tasks: TaskManager,
+    launcher: Arc<dyn Launcher>,
+    supervisor: Mutex<Option<Supervisor>>,
+    supervision: watch::Sender<SupervisorState>,
 }
 
 impl ElideDriver {
@@ -62,7 +66,16 @@ impl ElideDriver {
             probe,
             tasks: TaskManager::new(events.clone(), dialers),
             events,
+            launcher: Arc::new(ProcessLauncher),
+            supervisor: Mutex::new(None),
+            supervision: watch::Sender::new(SupervisorState::Starting),
         }
+    }
+
+    /// Replaces how daemons are started (tests).
+    pub fn with_launcher(mut self, launcher: Arc<dyn Launcher>) -> Self {
+        self.launcher = launcher;
+        self
     }
 
     /// The task table and lifecycle operations.
@@ -96,14 +109,45 @@ impl ElideDriver {
         self.config.subscribe()
     }
 
-    /// Current daemon health, probed now.
+    /// Current daemon health, probed now. Also starts daemon supervision
+    /// if the configuration asks for it ([`ElideDriver::ensure_supervised`]).
     pub async fn health(&self) -> DaemonHealth {
         match self.config() {
             None => DaemonHealth::Unhealthy {
                 description: NOT_CONFIGURED.to_owned(),
             },
-            Some(config) => self.probe.probe(&config.daemon).await,
+            Some(config) => {
+                self.ensure_supervised(&config);
+                self.probe.probe(&config.daemon).await
+            }
         }
+    }
+
+    /// Starts, replaces or stops daemon supervision to match `config`'s
+    /// `daemon {}` block. Called from the fingerprint loop and the task
+    /// RPCs, never from `SetConfig`: the agent's short-lived fingerprint
+    /// and validation plugin processes get `SetConfig` too, and must not
+    /// start daemons. Must be called inside a tokio runtime.
+    pub fn ensure_supervised(&self, config: &PluginConfig) {
+        let wanted = match (&config.supervised_daemon, &config.daemon) {
+            (Some(command), DaemonEndpoint::Unix(socket)) => Some(LaunchPlan::new(command, socket)),
+            // Decoding rejects a daemon block with a TCP endpoint.
+            _ => None,
+        };
+        let mut current = self.supervisor.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_ref().map(Supervisor::plan) == wanted.as_ref() {
+            return;
+        }
+        // Dropping the old supervisor releases its lock and leaves its
+        // daemon running.
+        *current = wanted
+            .map(|plan| Supervisor::start(plan, self.launcher.clone(), self.supervision.clone()));
+    }
+
+    /// Notified whenever daemon supervision changes state (a daemon was
+    /// started, starts listening, exited).
+    pub fn watch_supervision(&self) -> watch::Receiver<SupervisorState> {
+        self.supervision.subscribe()
     }
 
     /// A receiver of every task event published from now on.

@@ -8,7 +8,8 @@
 //!   [`task_config`] (task `config` block), [`script`] (loading a task's
 //!   script safely), built on [`cty`] (Nomad's msgpack encoding),
 //!   [`hclspec`] (schema builders), [`duration`] and [`catalog`];
-//! * driver state: [`driver`], with daemon health from [`probe`];
+//! * driver state: [`driver`], with daemon health from [`probe`] and,
+//!   when configured, the daemon started and restarted by [`supervision`];
 //! * the daemon: [`daemon_link`] (transport seam, deadlines, keepalive,
 //!   session and execution naming) and [`tasks`] (the task lifecycle);
 //! * Nomad-facing gRPC: [`grpc`], with error details from [`status`].
@@ -29,5 +30,6 @@ pub mod probe;
 pub mod script;
 pub mod shutdown;
 pub mod status;
+pub mod supervision;
 pub mod task_config;
 pub mod tasks;

@@ -6,6 +6,11 @@
 //!     daemon_socket  = "/run/elide/daemon.sock"   # or daemon_address = "10.0.0.5:7070"
 //!     status_mode    = "auto"    # "watch" (WatchSession stream), "poll" or "auto"
 //!     poll_interval  = "1s"      # GetExecutionStatus period in "poll" mode
+//!     daemon {                   # optional: the plugin starts the daemon itself
+//!       command   = "elide-daemon"   # absolute path or a name on PATH
+//!       args      = ["--max-running", "64"]
+//!       state_dir = "/var/lib/elide"
+//!     }
 //!     session_config {
 //!       context_pool_size  = 4
 //!       enabled_languages  = ["python", "javascript"]
@@ -47,6 +52,14 @@ pub fn schema() -> Spec {
         ("daemon_address", attr("string")),
         ("status_mode", attr("string")),
         ("poll_interval", attr("string")),
+        (
+            "daemon",
+            block(object([
+                ("command", attr("string")),
+                ("args", attr("list(string)")),
+                ("state_dir", attr("string")),
+            ])),
+        ),
         (
             "session_config",
             block(object([
@@ -106,6 +119,27 @@ pub struct SessionConfig {
     pub enable_ai: Option<bool>,
 }
 
+/// Default `daemon.state_dir`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/elide";
+
+/// Flags the plugin passes to a daemon it starts itself; `daemon.args` may
+/// not repeat them (the daemon would get two values).
+const RESERVED_DAEMON_FLAGS: [&str; 2] = ["--socket", "--state-dir"];
+
+/// The optional `daemon {}` block: when present, the plugin starts (and
+/// restarts) the daemon itself if none answers on `daemon_socket`; see
+/// [`crate::supervision`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonCommand {
+    /// The daemon executable: an absolute path or a name looked up on `PATH`.
+    pub command: String,
+    /// Extra arguments, after `--socket` and `--state-dir`.
+    pub args: Vec<String>,
+    /// The daemon's `--state-dir`, also home of the supervisor lock file
+    /// and the daemon's log.
+    pub state_dir: PathBuf,
+}
+
 /// How the driver learns that executions changed state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum StatusMode {
@@ -147,6 +181,9 @@ pub struct PluginConfig {
     pub status_mode: StatusMode,
     /// Polling period in [`StatusMode::Poll`] (and `Auto` falling back).
     pub poll_interval: Duration,
+    /// The daemon to start when none answers (`daemon {}` block); `None`
+    /// means the daemon is managed elsewhere (systemd) and only connected to.
+    pub supervised_daemon: Option<DaemonCommand>,
 }
 
 impl Default for PluginConfig {
@@ -156,6 +193,7 @@ impl Default for PluginConfig {
             session: SessionConfig::default(),
             status_mode: StatusMode::Auto,
             poll_interval: DEFAULT_POLL_INTERVAL,
+            supervised_daemon: None,
         }
     }
 }
@@ -166,8 +204,14 @@ impl PluginConfig {
     pub fn decode(msgpack: &[u8]) -> Result<Self, ConfigError> {
         let value = cty::decode(msgpack)?;
         let root = CtyObject::root(&value)?;
+        let daemon = daemon_endpoint(&root)?;
+        let supervised_daemon = root
+            .block("daemon")?
+            .map(|block| daemon_command(&block, &daemon))
+            .transpose()?;
         Ok(PluginConfig {
-            daemon: daemon_endpoint(&root)?,
+            daemon,
+            supervised_daemon,
             session: match root.block("session_config")? {
                 Some(session) => session_config(&session)?,
                 None => SessionConfig::default(),
@@ -176,6 +220,59 @@ impl PluginConfig {
             poll_interval: poll_interval(root.string("poll_interval")?)?,
         })
     }
+}
+
+fn daemon_command(
+    block: &CtyObject<'_>,
+    endpoint: &DaemonEndpoint,
+) -> Result<DaemonCommand, ConfigError> {
+    if let DaemonEndpoint::Tcp(_) = endpoint {
+        return Err(ConfigError::invalid(
+            "daemon",
+            "the plugin starts a daemon only on a unix socket: use daemon_socket, not daemon_address",
+        ));
+    }
+    let command_field = block.field_path("command");
+    let command = block.string("command")?.unwrap_or_default();
+    if command.trim().is_empty() {
+        return Err(ConfigError::invalid(command_field, "must not be empty"));
+    }
+    // A relative path would depend on the agent's working directory.
+    if command.contains('/') && !command.starts_with('/') {
+        return Err(ConfigError::invalid(
+            command_field,
+            format!("{command:?} must be an absolute path or a command name found on PATH"),
+        ));
+    }
+    let args = block.string_list("args")?.unwrap_or_default();
+    let args_field = block.field_path("args");
+    for arg in &args {
+        let flag = arg.split('=').next().unwrap_or_default();
+        if RESERVED_DAEMON_FLAGS.contains(&flag) {
+            return Err(ConfigError::invalid(
+                args_field,
+                format!("{flag} is set by the plugin (from daemon_socket and daemon.state_dir)"),
+            ));
+        }
+    }
+    let state_dir_field = block.field_path("state_dir");
+    let state_dir = block
+        .string("state_dir")?
+        .unwrap_or_else(|| DEFAULT_STATE_DIR.to_owned());
+    if state_dir.is_empty() {
+        return Err(ConfigError::invalid(state_dir_field, "must not be empty"));
+    }
+    if !state_dir.starts_with('/') {
+        return Err(ConfigError::invalid(
+            state_dir_field,
+            format!("{state_dir:?} must be an absolute path"),
+        ));
+    }
+    Ok(DaemonCommand {
+        command,
+        args,
+        state_dir: PathBuf::from(state_dir),
+    })
 }
 
 fn status_mode(configured: Option<String>) -> Result<StatusMode, ConfigError> {
@@ -546,6 +643,7 @@ mod tests {
         assert_eq!(
             keys,
             [
+                "daemon",
                 "daemon_address",
                 "daemon_socket",
                 "poll_interval",
@@ -565,6 +663,104 @@ mod tests {
                 assert!(!attr.r#type.is_empty(), "every Attr needs a type");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod daemon_block_tests {
+    use super::*;
+    use crate::cty::encode::{bytes, object, strings};
+    use rmpv::Value;
+
+    fn with_block(address: Value, block: Value) -> Vec<u8> {
+        bytes(&object(&[
+            ("daemon_socket", Value::Nil),
+            ("daemon_address", address),
+            ("daemon", block),
+        ]))
+    }
+
+    fn block(command: Value, args: Value, state_dir: Value) -> Value {
+        // As the HCL2 jobspec path sends a block: a one-element list.
+        Value::Array(vec![object(&[
+            ("command", command),
+            ("args", args),
+            ("state_dir", state_dir),
+        ])])
+    }
+
+    #[test]
+    fn absent_block_means_connect_only() {
+        let decoded = PluginConfig::decode(&with_block(Value::Nil, Value::Nil)).unwrap();
+        assert_eq!(decoded.supervised_daemon, None);
+    }
+
+    #[test]
+    fn block_decodes_with_the_default_state_dir() {
+        let bytes = with_block(
+            Value::Nil,
+            block(
+                Value::from("elide-daemon"),
+                strings(&["--max-running", "8"]),
+                Value::Nil,
+            ),
+        );
+        assert_eq!(
+            PluginConfig::decode(&bytes).unwrap().supervised_daemon,
+            Some(DaemonCommand {
+                command: "elide-daemon".into(),
+                args: vec!["--max-running".into(), "8".into()],
+                state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            })
+        );
+    }
+
+    #[test]
+    fn block_mistakes_name_the_field() {
+        let cases = [
+            (block(Value::Nil, Value::Nil, Value::Nil), "daemon.command"),
+            (
+                block(Value::from(" "), Value::Nil, Value::Nil),
+                "daemon.command",
+            ),
+            (
+                block(Value::from("bin/elide-daemon"), Value::Nil, Value::Nil),
+                "daemon.command",
+            ),
+            (
+                block(
+                    Value::from("elide-daemon"),
+                    Value::Nil,
+                    Value::from("var/x"),
+                ),
+                "daemon.state_dir",
+            ),
+            (
+                block(Value::from("elide-daemon"), Value::Nil, Value::from("")),
+                "daemon.state_dir",
+            ),
+            (
+                block(
+                    Value::from("elide-daemon"),
+                    strings(&["--socket=/x.sock"]),
+                    Value::Nil,
+                ),
+                "daemon.args",
+            ),
+        ];
+        for (block, field) in cases {
+            let err = PluginConfig::decode(&with_block(Value::Nil, block.clone())).unwrap_err();
+            assert_eq!(err.field(), Some(field), "{block:?}: {err}");
+            assert!(err.to_string().contains(field), "{err}");
+        }
+        let tcp = with_block(
+            Value::from("10.0.0.5:7070"),
+            block(Value::from("elide-daemon"), Value::Nil, Value::Nil),
+        );
+        assert_eq!(
+            PluginConfig::decode(&tcp).unwrap_err().field(),
+            Some("daemon")
+        );
     }
 }
 

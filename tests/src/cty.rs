@@ -39,6 +39,19 @@ pub struct PluginConfig {
     pub enabled_languages: Option<Vec<String>>,
     /// `session_config.enabled_intrinsics`.
     pub enabled_intrinsics: Option<Vec<String>>,
+    /// The `daemon {}` block (the plugin starts the daemon itself).
+    pub daemon: Option<DaemonBlock>,
+}
+
+/// The plugin's `daemon {}` block.
+#[derive(Debug, Clone, Default)]
+pub struct DaemonBlock {
+    /// `command`.
+    pub command: String,
+    /// `args`.
+    pub args: Vec<String>,
+    /// `state_dir`.
+    pub state_dir: String,
 }
 
 impl PluginConfig {
@@ -69,7 +82,19 @@ impl PluginConfig {
         } else {
             Value::Nil
         };
+        // As the agent's HCL2 decoding of a Block: a map, nil when absent.
+        let daemon = self.daemon.as_ref().map_or(Value::Nil, |block| {
+            object(vec![
+                (
+                    "args",
+                    Value::Array(block.args.iter().map(|a| Value::from(a.as_str())).collect()),
+                ),
+                ("command", Value::from(block.command.as_str())),
+                ("state_dir", Value::from(block.state_dir.as_str())),
+            ])
+        });
         encode(&object(vec![
+            ("daemon", daemon),
             ("daemon_address", Value::Nil),
             ("daemon_socket", text(&self.daemon_socket)),
             ("poll_interval", text(&self.poll_interval)),

@@ -6,7 +6,8 @@
 //! * [`nomad_client`]: launching the plugin as Nomad's go-plugin host does;
 //! * [`nomad`]: the Driver RPCs as Nomad's client calls them, with alloc
 //!   and task directories and logmon-like FIFO readers ([`logmon`]);
-//! * [`cty`]: configuration encoded the way Nomad encodes it.
+//! * [`cty`]: configuration encoded the way Nomad encodes it;
+//! * [`procs`]: finding and cleaning up processes through `/proc`.
 
 pub mod binaries;
 pub mod cty;
@@ -14,3 +15,4 @@ pub mod daemon;
 pub mod logmon;
 pub mod nomad;
 pub mod nomad_client;
+pub mod procs;

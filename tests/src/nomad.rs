@@ -7,12 +7,14 @@ use std::time::Duration;
 use elide_proto::hashicorp::nomad::plugins::base::proto::{
     base_plugin_client::BasePluginClient, NomadConfig, NomadDriverConfig, SetConfigRequest,
 };
+use elide_proto::hashicorp::nomad::plugins::drivers::proto::fingerprint_response::HealthState;
 use elide_proto::hashicorp::nomad::plugins::drivers::proto::{
     driver_client::DriverClient, AllocatedMemoryResources, AllocatedTaskResources,
     DestroyTaskRequest, FingerprintRequest, FingerprintResponse, RecoverTaskRequest, Resources,
     StartTaskRequest, StopTaskRequest, TaskConfig, TaskHandle, WaitTaskRequest, WaitTaskResponse,
 };
 use elide_proto::hashicorp::nomad::plugins::shared::structs::RecoverableError;
+use elide_proto::plugin::{grpc_controller_client::GrpcControllerClient, Empty};
 use futures::StreamExt;
 use prost::Message;
 use tonic::transport::Channel;
@@ -29,6 +31,7 @@ pub struct NomadHost {
     pub driver: DriverClient<Channel>,
     /// Base plugin service client.
     pub base: BasePluginClient<Channel>,
+    channel: Channel,
     _socket_dir: tempfile::TempDir,
 }
 
@@ -40,7 +43,8 @@ impl NomadHost {
         let channel = plugin.channel().await;
         NomadHost {
             driver: DriverClient::new(channel.clone()),
-            base: BasePluginClient::new(channel),
+            base: BasePluginClient::new(channel.clone()),
+            channel,
             plugin,
             _socket_dir: socket_dir,
         }
@@ -92,6 +96,39 @@ impl NomadHost {
             assert!(attribute.value.is_some(), "attribute {key} has no value");
         }
         first
+    }
+
+    /// Reads the fingerprint stream until a message with `health` arrives,
+    /// for at most `limit`; `None` if none did.
+    pub async fn fingerprint_until(
+        &mut self,
+        health: HealthState,
+        limit: Duration,
+    ) -> Option<FingerprintResponse> {
+        let mut stream = self
+            .driver
+            .fingerprint(FingerprintRequest {})
+            .await
+            .expect("Fingerprint")
+            .into_inner();
+        let wanted = async {
+            while let Some(message) = stream.next().await {
+                let message = message.expect("fingerprint message");
+                if message.health() == health {
+                    return Some(message);
+                }
+            }
+            None
+        };
+        tokio::time::timeout(limit, wanted).await.ok().flatten()
+    }
+
+    /// go-plugin's `Client.Kill` first step: `GRPCController/Shutdown`.
+    pub async fn shutdown(&self) {
+        GrpcControllerClient::new(self.channel.clone())
+            .shutdown(Empty {})
+            .await
+            .expect("Shutdown is answered");
     }
 
     /// `StartTask`; returns the handle, checked the way the client relies

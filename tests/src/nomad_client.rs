@@ -27,6 +27,7 @@ pub struct PluginProcess {
     pub handshake: String,
     stderr_lines: Arc<Mutex<Vec<String>>>,
     stderr_reader: Option<JoinHandle<()>>,
+    stdout_drain: JoinHandle<()>,
 }
 
 impl PluginProcess {
@@ -61,7 +62,7 @@ impl PluginProcess {
         let socket = parse_handshake(&handshake);
         // Like go-plugin: keep draining stdout (it should be at EOF now,
         // because the plugin pointed fd 1 at /dev/null).
-        std::thread::spawn(move || {
+        let stdout_drain = std::thread::spawn(move || {
             let _ = std::io::copy(&mut stdout, &mut std::io::sink());
         });
         PluginProcess {
@@ -70,6 +71,7 @@ impl PluginProcess {
             handshake,
             stderr_lines,
             stderr_reader,
+            stdout_drain,
         }
     }
 
@@ -106,6 +108,27 @@ impl PluginProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// Waits up to `limit` until both the plugin's stdout and stderr pipes
+    /// are at EOF, i.e. no process (the plugin or anything that inherited
+    /// them) holds their write ends any more. go-plugin reports a plugin
+    /// exited only then.
+    pub fn pipes_closed_within(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            let stderr_done = self
+                .stderr_reader
+                .as_ref()
+                .is_none_or(|reader| reader.is_finished());
+            if stderr_done && self.stdout_drain.is_finished() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Every stderr line so far (all of them once the process has exited).

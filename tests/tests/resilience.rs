@@ -168,3 +168,60 @@ async fn a_session_deleted_behind_the_drivers_back_ends_its_tasks_and_is_recreat
     host.destroy(&task.id).await;
     assert_nothing_running(&daemon).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_while_the_daemon_hangs_returns_and_the_execution_dies_once_it_resumes() {
+    let (daemon, mut host) = setup().await;
+    let alloc = Alloc::new("orphan");
+    let task = alloc.task_config(&TaskConfig::code(
+        "python",
+        "import os, time\nprint(os.getpid(), flush=True)\ntime.sleep(120)\n",
+    ));
+    host.start(task.clone()).await.expect("StartTask");
+    let pid: i32 = alloc
+        .stdout
+        .wait_for("\n", LIMIT)
+        .trim()
+        .parse()
+        .expect("the program's pid");
+
+    // The daemon stops answering, but its executions live on.
+    daemon.signal(Signal::SIGSTOP);
+    // The driver waits 5 s for a confirmation; twice that is the bound.
+    let destroyed = tokio::time::timeout(Duration::from_secs(10), host.destroy(&task.id)).await;
+    assert!(
+        destroyed.is_ok(),
+        "DestroyTask must return OK within seconds while the daemon hangs"
+    );
+    // The task is forgotten: a repeated DestroyTask is fine too.
+    tokio::time::timeout(LIMIT, host.destroy(&task.id))
+        .await
+        .expect("a repeated DestroyTask returns");
+    assert!(
+        elide_e2e::procs::is_alive(pid),
+        "the program still runs while the daemon is stopped"
+    );
+    daemon.signal(Signal::SIGCONT);
+
+    // Once the daemon answers again, the retried delete kills the program
+    // and removes the execution.
+    assert!(
+        elide_e2e::procs::wait_until(LIMIT, || !elide_e2e::procs::is_alive(pid)),
+        "program {pid} still runs after the daemon resumed; log:\n{}",
+        daemon.log()
+    );
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        let left = daemon.executions().await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "execution not deleted: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    run_hello(&mut host, "after-destroy").await;
+    assert_nothing_running(&daemon).await;
+}

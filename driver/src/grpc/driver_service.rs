@@ -43,6 +43,11 @@ use crate::tasks::{ExitOutcome, ResourceSample, TaskError};
 /// use 30 s; duplicates are cheap for the client).
 pub const FINGERPRINT_INTERVAL: Duration = Duration::from_secs(30);
 
+/// How often daemon health is checked again while it is unhealthy (a
+/// change is sent at once; an unchanged answer only every
+/// [`FINGERPRINT_INTERVAL`]).
+pub const UNHEALTHY_RECHECK_INTERVAL: Duration = Duration::from_secs(2);
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// The Driver service over the shared driver state.
@@ -250,15 +255,40 @@ impl Driver for DriverService {
         let interval = self.fingerprint_interval;
         tokio::spawn(async move {
             let mut config_changes = driver.watch_config();
+            // A supervised daemon starting or dying changes health at once.
+            let mut supervision = driver.watch_supervision();
+            let mut last_sent: Option<(FingerprintResponse, tokio::time::Instant)> = None;
             loop {
                 let response = fingerprint_response(driver.health().await);
-                if sender.send(Ok(response)).await.is_err() {
-                    return;
+                let healthy = response.health() == HealthState::Healthy;
+                // Unchanged answers are re-sent only every `interval`.
+                let due = match &last_sent {
+                    Some((last, at)) => *last != response || at.elapsed() >= interval,
+                    None => true,
+                };
+                if due {
+                    if sender.send(Ok(response.clone())).await.is_err() {
+                        return;
+                    }
+                    last_sent = Some((response, tokio::time::Instant::now()));
                 }
+                // While unhealthy, look again sooner: the daemon may be
+                // starting (systemd, or another plugin process supervising
+                // it), and the node should not wait a whole interval.
+                let next = if healthy {
+                    interval
+                } else {
+                    interval.min(UNHEALTHY_RECHECK_INTERVAL)
+                };
                 tokio::select! {
                     _ = sender.closed() => return,
-                    _ = tokio::time::sleep(interval) => {}
+                    _ = tokio::time::sleep(next) => {}
                     changed = config_changes.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                    changed = supervision.changed() => {
                         if changed.is_err() {
                             return;
                         }
@@ -274,6 +304,7 @@ impl Driver for DriverService {
         request: Request<RecoverTaskRequest>,
     ) -> Result<Response<RecoverTaskResponse>, Status> {
         let config = self.configured()?;
+        self.driver.ensure_supervised(&config);
         // task_id is never set by Nomad: the id is handle.config.id.
         let handle = request
             .into_inner()
@@ -292,6 +323,7 @@ impl Driver for DriverService {
         request: Request<StartTaskRequest>,
     ) -> Result<Response<StartTaskResponse>, Status> {
         let config = self.configured()?;
+        self.driver.ensure_supervised(&config);
         let task = request
             .into_inner()
             .task

@@ -34,6 +34,8 @@ use crate::driver::TaskEvent;
 use crate::plugin_config::{DaemonEndpoint, PluginConfig};
 use crate::task_config::ElideTaskConfig;
 
+use backoff::Backoff;
+
 pub use driver_state::{DriverState, DRIVER_STATE_VERSION};
 pub use exit::ExitOutcome;
 pub use stats::ResourceSample;
@@ -53,6 +55,14 @@ pub const MAX_STOP_GRACE: Duration = Duration::from_secs(300);
 /// Deadline of `DeleteExecution(force)`: the daemon waits up to 10 s for
 /// the program to be gone.
 pub const FORCE_DELETE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long `DestroyTask` waits for the daemon to confirm the execution
+/// is gone before returning anyway (the deletion goes on in the
+/// background).
+pub const DESTROY_WAIT_LIMIT: Duration = Duration::from_secs(5);
+/// First delay between attempts to delete a destroyed task's execution.
+pub const REAP_FIRST_DELAY: Duration = Duration::from_secs(1);
+/// Longest delay between attempts to delete a destroyed task's execution.
+pub const REAP_MAX_DELAY: Duration = Duration::from_secs(30);
 /// Deadline of the one daemon call `RecoverTask` makes: Nomad recovers the
 /// tasks of a node one after another on its start-up path.
 pub const RECOVER_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -630,6 +640,13 @@ impl TaskManager {
     /// `DestroyTask`: kills the task if running (only with `force`),
     /// removes its execution from the daemon and forgets it. Unknown ids
     /// are fine; idempotent.
+    ///
+    /// Nomad ignores DestroyTask errors, so failing while the daemon is
+    /// unreachable would only orphan the execution. Instead the task is
+    /// forgotten at once and a background [`reap`] keeps deleting the
+    /// execution, with back-off, until the daemon confirms it is gone.
+    /// The call waits up to [`DESTROY_WAIT_LIMIT`] for that confirmation,
+    /// so with a healthy daemon nothing runs any more when it returns.
     pub async fn destroy(&self, task_id: &str, force: bool) -> Result<(), TaskError> {
         let Ok(task) = self.task(task_id) else {
             tracing::debug!(task_id, "DestroyTask for an unknown task");
@@ -641,48 +658,27 @@ impl TaskManager {
                 "task {task_id:?} is still running; stop it first or destroy with force"
             )));
         }
-        let link = &task.session.link;
-        let delete = |force: bool| pb::DeleteExecutionRequest {
+        let target = Reap {
+            task_id: task_id.to_owned(),
+            link: task.session.link.clone(),
             session_id: task.state.session_id.clone(),
             execution_id: task.state.execution_id.clone(),
-            force,
+            running,
         };
-        if running {
-            // Kills the program and waits until it is gone.
-            let killed = link
-                .unary_within(FORCE_DELETE_TIMEOUT, delete(true), |mut c, r| async move {
-                    c.delete_execution(r).await
-                })
-                .await;
-            match killed {
-                Err(e) if !e.is_not_found() => {
-                    return Err(daemon_error(
-                        &format!("destroying task {task_id:?}"),
-                        link.target(),
-                        &e,
-                    ))
-                }
-                _ => {}
-            }
-        }
-        // Forgets the (now terminal) execution; after a forced delete the
-        // daemon may still hold the record for a moment.
-        match link
-            .unary(delete(false), |mut c, r| async move {
-                c.delete_execution(r).await
-            })
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => {
-                tracing::warn!(task_id, error = %e, "could not remove the finished execution from the daemon");
-            }
-        }
+        let mut reaping = tokio::spawn(reap(target));
         task.session.hub.unregister(&task.state.execution_id);
         OffsetsFile::at(task.state.offsets_file.clone()).remove();
         self.table().remove(task_id);
-        tracing::info!(task_id, "task destroyed");
+        match tokio::time::timeout(DESTROY_WAIT_LIMIT, &mut reaping).await {
+            Ok(_) => tracing::info!(task_id, "task destroyed"),
+            Err(_) => tracing::warn!(
+                task_id,
+                execution_id = %task.state.execution_id,
+                daemon = %task.session.link.target(),
+                waited = ?DESTROY_WAIT_LIMIT,
+                "task forgotten, but the daemon has not confirmed its execution is gone; still deleting it in the background"
+            ),
+        }
         Ok(())
     }
 
@@ -781,6 +777,84 @@ impl TaskManager {
         self.table()
             .get(task_id)
             .map(|t| (t.alloc_id.clone(), t.name.clone()))
+    }
+}
+
+/// An execution to delete from the daemon after `DestroyTask`.
+struct Reap {
+    task_id: String,
+    link: DaemonLink,
+    session_id: String,
+    execution_id: String,
+    /// Whether it was still running when destroyed (then it is killed).
+    running: bool,
+}
+
+/// Deletes a destroyed task's execution, retrying with back-off (from
+/// [`REAP_FIRST_DELAY`] doubling to [`REAP_MAX_DELAY`]) for as long as the
+/// daemon cannot be reached, and returns once it confirms the execution is
+/// gone (`NOT_FOUND` counts). Only an error a retry cannot fix ends it
+/// early, with a warning.
+async fn reap(target: Reap) {
+    let Reap {
+        task_id,
+        link,
+        session_id,
+        execution_id,
+        running,
+    } = target;
+    let delete = |force: bool| pb::DeleteExecutionRequest {
+        session_id: session_id.clone(),
+        execution_id: execution_id.clone(),
+        force,
+    };
+    let mut backoff = Backoff::between(REAP_FIRST_DELAY, REAP_MAX_DELAY);
+    // A running execution is killed first; the daemon answers once the
+    // program is gone. Forcing is harmless if it has ended meanwhile.
+    let mut killed = !running;
+    let mut attempts: u64 = 0;
+    loop {
+        attempts += 1;
+        let result = if killed {
+            // Forgets the (now terminal) execution; right after a forced
+            // delete the daemon may still hold the record for a moment.
+            link.unary(delete(false), |mut c, r| async move {
+                c.delete_execution(r).await
+            })
+            .await
+        } else {
+            link.unary_within(FORCE_DELETE_TIMEOUT, delete(true), |mut c, r| async move {
+                c.delete_execution(r).await
+            })
+            .await
+        };
+        match result {
+            Ok(_) if !killed => killed = true,
+            Ok(_) => break,
+            Err(e) if e.is_not_found() => break,
+            Err(e) if e.is_transport() || e.code() == tonic::Code::FailedPrecondition => {
+                if e.code() == tonic::Code::FailedPrecondition {
+                    // Still running after all (the driver had given up on
+                    // following it): kill it on the next attempt.
+                    killed = false;
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!(task_id, execution_id, attempts, error = %e, retry_in = ?delay, "could not delete the destroyed task's execution; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => {
+                tracing::warn!(task_id, execution_id, error = %e, "the daemon refused to delete the destroyed task's execution; giving up");
+                return;
+            }
+        }
+    }
+    if attempts > 1 {
+        tracing::info!(
+            task_id,
+            execution_id,
+            attempts,
+            "the destroyed task's execution is gone from the daemon"
+        );
     }
 }
 
