@@ -68,6 +68,28 @@ fn optional_duration(
 
 type EventStream<T> = ReceiverStream<Result<T, Status>>;
 
+/// Waits until the watched session has a new event. False when the stream
+/// should end: the client went away, or the session was deleted (then the
+/// client is told so).
+async fn next_session_change<T>(
+    guard: &mut crate::registry::WatchGuard,
+    tx: &mpsc::Sender<Result<T, Status>>,
+    session_id: &str,
+) -> bool {
+    tokio::select! {
+        biased;
+        changed = guard.changed.changed() => {
+            if changed.is_err() {
+                let gone = Status::not_found(format!("session {session_id:?} was deleted"));
+                let _ = tx.send(Err(gone)).await;
+                return false;
+            }
+            true
+        }
+        _ = tx.closed() => false,
+    }
+}
+
 #[tonic::async_trait]
 impl ElideDaemon for DaemonService {
     async fn health(
@@ -327,14 +349,8 @@ impl ElideDaemon for DaemonService {
                         return;
                     }
                 }
-                tokio::select! {
-                    biased;
-                    changed = guard.changed.changed() => if changed.is_err() {
-                        // The session is gone: the next read reports it.
-                        let _ = tx.send(Err(Status::not_found(format!("session {sid:?} was deleted")))).await;
-                        return;
-                    },
-                    _ = tx.closed() => return,
+                if !next_session_change(&mut guard, &tx, &sid).await {
+                    return;
                 }
             }
         });
@@ -398,13 +414,8 @@ impl ElideDaemon for DaemonService {
                         return;
                     }
                 }
-                tokio::select! {
-                    biased;
-                    changed = guard.changed.changed() => if changed.is_err() {
-                        let _ = tx.send(Err(Status::not_found(format!("session {sid:?} was deleted")))).await;
-                        return;
-                    },
-                    _ = tx.closed() => return,
+                if !next_session_change(&mut guard, &tx, &sid).await {
+                    return;
                 }
             }
         });
