@@ -13,6 +13,16 @@ use tokio_stream::StreamExt;
 const PYTHON: &str = "print('x')";
 const JAVASCRIPT: &str = "console.log('x')";
 
+/// The interpreter's own executable path, as the daemon resolves it.
+fn real_executable(program: &str) -> String {
+    let ask = match program {
+        "python3" => ["-c", "import sys; print(sys.executable)"],
+        _ => ["-p", "process.execPath"],
+    };
+    let out = std::process::Command::new(program).args(ask).output().expect("interpreter");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -74,24 +84,30 @@ fn bench(c: &mut Criterion) {
                 }
             })
         });
+        // The same real executable the daemon runs (not a PATH wrapper such
+        // as a pyenv shim), timed to the first byte like the daemon case.
+        let real = real_executable(program);
         group.bench_function(format!("direct_spawn_{language}"), |b| {
-            b.to_async(&rt).iter(|| async move {
-                let mut child = tokio::process::Command::new(program)
-                    .arg(flag)
-                    .arg(code)
-                    .stdout(Stdio::piped())
-                    .stdin(Stdio::null())
-                    .spawn()
-                    .unwrap();
-                let mut first = [0u8; 1];
-                child
-                    .stdout
-                    .take()
-                    .unwrap()
-                    .read_exact(&mut first)
-                    .await
-                    .unwrap();
-                child.wait().await.unwrap();
+            b.to_async(&rt).iter_custom(|iters| {
+                let real = real.clone();
+                async move {
+                    let mut total = std::time::Duration::ZERO;
+                    for _ in 0..iters {
+                        let started = std::time::Instant::now();
+                        let mut child = tokio::process::Command::new(&real)
+                            .arg(flag)
+                            .arg(code)
+                            .stdout(Stdio::piped())
+                            .stdin(Stdio::null())
+                            .spawn()
+                            .unwrap();
+                        let mut first = [0u8; 1];
+                        child.stdout.take().unwrap().read_exact(&mut first).await.unwrap();
+                        total += started.elapsed();
+                        child.wait().await.unwrap();
+                    }
+                    total
+                }
             })
         });
     }
