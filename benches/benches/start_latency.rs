@@ -19,7 +19,10 @@ fn real_executable(program: &str) -> String {
         "python3" => ["-c", "import sys; print(sys.executable)"],
         _ => ["-p", "process.execPath"],
     };
-    let out = std::process::Command::new(program).args(ask).output().expect("interpreter");
+    let out = std::process::Command::new(program)
+        .args(ask)
+        .output()
+        .expect("interpreter");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -102,7 +105,13 @@ fn bench(c: &mut Criterion) {
                             .spawn()
                             .unwrap();
                         let mut first = [0u8; 1];
-                        child.stdout.take().unwrap().read_exact(&mut first).await.unwrap();
+                        child
+                            .stdout
+                            .take()
+                            .unwrap()
+                            .read_exact(&mut first)
+                            .await
+                            .unwrap();
                         total += started.elapsed();
                         child.wait().await.unwrap();
                     }
