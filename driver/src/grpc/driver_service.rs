@@ -523,11 +523,11 @@ impl Driver for DriverService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::ConnectProbe;
+    use crate::probe::ApiProbe;
     use elide_proto::hashicorp::nomad::plugins::drivers::proto::TaskConfig;
 
     fn service() -> DriverService {
-        let driver = Arc::new(ElideDriver::new(Arc::new(ConnectProbe::default())));
+        let driver = Arc::new(ElideDriver::new(Arc::new(ApiProbe::default())));
         DriverService::new(driver, FINGERPRINT_INTERVAL)
     }
 
