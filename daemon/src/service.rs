@@ -68,6 +68,26 @@ fn optional_duration(
 
 type EventStream<T> = ReceiverStream<Result<T, Status>>;
 
+/// The session's events after `cursor`, marking what the watcher has seen
+/// first (so later events wake it). `None` ends the stream: the session is
+/// gone (the client is told so) or the client left.
+async fn next_batch<T>(
+    registry: &SessionRegistry,
+    guard: &mut crate::registry::WatchGuard,
+    tx: &mpsc::Sender<Result<T, Status>>,
+    session_id: &str,
+    cursor: u64,
+) -> Option<crate::events::EventBatch> {
+    guard.changed.borrow_and_update();
+    match registry.events_after(session_id, cursor) {
+        Ok(batch) => Some(batch),
+        Err(e) => {
+            let _ = tx.send(Err(e.into())).await;
+            None
+        }
+    }
+}
+
 /// Waits until the watched session has a new event. False when the stream
 /// should end: the client went away, or the session was deleted (then the
 /// client is told so).
@@ -312,13 +332,8 @@ impl ElideDaemon for DaemonService {
                 return;
             }
             loop {
-                guard.changed.borrow_and_update();
-                let batch = match registry.events_after(&sid, cursor) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
+                let Some(batch) = next_batch(&registry, &mut guard, &tx, &sid, cursor).await else {
+                    return;
                 };
                 if let Some((first_missing_seq, first_available_seq)) = batch.gap {
                     let gap = pb::EventGap {
@@ -377,13 +392,8 @@ impl ElideDaemon for DaemonService {
                 return;
             }
             while !done {
-                guard.changed.borrow_and_update();
-                let batch = match registry.events_after(&sid, cursor) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
+                let Some(batch) = next_batch(&registry, &mut guard, &tx, &sid, cursor).await else {
+                    return;
                 };
                 let mut mine = Vec::new();
                 if batch.gap.is_some() {

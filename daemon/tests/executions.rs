@@ -191,7 +191,7 @@ async fn with_backpressure_a_program_waits_for_its_reader_instead_of_losing_outp
     let out = read_output(&mut c, "s", "bp", (0, 0), true).await;
     assert!(out.dropped.is_empty(), "{:?}", out.dropped);
     let want: Vec<u8> = (0..256u32)
-        .flat_map(|i| std::iter::repeat(i as u8).take(8192))
+        .flat_map(|i| std::iter::repeat_n(i as u8, 8192))
         .collect();
     assert!(out.stdout == want, "got {} bytes", out.stdout.len());
     assert_eq!(out.stderr, b"done\n");
