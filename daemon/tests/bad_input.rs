@@ -168,16 +168,7 @@ async fn each_bad_request_gets_its_own_code_and_the_daemon_keeps_serving() {
     assert_status(err, Code::FailedPrecondition, &["still", "force"]);
 
     // Still serving, and the running execution was not harmed by any of it.
-    let status = c
-        .get_execution_status(pb::GetExecutionStatusRequest {
-            session_id: "py-only".into(),
-            execution_id: "run".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let status = status_of(&mut c, "py-only", "run").await;
     assert_eq!(status.state(), pb::ExecutionState::Running);
     execute(
         &mut c,

@@ -167,16 +167,7 @@ async fn with_backpressure_a_program_waits_for_its_reader_instead_of_losing_outp
     execute(&mut c, req).await;
     // Nobody reads yet: the program is held back near half the retention.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let held = c
-        .get_execution_status(pb::GetExecutionStatusRequest {
-            session_id: "s".into(),
-            execution_id: "bp".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let held = status_of(&mut c, "s", "bp").await;
     assert_eq!(
         held.state(),
         S::Running,
@@ -480,16 +471,7 @@ async fn sessions_cannot_see_or_touch_each_others_executions() {
         wait_terminal(&mut c, "b", "secret").await.state(),
         S::Exited
     );
-    let a = c
-        .get_execution_status(pb::GetExecutionStatusRequest {
-            session_id: "a".into(),
-            execution_id: "secret".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let a = status_of(&mut c, "a", "secret").await;
     assert_eq!(a.state(), S::Running);
 }
 

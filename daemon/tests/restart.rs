@@ -83,31 +83,13 @@ async fn after_a_crash_finished_results_survive_and_lost_ones_are_reported() {
         "the execution outlived its daemon"
     );
 
-    let done = c
-        .get_execution_status(pb::GetExecutionStatusRequest {
-            session_id: "s".into(),
-            execution_id: "done".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let done = status_of(&mut c, "s", "done").await;
     assert_eq!((done.state(), done.exit_code), (S::Exited, Some(5)));
     let out = read_output(&mut c, "s", "done", (0, 0), false).await;
     assert_eq!(out.stdout, b"finished output\n");
     assert!(out.end.is_some());
 
-    let lost = c
-        .get_execution_status(pb::GetExecutionStatusRequest {
-            session_id: "s".into(),
-            execution_id: "longrun".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let lost = status_of(&mut c, "s", "longrun").await;
     assert_eq!(lost.state(), S::Failed);
     assert_eq!(lost.failure(), pb::FailureReason::DaemonRestarted);
     assert!(lost.message.contains("restarted"), "{}", lost.message);

@@ -149,6 +149,20 @@ pub async fn execute(client: &mut Client, req: pb::ExecuteSnippetRequest) -> pb:
         .unwrap()
 }
 
+/// The current status of an execution that must exist.
+pub async fn status_of(client: &mut Client, session: &str, id: &str) -> pb::ExecutionStatus {
+    client
+        .get_execution_status(pb::GetExecutionStatusRequest {
+            session_id: session.into(),
+            execution_id: id.into(),
+        })
+        .await
+        .expect("get execution status")
+        .into_inner()
+        .status
+        .expect("status in the reply")
+}
+
 /// Waits (through WatchExecution) for the terminal status.
 pub async fn wait_terminal(client: &mut Client, session: &str, id: &str) -> pb::ExecutionStatus {
     let mut stream = client
