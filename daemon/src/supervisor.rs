@@ -74,6 +74,7 @@ pub async fn supervise(
     };
 
     // 2. Start.
+    let limit_mb = spec.memory_limit_bytes.unwrap_or(0) / (1024 * 1024);
     let mut program = match registry.runtime().spawn(spec) {
         Ok(p) => p,
         Err(e) => {
@@ -108,9 +109,8 @@ pub async fn supervise(
                 Some(ProgramEvent::Exited(info)) => break Some(info),
                 Some(ProgramEvent::MemoryExceeded { rss_bytes }) => {
                     if cause.is_none() {
-                        let limit = registry_status_limit(&registry, &session_id, &execution_id);
                         cause = Some(Cause::Memory(format!(
-                            "memory limit exceeded: {} MiB resident, limit {limit} MiB",
+                            "memory limit exceeded: {} MiB resident, limit {limit_mb} MiB",
                             rss_bytes / (1024 * 1024)
                         )));
                     }
@@ -152,13 +152,6 @@ pub async fn supervise(
     registry.finish(&session_id, &execution_id, ending);
     // Normally closed by `finish`; here too in case the session was deleted.
     output.close();
-}
-
-fn registry_status_limit(registry: &SessionRegistry, session_id: &str, execution_id: &str) -> u64 {
-    registry
-        .status(session_id, execution_id)
-        .map(|s| s.memory_limit_mb)
-        .unwrap_or(0)
 }
 
 fn send(control: &dyn crate::runtime::ProgramControl, sig: Signal) {
