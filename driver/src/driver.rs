@@ -10,6 +10,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::cty::ConfigError;
 use crate::daemon_link::DialerFactory;
+use crate::host::Host;
 use crate::plugin_config::{DaemonEndpoint, PluginConfig};
 use crate::probe::{DaemonHealth, DaemonProbe};
 use crate::supervision::{LaunchPlan, Launcher, ProcessLauncher, Supervisor, SupervisorState};
@@ -59,12 +60,18 @@ impl ElideDriver {
     /// Like [`ElideDriver::new`], reaching daemons through `dialers` (tests
     /// and simulations supply in-memory transports).
     pub fn with_dialers(probe: Arc<dyn DaemonProbe>, dialers: DialerFactory) -> Self {
+        ElideDriver::on_host(probe, dialers, Host::real())
+    }
+
+    /// Like [`ElideDriver::with_dialers`], on `host` (a simulation supplies
+    /// its clock, log sinks, files and identity).
+    pub fn on_host(probe: Arc<dyn DaemonProbe>, dialers: DialerFactory, host: Host) -> Self {
         let (config, _) = watch::channel(None);
         let (events, _) = broadcast::channel(256);
         ElideDriver {
             config,
             probe,
-            tasks: TaskManager::new(events.clone(), dialers),
+            tasks: TaskManager::new(events.clone(), dialers, host),
             events,
             launcher: Arc::new(ProcessLauncher),
             supervisor: Mutex::new(None),

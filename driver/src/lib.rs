@@ -23,6 +23,7 @@ pub mod driver;
 pub mod duration;
 pub mod grpc;
 pub mod hclspec;
+pub mod host;
 pub mod launch;
 pub mod logging;
 pub mod plugin_config;

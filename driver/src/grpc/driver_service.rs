@@ -281,6 +281,7 @@ impl Driver for DriverService {
                     interval.min(UNHEALTHY_RECHECK_INTERVAL)
                 };
                 tokio::select! {
+                    biased;
                     _ = sender.closed() => return,
                     _ = tokio::time::sleep(next) => {}
                     changed = config_changes.changed() => {

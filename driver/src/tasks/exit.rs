@@ -44,8 +44,8 @@ pub fn signal_number(name: &str) -> i32 {
     Signal::from_str(name).map(|s| s as i32).unwrap_or(0)
 }
 
-/// The outcome of a terminal execution status.
-pub fn outcome_of(status: &pb::ExecutionStatus) -> ExitOutcome {
+/// The outcome of a terminal execution status, seen at `now`.
+pub fn outcome_of(status: &pb::ExecutionStatus, now: SystemTime) -> ExitOutcome {
     use pb::ExecutionState as S;
     let exit_code = status.exit_code.unwrap_or(0);
     let signal = signal_number(&status.signal);
@@ -55,7 +55,7 @@ pub fn outcome_of(status: &pb::ExecutionStatus) -> ExitOutcome {
     let mut outcome = ExitOutcome {
         exit_code,
         signal,
-        completed_at: Some(SystemTime::now()),
+        completed_at: Some(now),
         ..ExitOutcome::default()
     };
     outcome.err = match status.state() {
@@ -81,11 +81,11 @@ pub fn outcome_of(status: &pb::ExecutionStatus) -> ExitOutcome {
     outcome
 }
 
-/// The outcome of an execution the daemon no longer knows.
-pub fn lost(why: &str) -> ExitOutcome {
+/// The outcome of an execution the daemon no longer knows, seen at `now`.
+pub fn lost(why: &str, now: SystemTime) -> ExitOutcome {
     ExitOutcome {
         err: format!("execution lost: {why}"),
-        completed_at: Some(SystemTime::now()),
+        completed_at: Some(now),
         ..ExitOutcome::default()
     }
 }
@@ -114,17 +114,29 @@ mod tests {
 
     #[test]
     fn exited_reports_code_or_signal_number() {
-        let o = outcome_of(&status(pb::ExecutionState::Exited, Some(3), ""));
+        let o = outcome_of(
+            &status(pb::ExecutionState::Exited, Some(3), ""),
+            SystemTime::UNIX_EPOCH,
+        );
         assert_eq!((o.exit_code, o.signal, o.err.as_str()), (3, 0, ""));
-        let o = outcome_of(&status(pb::ExecutionState::Exited, None, "SIGKILL"));
+        let o = outcome_of(
+            &status(pb::ExecutionState::Exited, None, "SIGKILL"),
+            SystemTime::UNIX_EPOCH,
+        );
         assert_eq!((o.exit_code, o.signal, o.err.as_str()), (0, 9, ""));
     }
 
     #[test]
     fn cancelled_reports_how_the_program_ended() {
-        let o = outcome_of(&status(pb::ExecutionState::Cancelled, None, "SIGINT"));
+        let o = outcome_of(
+            &status(pb::ExecutionState::Cancelled, None, "SIGINT"),
+            SystemTime::UNIX_EPOCH,
+        );
         assert_eq!((o.signal, o.err.as_str()), (2, ""));
-        let o = outcome_of(&status(pb::ExecutionState::Cancelled, Some(0), ""));
+        let o = outcome_of(
+            &status(pb::ExecutionState::Cancelled, Some(0), ""),
+            SystemTime::UNIX_EPOCH,
+        );
         assert_eq!(
             o,
             ExitOutcome {
@@ -132,7 +144,10 @@ mod tests {
                 ..Default::default()
             }
         );
-        let o = outcome_of(&status(pb::ExecutionState::Cancelled, None, ""));
+        let o = outcome_of(
+            &status(pb::ExecutionState::Cancelled, None, ""),
+            SystemTime::UNIX_EPOCH,
+        );
         assert!(!o.err.is_empty());
     }
 
@@ -140,12 +155,12 @@ mod tests {
     fn timeout_and_failures_set_err() {
         let mut s = status(pb::ExecutionState::TimedOut, Some(0), "");
         s.message = "timed out after 2s".into();
-        let o = outcome_of(&s);
+        let o = outcome_of(&s, SystemTime::UNIX_EPOCH);
         assert_eq!((o.exit_code, o.err.as_str()), (0, "timed out after 2s"));
         let mut s = status(pb::ExecutionState::Failed, None, "SIGKILL");
         s.set_failure(pb::FailureReason::MemoryLimitExceeded);
         s.message = "memory limit exceeded".into();
-        let o = outcome_of(&s);
+        let o = outcome_of(&s, SystemTime::UNIX_EPOCH);
         assert!(o.oom_killed && o.signal == 9);
         assert!(o.err.contains("memory limit exceeded"), "{}", o.err);
     }

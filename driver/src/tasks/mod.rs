@@ -20,7 +20,9 @@ pub mod status_feed;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use elide_proto::elide::daemon::v1 as pb;
 use elide_proto::hashicorp::nomad::plugins::drivers::proto::{TaskConfig, TaskHandle};
@@ -31,6 +33,7 @@ use tokio::task::JoinHandle;
 use crate::daemon_link::identity;
 use crate::daemon_link::{CallError, DaemonLink, DialerFactory};
 use crate::driver::TaskEvent;
+use crate::host::Host;
 use crate::plugin_config::{DaemonEndpoint, PluginConfig};
 use crate::task_config::ElideTaskConfig;
 
@@ -185,7 +188,7 @@ pub struct Started {
 /// The task table and everything that talks to the daemon for it.
 pub struct TaskManager {
     dialers: DialerFactory,
-    host_identity: String,
+    host: Host,
     contexts: tokio::sync::Mutex<BTreeMap<(String, String), Arc<SessionContext>>>,
     tasks: Mutex<BTreeMap<String, Arc<Task>>>,
     events: broadcast::Sender<TaskEvent>,
@@ -193,11 +196,11 @@ pub struct TaskManager {
 
 impl TaskManager {
     /// An empty table publishing task events on `events`, reaching daemons
-    /// through `dialers`.
-    pub fn new(events: broadcast::Sender<TaskEvent>, dialers: DialerFactory) -> Self {
+    /// through `dialers`, on `host`.
+    pub fn new(events: broadcast::Sender<TaskEvent>, dialers: DialerFactory, host: Host) -> Self {
         TaskManager {
             dialers,
-            host_identity: identity::host_identity(),
+            host,
             contexts: tokio::sync::Mutex::default(),
             tasks: Mutex::default(),
             events,
@@ -218,7 +221,7 @@ impl TaskManager {
     /// The session this client's driver uses under `config`.
     pub fn session_id_for(&self, config: &PluginConfig) -> String {
         identity::session_id(
-            &self.host_identity,
+            &self.host.identity,
             &identity::daemon_session_config(&config.session),
         )
     }
@@ -274,12 +277,7 @@ impl TaskManager {
         config: &PluginConfig,
         session_id: &str,
     ) -> Result<(), TaskError> {
-        let hostname = self
-            .host_identity
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+        let hostname = self.host.hostname().to_owned();
         let request = pb::CreateSessionRequest {
             session_id: session_id.to_owned(),
             config: Some(identity::daemon_session_config(&config.session)),
@@ -357,11 +355,12 @@ impl TaskManager {
             daemon_instance_id,
             stdout_path: task.stdout_path.clone(),
             stderr_path: task.stderr_path.clone(),
-            offsets_file: OffsetsFile::for_task(&task_dir, &execution_id)
-                .path()
-                .to_owned(),
+            offsets_file: OffsetsFile::path_for(&task_dir, &execution_id),
             task_dir,
-            started_at_unix: SystemTime::now()
+            started_at_unix: self
+                .host
+                .clock
+                .now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(0),
@@ -387,6 +386,7 @@ impl TaskManager {
         mut observed: watch::Receiver<Observed>,
     ) -> Result<(), TaskError> {
         let events = self.events.clone();
+        let clock = self.host.clock.clone();
         let (task_id, alloc_id, task_name) =
             (task.id.clone(), task.alloc_id.clone(), task.name.clone());
         let forwarder = OutputForwarder {
@@ -395,7 +395,8 @@ impl TaskManager {
             execution_id: state.execution_id.clone(),
             stdout_path: state.stdout_path.clone(),
             stderr_path: state.stderr_path.clone(),
-            offsets_file: OffsetsFile::at(state.offsets_file.clone()),
+            offsets_file: OffsetsFile::at(state.offsets_file.clone(), self.host.files.clone()),
+            logs: self.host.logs.clone(),
             on_dropped: Box::new(move |stream, from, to| {
                 let stream = stream.as_str_name().to_ascii_lowercase();
                 tracing::warn!(
@@ -409,7 +410,7 @@ impl TaskManager {
                     task_id: task_id.clone(),
                     alloc_id: alloc_id.clone(),
                     task_name: task_name.clone(),
-                    timestamp: SystemTime::now(),
+                    timestamp: clock.now(),
                     message: format!(
                         "{} bytes of {stream} were lost (the daemon had already discarded them)",
                         to - from
@@ -425,15 +426,16 @@ impl TaskManager {
         };
         let (exit_tx, exit_rx) = watch::channel(None);
         let task_id = task.id.clone();
+        let clock = self.host.clock.clone();
         let supervisor = tokio::spawn(async move {
             let mut forwarding = AbortOnDrop(tokio::spawn(forwarder.run()));
             let outcome = match observed.wait_for(Observed::is_final).await {
                 Ok(final_state) => match &*final_state {
-                    Observed::Status(status) => exit::outcome_of(status),
-                    Observed::Lost(why) => exit::lost(why),
-                    Observed::Pending => exit::lost("no status"),
+                    Observed::Status(status) => exit::outcome_of(status, clock.now()),
+                    Observed::Lost(why) => exit::lost(why, clock.now()),
+                    Observed::Pending => exit::lost("no status", clock.now()),
                 },
-                Err(_) => exit::lost("the driver stopped following it"),
+                Err(_) => exit::lost("the driver stopped following it", clock.now()),
             };
             if tokio::time::timeout(OUTPUT_FLUSH_LIMIT, &mut forwarding.0)
                 .await
@@ -451,7 +453,7 @@ impl TaskManager {
             alloc_id: task.alloc_id.clone(),
             state,
             session: context,
-            started_at: SystemTime::now(),
+            started_at: self.host.clock.now(),
             started_instant: Instant::now(),
             exit: exit_rx,
             _supervisor: AbortOnDrop(supervisor),
@@ -553,7 +555,7 @@ impl TaskManager {
         let outcome = match exit.wait_for(Option::is_some).await {
             Ok(outcome) => outcome.clone().unwrap_or_default(),
             // The task was destroyed while we waited.
-            Err(_) => exit::lost("the task was destroyed"),
+            Err(_) => exit::lost("the task was destroyed", self.host.clock.now()),
         };
         Ok(outcome)
     }
@@ -667,7 +669,7 @@ impl TaskManager {
         };
         let mut reaping = tokio::spawn(reap(target));
         task.session.hub.unregister(&task.state.execution_id);
-        OffsetsFile::at(task.state.offsets_file.clone()).remove();
+        OffsetsFile::at(task.state.offsets_file.clone(), self.host.files.clone()).remove();
         self.table().remove(task_id);
         match tokio::time::timeout(DESTROY_WAIT_LIMIT, &mut reaping).await {
             Ok(_) => tracing::info!(task_id, "task destroyed"),
@@ -729,38 +731,44 @@ impl TaskManager {
         let task = self.task(task_id)?;
         let interval = interval.max(Duration::from_millis(100));
         let state = (task, stats::CpuRate::since(Instant::now()), true);
-        let stream = futures::stream::unfold(state, move |(task, mut rate, first)| async move {
-            if !first {
-                let mut exit = task.exit.clone();
-                tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
-                    _ = exit.wait_for(Option::is_some) => return None,
+        let clock = self.host.clock.clone();
+        let stream = futures::stream::unfold(state, move |(task, mut rate, first)| {
+            let clock = clock.clone();
+            async move {
+                if !first {
+                    let mut exit = task.exit.clone();
+                    tokio::select! {
+                        biased;
+                        _ = tokio::time::sleep(interval) => {}
+                        _ = exit.wait_for(Option::is_some) => return None,
+                    }
+                } else {
+                    rate = stats::CpuRate::since(task.started_instant);
                 }
-            } else {
-                rate = stats::CpuRate::since(task.started_instant);
-            }
-            if task.outcome().is_some() {
-                return None;
-            }
-            let request = pb::GetExecutionMetricsRequest {
-                session_id: task.state.session_id.clone(),
-                execution_id: task.state.execution_id.clone(),
-            };
-            let metrics = task
-                .session
-                .link
-                .unary(request, |mut c, r| async move {
-                    c.get_execution_metrics(r).await
-                })
-                .await;
-            match metrics {
-                Ok(response) => {
-                    let sample = rate.sample(&response.metrics.unwrap_or_default());
-                    Some((sample, (task, rate, false)))
+                if task.outcome().is_some() {
+                    return None;
                 }
-                Err(e) => {
-                    tracing::debug!(task_id = %task.id, error = %e, "metrics unavailable; ending the stats stream");
-                    None
+                let request = pb::GetExecutionMetricsRequest {
+                    session_id: task.state.session_id.clone(),
+                    execution_id: task.state.execution_id.clone(),
+                };
+                let metrics = task
+                    .session
+                    .link
+                    .unary(request, |mut c, r| async move {
+                        c.get_execution_metrics(r).await
+                    })
+                    .await;
+                match metrics {
+                    Ok(response) => {
+                        let sample =
+                            rate.sample(&response.metrics.unwrap_or_default(), clock.now());
+                        Some((sample, (task, rate, false)))
+                    }
+                    Err(e) => {
+                        tracing::debug!(task_id = %task.id, error = %e, "metrics unavailable; ending the stats stream");
+                        None
+                    }
                 }
             }
         });

@@ -9,9 +9,9 @@
 //! byte written. The only window for a duplicate is a crash between a FIFO
 //! write and the rename that records it: at most one chunk.
 //!
-//! FIFOs are opened `O_RDWR | O_NONBLOCK` (Linux): that never blocks, never
-//! fails because logmon is not reading yet, and never gets `EPIPE`
-//! (protocol notes §6.6). Both are opened as soon as the forwarder starts
+//! The FIFOs are reached through [`LogSinks`] (real ones are opened so that
+//! nothing ever blocks: see [`crate::host::FifoSinks`]) and the offsets
+//! through [`StateFiles`]. Both are opened as soon as the forwarder starts
 //! (after `StartTask` and after every recovery), not at the first byte: a
 //! stream the program never writes must still see its writer come and go,
 //! or logmon's reader would wait for a writer until the allocation stops.
@@ -21,21 +21,16 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
 
 use elide_proto::elide::daemon::v1 as pb;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
-use tokio::net::unix::pipe;
 
 use super::backoff::Backoff;
 use crate::daemon_link::DaemonLink;
-
-/// How long a FIFO that cannot be opened (not created yet, e.g. right after
-/// recovery, before Nomad's prestart re-creates logmon) is retried before
-/// that stream's output is discarded.
-pub const FIFO_OPEN_LIMIT: Duration = Duration::from_secs(120);
+use crate::host::{LogSinks, LogWriter, StateFiles};
 
 /// Directory, inside the task directory, holding the offsets files
 /// (Nomad's per-task `private/` directory: not the program's concern).
@@ -62,24 +57,31 @@ impl Offsets {
 
 /// The small file recording [`Offsets`]: `<task_dir>/private/elide-output-<execution_id>.json`,
 /// replaced atomically (write to a temporary file, then rename).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OffsetsFile {
     path: PathBuf,
+    files: Arc<dyn StateFiles>,
+}
+
+impl std::fmt::Debug for OffsetsFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OffsetsFile")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl OffsetsFile {
-    /// The offsets file of an execution in `task_dir`.
-    pub fn for_task(task_dir: &Path, execution_id: &str) -> Self {
-        OffsetsFile {
-            path: task_dir
-                .join(OFFSETS_DIR)
-                .join(format!("elide-output-{execution_id}.json")),
-        }
+    /// Where the offsets of an execution in `task_dir` are recorded.
+    pub fn path_for(task_dir: &Path, execution_id: &str) -> PathBuf {
+        task_dir
+            .join(OFFSETS_DIR)
+            .join(format!("elide-output-{execution_id}.json"))
     }
 
-    /// At an explicit path (as recorded in `driver_state`).
-    pub fn at(path: PathBuf) -> Self {
-        OffsetsFile { path }
+    /// At `path` (as recorded in `driver_state`), in `files`.
+    pub fn at(path: PathBuf, files: Arc<dyn StateFiles>) -> Self {
+        OffsetsFile { path, files }
     }
 
     /// Where it lives.
@@ -89,40 +91,41 @@ impl OffsetsFile {
 
     /// The recorded offsets; zero when there is no (readable) file.
     pub fn load(&self) -> Offsets {
-        std::fs::read(&self.path)
-            .ok()
+        self.files
+            .read(&self.path)
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default()
     }
 
     /// Records `offsets` atomically.
     pub fn store(&self, offsets: Offsets) -> io::Result<()> {
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let temporary = self.path.with_extension("json.tmp");
-        std::fs::write(&temporary, serde_json::to_vec(&offsets).unwrap_or_default())?;
-        std::fs::rename(&temporary, &self.path)
+        let bytes = serde_json::to_vec(&offsets).unwrap_or_default();
+        self.files.replace(&self.path, &bytes)
     }
 
     /// Removes the file (the task is destroyed).
     pub fn remove(&self) {
-        let _ = std::fs::remove_file(&self.path);
+        self.files.remove(&self.path);
     }
 }
 
-/// One FIFO write end, opened lazily.
+/// One log stream's write end, opened once.
 struct FifoSink {
     /// `None` when output of this stream is discarded (`/dev/null`, empty
     /// path, or the FIFO could not be opened).
     path: Option<PathBuf>,
-    sender: Option<pipe::Sender>,
+    logs: Arc<dyn LogSinks>,
+    sender: Option<LogWriter>,
 }
 
 impl FifoSink {
-    fn new(path: &str) -> Self {
+    fn new(path: &str, logs: Arc<dyn LogSinks>) -> Self {
         let path = (!path.is_empty() && path != "/dev/null").then(|| PathBuf::from(path));
-        FifoSink { path, sender: None }
+        FifoSink {
+            path,
+            logs,
+            sender: None,
+        }
     }
 
     /// Opens the write end unless it is open, discarded, or `/dev/null`.
@@ -133,7 +136,7 @@ impl FifoSink {
         if self.sender.is_some() {
             return;
         }
-        match open_fifo(&path).await {
+        match self.logs.open(&path).await {
             Ok(sender) => self.sender = Some(sender),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot open the log FIFO; discarding this stream's output");
@@ -161,23 +164,6 @@ impl FifoSink {
     }
 }
 
-/// Opens a FIFO for writing without ever blocking, retrying while it does
-/// not exist yet (up to [`FIFO_OPEN_LIMIT`]).
-async fn open_fifo(path: &Path) -> io::Result<pipe::Sender> {
-    let deadline = tokio::time::Instant::now() + FIFO_OPEN_LIMIT;
-    let mut backoff = Backoff::default();
-    loop {
-        match pipe::OpenOptions::new().read_write(true).open_sender(path) {
-            Ok(sender) => return Ok(sender),
-            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-            Err(e) => {
-                tracing::debug!(path = %path.display(), error = %e, "log FIFO not openable yet; retrying");
-                backoff.wait().await;
-            }
-        }
-    }
-}
-
 /// Reports output the daemon no longer had (it is skipped).
 pub type DroppedReporter = Box<dyn Fn(pb::OutputStream, u64, u64) + Send + Sync>;
 
@@ -195,6 +181,8 @@ pub struct OutputForwarder {
     pub stderr_path: String,
     /// Where written offsets are recorded.
     pub offsets_file: OffsetsFile,
+    /// Opens the FIFOs.
+    pub logs: Arc<dyn LogSinks>,
     /// Called for every `dropped` marker.
     pub on_dropped: DroppedReporter,
 }
@@ -214,8 +202,8 @@ impl OutputForwarder {
     /// FIFOs are closed when this returns.
     pub async fn run(self) -> ForwardEnd {
         let mut sinks = [
-            FifoSink::new(&self.stdout_path),
-            FifoSink::new(&self.stderr_path),
+            FifoSink::new(&self.stdout_path, self.logs.clone()),
+            FifoSink::new(&self.stderr_path, self.logs.clone()),
         ];
         // Held from now until the end of output, whatever the program writes.
         let [stdout, stderr] = &mut sinks;
@@ -351,7 +339,10 @@ mod tests {
     #[test]
     fn offsets_file_round_trips_and_defaults_to_zero() {
         let dir = tempfile::tempdir().unwrap();
-        let file = OffsetsFile::for_task(dir.path(), "a.b.c");
+        let file = OffsetsFile::at(
+            OffsetsFile::path_for(dir.path(), "a.b.c"),
+            Arc::new(crate::host::LocalFiles),
+        );
         assert_eq!(file.load(), Offsets::default());
         let offsets = Offsets {
             stdout: 12,
@@ -369,7 +360,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.fifo");
         nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let mut sink = FifoSink::new(path.to_str().unwrap());
+        let mut sink = FifoSink::new(path.to_str().unwrap(), Arc::new(crate::host::FifoSinks));
         // No reader is open: a plain O_WRONLY open would block here.
         sink.write(b"hello\n").await;
         let mut reader = std::fs::File::open(&path).unwrap();
@@ -379,7 +370,7 @@ mod tests {
         // Data written before the reader opened is kept only while a write
         // end is open; either way the reader must not hang after close.
         assert!(text.is_empty() || text == "hello\n");
-        let mut null = FifoSink::new("/dev/null");
+        let mut null = FifoSink::new("/dev/null", Arc::new(crate::host::FifoSinks));
         null.write(b"x").await;
         assert!(null.sender.is_none());
     }

@@ -1,6 +1,8 @@
 //! Resource samples of a task, from the daemon's `GetExecutionMetrics`.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use elide_proto::elide::daemon::v1 as pb;
 
@@ -45,8 +47,8 @@ impl CpuRate {
         }
     }
 
-    /// A sample from daemon metrics taken now.
-    pub fn sample(&mut self, metrics: &pb::ExecutionMetrics) -> ResourceSample {
+    /// A sample from daemon metrics taken now (`at` on the wall clock).
+    pub fn sample(&mut self, metrics: &pb::ExecutionMetrics, at: SystemTime) -> ResourceSample {
         let now = Instant::now();
         let user = to_std(metrics.cpu_user.as_ref());
         let system = to_std(metrics.cpu_system.as_ref());
@@ -59,7 +61,7 @@ impl CpuRate {
             }
         };
         let sample = ResourceSample {
-            timestamp: SystemTime::now(),
+            timestamp: at,
             user_percent: rate(user, self.last_user),
             system_percent: rate(system, self.last_system),
             rss_bytes: metrics.memory_rss_bytes,
@@ -94,7 +96,7 @@ mod tests {
             memory_peak_bytes: 5,
             ..Default::default()
         };
-        let sample = rate.sample(&metrics);
+        let sample = rate.sample(&metrics, SystemTime::UNIX_EPOCH);
         assert!(
             (40.0..=51.0).contains(&sample.user_percent),
             "{}",

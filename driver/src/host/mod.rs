@@ -1,0 +1,73 @@
+//! What the driver needs from the machine it runs on, besides the daemon:
+//! the wall clock, Nomad's log FIFOs, small files in the task directory and
+//! the machine's identity.
+//!
+//! The plugin uses [`Host::real`]. A simulation supplies its own parts (a
+//! virtual clock, in-memory log sinks and files, a host name of its
+//! choosing) without anything above this seam knowing; the same goes for
+//! the transport to the daemon ([`crate::daemon_link::Dialer`]).
+
+mod fifo;
+mod files;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+pub use fifo::{FifoSinks, LogSinks, LogWriter, FIFO_OPEN_LIMIT};
+pub use files::{LocalFiles, StateFiles};
+
+/// Wall-clock time, for the timestamps Nomad shows (task start and end,
+/// events, stats). Durations and deadlines use `tokio::time` instead.
+pub trait WallClock: Send + Sync + 'static {
+    /// The current time.
+    fn now(&self) -> SystemTime;
+}
+
+/// The system's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl WallClock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// The machine-facing parts of the driver.
+#[derive(Clone)]
+pub struct Host {
+    /// What the session id is derived from: host name and machine id, one
+    /// per line ([`crate::daemon_link::identity::host_identity`]).
+    pub identity: String,
+    /// Timestamps.
+    pub clock: Arc<dyn WallClock>,
+    /// Where task output goes (Nomad's FIFOs).
+    pub logs: Arc<dyn LogSinks>,
+    /// Where per-task driver files live (output offsets).
+    pub files: Arc<dyn StateFiles>,
+}
+
+impl Host {
+    /// This machine: its identity, the system clock, real FIFOs and files.
+    pub fn real() -> Self {
+        Host {
+            identity: crate::daemon_link::identity::host_identity(),
+            clock: Arc::new(SystemClock),
+            logs: Arc::new(FifoSinks),
+            files: Arc::new(LocalFiles),
+        }
+    }
+
+    /// The host name (the first line of [`Host::identity`]).
+    pub fn hostname(&self) -> &str {
+        self.identity.lines().next().unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("hostname", &self.hostname())
+            .finish_non_exhaustive()
+    }
+}
