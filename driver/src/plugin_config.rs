@@ -17,6 +17,7 @@
 //!       enabled_intrinsics = ["console", "fs.read"]
 //!       memory_limit_mb    = 256
 //!       enable_ai          = false
+//!       idle_timeout       = "1h"   # ends the session of a client gone for good
 //!     }
 //!   }
 //! }
@@ -68,6 +69,7 @@ pub fn schema() -> Spec {
                 ("enabled_intrinsics", attr("list(string)")),
                 ("memory_limit_mb", attr("number")),
                 ("enable_ai", attr("bool")),
+                ("idle_timeout", attr("string")),
             ])),
         ),
     ])
@@ -117,7 +119,17 @@ pub struct SessionConfig {
     pub memory_limit_mb: Option<u64>,
     /// Whether the AI intrinsics are available.
     pub enable_ai: Option<bool>,
+    /// How long the daemon keeps the session once nobody uses it (no
+    /// watch stream, no request): what cleans up after a client that is
+    /// gone for good. `None` means [`DEFAULT_SESSION_IDLE_TIMEOUT`]; zero
+    /// means never.
+    pub idle_timeout: Option<Duration>,
 }
+
+/// Default `session_config.idle_timeout`. A live plugin keeps its session
+/// busy (the watch stream, or polling while tasks run) and re-creates it
+/// when it starts a task, so this only ends sessions of departed clients.
+pub const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Default `daemon.state_dir`.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/elide";
@@ -385,6 +397,14 @@ fn session_config(session: &CtyObject<'_>) -> Result<SessionConfig, ConfigError>
         enabled_intrinsics,
         memory_limit_mb,
         enable_ai: session.bool("enable_ai")?,
+        idle_timeout: session
+            .string("idle_timeout")?
+            .map(|text| {
+                duration::parse(&text).map_err(|e| {
+                    ConfigError::invalid(session.field_path("idle_timeout"), e.to_string())
+                })
+            })
+            .transpose()?,
     })
 }
 
@@ -473,6 +493,7 @@ mod tests {
             ("enabled_intrinsics", Value::Nil),
             ("memory_limit_mb", Value::Nil),
             ("enable_ai", Value::Nil),
+            ("idle_timeout", Value::Nil),
         ];
         for (key, value) in entries {
             all.retain(|(k, _)| k != key);
@@ -526,6 +547,7 @@ mod tests {
                     enabled_intrinsics: Some(vec!["console".into(), "fs.read".into()]),
                     memory_limit_mb: Some(256),
                     enable_ai: Some(true),
+                    idle_timeout: None,
                 },
                 ..PluginConfig::default()
             }
@@ -657,7 +679,7 @@ mod tests {
         let Some(SpecKind::Object(nested)) = &session.nested.as_ref().unwrap().block else {
             panic!("session_config body must be an Object");
         };
-        assert_eq!(nested.attributes.len(), 5);
+        assert_eq!(nested.attributes.len(), 6);
         for spec in nested.attributes.values().chain(root.attributes.values()) {
             if let Some(SpecKind::Attr(attr)) = &spec.block {
                 assert!(!attr.r#type.is_empty(), "every Attr needs a type");
@@ -778,11 +800,12 @@ mod wire_tests {
             &[0x83][..],
             &[0xae], b"daemon_address", &[0xc0],
             &[0xad], b"daemon_socket", &[0xa7], b"/d.sock",
-            &[0xae], b"session_config", &[0x85],
+            &[0xae], b"session_config", &[0x86],
                 &[0xb1], b"context_pool_size", &[0x02],
                 &[0xa9], b"enable_ai", &[0xc2],
                 &[0xb2], b"enabled_intrinsics", &[0xc0],
                 &[0xb1], b"enabled_languages", &[0x91, 0xa6], b"python",
+                &[0xac], b"idle_timeout", &[0xa3], b"90s",
                 &[0xaf], b"memory_limit_mb", &[0xcd, 0x01, 0x00],
         ]
         .concat();
@@ -799,6 +822,7 @@ mod wire_tests {
                 enabled_intrinsics: None,
                 memory_limit_mb: Some(256),
                 enable_ai: Some(false),
+                idle_timeout: Some(Duration::from_secs(90)),
             }
         );
     }

@@ -31,9 +31,14 @@ pub fn daemon_session_config(config: &SessionConfig) -> pb::SessionConfig {
         memory_limit_mb: config.memory_limit_mb.unwrap_or(0),
         enable_ai: config.enable_ai.unwrap_or(false),
         max_timeout: None,
-        idle_timeout: Some(prost_types::Duration {
-            seconds: 0,
-            nanos: 0,
+        idle_timeout: Some({
+            let idle = config
+                .idle_timeout
+                .unwrap_or(crate::plugin_config::DEFAULT_SESSION_IDLE_TIMEOUT);
+            prost_types::Duration {
+                seconds: idle.as_secs() as i64,
+                nanos: idle.subsec_nanos() as i32,
+            }
         }),
     }
 }
@@ -140,6 +145,17 @@ mod tests {
         assert_ne!(id, execution_id(&format!("alloc/{}/y", "t".repeat(300))));
         assert!(valid(&execution_id("")));
         assert!(valid(&execution_id("..")));
+    }
+
+    #[test]
+    fn sessions_expire_after_the_idle_timeout_one_hour_by_default() {
+        let idle = |config: &SessionConfig| daemon_session_config(config).idle_timeout.unwrap();
+        assert_eq!(idle(&SessionConfig::default()).seconds, 3600);
+        let never = SessionConfig {
+            idle_timeout: Some(std::time::Duration::ZERO),
+            ..SessionConfig::default()
+        };
+        assert_eq!((idle(&never).seconds, idle(&never).nanos), (0, 0));
     }
 
     #[test]
