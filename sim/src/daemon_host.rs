@@ -1,6 +1,7 @@
 //! A simulated daemon machine: the production `DaemonService` and
-//! `SessionRegistry`, with the scripted runtime, a virtual clock and a state
-//! store that survives crashes of the host (the "disk").
+//! `SessionRegistry`, with the scripted runtime (recorded as ground truth),
+//! a virtual clock and a state store that survives crashes of the host (the
+//! "disk"). Optionally an older daemon without the `WatchSession` stream.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,12 +10,12 @@ use std::time::{Duration, SystemTime};
 use elide_daemon::ids::SequentialIds;
 use elide_daemon::limits::Limits;
 use elide_daemon::registry::{RegistryDeps, SessionRegistry};
-use elide_daemon::runtime::scripted::ScriptedRuntime;
 use elide_daemon::service::DaemonService;
 use elide_daemon::store::MemoryStore;
 use elide_daemon::time::TokioClock;
 
 use crate::net::incoming;
+use crate::truth::{GroundTruth, RecordingRuntime};
 
 /// One daemon host of a simulated cluster.
 #[derive(Clone)]
@@ -28,6 +29,11 @@ pub struct DaemonHost {
     /// Durable state: outlives crashes because the host factory only
     /// borrows it.
     pub disk: Arc<MemoryStore>,
+    /// Whether the daemon serves `WatchSession` (an older daemon does not:
+    /// the driver must fall back to polling).
+    pub watch_stream: bool,
+    /// Where program runs are recorded.
+    pub truth: GroundTruth,
     boots: Arc<AtomicU64>,
 }
 
@@ -39,8 +45,22 @@ impl DaemonHost {
             port,
             limits: Limits::default(),
             disk: Arc::default(),
+            watch_stream: true,
+            truth: GroundTruth::default(),
             boots: Arc::default(),
         }
+    }
+
+    /// Records its programs into `truth`.
+    pub fn recording_into(mut self, truth: GroundTruth) -> Self {
+        self.truth = truth;
+        self
+    }
+
+    /// Serves (or not) the `WatchSession` stream.
+    pub fn with_watch_stream(mut self, served: bool) -> Self {
+        self.watch_stream = served;
+        self
     }
 
     /// How many times the host has booted.
@@ -57,7 +77,7 @@ impl DaemonHost {
                 let boot = host.boots.fetch_add(1, Ordering::SeqCst) + 1;
                 let epoch = SystemTime::UNIX_EPOCH + turmoil::since_epoch().unwrap_or_default();
                 let registry = SessionRegistry::open(RegistryDeps {
-                    runtime: Arc::new(ScriptedRuntime),
+                    runtime: Arc::new(RecordingRuntime::new(host.truth.clone(), &host.name, boot)),
                     store: host.disk.clone(),
                     clock: Arc::new(TokioClock::starting_at(epoch)),
                     // Instance ids differ per boot, deterministically.
@@ -68,12 +88,59 @@ impl DaemonHost {
                 })?;
                 registry.spawn_expiry(Duration::from_secs(1));
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", host.port)).await?;
-                tonic::transport::Server::builder()
-                    .add_service(DaemonService::new(registry).into_server())
-                    .serve_with_incoming(incoming(listener))
-                    .await?;
+                let service = DaemonService::new(registry).into_server();
+                let mut server = tonic::transport::Server::builder();
+                if host.watch_stream {
+                    server
+                        .add_service(service)
+                        .serve_with_incoming(incoming(listener))
+                        .await?;
+                } else {
+                    server
+                        .add_service(WithoutWatch(service))
+                        .serve_with_incoming(incoming(listener))
+                        .await?;
+                }
                 Ok(())
             }
         });
+    }
+}
+
+/// The daemon API minus `WatchSession`, which answers `UNIMPLEMENTED` as a
+/// daemon predating the stream would.
+#[derive(Clone)]
+struct WithoutWatch<S>(S);
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for WithoutWatch<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for WithoutWatch<S>
+where
+    S: tower::Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<tonic::body::Body>,
+        Error = std::convert::Infallible,
+    >,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        if request.uri().path().ends_with("/WatchSession") {
+            let status = tonic::Status::unimplemented("this daemon has no WatchSession");
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        Box::pin(self.0.call(request))
     }
 }

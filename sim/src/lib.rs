@@ -1,24 +1,42 @@
-//! Deterministic simulation of the project under `turmoil`.
+//! Deterministic simulation of the project under `turmoil`: a fake Nomad
+//! cluster running the production driver and daemon.
 //!
-//! The production daemon (and, next, the production driver) run on
-//! simulated hosts; only the transport ([`net`]), the clock, the runtime
-//! (the daemon's scripted runtime) and the disk are swapped. Same seed, same
-//! trace.
+//! Per simulated client there are three hosts: a fake Nomad agent
+//! ([`nomad`]), the driver plugin ([`plugin_host`]) and its daemon
+//! ([`daemon_host`]). Only the transport ([`net`]), the clock, the
+//! daemon's runtime (scripted, recorded as [`truth`]) and the disks
+//! ([`files`], [`logs`], the daemon's `MemoryStore`) are swapped; the
+//! logic under test is the production code. A [`scenario`] is drawn into a
+//! [`plan`] for a seed, [`world::run`] plays it with its faults, and the
+//! [`invariants`] judge what the agents [`observe`]d against the ground
+//! truth. Same seed, same [`trace`], byte for byte.
 
 pub mod daemon_host;
+pub mod files;
+pub mod invariants;
+pub mod logs;
 pub mod net;
+pub mod nomad;
+pub mod observe;
+pub mod plan;
+pub mod plugin_host;
+pub mod scenario;
 pub mod trace;
+pub mod truth;
+pub mod world;
+
+use std::time::{Duration, SystemTime};
 
 /// A turmoil builder with everything that makes a run replayable fixed:
 /// the seed, the epoch, and a generous duration backstop.
-pub fn builder(seed: u64, duration: std::time::Duration) -> turmoil::Builder {
+pub fn builder(seed: u64, duration: Duration) -> turmoil::Builder {
     let mut b = turmoil::Builder::new();
     b.rng_seed(seed)
-        .epoch(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000))
+        .epoch(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000))
         .simulation_duration(duration)
-        .tick_duration(std::time::Duration::from_millis(1))
-        .min_message_latency(std::time::Duration::from_millis(1))
-        .max_message_latency(std::time::Duration::from_millis(5))
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(5))
         .tcp_capacity(10_000);
     b
 }

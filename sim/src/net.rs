@@ -1,11 +1,14 @@
-//! gRPC over turmoil's simulated TCP: the server side (`incoming`) and the
-//! client side (`channel`). The only transport code of the simulation; the
-//! services and clients above it are the production ones.
+//! gRPC over turmoil's simulated TCP: the server side (`incoming`), the
+//! client side (`channel`) and the driver's [`Dialer`] ([`SimDialer`]).
+//! The only transport code of the simulation; the services and clients
+//! above it are the production ones.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use elide_driver::daemon_link::{BoxedIo, Dialer};
+use futures::future::BoxFuture;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_stream::Stream;
@@ -69,4 +72,23 @@ pub fn channel(host: &str, port: u16) -> Channel {
             let target = target.clone();
             async move { TcpStream::connect(target).await.map(TokioIo::new) }
         }))
+}
+
+/// The driver's transport to a daemon in the simulation: simulated TCP to
+/// `host:port` where production dials a unix socket.
+#[derive(Debug, Clone)]
+pub struct SimDialer(pub String);
+
+impl Dialer for SimDialer {
+    fn dial(&self) -> BoxFuture<'static, std::io::Result<BoxedIo>> {
+        let target = self.0.clone();
+        Box::pin(async move {
+            let stream = TcpStream::connect(target).await?;
+            Ok(Box::new(stream) as BoxedIo)
+        })
+    }
+
+    fn target(&self) -> String {
+        self.0.clone()
+    }
 }

@@ -1,0 +1,171 @@
+//! `elide-sim`: runs simulation scenarios.
+//!
+//! * `elide-sim run scenarios/X.toml --seed N` replays one run and prints
+//!   its trace (who did what, when, in simulated time) and the verdict;
+//! * `elide-sim swarm --seeds N [scenarios…]` runs every scenario with N
+//!   seeds and prints, for each failure, the command that replays it.
+//!
+//! Both report simulated seconds per wall second.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use elide_sim::scenario::Scenario;
+use elide_sim::world::{self, RunReport};
+
+#[derive(Parser)]
+#[command(
+    name = "elide-sim",
+    about = "Deterministic simulation of Nomad clients, the elide driver and daemons"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs one scenario with one seed and prints its trace.
+    Run {
+        /// The scenario file.
+        scenario: PathBuf,
+        /// The seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print only the verdict, not the trace.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Runs scenarios with many seeds.
+    Swarm {
+        /// Seeds per scenario.
+        #[arg(long, default_value_t = 20)]
+        seeds: u64,
+        /// First seed.
+        #[arg(long, default_value_t = 1000)]
+        first_seed: u64,
+        /// Scenario files (default: every file in `scenarios/`).
+        scenarios: Vec<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<ExitCode> {
+    match Cli::parse().command {
+        Command::Run {
+            scenario,
+            seed,
+            quiet,
+        } => {
+            let loaded = Scenario::load(&scenario)?;
+            let wall = Instant::now();
+            let report = world::run(&loaded, seed);
+            let wall = wall.elapsed();
+            if !quiet {
+                for line in report.trace.lines() {
+                    println!("{line}");
+                }
+            }
+            print_verdict(&report, wall);
+            Ok(if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Swarm {
+            seeds,
+            first_seed,
+            scenarios,
+        } => {
+            let files = if scenarios.is_empty() {
+                scenario_files()?
+            } else {
+                scenarios
+            };
+            let mut failures = Vec::new();
+            let (mut simulated, wall) = (std::time::Duration::ZERO, Instant::now());
+            for file in &files {
+                let loaded = Scenario::load(file)?;
+                for seed in first_seed..first_seed + seeds {
+                    let report = world::run(&loaded, seed);
+                    simulated += report.simulated;
+                    let verdict = if report.passed() { "ok" } else { "FAILED" };
+                    println!(
+                        "{verdict:>6} {} seed {seed}: {} tasks, {:.0} simulated s",
+                        loaded.name,
+                        report.tasks,
+                        report.simulated.as_secs_f64()
+                    );
+                    if !report.passed() {
+                        for v in report.violations.iter().take(5) {
+                            println!("         {v}");
+                        }
+                        failures.push(format!(
+                            "cargo run -p elide-sim --bin elide-sim -- run {} --seed {seed}",
+                            file.display()
+                        ));
+                    }
+                }
+            }
+            let wall = wall.elapsed();
+            println!(
+                "\n{} runs, {} failed; {:.0} simulated s in {:.1} wall s ({:.0} simulated s per wall s)",
+                files.len() as u64 * seeds,
+                failures.len(),
+                simulated.as_secs_f64(),
+                wall.as_secs_f64(),
+                simulated.as_secs_f64() / wall.as_secs_f64().max(1e-9)
+            );
+            for command in &failures {
+                println!("replay: {command}");
+            }
+            Ok(if failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn scenario_files() -> anyhow::Result<Vec<PathBuf>> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn print_verdict(report: &RunReport, wall: std::time::Duration) {
+    println!(
+        "\n{} seed {}: {} tasks: {} clean results, {} explicit failures, {} refused",
+        report.scenario, report.seed, report.tasks, report.clean, report.failed, report.rejected
+    );
+    println!(
+        "completion latency (program exit to WaitTask result, simulated): p50 {:?}, p99 {:?}, max {:?}",
+        report.latency.quantile(0.5),
+        report.latency.quantile(0.99),
+        report.latency.quantile(1.0)
+    );
+    println!(
+        "{:.1} simulated s in {:.2} wall s ({:.0} simulated s per wall s); trace hash {}",
+        report.simulated.as_secs_f64(),
+        wall.as_secs_f64(),
+        report.simulated.as_secs_f64() / wall.as_secs_f64().max(1e-9),
+        report.trace.hash()
+    );
+    if report.passed() {
+        println!("PASSED: every invariant held");
+    } else {
+        println!("FAILED: {} violation(s)", report.violations.len());
+        for v in &report.violations {
+            println!("  {v}");
+        }
+    }
+}

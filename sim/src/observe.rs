@@ -1,0 +1,78 @@
+//! What the fake Nomad clients saw, task by task: the record the
+//! invariants read. Lives outside the hosts, like an observer's notebook.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// A `WaitTask` result as Nomad got it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskResult {
+    /// When (simulated time).
+    pub at: Duration,
+    /// Exit code.
+    pub exit_code: i32,
+    /// Terminating signal number.
+    pub signal: i32,
+    /// The driver's error; empty for a clean run.
+    pub err: String,
+}
+
+/// Everything seen of one task.
+#[derive(Debug, Clone, Default)]
+pub struct TaskSeen {
+    /// `StartTask` calls made.
+    pub start_calls: u32,
+    /// When `StartTask` first succeeded.
+    pub started_at: Option<Duration>,
+    /// Why `StartTask` refused it for good.
+    pub rejected: Option<String>,
+    /// Every result delivered (exactly one is right).
+    pub results: Vec<TaskResult>,
+    /// When `StopTask` was first called.
+    pub stop_called_at: Option<Duration>,
+    /// When `DestroyTask` succeeded.
+    pub destroyed_at: Option<Duration>,
+    /// Driver task events.
+    pub events: Vec<String>,
+    /// Protocol surprises (an error a real Nomad would not expect).
+    pub surprises: Vec<String>,
+}
+
+/// The notebook.
+#[derive(Debug, Clone, Default)]
+pub struct Observations {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    tasks: BTreeMap<String, TaskSeen>,
+    done_clients: BTreeSet<u32>,
+}
+
+impl Observations {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Updates the record of `task_id`.
+    pub fn task(&self, task_id: &str, f: impl FnOnce(&mut TaskSeen)) {
+        f(self.lock().tasks.entry(task_id.to_owned()).or_default());
+    }
+
+    /// The record of `task_id`.
+    pub fn seen(&self, task_id: &str) -> TaskSeen {
+        self.lock().tasks.get(task_id).cloned().unwrap_or_default()
+    }
+
+    /// Marks `client`'s workload finished.
+    pub fn client_done(&self, client: u32) {
+        self.lock().done_clients.insert(client);
+    }
+
+    /// Clients whose workload is finished.
+    pub fn done_clients(&self) -> BTreeSet<u32> {
+        self.lock().done_clients.clone()
+    }
+}

@@ -1,0 +1,309 @@
+//! A scenario turned into a concrete run for one seed: every task with
+//! its ids, client and start time, and the fault schedule as timed actions
+//! on hosts and links. Everything random is drawn here, from the seed.
+
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::scenario::{FaultKind, FaultSpec, Scenario, TaskExpect};
+
+/// Port every daemon listens on.
+pub const DAEMON_PORT: u16 = 7420;
+
+/// Host name of client `n`'s Nomad agent.
+pub fn nomad_host(client: u32) -> String {
+    format!("nomad-{client}")
+}
+
+/// Host name of client `n`'s driver plugin.
+pub fn plugin_host(client: u32) -> String {
+    format!("plugin-{client}")
+}
+
+/// Host name of client `n`'s daemon.
+pub fn daemon_host(client: u32) -> String {
+    format!("daemon-{client}")
+}
+
+/// One task of the run.
+#[derive(Debug, Clone)]
+pub struct TaskPlan {
+    /// The client it is placed on (1-based).
+    pub client: u32,
+    /// Its group (the task name).
+    pub group: String,
+    /// Index in its group.
+    pub index: u32,
+    /// Nomad's task id (`<alloc>/<task>/<invocation>`).
+    pub task_id: String,
+    /// The allocation.
+    pub alloc_id: String,
+    /// The execution the driver derives from the task id.
+    pub execution_id: String,
+    /// When Nomad starts it.
+    pub start_at: Duration,
+    /// The snippet.
+    pub program: String,
+    /// Extra task config (HCL).
+    pub extra_config: String,
+    /// `StopTask` this long after the start, if still running.
+    pub stop_after: Option<Duration>,
+    /// The job's `kill_timeout`.
+    pub kill_timeout: Duration,
+    /// The job's `kill_signal`.
+    pub kill_signal: String,
+    /// What should happen.
+    pub expect: TaskExpect,
+}
+
+impl TaskPlan {
+    /// The allocation directory on the client.
+    pub fn alloc_dir(&self) -> String {
+        format!("/var/nomad/alloc/{}", self.alloc_id)
+    }
+
+    /// Nomad's stdout FIFO.
+    pub fn stdout_path(&self) -> String {
+        format!(
+            "{}/alloc/logs/.{}.stdout.fifo",
+            self.alloc_dir(),
+            self.group
+        )
+    }
+
+    /// Nomad's stderr FIFO.
+    pub fn stderr_path(&self) -> String {
+        format!(
+            "{}/alloc/logs/.{}.stderr.fifo",
+            self.alloc_dir(),
+            self.group
+        )
+    }
+}
+
+/// One change to the simulated world.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Cut both directions between two hosts.
+    Partition(String, String),
+    /// Undo [`Action::Partition`].
+    Repair(String, String),
+    /// Queue every message between two hosts.
+    Hold(String, String),
+    /// Deliver what [`Action::Hold`] queued.
+    Release(String, String),
+    /// Set the largest message latency between two hosts.
+    Latency(String, String, Duration),
+    /// Stop a host's software.
+    Crash(String),
+    /// (Re)start a host's software.
+    Restart(String),
+}
+
+impl Action {
+    /// One line for the trace.
+    pub fn describe(&self) -> String {
+        match self {
+            Action::Partition(a, b) => format!("partition {a} <-> {b}"),
+            Action::Repair(a, b) => format!("repair {a} <-> {b}"),
+            Action::Hold(a, b) => format!("hold {a} <-> {b}"),
+            Action::Release(a, b) => format!("release {a} <-> {b}"),
+            Action::Latency(a, b, d) => format!("latency {a} <-> {b} up to {d:?}"),
+            Action::Crash(h) => format!("crash {h}"),
+            Action::Restart(h) => format!("restart {h}"),
+        }
+    }
+}
+
+/// A fault of the run, as scheduled.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    /// When it starts.
+    pub at: Duration,
+    /// When it ends (`None`: never).
+    pub until: Option<Duration>,
+    /// What.
+    pub kind: FaultKind,
+    /// Which client.
+    pub client: u32,
+    /// Largest message latency of a `slow` fault.
+    pub latency: Duration,
+}
+
+/// The concrete run of a scenario for one seed.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Every task, in start order.
+    pub tasks: Vec<TaskPlan>,
+    /// Every fault.
+    pub faults: Vec<Fault>,
+    /// The actions they make, in time order (stable for equal times).
+    pub actions: Vec<(Duration, Action)>,
+}
+
+impl Plan {
+    /// Draws the run of `scenario` for `seed`.
+    pub fn draw(scenario: &Scenario, seed: u64) -> Plan {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let clients = scenario.cluster.clients;
+        let mut tasks = Vec::new();
+        let mut n: u32 = 0;
+        for (g, group) in scenario.tasks.iter().enumerate() {
+            for index in 0..group.count {
+                let spread = group.spread.0.as_millis() as u64;
+                let offset = if spread == 0 {
+                    0
+                } else {
+                    rng.random_range(0..=spread)
+                };
+                let alloc_id = format!("{:08x}-0000-4000-8000-{:012x}", g, index);
+                let task_id = format!("{alloc_id}/{}/{:08x}", group.name, n);
+                tasks.push(TaskPlan {
+                    client: n % clients + 1,
+                    group: group.name.clone(),
+                    index,
+                    execution_id: elide_driver::daemon_link::identity::execution_id(&task_id),
+                    task_id,
+                    alloc_id,
+                    start_at: group.start.0 + Duration::from_millis(offset),
+                    program: group.program.replace("{i}", &index.to_string()),
+                    extra_config: group.config.clone(),
+                    stop_after: group.stop_after.map(|s| s.0),
+                    kill_timeout: group.kill_timeout.0,
+                    kill_signal: group.kill_signal.clone(),
+                    expect: group.expect,
+                });
+                n += 1;
+            }
+        }
+        tasks.sort_by(|a, b| a.start_at.cmp(&b.start_at).then(a.task_id.cmp(&b.task_id)));
+
+        let mut faults: Vec<Fault> = scenario.faults.iter().map(fault_of).collect();
+        if let Some(random) = &scenario.random_faults {
+            let (from, to) = (
+                random.from.0.as_millis() as u64,
+                random.to.0.as_millis() as u64,
+            );
+            for _ in 0..random.count {
+                if random.kinds.is_empty() {
+                    break;
+                }
+                let kind = random.kinds[rng.random_range(0..random.kinds.len())];
+                let at = Duration::from_millis(rng.random_range(from..=to.max(from)));
+                let lasts = Duration::from_millis(
+                    rng.random_range(100..=(random.max_for.0.as_millis() as u64).max(100)),
+                );
+                let client = rng.random_range(1..=clients);
+                let latency = Duration::from_millis(rng.random_range(50..=2000));
+                faults.push(fault_of(&FaultSpec {
+                    at: crate::scenario::Span(at),
+                    kind,
+                    client,
+                    lasts: Some(crate::scenario::Span(lasts)),
+                    latency: Some(crate::scenario::Span(latency)),
+                }));
+            }
+        }
+        faults.sort_by(|a, b| a.at.cmp(&b.at).then(a.client.cmp(&b.client)));
+
+        let normal_latency = scenario.cluster.latency[1].0;
+        let mut actions = Vec::new();
+        for fault in &faults {
+            actions.extend(actions_of(fault, normal_latency));
+        }
+        actions.sort_by(|a, b| a.0.cmp(&b.0));
+        Plan {
+            tasks,
+            faults,
+            actions,
+        }
+    }
+
+    /// Tasks placed on `client`.
+    pub fn tasks_of(&self, client: u32) -> Vec<TaskPlan> {
+        self.tasks
+            .iter()
+            .filter(|t| t.client == client)
+            .cloned()
+            .collect()
+    }
+
+    /// Clients that crash and never come back.
+    pub fn departed_clients(&self) -> Vec<u32> {
+        let mut out: Vec<u32> = self
+            .faults
+            .iter()
+            .filter(|f| f.kind == FaultKind::CrashClient && f.until.is_none())
+            .map(|f| f.client)
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Whether any fault touches `client` during `[from, to]`.
+    pub fn disturbed(&self, client: u32, from: Duration, to: Duration) -> bool {
+        self.faults
+            .iter()
+            .any(|f| f.client == client && f.at <= to && f.until.is_none_or(|until| until >= from))
+    }
+}
+
+fn fault_of(spec: &FaultSpec) -> Fault {
+    Fault {
+        at: spec.at.0,
+        until: spec.lasts.map(|l| spec.at.0 + l.0),
+        kind: spec.kind,
+        client: spec.client,
+        latency: spec.latency.map(|l| l.0).unwrap_or(Duration::from_secs(1)),
+    }
+}
+
+fn actions_of(fault: &Fault, normal: Duration) -> Vec<(Duration, Action)> {
+    let latency = fault.latency;
+    let (plugin, daemon, nomad) = (
+        plugin_host(fault.client),
+        daemon_host(fault.client),
+        nomad_host(fault.client),
+    );
+    let mut out = Vec::new();
+    let at_end = |action: Action, out: &mut Vec<(Duration, Action)>| {
+        if let Some(until) = fault.until {
+            out.push((until, action));
+        }
+    };
+    match fault.kind {
+        FaultKind::Partition => {
+            out.push((fault.at, Action::Partition(plugin.clone(), daemon.clone())));
+            at_end(Action::Repair(plugin, daemon), &mut out);
+        }
+        FaultKind::Hold => {
+            out.push((fault.at, Action::Hold(plugin.clone(), daemon.clone())));
+            at_end(Action::Release(plugin, daemon), &mut out);
+        }
+        FaultKind::Slow => {
+            out.push((
+                fault.at,
+                Action::Latency(plugin.clone(), daemon.clone(), latency),
+            ));
+            at_end(Action::Latency(plugin, daemon, normal), &mut out);
+        }
+        FaultKind::CrashDaemon => {
+            out.push((fault.at, Action::Crash(daemon.clone())));
+            at_end(Action::Restart(daemon), &mut out);
+        }
+        FaultKind::CrashPlugin => {
+            out.push((fault.at, Action::Crash(plugin.clone())));
+            at_end(Action::Restart(plugin), &mut out);
+        }
+        FaultKind::CrashClient => {
+            out.push((fault.at, Action::Crash(nomad.clone())));
+            out.push((fault.at, Action::Crash(plugin.clone())));
+            at_end(Action::Restart(plugin), &mut out);
+            at_end(Action::Restart(nomad), &mut out);
+        }
+    }
+    out
+}

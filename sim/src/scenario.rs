@@ -1,0 +1,333 @@
+//! Scenario files (`scenarios/*.toml`): the cluster's shape, the workload,
+//! the fault schedule and what to expect, in a form a reader can check at
+//! a glance. See `scenarios/README.md` for the format.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// A duration written as text ("250ms", "3s", "2m").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Span(pub Duration);
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map(Span)
+            .map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))
+    }
+}
+
+/// Why a scenario file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// Not readable.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Not valid TOML for the format.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: toml::de::Error,
+    },
+    /// Valid TOML, inconsistent content.
+    #[error("{path}: {problem}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// One scenario.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Short name (defaults to the file name).
+    #[serde(default)]
+    pub name: String,
+    /// What it shows, in a sentence or two.
+    pub about: String,
+    /// Seeds `cargo test` runs it with.
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    /// Simulated-time limit: a run still busy then has wedged.
+    #[serde(default = "default_limit")]
+    pub limit: Span,
+    /// The cluster.
+    #[serde(default)]
+    pub cluster: Cluster,
+    /// The workload, group by group.
+    #[serde(default)]
+    pub tasks: Vec<TaskGroup>,
+    /// Faults at fixed times.
+    #[serde(default)]
+    pub faults: Vec<FaultSpec>,
+    /// Faults drawn from the seed.
+    #[serde(default)]
+    pub random_faults: Option<RandomFaults>,
+    /// What a run must show beyond the invariants that always hold.
+    #[serde(default)]
+    pub expect: Expect,
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![1, 2, 3]
+}
+
+fn default_limit() -> Span {
+    Span(Duration::from_secs(1800))
+}
+
+/// The cluster's shape: `clients` Nomad clients, each with its plugin and
+/// its own daemon (one daemon per client, as deployed).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// Number of clients.
+    #[serde(default = "one")]
+    pub clients: u32,
+    /// The plugin's `status_mode`.
+    #[serde(default = "auto")]
+    pub status_mode: String,
+    /// The plugin's `poll_interval`.
+    #[serde(default)]
+    pub poll_interval: Option<String>,
+    /// Whether the daemons serve `WatchSession`.
+    #[serde(default = "yes")]
+    pub daemon_watch: bool,
+    /// The plugin's `session_config.idle_timeout`.
+    #[serde(default = "default_idle")]
+    pub idle_timeout: String,
+    /// Message latency on every link, `[min, max]`.
+    #[serde(default = "default_latency")]
+    pub latency: [Span; 2],
+}
+
+fn one() -> u32 {
+    1
+}
+fn auto() -> String {
+    "auto".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_idle() -> String {
+    "1h".into()
+}
+fn default_latency() -> [Span; 2] {
+    [
+        Span(Duration::from_millis(1)),
+        Span(Duration::from_millis(5)),
+    ]
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            clients: 1,
+            status_mode: auto(),
+            poll_interval: None,
+            daemon_watch: true,
+            idle_timeout: default_idle(),
+            latency: default_latency(),
+        }
+    }
+}
+
+/// What Nomad should make of a group's tasks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskExpect {
+    /// They run (the invariants say how they may end).
+    #[default]
+    Run,
+    /// `StartTask` refuses them as misconfigured; nothing runs.
+    Rejected,
+}
+
+/// A group of identical tasks (`{i}` in the program is replaced by the
+/// task's index in the group, so outputs differ).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskGroup {
+    /// Task name.
+    pub name: String,
+    /// How many.
+    #[serde(default = "one")]
+    pub count: u32,
+    /// When the first starts.
+    #[serde(default)]
+    pub start: Span,
+    /// Starts are drawn uniformly from `[start, start + spread]`.
+    #[serde(default)]
+    pub spread: Span,
+    /// The snippet, in the scripted runtime's language.
+    pub program: String,
+    /// More task `config` attributes (HCL), e.g. `language = "cobol"`.
+    #[serde(default)]
+    pub config: String,
+    /// `StopTask` this long after the start, if still running.
+    #[serde(default)]
+    pub stop_after: Option<Span>,
+    /// The job's `kill_timeout`.
+    #[serde(default = "default_kill_timeout")]
+    pub kill_timeout: Span,
+    /// The job's `kill_signal` (empty: the driver's default).
+    #[serde(default)]
+    pub kill_signal: String,
+    /// What should happen to them.
+    #[serde(default)]
+    pub expect: TaskExpect,
+}
+
+fn default_kill_timeout() -> Span {
+    Span(Duration::from_secs(5))
+}
+
+/// Kinds of fault. Each hits one client's machines for a while.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// Cut the plugin–daemon link (both ways), repaired after `for`.
+    Partition,
+    /// Hold every message on the plugin–daemon link, released after `for`.
+    Hold,
+    /// Messages on the plugin–daemon link take up to `latency`.
+    Slow,
+    /// The daemon host crashes; it reboots after `for` (never without).
+    CrashDaemon,
+    /// The plugin crashes; Nomad restarts it after `for`.
+    CrashPlugin,
+    /// The whole client (Nomad agent and plugin) crashes; it restarts
+    /// after `for`, or never: then its session must expire.
+    CrashClient,
+}
+
+impl FaultKind {
+    /// The name used in scenario files.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Partition => "partition",
+            FaultKind::Hold => "hold",
+            FaultKind::Slow => "slow",
+            FaultKind::CrashDaemon => "crash_daemon",
+            FaultKind::CrashPlugin => "crash_plugin",
+            FaultKind::CrashClient => "crash_client",
+        }
+    }
+}
+
+/// A fault at a fixed time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    /// When it starts.
+    pub at: Span,
+    /// What.
+    pub kind: FaultKind,
+    /// Which client (1-based).
+    #[serde(default = "one")]
+    pub client: u32,
+    /// How long it lasts; required except for `crash_client`.
+    #[serde(default, rename = "for")]
+    pub lasts: Option<Span>,
+    /// Extra latency of `slow`.
+    #[serde(default)]
+    pub latency: Option<Span>,
+}
+
+/// Faults drawn from the seed: `count` faults of the given kinds, at
+/// times in `[from, to]`, each lasting up to `max_for`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RandomFaults {
+    /// How many.
+    pub count: u32,
+    /// Earliest start.
+    pub from: Span,
+    /// Latest start.
+    pub to: Span,
+    /// Longest duration.
+    pub max_for: Span,
+    /// Kinds to draw from (`crash_client` always comes back).
+    pub kinds: Vec<FaultKind>,
+}
+
+/// Expectations beyond the invariants.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Whether explicit failures (e.g. "daemon restarted") may be
+    /// reported; when false every task must end with its program's real
+    /// exit.
+    #[serde(default)]
+    pub failures_allowed: bool,
+    /// Whether the daemon may report output it no longer had.
+    #[serde(default)]
+    pub truncation_allowed: bool,
+}
+
+impl Scenario {
+    /// Reads and checks a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let mut scenario = Scenario::parse(&shown, &text)?;
+        if scenario.name.is_empty() {
+            scenario.name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+        }
+        Ok(scenario)
+    }
+
+    /// Parses and checks scenario text (`path` is for messages).
+    pub fn parse(path: &str, text: &str) -> Result<Scenario, ScenarioError> {
+        let scenario: Scenario = toml::from_str(text).map_err(|source| ScenarioError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        let invalid = |problem: String| ScenarioError::Invalid {
+            path: path.to_owned(),
+            problem,
+        };
+        if scenario.cluster.clients == 0 {
+            return Err(invalid("cluster.clients must be at least 1".into()));
+        }
+        if scenario.tasks.is_empty() {
+            return Err(invalid("no [[tasks]]".into()));
+        }
+        for fault in &scenario.faults {
+            if fault.client == 0 || fault.client > scenario.cluster.clients {
+                return Err(invalid(format!(
+                    "fault at {:?}: client {} does not exist (1..={})",
+                    fault.at.0, fault.client, scenario.cluster.clients
+                )));
+            }
+            if fault.lasts.is_none() && fault.kind != FaultKind::CrashClient {
+                return Err(invalid(format!(
+                    "fault {} at {:?} needs `for`",
+                    fault.kind.name(),
+                    fault.at.0
+                )));
+            }
+        }
+        Ok(scenario)
+    }
+}

@@ -1,0 +1,158 @@
+//! Ground truth: what the simulated programs really did, recorded below
+//! the daemon (between it and its runtime), where no bug in the daemon or
+//! the driver can distort it. The invariants compare what Nomad was told
+//! with this.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use elide_daemon::output::Stream;
+use elide_daemon::runtime::scripted::ScriptedRuntime;
+use elide_daemon::runtime::{
+    ExitInfo, LanguageRuntime, Program, ProgramEvent, ProgramSpec, Runtime, RuntimeError,
+};
+use tokio::sync::mpsc;
+
+/// One run of one program.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProgramRun {
+    /// The daemon host it ran on.
+    pub daemon: String,
+    /// That host's boot number when it started.
+    pub boot: u64,
+    /// Simulated time it started.
+    pub started_at: Duration,
+    /// Bytes it wrote to stdout.
+    pub stdout: Vec<u8>,
+    /// Bytes it wrote to stderr.
+    pub stderr: Vec<u8>,
+    /// How it ended; `None` while running or if it died with its daemon.
+    pub exit: Option<ExitInfo>,
+    /// Simulated time it ended.
+    pub ended_at: Option<Duration>,
+}
+
+/// Every program run of a simulation, by execution id (a list: a second
+/// run of the same execution is itself a violation).
+#[derive(Debug, Clone, Default)]
+pub struct GroundTruth {
+    runs: Arc<Mutex<BTreeMap<String, Vec<ProgramRun>>>>,
+}
+
+impl GroundTruth {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Vec<ProgramRun>>> {
+        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// All runs, by execution id.
+    pub fn runs(&self) -> BTreeMap<String, Vec<ProgramRun>> {
+        self.lock().clone()
+    }
+
+    /// Runs of one execution.
+    pub fn runs_of(&self, execution_id: &str) -> Vec<ProgramRun> {
+        self.lock().get(execution_id).cloned().unwrap_or_default()
+    }
+
+    /// Programs still running on `daemon` at boot `boot` (those of earlier
+    /// boots died with the host).
+    pub fn live_on(&self, daemon: &str, boot: u64) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, runs)| {
+                runs.iter()
+                    .any(|r| r.daemon == daemon && r.boot == boot && r.exit.is_none())
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    fn update(&self, execution_id: &str, index: usize, f: impl FnOnce(&mut ProgramRun)) {
+        if let Some(run) = self
+            .lock()
+            .get_mut(execution_id)
+            .and_then(|runs| runs.get_mut(index))
+        {
+            f(run);
+        }
+    }
+}
+
+/// The scripted runtime, with every program's output and exit recorded in
+/// a [`GroundTruth`].
+pub struct RecordingRuntime {
+    inner: ScriptedRuntime,
+    truth: GroundTruth,
+    daemon: String,
+    boot: u64,
+}
+
+impl RecordingRuntime {
+    /// Records into `truth` as programs of `daemon` in its boot `boot`.
+    pub fn new(truth: GroundTruth, daemon: &str, boot: u64) -> Self {
+        RecordingRuntime {
+            inner: ScriptedRuntime,
+            truth,
+            daemon: daemon.to_owned(),
+            boot,
+        }
+    }
+}
+
+impl Runtime for RecordingRuntime {
+    fn languages(&self) -> Vec<LanguageRuntime> {
+        self.inner.languages()
+    }
+
+    fn enforces_intrinsics(&self) -> bool {
+        self.inner.enforces_intrinsics()
+    }
+
+    fn spawn(&self, spec: ProgramSpec) -> Result<Program, RuntimeError> {
+        let execution_id = spec.execution_id.clone();
+        let Program {
+            mut events,
+            control,
+        } = self.inner.spawn(spec)?;
+        let index = {
+            let mut runs = self.truth.lock();
+            let runs = runs.entry(execution_id.clone()).or_default();
+            runs.push(ProgramRun {
+                daemon: self.daemon.clone(),
+                boot: self.boot,
+                started_at: turmoil::sim_elapsed().unwrap_or_default(),
+                ..ProgramRun::default()
+            });
+            runs.len() - 1
+        };
+        // A capacity of one: the program waits for the daemon to take each
+        // event, as it would on a pipe, so backpressure still reaches it.
+        let (sender, receiver) = mpsc::channel(1);
+        let truth = self.truth.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                match &event {
+                    ProgramEvent::Output(stream, bytes) => {
+                        truth.update(&execution_id, index, |r| match stream {
+                            Stream::Stdout => r.stdout.extend_from_slice(bytes),
+                            Stream::Stderr => r.stderr.extend_from_slice(bytes),
+                        })
+                    }
+                    ProgramEvent::Exited(exit) => truth.update(&execution_id, index, |r| {
+                        r.exit = Some(*exit);
+                        r.ended_at = Some(turmoil::sim_elapsed().unwrap_or_default());
+                    }),
+                    ProgramEvent::MemoryExceeded { .. } => {}
+                }
+                if sender.send(event).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Program {
+            events: receiver,
+            control,
+        })
+    }
+}

@@ -1,0 +1,280 @@
+//! One run of a scenario: builds the simulated cluster (per client a Nomad
+//! agent, its driver plugin and its daemon), applies the fault schedule
+//! between steps, and hands what was seen to the invariants.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use elide_proto::elide::daemon::v1 as pb;
+use pb::elide_daemon_client::ElideDaemonClient;
+
+use crate::daemon_host::DaemonHost;
+use crate::files::MemoryFiles;
+use crate::invariants::{self, Violation};
+use crate::logs::LogBook;
+use crate::net::channel;
+use crate::nomad::{AgentDisk, NomadAgent};
+use crate::observe::Observations;
+use crate::plan::{daemon_host, plugin_host, Action, Plan, DAEMON_PORT};
+use crate::plugin_host::PluginHost;
+use crate::scenario::Scenario;
+use crate::trace::Trace;
+use crate::truth::GroundTruth;
+
+/// Quiet time after the workload, for background clean-up to finish.
+pub const SETTLE: Duration = Duration::from_secs(10);
+
+/// Everything a finished run left for the invariants.
+pub struct Evidence<'a> {
+    /// The scenario.
+    pub scenario: &'a Scenario,
+    /// Its plan for this seed.
+    pub plan: &'a Plan,
+    /// What the agents saw.
+    pub seen: &'a Observations,
+    /// What the programs did.
+    pub truth: &'a GroundTruth,
+    /// What logmon received.
+    pub logs: &'a BTreeMap<u32, LogBook>,
+    /// Per client: its daemon's boot count, and whether it runs at the end.
+    pub daemons: BTreeMap<u32, (u64, bool)>,
+    /// Per client: the sessions its daemon held at the end (`None`: not
+    /// reachable).
+    pub sessions: BTreeMap<u32, Option<Vec<String>>>,
+    /// Why the run stopped early, if it did.
+    pub aborted: Option<String>,
+}
+
+/// Completion latency: the program's exit to Nomad's `WaitTask` result.
+#[derive(Debug, Clone, Default)]
+pub struct Latency {
+    /// Samples, sorted.
+    pub samples: Vec<Duration>,
+}
+
+impl Latency {
+    /// The `q` quantile (0..=1), zero without samples.
+    pub fn quantile(&self, q: f64) -> Duration {
+        if self.samples.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.samples.len() - 1) as f64 * q).round() as usize;
+        self.samples[i]
+    }
+}
+
+/// The outcome of one run.
+pub struct RunReport {
+    /// Scenario name.
+    pub scenario: String,
+    /// Seed.
+    pub seed: u64,
+    /// The trace.
+    pub trace: Trace,
+    /// Broken invariants (empty: the run passed).
+    pub violations: Vec<Violation>,
+    /// Simulated time the run took.
+    pub simulated: Duration,
+    /// Tasks in the workload.
+    pub tasks: usize,
+    /// Results that were the program's own exit.
+    pub clean: usize,
+    /// Results that were explicit failures.
+    pub failed: usize,
+    /// Tasks `StartTask` refused.
+    pub rejected: usize,
+    /// Completion latency of the clean results.
+    pub latency: Latency,
+}
+
+impl RunReport {
+    /// Whether every invariant held.
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// The agent's plugin block for client `n`.
+fn plugin_config(scenario: &Scenario, client: u32) -> String {
+    let cluster = &scenario.cluster;
+    let mut text = format!(
+        "daemon_address = \"{}:{DAEMON_PORT}\"\nstatus_mode = \"{}\"\n",
+        daemon_host(client),
+        cluster.status_mode
+    );
+    if let Some(interval) = &cluster.poll_interval {
+        text.push_str(&format!("poll_interval = \"{interval}\"\n"));
+    }
+    text.push_str(&format!(
+        "session_config {{\n  idle_timeout = \"{}\"\n}}\n",
+        cluster.idle_timeout
+    ));
+    text
+}
+
+/// Runs `scenario` with `seed`.
+pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
+    let plan = Plan::draw(scenario, seed);
+    let trace = Trace::default();
+    let seen = Observations::default();
+    let truth = GroundTruth::default();
+    let cluster = &scenario.cluster;
+
+    let mut builder = crate::builder(seed, scenario.limit.0);
+    builder
+        .min_message_latency(cluster.latency[0].0)
+        .max_message_latency(cluster.latency[1].0);
+    let mut sim = builder.build();
+
+    let mut daemons = BTreeMap::new();
+    let mut logs = BTreeMap::new();
+    for client in 1..=cluster.clients {
+        let daemon = DaemonHost::new(&daemon_host(client), DAEMON_PORT)
+            .recording_into(truth.clone())
+            .with_watch_stream(cluster.daemon_watch);
+        daemon.install(&mut sim);
+        daemons.insert(client, daemon);
+        let book = LogBook::default();
+        PluginHost {
+            name: plugin_host(client),
+            machine: format!("client-{client}"),
+            files: MemoryFiles::default(),
+            logs: book.clone(),
+        }
+        .install(&mut sim);
+        NomadAgent {
+            client,
+            tasks: Arc::new(plan.tasks_of(client)),
+            plugin_config: plugin_config(scenario, client),
+            disk: AgentDisk::default(),
+            logs: book.clone(),
+            seen: seen.clone(),
+            trace: trace.clone(),
+        }
+        .install(&mut sim);
+        logs.insert(client, book);
+    }
+
+    // The observer: waits for the workload and the fault schedule to be
+    // over, lets clean-up settle, then asks each daemon for its sessions.
+    let departed = plan.departed_clients();
+    let last_action = plan.actions.last().map(|a| a.0).unwrap_or_default();
+    let mut settle = SETTLE;
+    if !departed.is_empty() {
+        let idle = humantime::parse_duration(&cluster.idle_timeout).unwrap_or_default();
+        settle = settle.max(idle + SETTLE);
+    }
+    let sessions: Arc<Mutex<BTreeMap<u32, Option<Vec<String>>>>> = Arc::default();
+    {
+        let seen = seen.clone();
+        let sessions = sessions.clone();
+        let clients = cluster.clients;
+        let trace = trace.clone();
+        sim.client("observer", async move {
+            loop {
+                let done = seen.done_clients();
+                let all = (1..=clients).all(|c| done.contains(&c) || departed.contains(&c));
+                let now = turmoil::sim_elapsed().unwrap_or_default();
+                if all && now >= last_action {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            trace.record("observer", "workload over; settling");
+            tokio::time::sleep(settle).await;
+            for client in 1..=clients {
+                let mut daemon = ElideDaemonClient::new(channel(&daemon_host(client), DAEMON_PORT));
+                let listed = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    daemon.list_sessions(pb::ListSessionsRequest {}),
+                )
+                .await;
+                let ids = match listed {
+                    Ok(Ok(response)) => Some(
+                        response
+                            .into_inner()
+                            .sessions
+                            .into_iter()
+                            .map(|s| s.session_id)
+                            .collect(),
+                    ),
+                    _ => None,
+                };
+                sessions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(client, ids);
+            }
+            Ok(())
+        });
+    }
+
+    let mut actions = plan.actions.iter().peekable();
+    let mut aborted = None;
+    loop {
+        let now = sim.elapsed();
+        while let Some((at, action)) = actions.peek() {
+            if *at > now {
+                break;
+            }
+            trace.record_at(now, "world", action.describe());
+            apply(&mut sim, action);
+            actions.next();
+        }
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => {
+                aborted = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let simulated = sim.elapsed();
+
+    let daemon_states = daemons
+        .iter()
+        .map(|(client, d)| (*client, (d.boots(), sim.is_host_running(d.name.as_str()))))
+        .collect();
+    let sessions = sessions.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let evidence = Evidence {
+        scenario,
+        plan: &plan,
+        seen: &seen,
+        truth: &truth,
+        logs: &logs,
+        daemons: daemon_states,
+        sessions,
+        aborted,
+    };
+    let violations = invariants::check(&evidence);
+    let summary = invariants::summarize(&evidence);
+    for violation in &violations {
+        trace.record_at(simulated, "invariant", violation.to_string());
+    }
+    RunReport {
+        scenario: scenario.name.clone(),
+        seed,
+        trace,
+        violations,
+        simulated,
+        tasks: plan.tasks.len(),
+        clean: summary.clean,
+        failed: summary.failed,
+        rejected: summary.rejected,
+        latency: summary.latency,
+    }
+}
+
+fn apply(sim: &mut turmoil::Sim<'_>, action: &Action) {
+    match action {
+        Action::Partition(a, b) => sim.partition(a.as_str(), b.as_str()),
+        Action::Repair(a, b) => sim.repair(a.as_str(), b.as_str()),
+        Action::Hold(a, b) => sim.hold(a.as_str(), b.as_str()),
+        Action::Release(a, b) => sim.release(a.as_str(), b.as_str()),
+        Action::Latency(a, b, d) => sim.set_link_max_message_latency(a.as_str(), b.as_str(), *d),
+        Action::Crash(h) => sim.crash(h.as_str()),
+        Action::Restart(h) => sim.bounce(h.as_str()),
+    }
+}
