@@ -4,8 +4,10 @@
 //! is built over an injectable [`Dialer`]: [`UnixDialer`] and [`TcpDialer`]
 //! are the real transports; a simulation can supply its own without
 //! anything else in the driver knowing. The link adds what every call needs:
-//! a deadline on each unary call ([`DaemonLink::unary`]) and HTTP/2
-//! keepalive, so a hung daemon is noticed even on long streams.
+//! a deadline on each unary call ([`DaemonLink::unary`]), a fresh
+//! connection after a call that got no answer at all (the connection may be
+//! dead without either side being told, as after a network partition), and
+//! HTTP/2 keepalive, so a hung daemon is noticed even on long streams.
 
 pub mod identity;
 
@@ -13,7 +15,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use elide_proto::elide::daemon::v1::elide_daemon_client::ElideDaemonClient;
@@ -29,9 +31,11 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest time one connection attempt may take.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 /// HTTP/2 ping interval, also while no call is open.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// A connection whose ping is not answered within this is considered dead.
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// A connection whose ping is not answered within this is considered dead
+/// (pings are answered by the daemon's HTTP/2 layer, not by its work, so a
+/// busy daemon still answers in time).
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest message accepted from the daemon (its output chunks are at most
 /// 64 KiB by default; listings of many executions are larger).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -146,12 +150,77 @@ impl CallError {
     }
 }
 
-/// A lazily connected, self-reconnecting link to one daemon.
+/// A lazily connected, self-reconnecting link to one daemon. Clones share
+/// the connection.
 #[derive(Clone)]
 pub struct DaemonLink {
-    client: DaemonClient,
+    connection: Arc<Connection>,
     target: String,
     call_timeout: Duration,
+}
+
+/// The current client and how to replace it.
+struct Connection {
+    dialer: Arc<dyn Dialer>,
+    /// The client, and how many times it was replaced.
+    current: Mutex<(DaemonClient, u64)>,
+}
+
+impl Connection {
+    fn current(&self) -> (DaemonClient, u64) {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the client used at `generation` with one on a fresh
+    /// connection (once, however many calls noticed).
+    fn replace(&self, generation: u64) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.1 == generation {
+            *current = (client_over(self.dialer.clone()), generation + 1);
+            tracing::info!(daemon = %self.dialer.target(), "a call got no answer in time; dialling a fresh connection");
+        }
+    }
+}
+
+/// A lazily connecting client over `dialer`.
+fn client_over(dialer: Arc<dyn Dialer>) -> DaemonClient {
+    let connector = tower::service_fn(move |_: Uri| {
+        let dial = dialer.dial();
+        async move {
+            match tokio::time::timeout(DIAL_TIMEOUT, dial).await {
+                Ok(Ok(io)) => Ok(TokioIo::new(io)),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no connection within {DIAL_TIMEOUT:?}"),
+                )),
+            }
+        }
+    });
+    // The URI is required by the API and unused: the dialer decides.
+    let channel = Endpoint::from_static("http://elide-daemon.invalid")
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .connect_with_connector_lazy(connector);
+    ElideDaemonClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// Whether a call ended without any answer from the daemon within its
+/// deadline (tonic's own deadline, or ours): the connection may be dead.
+/// A `DEADLINE_EXCEEDED` from the daemon is an answer and does not count.
+fn unanswered(result: &Result<tonic::Status, ()>) -> bool {
+    match result {
+        Err(()) => true,
+        Ok(status) => {
+            status.code() == tonic::Code::Cancelled && status.message() == "Timeout expired"
+        }
+    }
 }
 
 impl fmt::Debug for DaemonLink {
@@ -168,30 +237,12 @@ impl DaemonLink {
     /// broken connection is re-dialled on the next call.
     pub fn new(dialer: Arc<dyn Dialer>, call_timeout: Duration) -> Self {
         let target = dialer.target();
-        let connector = tower::service_fn(move |_: Uri| {
-            let dial = dialer.dial();
-            async move {
-                match tokio::time::timeout(DIAL_TIMEOUT, dial).await {
-                    Ok(Ok(io)) => Ok(TokioIo::new(io)),
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no connection within {DIAL_TIMEOUT:?}"),
-                    )),
-                }
-            }
-        });
-        // The URI is required by the API and unused: the dialer decides.
-        let channel = Endpoint::from_static("http://elide-daemon.invalid")
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .connect_with_connector_lazy(connector);
-        let client = ElideDaemonClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let client = client_over(dialer.clone());
         DaemonLink {
-            client,
+            connection: Arc::new(Connection {
+                dialer,
+                current: Mutex::new((client, 0)),
+            }),
             target,
             call_timeout,
         }
@@ -210,7 +261,7 @@ impl DaemonLink {
     /// A client for opening streams (which carry no deadline; keepalive
     /// detects a dead peer).
     pub fn client(&self) -> DaemonClient {
-        self.client.clone()
+        self.connection.current().0
     }
 
     /// Runs one unary call with the link's deadline: the deadline is sent to
@@ -236,11 +287,9 @@ impl DaemonLink {
     {
         let mut request = tonic::Request::new(message);
         request.set_timeout(deadline);
-        match tokio::time::timeout(deadline, call(self.client.clone(), request)).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(CallError::Status(status)),
-            Err(_) => Err(CallError::Timeout(deadline)),
-        }
+        let (client, generation) = self.connection.current();
+        self.settle(deadline, generation, call(client, request))
+            .await
     }
 
     /// Opens a server stream: the call must *answer* within the link's
@@ -257,10 +306,30 @@ impl DaemonLink {
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let request = tonic::Request::new(message);
-        match tokio::time::timeout(self.call_timeout, call(self.client.clone(), request)).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(CallError::Status(status)),
-            Err(_) => Err(CallError::Timeout(self.call_timeout)),
+        let (client, generation) = self.connection.current();
+        self.settle(self.call_timeout, generation, call(client, request))
+            .await
+    }
+
+    /// Awaits a call for up to `deadline`; a call left unanswered retires
+    /// the connection it used.
+    async fn settle<Resp>(
+        &self,
+        deadline: Duration,
+        generation: u64,
+        call: impl Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    ) -> Result<Resp, CallError> {
+        let result = match tokio::time::timeout(deadline, call).await {
+            Ok(Ok(response)) => return Ok(response.into_inner()),
+            Ok(Err(status)) => Ok(status),
+            Err(_) => Err(()),
+        };
+        if unanswered(&result) {
+            self.connection.replace(generation);
         }
+        Err(match result {
+            Ok(status) => CallError::Status(status),
+            Err(()) => CallError::Timeout(deadline),
+        })
     }
 }

@@ -208,10 +208,18 @@ pub async fn follow_session(
         explicit => explicit,
     };
     tracing::debug!(session_id, mode = mode.name(), "status feed running");
-    match mode {
-        StatusMode::Poll => poll_session(link, hub, session_id, poll_interval).await,
-        _ => watch_session(link, hub, session_id).await,
+    if mode != StatusMode::Poll {
+        watch_session(link.clone(), hub.clone(), session_id.clone()).await;
+        // The daemon answered UNIMPLEMENTED (whatever its capabilities
+        // said): it cannot push, so poll it.
+        tracing::warn!(
+            session_id,
+            daemon = %link.target(),
+            ?poll_interval,
+            "the daemon does not serve WatchSession; polling it instead"
+        );
     }
+    poll_session(link, hub, session_id, poll_interval).await
 }
 
 /// `Watch` when the daemon lists the `WatchSession` feature, else `Poll`.
@@ -236,7 +244,8 @@ async fn resolve_mode(link: &DaemonLink, session_id: &str) -> StatusMode {
     }
 }
 
-/// The watch feed: runs until the task is aborted.
+/// The watch feed: runs until the task is aborted, or returns when the
+/// daemon answers `WatchSession` with `UNIMPLEMENTED`.
 pub async fn watch_session(link: DaemonLink, hub: Arc<StatusHub>, session_id: String) {
     use pb::session_event::Event;
     let mut backoff = Backoff::default();
@@ -266,6 +275,7 @@ pub async fn watch_session(link: DaemonLink, hub: Arc<StatusHub>, session_id: St
             .await;
         let mut stream = match opened {
             Ok(stream) => stream,
+            Err(e) if e.code() == tonic::Code::Unimplemented => return,
             Err(e) => {
                 tracing::debug!(session_id, error = %e, "WatchSession failed; retrying");
                 if e.is_not_found() {
