@@ -88,25 +88,53 @@ async fn next_batch<T>(
     }
 }
 
-/// Waits until the watched session has a new event. False when the stream
-/// should end: the client went away, or the session was deleted (then the
-/// client is told so).
-async fn next_session_change<T>(
+/// Shortest heartbeat interval a client may ask for.
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The heartbeat interval a stream request asks for, if any (raised to
+/// [`MIN_HEARTBEAT_INTERVAL`]).
+fn heartbeat_interval(asked: Option<&prost_types::Duration>) -> Result<Option<Duration>, Status> {
+    Ok(optional_duration(asked, "heartbeat_interval")?
+        .filter(|d| !d.is_zero())
+        .map(|d| d.max(MIN_HEARTBEAT_INTERVAL)))
+}
+
+/// Waits until the watched session has a new event, sending `heartbeat`
+/// after each `interval` without one. False when the stream should end: the
+/// client went away, or the session was deleted (then the client is told
+/// so).
+async fn next_session_change<T: Clone>(
     guard: &mut crate::registry::WatchGuard,
     tx: &mpsc::Sender<Result<T, Status>>,
     session_id: &str,
+    heartbeat: Option<(Duration, T)>,
 ) -> bool {
-    tokio::select! {
-        biased;
-        changed = guard.changed.changed() => {
-            if changed.is_err() {
-                let gone = Status::not_found(format!("session {session_id:?} was deleted"));
-                let _ = tx.send(Err(gone)).await;
-                return false;
+    loop {
+        let idle = async {
+            match &heartbeat {
+                Some((interval, _)) => tokio::time::sleep(*interval).await,
+                None => std::future::pending().await,
             }
-            true
+        };
+        tokio::select! {
+            biased;
+            changed = guard.changed.changed() => {
+                if changed.is_err() {
+                    let gone = Status::not_found(format!("session {session_id:?} was deleted"));
+                    let _ = tx.send(Err(gone)).await;
+                    return false;
+                }
+                return true;
+            }
+            _ = tx.closed() => return false,
+            _ = idle => {
+                if let Some((_, beat)) = &heartbeat {
+                    if tx.send(Ok(beat.clone())).await.is_err() {
+                        return false;
+                    }
+                }
+            }
         }
-        _ = tx.closed() => false,
     }
 }
 
@@ -311,6 +339,7 @@ impl ElideDaemon for DaemonService {
     ) -> Result<Response<Self::WatchSessionStream>, Status> {
         self.count("WatchSession");
         let req = req.into_inner();
+        let heartbeat = heartbeat_interval(req.heartbeat_interval.as_ref())?;
         let mut guard = self.registry.watch_session(&req.session_id)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let registry = self.registry.clone();
@@ -331,6 +360,14 @@ impl ElideDaemon for DaemonService {
             {
                 return;
             }
+            let beat = pb::SessionEvent {
+                event: Some(Event::Heartbeat(pb::Heartbeat {})),
+            };
+            // The first heartbeat tells the client to expect them.
+            if heartbeat.is_some() && tx.send(Ok(beat.clone())).await.is_err() {
+                return;
+            }
+            let heartbeat = heartbeat.map(|interval| (interval, beat));
             loop {
                 let Some(batch) = next_batch(&registry, &mut guard, &tx, &sid, cursor).await else {
                     return;
@@ -364,7 +401,7 @@ impl ElideDaemon for DaemonService {
                         return;
                     }
                 }
-                if !next_session_change(&mut guard, &tx, &sid).await {
+                if !next_session_change(&mut guard, &tx, &sid, heartbeat.clone()).await {
                     return;
                 }
             }
@@ -424,7 +461,7 @@ impl ElideDaemon for DaemonService {
                         return;
                     }
                 }
-                if !next_session_change(&mut guard, &tx, &sid).await {
+                if !next_session_change(&mut guard, &tx, &sid, None).await {
                     return;
                 }
             }
@@ -440,6 +477,7 @@ impl ElideDaemon for DaemonService {
     ) -> Result<Response<Self::StreamOutputStream>, Status> {
         self.count("StreamOutput");
         let req = req.into_inner();
+        let heartbeat = heartbeat_interval(req.heartbeat_interval.as_ref())?;
         let log = self.registry.output(&req.session_id, &req.execution_id)?;
         let chunk = self.registry.limits().max_output_chunk_bytes as usize;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
@@ -448,6 +486,15 @@ impl ElideDaemon for DaemonService {
             use pb::output_event::Event;
             let mut changed = log.subscribe();
             let mut offsets = [req.stdout_offset, req.stderr_offset];
+            let beat = || {
+                Ok(pb::OutputEvent {
+                    event: Some(Event::Heartbeat(pb::Heartbeat {})),
+                })
+            };
+            // The first heartbeat tells the client to expect them.
+            if heartbeat.is_some() && req.follow && tx.send(beat()).await.is_err() {
+                return;
+            }
             loop {
                 changed.borrow_and_update();
                 // Closed before reading: then what we read is all there is.
@@ -511,10 +558,21 @@ impl ElideDaemon for DaemonService {
                 if !req.follow {
                     return;
                 }
+                let idle = async {
+                    match heartbeat {
+                        Some(interval) => tokio::time::sleep(interval).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     biased;
                     _ = changed.changed() => {},
                     _ = tx.closed() => return,
+                    _ = idle => {
+                        if tx.send(beat()).await.is_err() {
+                            return;
+                        }
+                    }
                 }
             }
         });

@@ -484,6 +484,7 @@ async fn watch_session_pushes_every_state_change_and_resumes_from_a_seq() {
         .watch_session(pb::WatchSessionRequest {
             session_id: "s".into(),
             after_seq: 0,
+            heartbeat_interval: None,
         })
         .await
         .unwrap()
@@ -520,6 +521,7 @@ async fn watch_session_pushes_every_state_change_and_resumes_from_a_seq() {
         .watch_session(pb::WatchSessionRequest {
             session_id: "s".into(),
             after_seq: seqs[0],
+            heartbeat_interval: None,
         })
         .await
         .unwrap()

@@ -118,6 +118,7 @@ async fn after_a_crash_finished_results_survive_and_lost_ones_are_reported() {
         .watch_session(pb::WatchSessionRequest {
             session_id: "s".into(),
             after_seq: last_seq,
+            heartbeat_interval: None,
         })
         .await
         .unwrap()

@@ -58,16 +58,15 @@ pub fn incoming(listener: TcpListener) -> impl Stream<Item = std::io::Result<Sim
     })
 }
 
-/// A lazily connecting channel to `host:port` over simulated TCP, with the
-/// deadlines and keepalive the production client uses.
+/// A lazily connecting channel to `host:port` over simulated TCP. No
+/// HTTP/2 keepalive: hyper times it on the wall clock, which would make
+/// runs differ (turmoil resets the connections of a crashed host, so the
+/// fake Nomad agent notices a plugin crash without it).
 pub fn channel(host: &str, port: u16) -> Channel {
     let target = format!("{host}:{port}");
     Endpoint::from_shared(format!("http://{target}"))
         .expect("valid simulated endpoint")
         .connect_timeout(Duration::from_secs(2))
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true)
         .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
             let target = target.clone();
             async move { TcpStream::connect(target).await.map(TokioIo::new) }
@@ -90,5 +89,9 @@ impl Dialer for SimDialer {
 
     fn target(&self) -> String {
         self.0.clone()
+    }
+
+    fn keepalive(&self) -> bool {
+        false
     }
 }

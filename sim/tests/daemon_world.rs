@@ -64,6 +64,7 @@ async fn wait_terminal(c: &mut Client, id: &str, trace: &Trace) -> pb::Execution
             .watch_session(pb::WatchSessionRequest {
                 session_id: "node-1".into(),
                 after_seq: after,
+                heartbeat_interval: None,
             })
             .await
         else {
@@ -94,7 +95,7 @@ async fn wait_terminal(c: &mut Client, id: &str, trace: &Trace) -> pb::Execution
                         return s;
                     }
                 }
-                None => {}
+                Some(pb::session_event::Event::Heartbeat(_)) | None => {}
             }
         }
         trace.record("client", "watch stream broke; reconnecting");

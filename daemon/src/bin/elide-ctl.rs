@@ -290,6 +290,7 @@ async fn run(
                     stdout.flush()?;
                 }
             }
+            Some(pb::output_event::Event::Heartbeat(_)) => {}
             Some(pb::output_event::Event::Dropped(d)) => {
                 eprintln!(
                     "[elide-ctl] {} bytes {}..{} of {} were dropped by the daemon's retention limit",

@@ -216,6 +216,7 @@ pub async fn read_output(
             stdout_offset: from.0,
             stderr_offset: from.1,
             follow,
+            heartbeat_interval: None,
         })
         .await
         .expect("stream output")
@@ -241,6 +242,7 @@ pub async fn read_output(
                     out.stderr.extend(&c.data)
                 }
             }
+            pb::output_event::Event::Heartbeat(_) => {}
             pb::output_event::Event::Dropped(d) => {
                 let i = if d.stream() == pb::OutputStream::Stdout {
                     0

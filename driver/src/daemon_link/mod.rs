@@ -9,6 +9,7 @@
 //! dead without either side being told, as after a network partition), and
 //! HTTP/2 keepalive, so a hung daemon is noticed even on long streams.
 
+pub mod heartbeat;
 pub mod identity;
 
 use std::fmt;
@@ -53,6 +54,12 @@ pub trait Dialer: Send + Sync + 'static {
     fn dial(&self) -> BoxFuture<'static, io::Result<BoxedIo>>;
     /// Where it dials, for messages ("/run/elide/daemon.sock", "10.0.0.5:7070").
     fn target(&self) -> String;
+    /// Whether connections use HTTP/2 keepalive pings. hyper times them on
+    /// the wall clock, so a simulated transport turns them off (the
+    /// streams' heartbeats still notice dead connections).
+    fn keepalive(&self) -> bool {
+        true
+    }
 }
 
 /// Dials a unix socket.
@@ -187,6 +194,7 @@ impl Connection {
 
 /// A lazily connecting client over `dialer`.
 fn client_over(dialer: Arc<dyn Dialer>) -> DaemonClient {
+    let keepalive = dialer.keepalive();
     let connector = tower::service_fn(move |_: Uri| {
         let dial = dialer.dial();
         async move {
@@ -201,11 +209,14 @@ fn client_over(dialer: Arc<dyn Dialer>) -> DaemonClient {
         }
     });
     // The URI is required by the API and unused: the dialer decides.
-    let channel = Endpoint::from_static("http://elide-daemon.invalid")
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .connect_with_connector_lazy(connector);
+    let mut endpoint = Endpoint::from_static("http://elide-daemon.invalid");
+    if keepalive {
+        endpoint = endpoint
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+    }
+    let channel = endpoint.connect_with_connector_lazy(connector);
     ElideDaemonClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
@@ -256,6 +267,13 @@ impl DaemonLink {
     /// Where the link dials.
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    /// Gives up the current connection (a stream on it went silent): the
+    /// next call dials afresh.
+    pub fn retire_connection(&self) {
+        let (_, generation) = self.connection.current();
+        self.connection.replace(generation);
     }
 
     /// A client for opening streams (which carry no deadline; keepalive

@@ -24,11 +24,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use elide_proto::elide::daemon::v1 as pb;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use super::backoff::Backoff;
+use crate::daemon_link::heartbeat::{self, Next, Watchdog};
 use crate::daemon_link::DaemonLink;
 use crate::host::{LogSinks, LogWriter, StateFiles};
 
@@ -240,6 +240,7 @@ impl OutputForwarder {
             stdout_offset: offsets.stdout,
             stderr_offset: offsets.stderr,
             follow: true,
+            heartbeat_interval: heartbeat::requested_interval(),
         };
         let mut stream = match self
             .link
@@ -254,8 +255,17 @@ impl OutputForwarder {
             }
         };
         backoff.reset();
+        let mut watchdog = Watchdog::default();
         loop {
-            let next = stream.next().await;
+            let next = match watchdog.next(&mut stream).await {
+                Next::Item(next) => next,
+                Next::Silent => {
+                    tracing::info!(execution_id = %self.execution_id, silent_for = ?heartbeat::HEARTBEAT_TIMEOUT, "output stream went silent; reconnecting");
+                    self.link.retire_connection();
+                    self.persist(*offsets);
+                    return None;
+                }
+            };
             let event = match next {
                 Some(Ok(pb::OutputEvent { event: Some(event) })) => event,
                 Some(Ok(_)) => continue,
@@ -313,6 +323,7 @@ impl OutputForwarder {
                     }
                 }
                 Event::End(_) => return Some(ForwardEnd::Complete(*offsets)),
+                Event::Heartbeat(_) => watchdog.heartbeat(),
             }
         }
     }

@@ -15,11 +15,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use elide_proto::elide::daemon::v1 as pb;
-use futures::StreamExt;
 use tokio::sync::watch;
 
 use super::backoff::Backoff;
 use super::exit::is_terminal;
+use crate::daemon_link::heartbeat::{self, Next, Watchdog};
 use crate::daemon_link::DaemonLink;
 use crate::plugin_config::StatusMode;
 
@@ -269,6 +269,7 @@ pub async fn watch_session(link: DaemonLink, hub: Arc<StatusHub>, session_id: St
         let request = pb::WatchSessionRequest {
             session_id: session_id.clone(),
             after_seq,
+            heartbeat_interval: heartbeat::requested_interval(),
         };
         let opened = link
             .open_stream(request, |mut c, r| async move { c.watch_session(r).await })
@@ -287,7 +288,17 @@ pub async fn watch_session(link: DaemonLink, hub: Arc<StatusHub>, session_id: St
                 continue;
             }
         };
-        while let Some(message) = stream.next().await {
+        let mut watchdog = Watchdog::default();
+        loop {
+            let message = match watchdog.next(&mut stream).await {
+                Next::Item(Some(message)) => message,
+                Next::Item(None) => break,
+                Next::Silent => {
+                    tracing::info!(session_id, silent_for = ?heartbeat::HEARTBEAT_TIMEOUT, "WatchSession went silent; reconnecting");
+                    link.retire_connection();
+                    break;
+                }
+            };
             let event = match message {
                 Ok(pb::SessionEvent { event: Some(event) }) => event,
                 Ok(_) => continue,
@@ -314,6 +325,7 @@ pub async fn watch_session(link: DaemonLink, hub: Arc<StatusHub>, session_id: St
                     bump(&mut cursor, status.seq);
                     hub.deliver(status);
                 }
+                Event::Heartbeat(_) => watchdog.heartbeat(),
                 Event::Gap(gap) => {
                     tracing::info!(
                         session_id,

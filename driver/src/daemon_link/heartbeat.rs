@@ -1,0 +1,75 @@
+//! Noticing a dead daemon stream from the stream itself: the driver asks
+//! for heartbeats ([`HEARTBEAT_INTERVAL`]) on its long-lived streams, and
+//! once a stream has sent one, silence for [`HEARTBEAT_TIMEOUT`] means the
+//! connection under it is dead (a partition, a peer gone without a reset).
+//! HTTP/2 keepalive covers the same ground in production, but on the
+//! wall clock of the transport; this runs on tokio time, in the driver's
+//! own logic, so the simulation exercises it too.
+
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+
+/// Heartbeat interval the driver asks the daemon for.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// Silence after which a stream that sends heartbeats is given up.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// [`HEARTBEAT_INTERVAL`] as the request field.
+pub fn requested_interval() -> Option<prost_types::Duration> {
+    Some(prost_types::Duration {
+        seconds: HEARTBEAT_INTERVAL.as_secs() as i64,
+        nanos: 0,
+    })
+}
+
+/// What reading a stream gave.
+#[derive(Debug)]
+pub enum Next<T> {
+    /// The next item, or `None` at the end of the stream.
+    Item(Option<T>),
+    /// Nothing, not even a heartbeat, for [`HEARTBEAT_TIMEOUT`].
+    Silent,
+}
+
+/// Reads a stream, timing out on silence once it has shown heartbeats (a
+/// daemon that does not send them is never timed out).
+#[derive(Debug, Default)]
+pub struct Watchdog {
+    armed: bool,
+}
+
+impl Watchdog {
+    /// A heartbeat arrived: from now on silence counts.
+    pub fn heartbeat(&mut self) {
+        self.armed = true;
+    }
+
+    /// The next item of `stream`, or [`Next::Silent`].
+    pub async fn next<S: Stream + Unpin>(&self, stream: &mut S) -> Next<S::Item> {
+        if !self.armed {
+            return Next::Item(stream.next().await);
+        }
+        match tokio::time::timeout(HEARTBEAT_TIMEOUT, stream.next()).await {
+            Ok(item) => Next::Item(item),
+            Err(_) => Next::Silent,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_counts_only_after_a_heartbeat() {
+        let mut silent = futures::stream::pending::<u8>();
+        let mut dog = Watchdog::default();
+        let unarmed = tokio::time::timeout(HEARTBEAT_TIMEOUT * 2, dog.next(&mut silent)).await;
+        assert!(unarmed.is_err(), "an unarmed watchdog waits as long as it takes");
+        dog.heartbeat();
+        assert!(matches!(dog.next(&mut silent).await, Next::Silent));
+        let mut one = futures::stream::iter([7u8]);
+        assert!(matches!(dog.next(&mut one).await, Next::Item(Some(7))));
+    }
+}
