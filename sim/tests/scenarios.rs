@@ -23,8 +23,7 @@ fn run_scenario(name: &str) {
         if !report.passed() {
             let lines = report.trace.lines();
             let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-            let violations: Vec<String> =
-                report.violations.iter().map(|v| v.to_string()).collect();
+            let violations: Vec<String> = report.violations.iter().map(|v| v.to_string()).collect();
             panic!(
                 "{name} seed {seed} broke {} invariant(s):\n{}\n\nend of the trace:\n{tail}\n\nreplay: cargo run -p elide-sim --bin elide-sim -- run scenarios/{name}.toml --seed {seed}",
                 violations.len(),

@@ -66,7 +66,10 @@ mod tests {
         let mut silent = futures::stream::pending::<u8>();
         let mut dog = Watchdog::default();
         let unarmed = tokio::time::timeout(HEARTBEAT_TIMEOUT * 2, dog.next(&mut silent)).await;
-        assert!(unarmed.is_err(), "an unarmed watchdog waits as long as it takes");
+        assert!(
+            unarmed.is_err(),
+            "an unarmed watchdog waits as long as it takes"
+        );
         dog.heartbeat();
         assert!(matches!(dog.next(&mut silent).await, Next::Silent));
         let mut one = futures::stream::iter([7u8]);
