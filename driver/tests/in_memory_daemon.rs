@@ -269,7 +269,7 @@ async fn stop_fits_what_the_daemon_accepts_instead_of_failing() {
         driver.tasks().start(&plugin, task).await.expect("start");
         driver
             .tasks()
-            .stop(id, timeout, signal)
+            .stop(Some(&plugin), id, timeout, signal)
             .await
             .unwrap_or_else(|e| panic!("StopTask({signal}, {timeout:?}) failed: {e}"));
         let outcome = tokio::time::timeout(Duration::from_secs(30), driver.tasks().wait(id))
@@ -347,4 +347,58 @@ async fn recovery_finds_the_daemon_the_task_was_started_on() {
         .expect("the task is followed on the daemon it was started on")
         .unwrap();
     assert_eq!((outcome.exit_code, outcome.err.as_str()), (4, ""));
+}
+
+/// After a plugin restart, Nomad's kill path may call `StopTask` before its
+/// wait path has called `RecoverTask`. The new plugin does not know the
+/// task yet, but the stop must still reach the running execution (found by
+/// the simulation's random-faults scenario: the stop was lost and the task
+/// ran forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_before_recovery_still_stops_the_execution() {
+    let dir = tempfile::tempdir().unwrap();
+    let dialers = in_memory_daemon(dir.path());
+    let first = ElideDriver::with_dialers(
+        Arc::new(ApiProbe::with_dialers(dialers.clone())),
+        dialers.clone(),
+    );
+    first.set_config(&[]).unwrap();
+    std::fs::create_dir_all(dir.path().join("alloc/t")).unwrap();
+    let task = TaskConfig {
+        id: "alloc/t/0009".into(),
+        name: "t".into(),
+        msgpack_driver_config: python_task("import time\ntime.sleep(120)\n"),
+        alloc_dir: dir.path().join("alloc").display().to_string(),
+        stdout_path: "/dev/null".into(),
+        stderr_path: "/dev/null".into(),
+        ..Default::default()
+    };
+    let plugin = first.config().unwrap();
+    let handle = first
+        .tasks()
+        .start(&plugin, task.clone())
+        .await
+        .expect("start")
+        .handle;
+    drop(first);
+
+    let second =
+        ElideDriver::with_dialers(Arc::new(ApiProbe::with_dialers(dialers.clone())), dialers);
+    second.set_config(&[]).unwrap();
+    let plugin = second.config().unwrap();
+    second
+        .tasks()
+        .stop(Some(&plugin), &task.id, Duration::from_secs(5), "SIGTERM")
+        .await
+        .expect("StopTask for a task not recovered yet");
+    second
+        .tasks()
+        .recover(&plugin, handle)
+        .await
+        .expect("recover");
+    let outcome = tokio::time::timeout(Duration::from_secs(30), second.tasks().wait(&task.id))
+        .await
+        .expect("the stopped task ended instead of sleeping for two minutes")
+        .unwrap();
+    assert_eq!(outcome.signal, 15, "{outcome:?}");
 }

@@ -601,7 +601,7 @@ impl TaskRun {
                 .driver()
                 .destroy_task(drivers::DestroyTaskRequest {
                     task_id: self.plan.task_id.clone(),
-                    force: false,
+                    force: true,
                 })
                 .await;
             match destroyed {

@@ -370,9 +370,15 @@ impl Driver for DriverService {
             .timeout
             .map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
             .unwrap_or_default();
+        let config = self.driver.config();
         self.driver
             .tasks()
-            .stop(&request.task_id, timeout, &request.signal)
+            .stop(
+                config.as_deref(),
+                &request.task_id,
+                timeout,
+                &request.signal,
+            )
             .await
             .map_err(task_status)?;
         Ok(Response::new(StopTaskResponse {}))

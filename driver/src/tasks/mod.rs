@@ -569,25 +569,34 @@ impl TaskManager {
     /// kept for the one case a retry can fix: the daemon could not be told
     /// to stop the program at all. A signal name or grace the daemon refuses
     /// falls back to what it accepts rather than leaving the task running.
+    ///
+    /// A task this plugin does not know may still run on the daemon: after
+    /// a plugin restart Nomad's kill path can call `StopTask` before its
+    /// wait path has called `RecoverTask`. Its execution id follows from the
+    /// task id, so with `config` the execution is cancelled anyway; a stop
+    /// is never lost.
     pub async fn stop(
         &self,
+        config: Option<&PluginConfig>,
         task_id: &str,
         timeout: Duration,
         signal: &str,
     ) -> Result<(), TaskError> {
-        let Ok(task) = self.task(task_id) else {
-            tracing::debug!(task_id, "StopTask for an unknown task");
-            return Ok(());
-        };
-        if task.outcome().is_some() {
-            return Ok(());
-        }
         let signal = if signal.is_empty() {
             DEFAULT_STOP_SIGNAL
         } else {
             signal
         };
         let grace = timeout.min(MAX_STOP_GRACE);
+        let Ok(task) = self.task(task_id) else {
+            return match config {
+                Some(config) => self.stop_unknown(config, task_id, signal, grace).await,
+                None => Ok(()),
+            };
+        };
+        if task.outcome().is_some() {
+            return Ok(());
+        }
         let link = &task.session.link;
         let mut cancelled = cancel(&task, signal, grace).await;
         if let Err(e) = &cancelled {
@@ -637,6 +646,50 @@ impl TaskManager {
             tracing::warn!(task_id, "task is not reported exited yet; the kill is under way and WaitTask will report the exit");
         }
         Ok(())
+    }
+
+    /// `StopTask` for a task not in the table: cancels the execution its id
+    /// maps to, if the daemon has it. Fails only if the daemon cannot be
+    /// asked (Nomad then retries the stop).
+    async fn stop_unknown(
+        &self,
+        config: &PluginConfig,
+        task_id: &str,
+        signal: &str,
+        grace: Duration,
+    ) -> Result<(), TaskError> {
+        let link = DaemonLink::to_endpoint(&self.dialers, &config.daemon);
+        let request = pb::CancelExecutionRequest {
+            session_id: self.session_id_for(config),
+            execution_id: identity::execution_id(task_id),
+            signal: signal.to_owned(),
+            grace: Some(prost_types::Duration {
+                seconds: grace.as_secs() as i64,
+                nanos: grace.subsec_nanos() as i32,
+            }),
+        };
+        let cancelled = link
+            .unary(
+                request,
+                |mut c, r| async move { c.cancel_execution(r).await },
+            )
+            .await;
+        match cancelled {
+            Ok(_) => {
+                tracing::info!(task_id, signal, "StopTask for a task not recovered yet: its execution was cancelled on the daemon");
+                Ok(())
+            }
+            Err(e) if e.is_transport() => Err(daemon_error(
+                &format!("stopping task {task_id:?}"),
+                link.target(),
+                &e,
+            )),
+            // Not on the daemon (any more), or already finished: nothing runs.
+            Err(e) => {
+                tracing::debug!(task_id, error = %e, "StopTask for an unknown task");
+                Ok(())
+            }
+        }
     }
 
     /// `DestroyTask`: kills the task if running (only with `force`),
