@@ -103,6 +103,7 @@ impl NomadAgent {
             channel: channel(&plugin_host(self.client), PLUGIN_PORT),
             plugin_config: self.plugin_config.clone(),
             generation: tokio::sync::Mutex::new(0),
+            configured: std::sync::atomic::AtomicU64::new(0),
             task_schema: Mutex::new(None),
             trace: self.trace.clone(),
             who: who.clone(),
@@ -140,6 +141,8 @@ struct Plugin {
     plugin_config: String,
     /// Bumped each time the plugin is (re)configured.
     generation: tokio::sync::Mutex<u64>,
+    /// The generation of the last configuration, readable without waiting.
+    configured: std::sync::atomic::AtomicU64,
     task_schema: Mutex<Option<Spec>>,
     trace: Trace,
     who: String,
@@ -157,6 +160,11 @@ fn plugin_gone(status: &tonic::Status) -> bool {
 impl Plugin {
     fn driver(&self) -> DriverClient<Channel> {
         DriverClient::new(self.channel.clone())
+    }
+
+    /// The generation calls made now are made under.
+    fn current(&self) -> u64 {
+        self.configured.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn base(&self) -> BasePluginClient<Channel> {
@@ -179,6 +187,8 @@ impl Plugin {
             }
         }
         *generation += 1;
+        self.configured
+            .store(*generation, std::sync::atomic::Ordering::SeqCst);
         self.trace.record(
             &self.who,
             format!("plugin configured (generation {})", *generation),
@@ -444,7 +454,6 @@ impl TaskRun {
             self.note("StartTask");
             self.seen.task(&self.plan.task_id, |t| t.start_calls += 1);
             let started = self
-                .plugin
                 .driver()
                 .start_task(drivers::StartTaskRequest {
                     task: Some(config.clone()),
@@ -504,6 +513,13 @@ impl TaskRun {
         }
     }
 
+    /// A driver client, noting the plugin generation the call is made
+    /// under (so a failure reconnects that generation, not an older one).
+    fn driver(&mut self) -> DriverClient<Channel> {
+        self.generation = self.plugin.current();
+        self.plugin.driver()
+    }
+
     async fn reconnect(&mut self) {
         match self.plugin.reconnect(self.generation).await {
             Ok(generation) => self.generation = generation,
@@ -524,7 +540,6 @@ impl TaskRun {
         }
         loop {
             let recovered = self
-                .plugin
                 .driver()
                 .recover_task(drivers::RecoverTaskRequest {
                     task_id: self.plan.task_id.clone(),
@@ -549,7 +564,6 @@ impl TaskRun {
     async fn wait(&mut self, handle: &TaskHandle) {
         loop {
             let waited = self
-                .plugin
                 .driver()
                 .wait_task(drivers::WaitTaskRequest {
                     task_id: self.plan.task_id.clone(),
@@ -597,7 +611,6 @@ impl TaskRun {
     async fn destroy(&mut self) {
         for _ in 0..20 {
             let destroyed = self
-                .plugin
                 .driver()
                 .destroy_task(drivers::DestroyTaskRequest {
                     task_id: self.plan.task_id.clone(),

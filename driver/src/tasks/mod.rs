@@ -589,9 +589,11 @@ impl TaskManager {
         };
         let grace = timeout.min(MAX_STOP_GRACE);
         let Ok(task) = self.task(task_id) else {
+            // Unconfigured (a plugin just restarted): fail, so Nomad retries
+            // once SetConfig has told the plugin where the daemon is.
             return match config {
                 Some(config) => self.stop_unknown(config, task_id, signal, grace).await,
-                None => Ok(()),
+                None => Err(TaskError::NotConfigured),
             };
         };
         if task.outcome().is_some() {
