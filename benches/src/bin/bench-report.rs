@@ -343,6 +343,29 @@ fn main() -> Result<()> {
         writeln!(md, "\n_Polling cost: not measured in this run._")?;
     }
 
+    let simulated = read_json(&counted.join("sim_completion.json")).ok();
+    if let Some(rows) = simulated.as_ref().and_then(Value::as_array) {
+        writeln!(md, "\n### Completion latency in simulated time\n\nThe real driver and daemon in the deterministic simulation (`sim/`), one client, N tasks running at once, message latency 1–5 ms per hop. Simulated time measures the protocol, not this machine's load.\n\n| concurrent tasks | watch p50 | watch p99 | 1 s poll p50 | 1 s poll p99 | poll / watch (p50) |\n|---|---|---|---|---|---|")?;
+        for row in rows {
+            let f = |k: &str| row[k].as_f64().unwrap_or(0.0);
+            writeln!(
+                md,
+                "| {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.0}× |",
+                row["tasks"].as_u64().unwrap_or(0),
+                f("watch_p50_ms"),
+                f("watch_p99_ms"),
+                f("poll_p50_ms"),
+                f("poll_p99_ms"),
+                f("poll_p50_ms") / f("watch_p50_ms").max(0.001)
+            )?;
+        }
+    } else {
+        writeln!(
+            md,
+            "\n_Completion latency in simulated time: not measured in this run._"
+        )?;
+    }
+
     writeln!(md, "\n## Where a target is missed, by how much and why\n")?;
     writeln!(md, "- **Completion latency against a raw socket round trip.** Exit to WaitTask result is not one round trip. The daemon reaps the process and drains its pipes to EOF. The supervisor records the exit, which is pushed on the session's WatchSession stream. The driver's status feed delivers it, but the driver first flushes the output forwarder and closes the FIFOs, so Nomad sees complete logs before it sees the exit. Only then does WaitTask answer. That is a few milliseconds of work across two processes, against microseconds for a bare ping-pong, so the 10× target is out of reach by design. The target that matters for users, compared with the original 1 s polling, is met.")?;
     writeln!(md, "- **Unary RPC against the raw round trip.** A unary call pays for HTTP/2 framing, tonic's codec, and two task hand-offs per side on a 2-core machine. The raw ping-pong is a single `write`/`read` pair. Closing the gap would need a leaner transport than gRPC; the API keeps gRPC for its tooling and for Nomad parity.")?;

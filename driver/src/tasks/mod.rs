@@ -69,6 +69,9 @@ pub const REAP_MAX_DELAY: Duration = Duration::from_secs(30);
 /// Deadline of the one daemon call `RecoverTask` makes: Nomad recovers the
 /// tasks of a node one after another on its start-up path.
 pub const RECOVER_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most stops of not-yet-recovered tasks remembered at once (the oldest is
+/// forgotten beyond this).
+pub const MAX_PENDING_STOPS: usize = 1024;
 /// Signal sent by `StopTask` when the job sets no `kill_signal` (Nomad's
 /// exec drivers use SIGINT too).
 pub const DEFAULT_STOP_SIGNAL: &str = "SIGINT";
@@ -192,6 +195,10 @@ pub struct TaskManager {
     contexts: tokio::sync::Mutex<BTreeMap<(String, String), Arc<SessionContext>>>,
     tasks: Mutex<BTreeMap<String, Arc<Task>>>,
     events: broadcast::Sender<TaskEvent>,
+    /// Stops of tasks not (yet) in the table that could not be delivered:
+    /// applied if the task is recovered. Keyed by task id, with the order of
+    /// arrival for the size limit.
+    pending_stops: Mutex<BTreeMap<String, (u64, String, Duration)>>,
 }
 
 impl TaskManager {
@@ -204,6 +211,7 @@ impl TaskManager {
             contexts: tokio::sync::Mutex::default(),
             tasks: Mutex::default(),
             events,
+            pending_stops: Mutex::default(),
         }
     }
 
@@ -543,9 +551,24 @@ impl TaskManager {
         tracing::info!(task_id = %task.id, execution_id = %state.execution_id, "task recovered");
         match self.launch(&task, state, context, observed) {
             // Recovered concurrently by another call: fine.
-            Err(TaskError::AlreadyStarted(_)) => Ok(()),
-            other => other,
+            Err(TaskError::AlreadyStarted(_)) => return Ok(()),
+            Err(e) => return Err(e),
+            Ok(()) => {}
         }
+        let pending = self
+            .pending_stops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&task.id);
+        if let Some((_, signal, grace)) = pending {
+            // Nomad asked to stop it before it was recovered.
+            let recovered = self.task(&task.id)?;
+            tracing::info!(task_id = %task.id, signal, "applying a stop that came before the recovery");
+            if let Err(e) = cancel(&recovered, &signal, grace).await {
+                tracing::warn!(task_id = %task.id, error = %e, "could not apply the earlier stop");
+            }
+        }
+        Ok(())
     }
 
     /// `WaitTask`: the task's exit, once it exited and its output is
@@ -589,12 +612,14 @@ impl TaskManager {
         };
         let grace = timeout.min(MAX_STOP_GRACE);
         let Ok(task) = self.task(task_id) else {
-            // Unconfigured (a plugin just restarted): fail, so Nomad retries
-            // once SetConfig has told the plugin where the daemon is.
-            return match config {
+            let delivered = match config {
                 Some(config) => self.stop_unknown(config, task_id, signal, grace).await,
-                None => Err(TaskError::NotConfigured),
+                None => false,
             };
+            if !delivered {
+                self.remember_stop(task_id, signal, grace);
+            }
+            return Ok(());
         };
         if task.outcome().is_some() {
             return Ok(());
@@ -651,15 +676,15 @@ impl TaskManager {
     }
 
     /// `StopTask` for a task not in the table: cancels the execution its id
-    /// maps to, if the daemon has it. Fails only if the daemon cannot be
-    /// asked (Nomad then retries the stop).
+    /// maps to, if the daemon has it. False if the daemon could not be
+    /// asked (the stop is then applied if the task is recovered).
     async fn stop_unknown(
         &self,
         config: &PluginConfig,
         task_id: &str,
         signal: &str,
         grace: Duration,
-    ) -> Result<(), TaskError> {
+    ) -> bool {
         let link = DaemonLink::to_endpoint(&self.dialers, &config.daemon);
         let request = pb::CancelExecutionRequest {
             session_id: self.session_id_for(config),
@@ -679,19 +704,37 @@ impl TaskManager {
         match cancelled {
             Ok(_) => {
                 tracing::info!(task_id, signal, "StopTask for a task not recovered yet: its execution was cancelled on the daemon");
-                Ok(())
+                true
             }
-            Err(e) if e.is_transport() => Err(daemon_error(
-                &format!("stopping task {task_id:?}"),
-                link.target(),
-                &e,
-            )),
+            Err(e) if e.is_transport() => false,
             // Not on the daemon (any more), or already finished: nothing runs.
             Err(e) => {
                 tracing::debug!(task_id, error = %e, "StopTask for an unknown task");
-                Ok(())
+                true
             }
         }
+    }
+
+    /// Remembers a stop that could not be delivered to a task not in the
+    /// table (up to [`MAX_PENDING_STOPS`]).
+    fn remember_stop(&self, task_id: &str, signal: &str, grace: Duration) {
+        let mut pending = self.pending_stops.lock().unwrap_or_else(|p| p.into_inner());
+        let order = pending.values().map(|(n, _, _)| n + 1).max().unwrap_or(0);
+        pending.insert(task_id.to_owned(), (order, signal.to_owned(), grace));
+        if pending.len() > MAX_PENDING_STOPS {
+            let oldest = pending
+                .iter()
+                .min_by_key(|(_, (n, _, _))| *n)
+                .map(|(id, _)| id.clone());
+            if let Some(oldest) = oldest {
+                pending.remove(&oldest);
+            }
+        }
+        tracing::debug!(
+            task_id,
+            signal,
+            "StopTask for an unknown task; applied if it is recovered"
+        );
     }
 
     /// `DestroyTask`: kills the task if running (only with `force`),
