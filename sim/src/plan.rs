@@ -213,7 +213,7 @@ impl Plan {
         for fault in &faults {
             actions.extend(actions_of(fault, normal_latency));
         }
-        actions.sort_by(|a, b| a.0.cmp(&b.0));
+        actions.sort_by_key(|a| a.0);
         Plan {
             tasks,
             faults,
