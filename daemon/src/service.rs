@@ -99,6 +99,14 @@ fn heartbeat_interval(asked: Option<&prost_types::Duration>) -> Result<Option<Du
         .map(|d| d.max(MIN_HEARTBEAT_INTERVAL)))
 }
 
+/// Completes after `interval` (a heartbeat is due); never without one.
+async fn heartbeat_due(interval: Option<Duration>) {
+    match interval {
+        Some(interval) => tokio::time::sleep(interval).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Waits until the watched session has a new event, sending `heartbeat`
 /// after each `interval` without one. False when the stream should end: the
 /// client went away, or the session was deleted (then the client is told
@@ -110,12 +118,6 @@ async fn next_session_change<T: Clone>(
     heartbeat: Option<(Duration, T)>,
 ) -> bool {
     loop {
-        let idle = async {
-            match &heartbeat {
-                Some((interval, _)) => tokio::time::sleep(*interval).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             biased;
             changed = guard.changed.changed() => {
@@ -127,7 +129,7 @@ async fn next_session_change<T: Clone>(
                 return true;
             }
             _ = tx.closed() => return false,
-            _ = idle => {
+            _ = heartbeat_due(heartbeat.as_ref().map(|(interval, _)| *interval)) => {
                 if let Some((_, beat)) = &heartbeat {
                     if tx.send(Ok(beat.clone())).await.is_err() {
                         return false;
@@ -558,17 +560,11 @@ impl ElideDaemon for DaemonService {
                 if !req.follow {
                     return;
                 }
-                let idle = async {
-                    match heartbeat {
-                        Some(interval) => tokio::time::sleep(interval).await,
-                        None => std::future::pending().await,
-                    }
-                };
                 tokio::select! {
                     biased;
                     _ = changed.changed() => {},
                     _ = tx.closed() => return,
-                    _ = idle => {
+                    _ = heartbeat_due(heartbeat) => {
                         if tx.send(beat()).await.is_err() {
                             return;
                         }

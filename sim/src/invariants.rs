@@ -163,7 +163,6 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
         let result = match seen.results.len() {
             1 => &seen.results[0],
             0 if gone_for_good => continue,
-            0 if seen.start_calls == 0 && gone_for_good => continue,
             0 => {
                 violation("one-result", task, "no result was ever delivered".into());
                 continue;

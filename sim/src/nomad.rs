@@ -535,9 +535,6 @@ impl TaskRun {
     /// `RecoverTask` with the persisted handle (after a plugin or agent
     /// restart). A refusal ends the task with an explicit failure.
     async fn recover(&mut self, handle: &TaskHandle) -> Result<(), Ended> {
-        if self.generation == 0 {
-            self.reconnect().await;
-        }
         loop {
             let recovered = self
                 .driver()

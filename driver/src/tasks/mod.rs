@@ -686,21 +686,14 @@ impl TaskManager {
         grace: Duration,
     ) -> bool {
         let link = DaemonLink::to_endpoint(&self.dialers, &config.daemon);
-        let request = pb::CancelExecutionRequest {
-            session_id: self.session_id_for(config),
-            execution_id: identity::execution_id(task_id),
-            signal: signal.to_owned(),
-            grace: Some(prost_types::Duration {
-                seconds: grace.as_secs() as i64,
-                nanos: grace.subsec_nanos() as i32,
-            }),
-        };
-        let cancelled = link
-            .unary(
-                request,
-                |mut c, r| async move { c.cancel_execution(r).await },
-            )
-            .await;
+        let cancelled = cancel_execution(
+            &link,
+            &self.session_id_for(config),
+            &identity::execution_id(task_id),
+            signal,
+            grace,
+        )
+        .await;
         match cancelled {
             Ok(_) => {
                 tracing::info!(task_id, signal, "StopTask for a task not recovered yet: its execution was cancelled on the daemon");
@@ -966,23 +959,39 @@ async fn reap(target: Reap) {
 
 /// `CancelExecution` of a task's execution.
 async fn cancel(task: &Task, signal: &str, grace: Duration) -> Result<(), CallError> {
+    cancel_execution(
+        &task.session.link,
+        &task.state.session_id,
+        &task.state.execution_id,
+        signal,
+        grace,
+    )
+    .await
+}
+
+/// `CancelExecution`: `signal` now, SIGKILL after `grace`.
+async fn cancel_execution(
+    link: &DaemonLink,
+    session_id: &str,
+    execution_id: &str,
+    signal: &str,
+    grace: Duration,
+) -> Result<(), CallError> {
     let request = pb::CancelExecutionRequest {
-        session_id: task.state.session_id.clone(),
-        execution_id: task.state.execution_id.clone(),
+        session_id: session_id.to_owned(),
+        execution_id: execution_id.to_owned(),
         signal: signal.to_owned(),
         grace: Some(prost_types::Duration {
             seconds: grace.as_secs() as i64,
             nanos: grace.subsec_nanos() as i32,
         }),
     };
-    task.session
-        .link
-        .unary(
-            request,
-            |mut c, r| async move { c.cancel_execution(r).await },
-        )
-        .await
-        .map(drop)
+    link.unary(
+        request,
+        |mut c, r| async move { c.cancel_execution(r).await },
+    )
+    .await
+    .map(drop)
 }
 
 /// The daemon's `max_cancel_grace`, if it says.
