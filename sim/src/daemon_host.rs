@@ -4,7 +4,7 @@
 //! "disk"). Optionally an older daemon without the `WatchSession` stream.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use elide_daemon::ids::SequentialIds;
@@ -27,8 +27,8 @@ pub struct DaemonHost {
     /// Limits of the daemon.
     pub limits: Limits,
     /// Durable state: outlives crashes because the host factory only
-    /// borrows it.
-    pub disk: Arc<MemoryStore>,
+    /// borrows it; [`DaemonHost::wipe`] replaces it with an empty one.
+    disk: Arc<Mutex<Arc<MemoryStore>>>,
     /// Whether the daemon serves `WatchSession` (an older daemon does not:
     /// the driver must fall back to polling).
     pub watch_stream: bool,
@@ -57,6 +57,18 @@ impl DaemonHost {
         self
     }
 
+    /// With these limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Empties the disk: the next boot finds no sessions and no
+    /// executions (meant for a crashed host).
+    pub fn wipe(&self) {
+        *self.disk.lock().unwrap_or_else(|p| p.into_inner()) = Arc::default();
+    }
+
     /// Serves (or not) the `WatchSession` stream.
     pub fn with_watch_stream(mut self, served: bool) -> Self {
         self.watch_stream = served;
@@ -78,7 +90,7 @@ impl DaemonHost {
                 let epoch = SystemTime::UNIX_EPOCH + turmoil::since_epoch().unwrap_or_default();
                 let registry = SessionRegistry::open(RegistryDeps {
                     runtime: Arc::new(RecordingRuntime::new(host.truth.clone(), &host.name, boot)),
-                    store: host.disk.clone(),
+                    store: host.disk.lock().unwrap_or_else(|p| p.into_inner()).clone(),
                     clock: Arc::new(TokioClock::starting_at(epoch)),
                     // Instance ids differ per boot, deterministically.
                     ids: Arc::new(SequentialIds::new(&format!("{}-boot{boot}", host.name))),

@@ -4,14 +4,18 @@
 //! 2. that result is the program's real outcome (from the ground truth)
 //!    or an explicit failure, never a wrong success or a wrong exit code;
 //! 3. no program runs twice, and a refused task runs not at all;
-//! 4. a task's log streams received exactly the program's output (a prefix
-//!    when the program died with its daemon), unless the driver reported
-//!    a truncation; and every writer was closed;
+//! 4. a task's log streams received exactly the program's output, minus
+//!    the byte ranges the driver reported lost (a prefix when the program
+//!    died with its daemon or the task failed explicitly); and every writer
+//!    was closed;
 //! 5. a stopped task ends within its kill_timeout plus [`STOP_BOUND`] when
 //!    no fault hits its client meanwhile;
-//! 6. at the end no program runs on any daemon;
+//! 6. at the end no program runs on any daemon, and no daemon still holds
+//!    the execution of a destroyed task;
 //! 7. a departed client's session expires;
-//! 8. the run finishes (no wedge) and the plugin never surprised Nomad.
+//! 8. the run finishes (no wedge) and the plugin never surprised Nomad;
+//! 9. where the scenario says so, results are prompt (`results_within`)
+//!    and exits are the ones known in advance (`exit_code`, `signal`).
 
 use std::fmt;
 use std::time::Duration;
@@ -57,6 +61,21 @@ pub struct Summary {
     pub rejected: usize,
     /// Completion latency of clean results.
     pub latency: Latency,
+    /// Output bytes reported lost.
+    pub lost_bytes: u64,
+    /// The longest any result took, as the `prompt` rule measures it.
+    pub slowest: Duration,
+}
+
+/// How long a result took to reach Nomad: from the program's end, or from
+/// the end of the last fault on its client if that is later (a program
+/// that died with its daemon counts from there).
+fn result_delay(e: &Evidence<'_>, client: u32, run: &ProgramRun, at: Duration) -> Duration {
+    let since = run
+        .ended_at
+        .unwrap_or_default()
+        .max(e.plan.last_fault_end(client, at));
+    at.saturating_sub(since)
 }
 
 /// The counts and latencies of a run.
@@ -67,7 +86,17 @@ pub fn summarize(e: &Evidence<'_>) -> Summary {
         if seen.rejected.is_some() {
             summary.rejected += 1;
         }
+        summary.lost_bytes += seen
+            .dropped
+            .iter()
+            .map(|(_, from, to)| to.saturating_sub(*from))
+            .sum::<u64>();
         if let Some(result) = seen.results.first() {
+            if let Some(run) = e.truth.runs_of(&plan.execution_id).first() {
+                summary.slowest = summary
+                    .slowest
+                    .max(result_delay(e, plan.client, run, result.at));
+            }
             if result.err.is_empty() {
                 summary.clean += 1;
                 let runs = e.truth.runs_of(&plan.execution_id);
@@ -175,6 +204,19 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
 
         // 2. The real outcome, or an explicit failure.
         let run = runs.first();
+        let destroyed_running = seen.force_destroyed_at.is_some_and(|at| at <= result.at);
+        if let Some((code, signal)) = plan.expected_exit {
+            if !result.err.is_empty() || (result.exit_code, result.signal) != (code, signal) {
+                violation(
+                    "expected-exit",
+                    task,
+                    format!(
+                        "Nomad was told exit_code={} signal={} err={:?}; the scenario expects exit_code={code} signal={signal}",
+                        result.exit_code, result.signal, result.err
+                    ),
+                );
+            }
+        }
         if result.err.is_empty() {
             let real = run.and_then(exit_of);
             if real != Some((result.exit_code, result.signal)) {
@@ -194,7 +236,7 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
                     ),
                 );
             }
-        } else if !e.scenario.expect.failures_allowed {
+        } else if !e.scenario.expect.failures_allowed && !destroyed_running {
             violation(
                 "real-outcome",
                 task,
@@ -202,13 +244,15 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
             );
         }
 
-        // 4. Output, byte for byte.
+        // 4. Output, byte for byte, minus what was reported lost.
         let logs = e.logs.get(&plan.client).cloned().unwrap_or_default();
-        let truncated = seen.events.iter().any(|m| m.contains("were lost"));
-        if truncated && !e.scenario.expect.truncation_allowed {
+        if !seen.dropped.is_empty() && !e.scenario.expect.truncation_allowed {
             violation("output", task, "the driver reported lost output".into());
         }
-        for (name, path, expected) in [
+        // Output may end early when the program died with its daemon, or
+        // the task ended without its program's exit.
+        let may_be_cut = !result.err.is_empty() || destroyed_running;
+        for (name, path, written) in [
             (
                 "stdout",
                 plan.stdout_path(),
@@ -221,10 +265,15 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
             ),
         ] {
             let got = logs.stream(&path);
+            let expected = without_ranges(
+                &written,
+                seen.dropped
+                    .iter()
+                    .filter(|(s, _, _)| s == name)
+                    .map(|(_, from, to)| (*from, *to)),
+            );
             let program_finished = run.is_some_and(|r| r.exit.is_some());
-            let ok = if truncated {
-                got.bytes.len() <= expected.len()
-            } else if program_finished {
+            let ok = if program_finished && !may_be_cut {
                 got.bytes == expected
             } else {
                 expected.starts_with(&got.bytes)
@@ -234,9 +283,10 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
                     "output",
                     task,
                     format!(
-                        "{name}: logmon got {} bytes, the program wrote {}{}",
+                        "{name}: logmon got {} bytes, the program wrote {} ({} reported lost){}",
                         got.bytes.len(),
-                        expected.len(),
+                        written.len(),
+                        written.len() - expected.len(),
                         first_difference(&got.bytes, &expected)
                     ),
                 );
@@ -248,6 +298,21 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
                     format!(
                         "{name}: opened {} times, closed {} times",
                         got.opens, got.closes
+                    ),
+                );
+            }
+        }
+
+        // 9. Prompt results.
+        if let (Some(bound), Some(run)) = (e.scenario.expect.results_within, run) {
+            let took = result_delay(e, plan.client, run, result.at);
+            if took > bound.0 {
+                violation(
+                    "prompt",
+                    task,
+                    format!(
+                        "the result reached Nomad {took:?} after the program's end (or the last fault); bound {:?}",
+                        bound.0
                     ),
                 );
             }
@@ -287,15 +352,40 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
         }
     }
 
+    // 6b. Destroyed tasks' executions are gone from their daemon.
+    for plan in &e.plan.tasks {
+        let seen = e.seen.seen(&plan.task_id);
+        if seen.destroyed_at.is_none() || departed.contains(&plan.client) {
+            continue;
+        }
+        match e.held.get(&plan.client) {
+            Some(Some(held)) if held.executions.contains(&plan.execution_id) => violation(
+                "cleanup",
+                Some(&plan.task_id),
+                format!(
+                    "destroyed, but {} still holds execution {}",
+                    daemon_host(plan.client),
+                    plan.execution_id
+                ),
+            ),
+            Some(Some(_)) => {}
+            _ => violation(
+                "cleanup",
+                None,
+                format!("could not list what {} holds", daemon_host(plan.client)),
+            ),
+        }
+    }
+
     // 7. Departed clients' sessions expire.
     for client in departed {
-        match e.sessions.get(&client) {
-            Some(Some(sessions)) if !sessions.is_empty() => violation(
+        match e.held.get(&client) {
+            Some(Some(held)) if !held.sessions.is_empty() => violation(
                 "session-expiry",
                 None,
                 format!(
                     "client {client} is gone but its daemon still holds {}",
-                    sessions.join(", ")
+                    held.sessions.join(", ")
                 ),
             ),
             Some(Some(_)) => {}
@@ -307,6 +397,22 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
         }
     }
     out
+}
+
+/// `bytes` without the given `[from, to)` offset ranges.
+fn without_ranges(bytes: &[u8], ranges: impl Iterator<Item = (u64, u64)>) -> Vec<u8> {
+    let mut keep = vec![true; bytes.len()];
+    for (from, to) in ranges {
+        let (from, to) = (from as usize, (to as usize).min(bytes.len()));
+        if from < to {
+            keep[from..to].fill(false);
+        }
+    }
+    bytes
+        .iter()
+        .zip(keep)
+        .filter_map(|(b, k)| k.then_some(*b))
+        .collect()
 }
 
 fn first_difference(got: &[u8], expected: &[u8]) -> String {

@@ -286,11 +286,23 @@ async fn follow_events(plugin: Arc<Plugin>, seen: Observations) {
         {
             let mut events = response.into_inner();
             while let Some(Ok(event)) = events.next().await {
-                seen.task(&event.task_id, |t| t.events.push(event.message.clone()));
+                let dropped = dropped_range(&event.annotations);
+                seen.task(&event.task_id, |t| {
+                    t.events.push(event.message.clone());
+                    t.dropped.extend(dropped);
+                });
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// The byte range a "lost output" event reports, from its annotations.
+fn dropped_range(annotations: &BTreeMap<String, String>) -> Option<(String, u64, u64)> {
+    let stream = annotations.get("stream")?.clone();
+    let from = annotations.get("from_offset")?.parse().ok()?;
+    let to = annotations.get("to_offset")?.parse().ok()?;
+    Some((stream, from, to))
 }
 
 /// One task's life, as Nomad's task runner drives it.
@@ -360,9 +372,20 @@ impl TaskRun {
                     };
                     tokio::spawn(stop.run(after))
                 });
+                let destroyer = self.plan.destroy_after.map(|after| {
+                    let destroy = DestroyRun {
+                        plugin: self.plugin.clone(),
+                        disk: self.disk.clone(),
+                        seen: self.seen.clone(),
+                        trace: self.trace.clone(),
+                        who: self.who.clone(),
+                        plan: self.plan.clone(),
+                    };
+                    tokio::spawn(destroy.run(after))
+                });
                 self.wait(&handle).await;
-                if let Some(stopper) = stopper {
-                    stopper.abort();
+                for background in [stopper, destroyer].into_iter().flatten() {
+                    background.abort();
                 }
             }
         }
@@ -653,16 +676,7 @@ struct StopRun {
 
 impl StopRun {
     async fn run(self, after: Duration) {
-        let started = self
-            .seen
-            .seen(&self.plan.task_id)
-            .started_at
-            .unwrap_or_default();
-        let at = started + after;
-        let now = turmoil::sim_elapsed().unwrap_or_default();
-        if at > now {
-            tokio::time::sleep(at - now).await;
-        }
+        sleep_until_after_start(&self.seen, &self.plan, after).await;
         let label = format!("{}#{}", self.plan.group, self.plan.index);
         loop {
             if self.disk.get(&self.plan.task_id).result {
@@ -701,5 +715,64 @@ impl StopRun {
                 }
             }
         }
+    }
+}
+
+/// `DestroyTask(force = true)` of a running task, with no stop first, as
+/// Nomad does when it garbage-collects an allocation whose kill failed.
+struct DestroyRun {
+    plugin: Arc<Plugin>,
+    disk: AgentDisk,
+    seen: Observations,
+    trace: Trace,
+    who: String,
+    plan: TaskPlan,
+}
+
+impl DestroyRun {
+    async fn run(self, after: Duration) {
+        sleep_until_after_start(&self.seen, &self.plan, after).await;
+        let label = format!("{}#{}", self.plan.group, self.plan.index);
+        loop {
+            if self.disk.get(&self.plan.task_id).result {
+                return;
+            }
+            let now = turmoil::sim_elapsed().unwrap_or_default();
+            self.seen.task(&self.plan.task_id, |t| {
+                t.force_destroyed_at.get_or_insert(now);
+            });
+            self.trace.record(
+                &self.who,
+                format!("{label} DestroyTask(force) while running"),
+            );
+            let destroyed = self
+                .plugin
+                .driver()
+                .destroy_task(drivers::DestroyTaskRequest {
+                    task_id: self.plan.task_id.clone(),
+                    force: true,
+                })
+                .await;
+            match destroyed {
+                Ok(_) => return,
+                Err(status) => {
+                    self.trace.record(
+                        &self.who,
+                        format!("{label} DestroyTask failed: {}", status.message()),
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps until `after` past the task's (first successful) start.
+async fn sleep_until_after_start(seen: &Observations, plan: &TaskPlan, after: Duration) {
+    let started = seen.seen(&plan.task_id).started_at.unwrap_or_default();
+    let at = started + after;
+    let now = turmoil::sim_elapsed().unwrap_or_default();
+    if at > now {
+        tokio::time::sleep(at - now).await;
     }
 }

@@ -33,8 +33,12 @@ pub struct TaskSeen {
     pub stop_called_at: Option<Duration>,
     /// When `DestroyTask` succeeded.
     pub destroyed_at: Option<Duration>,
+    /// When `DestroyTask(force)` was first called on it while it ran.
+    pub force_destroyed_at: Option<Duration>,
     /// Driver task events.
     pub events: Vec<String>,
+    /// Output the driver reported lost: `(stream, from, to)` byte ranges.
+    pub dropped: Vec<(String, u64, u64)>,
     /// Protocol surprises (an error a real Nomad would not expect).
     pub surprises: Vec<String>,
 }

@@ -54,8 +54,12 @@ pub struct TaskPlan {
     pub kill_timeout: Duration,
     /// The job's `kill_signal`.
     pub kill_signal: String,
+    /// `DestroyTask(force)` this long after the start, if still running.
+    pub destroy_after: Option<Duration>,
     /// What should happen.
     pub expect: TaskExpect,
+    /// The exit code and signal Nomad must be told, when known in advance.
+    pub expected_exit: Option<(i32, i32)>,
 }
 
 impl TaskPlan {
@@ -100,6 +104,8 @@ pub enum Action {
     Crash(String),
     /// (Re)start a host's software.
     Restart(String),
+    /// Empty a (crashed) daemon host's disk.
+    Wipe(String),
 }
 
 impl Action {
@@ -113,6 +119,7 @@ impl Action {
             Action::Latency(a, b, d) => format!("latency {a} <-> {b} up to {d:?}"),
             Action::Crash(h) => format!("crash {h}"),
             Action::Restart(h) => format!("restart {h}"),
+            Action::Wipe(h) => format!("wipe the disk of {h}"),
         }
     }
 }
@@ -173,7 +180,10 @@ impl Plan {
                     stop_after: group.stop_after.map(|s| s.0),
                     kill_timeout: group.kill_timeout.0,
                     kill_signal: group.kill_signal.clone(),
+                    destroy_after: group.destroy_after.map(|s| s.0),
                     expect: group.expect,
+                    expected_exit: (group.exit_code.is_some() || group.signal.is_some())
+                        .then(|| (group.exit_code.unwrap_or(0), group.signal.unwrap_or(0))),
                 });
                 n += 1;
             }
@@ -243,6 +253,17 @@ impl Plan {
         out
     }
 
+    /// The latest end of a fault on `client` that began by `by` (zero if
+    /// none did; a fault still going on at `by` ends after it).
+    pub fn last_fault_end(&self, client: u32, by: Duration) -> Duration {
+        self.faults
+            .iter()
+            .filter(|f| f.client == client && f.at <= by)
+            .filter_map(|f| f.until)
+            .max()
+            .unwrap_or_default()
+    }
+
     /// Whether any fault touches `client` during `[from, to]`.
     pub fn disturbed(&self, client: u32, from: Duration, to: Duration) -> bool {
         self.faults
@@ -292,6 +313,11 @@ fn actions_of(fault: &Fault, normal: Duration) -> Vec<(Duration, Action)> {
         }
         FaultKind::CrashDaemon => {
             out.push((fault.at, Action::Crash(daemon.clone())));
+            at_end(Action::Restart(daemon), &mut out);
+        }
+        FaultKind::WipeDaemon => {
+            out.push((fault.at, Action::Crash(daemon.clone())));
+            out.push((fault.at, Action::Wipe(daemon.clone())));
             at_end(Action::Restart(daemon), &mut out);
         }
         FaultKind::CrashPlugin => {

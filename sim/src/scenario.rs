@@ -67,6 +67,9 @@ pub struct Scenario {
     /// The cluster.
     #[serde(default)]
     pub cluster: Cluster,
+    /// Limits of every daemon that differ from the defaults.
+    #[serde(default)]
+    pub daemon: DaemonLimits,
     /// The workload, group by group.
     #[serde(default)]
     pub tasks: Vec<TaskGroup>,
@@ -146,6 +149,52 @@ impl Default for Cluster {
     }
 }
 
+/// Daemon limits a scenario sets (an operator's `elide-daemon` flags);
+/// unset ones keep the daemon's defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonLimits {
+    /// `max_cancel_grace`: the longest stop grace the daemon accepts.
+    #[serde(default)]
+    pub max_cancel_grace: Option<Span>,
+    /// `output_retention_bytes_per_stream`.
+    #[serde(default)]
+    pub output_retention_bytes: Option<u64>,
+    /// `max_output_chunk_bytes`: the largest chunk of a `StreamOutput`.
+    #[serde(default)]
+    pub output_chunk_bytes: Option<u32>,
+    /// `max_events_retained_per_session`: fewer means watchers that fall
+    /// behind get a `gap` and must re-list.
+    #[serde(default)]
+    pub max_events_retained: Option<u32>,
+    /// `max_retained_executions_per_session`: finished executions beyond
+    /// it are forgotten, oldest first.
+    #[serde(default)]
+    pub max_retained_executions: Option<u32>,
+}
+
+impl DaemonLimits {
+    /// The daemon's limits with these applied.
+    pub fn apply(&self, mut limits: elide_daemon::limits::Limits) -> elide_daemon::limits::Limits {
+        if let Some(grace) = self.max_cancel_grace {
+            limits.max_cancel_grace = grace.0;
+        }
+        if let Some(bytes) = self.output_retention_bytes {
+            limits.output_retention_bytes_per_stream = bytes;
+        }
+        if let Some(bytes) = self.output_chunk_bytes {
+            limits.max_output_chunk_bytes = bytes;
+        }
+        if let Some(events) = self.max_events_retained {
+            limits.max_events_retained_per_session = events;
+        }
+        if let Some(executions) = self.max_retained_executions {
+            limits.max_retained_executions_per_session = executions;
+        }
+        limits
+    }
+}
+
 /// What Nomad should make of a group's tasks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -187,9 +236,21 @@ pub struct TaskGroup {
     /// The job's `kill_signal` (empty: the driver's default).
     #[serde(default)]
     pub kill_signal: String,
+    /// `DestroyTask(force = true)` this long after the start, without a
+    /// stop first (Nomad does so when an allocation is garbage-collected
+    /// or a kill fails); the program must be killed and forgotten.
+    #[serde(default)]
+    pub destroy_after: Option<Span>,
     /// What should happen to them.
     #[serde(default)]
     pub expect: TaskExpect,
+    /// The exit code Nomad must be told (a clean result), if it is known
+    /// in advance (e.g. a trap's code after a stop).
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// The signal Nomad must be told (a clean result), if known in advance.
+    #[serde(default)]
+    pub signal: Option<i32>,
 }
 
 fn default_kill_timeout() -> Span {
@@ -213,6 +274,10 @@ pub enum FaultKind {
     /// The whole client (Nomad agent and plugin) crashes; it restarts
     /// after `for`, or never: then its session must expire.
     CrashClient,
+    /// The daemon host crashes and comes back after `for` with an empty
+    /// disk (a reinstalled machine, a state directory on tmpfs): every
+    /// session and execution it had is unknown to it afterwards.
+    WipeDaemon,
 }
 
 impl FaultKind {
@@ -225,6 +290,7 @@ impl FaultKind {
             FaultKind::CrashDaemon => "crash_daemon",
             FaultKind::CrashPlugin => "crash_plugin",
             FaultKind::CrashClient => "crash_client",
+            FaultKind::WipeDaemon => "wipe_daemon",
         }
     }
 }
@@ -277,6 +343,11 @@ pub struct Expect {
     /// Whether the daemon may report output it no longer had.
     #[serde(default)]
     pub truncation_allowed: bool,
+    /// How soon every result must reach Nomad: after the program's exit,
+    /// or after the end of the last fault on its client if that is later
+    /// (a program that died with its daemon counts from there).
+    #[serde(default)]
+    pub results_within: Option<Span>,
 }
 
 impl Scenario {
@@ -313,6 +384,11 @@ impl Scenario {
         if scenario.tasks.is_empty() {
             return Err(invalid("no [[tasks]]".into()));
         }
+        scenario
+            .daemon
+            .apply(elide_daemon::limits::Limits::default())
+            .validate()
+            .map_err(|problem| invalid(format!("[daemon]: {problem}")))?;
         for fault in &scenario.faults {
             if fault.client == 0 || fault.client > scenario.cluster.clients {
                 return Err(invalid(format!(

@@ -2,7 +2,7 @@
 //! agent, its driver plugin and its daemon), applies the fault schedule
 //! between steps, and hands what was seen to the invariants.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,8 +22,14 @@ use crate::scenario::Scenario;
 use crate::trace::Trace;
 use crate::truth::GroundTruth;
 
-/// Quiet time after the workload, for background clean-up to finish.
-pub const SETTLE: Duration = Duration::from_secs(10);
+/// Quiet time after the workload and the last fault, for background
+/// clean-up to finish: long enough for the driver's deletion of a destroyed
+/// task's execution to come round once more at its longest back-off.
+pub const SETTLE: Duration = Duration::from_secs(
+    elide_driver::tasks::REAP_MAX_DELAY.as_secs()
+        + elide_driver::tasks::FORCE_DELETE_TIMEOUT.as_secs()
+        + 15,
+);
 
 /// Everything a finished run left for the invariants.
 pub struct Evidence<'a> {
@@ -39,11 +45,20 @@ pub struct Evidence<'a> {
     pub logs: &'a BTreeMap<u32, LogBook>,
     /// Per client: its daemon's boot count, and whether it runs at the end.
     pub daemons: BTreeMap<u32, (u64, bool)>,
-    /// Per client: the sessions its daemon held at the end (`None`: not
+    /// Per client: what its daemon held at the end (`None`: not
     /// reachable).
-    pub sessions: BTreeMap<u32, Option<Vec<String>>>,
+    pub held: BTreeMap<u32, Option<Held>>,
     /// Why the run stopped early, if it did.
     pub aborted: Option<String>,
+}
+
+/// What a daemon held at the end of a run.
+#[derive(Debug, Clone, Default)]
+pub struct Held {
+    /// Its sessions.
+    pub sessions: Vec<String>,
+    /// The executions of all of them.
+    pub executions: BTreeSet<String>,
 }
 
 /// Completion latency: the program's exit to Nomad's `WaitTask` result.
@@ -86,6 +101,11 @@ pub struct RunReport {
     pub rejected: usize,
     /// Completion latency of the clean results.
     pub latency: Latency,
+    /// Output bytes the driver reported lost (skipped by the daemon).
+    pub lost_bytes: u64,
+    /// The longest a result took after its program's end (or the client's
+    /// last fault).
+    pub slowest: Duration,
 }
 
 impl RunReport {
@@ -131,6 +151,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
     let mut logs = BTreeMap::new();
     for client in 1..=cluster.clients {
         let daemon = DaemonHost::new(&daemon_host(client), DAEMON_PORT)
+            .with_limits(scenario.daemon.apply(Default::default()))
             .recording_into(truth.clone())
             .with_watch_stream(cluster.daemon_watch);
         daemon.install(&mut sim);
@@ -157,7 +178,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
     }
 
     // The observer: waits for the workload and the fault schedule to be
-    // over, lets clean-up settle, then asks each daemon for its sessions.
+    // over, lets clean-up settle, then asks each daemon what it holds.
     let departed = plan.departed_clients();
     let last_action = plan.actions.last().map(|a| a.0).unwrap_or_default();
     let mut settle = SETTLE;
@@ -165,10 +186,10 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
         let idle = humantime::parse_duration(&cluster.idle_timeout).unwrap_or_default();
         settle = settle.max(idle + SETTLE);
     }
-    let sessions: Arc<Mutex<BTreeMap<u32, Option<Vec<String>>>>> = Arc::default();
+    let held: Arc<Mutex<BTreeMap<u32, Option<Held>>>> = Arc::default();
     {
         let seen = seen.clone();
-        let sessions = sessions.clone();
+        let held = held.clone();
         let clients = cluster.clients;
         let trace = trace.clone();
         sim.client("observer", async move {
@@ -185,26 +206,12 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
             tokio::time::sleep(settle).await;
             for client in 1..=clients {
                 let mut daemon = ElideDaemonClient::new(channel(&daemon_host(client), DAEMON_PORT));
-                let listed = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    daemon.list_sessions(pb::ListSessionsRequest {}),
-                )
-                .await;
-                let ids = match listed {
-                    Ok(Ok(response)) => Some(
-                        response
-                            .into_inner()
-                            .sessions
-                            .into_iter()
-                            .map(|s| s.session_id)
-                            .collect(),
-                    ),
-                    _ => None,
-                };
-                sessions
-                    .lock()
+                let listed =
+                    tokio::time::timeout(Duration::from_secs(5), list_everything(&mut daemon))
+                        .await;
+                held.lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(client, ids);
+                    .insert(client, listed.ok().and_then(Result::ok));
             }
             Ok(())
         });
@@ -219,7 +226,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
                 break;
             }
             trace.record_at(now, "world", action.describe());
-            apply(&mut sim, action);
+            apply(&mut sim, action, &daemons);
             actions.next();
         }
         match sim.step() {
@@ -237,7 +244,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
         .iter()
         .map(|(client, d)| (*client, (d.boots(), sim.is_host_running(d.name.as_str()))))
         .collect();
-    let sessions = sessions.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let held = held.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let evidence = Evidence {
         scenario,
         plan: &plan,
@@ -245,7 +252,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
         truth: &truth,
         logs: &logs,
         daemons: daemon_states,
-        sessions,
+        held,
         aborted,
     };
     let violations = invariants::check(&evidence);
@@ -264,10 +271,41 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
         failed: summary.failed,
         rejected: summary.rejected,
         latency: summary.latency,
+        lost_bytes: summary.lost_bytes,
+        slowest: summary.slowest,
     }
 }
 
-fn apply(sim: &mut turmoil::Sim<'_>, action: &Action) {
+/// Every session of a daemon and every execution in them.
+async fn list_everything(
+    daemon: &mut ElideDaemonClient<tonic::transport::Channel>,
+) -> Result<Held, tonic::Status> {
+    let sessions: Vec<String> = daemon
+        .list_sessions(pb::ListSessionsRequest {})
+        .await?
+        .into_inner()
+        .sessions
+        .into_iter()
+        .map(|s| s.session_id)
+        .collect();
+    let mut executions = BTreeSet::new();
+    for session_id in &sessions {
+        let listed = daemon
+            .list_executions(pb::ListExecutionsRequest {
+                session_id: session_id.clone(),
+                active_only: false,
+            })
+            .await?
+            .into_inner();
+        executions.extend(listed.executions.into_iter().map(|e| e.execution_id));
+    }
+    Ok(Held {
+        sessions,
+        executions,
+    })
+}
+
+fn apply(sim: &mut turmoil::Sim<'_>, action: &Action, daemons: &BTreeMap<u32, DaemonHost>) {
     match action {
         Action::Partition(a, b) => sim.partition(a.as_str(), b.as_str()),
         Action::Repair(a, b) => sim.repair(a.as_str(), b.as_str()),
@@ -276,5 +314,10 @@ fn apply(sim: &mut turmoil::Sim<'_>, action: &Action) {
         Action::Latency(a, b, d) => sim.set_link_max_message_latency(a.as_str(), b.as_str(), *d),
         Action::Crash(h) => sim.crash(h.as_str()),
         Action::Restart(h) => sim.bounce(h.as_str()),
+        Action::Wipe(h) => {
+            if let Some(daemon) = daemons.values().find(|d| &d.name == h) {
+                daemon.wipe();
+            }
+        }
     }
 }

@@ -78,6 +78,12 @@ scenarios! {
     no_watch_stream => "no-watch-stream",
     bad_configs => "bad-configs",
     random_faults => "random-faults",
+    daemon_wipe => "daemon-wipe",
+    daemon_wipe_polling => "daemon-wipe-polling",
+    recover_while_unreachable => "recover-while-unreachable",
+    destroy => "destroy",
+    stop_fallbacks => "stop-fallbacks",
+    output_retention => "output-retention",
 }
 
 /// The full trace of one run, printed by the `elide-sim` binary in its own

@@ -237,12 +237,23 @@ fn main() -> Result<()> {
         ),
         ("log_throughput", vec!["stdout_to_fifo_64MiB"]),
     ];
+    // The payload size is part of the name (it follows the encoded request),
+    // so an older run may have left another one: take the newest.
     let raw = std::fs::read_dir(criterion.join("rpc_roundtrip"))
         .ok()
         .and_then(|d| {
             d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("raw_unix_pingpong")
+                })
+                .max_by_key(|e| {
+                    std::fs::metadata(e.path().join("new").join("estimates.json"))
+                        .and_then(|m| m.modified())
+                        .ok()
+                })
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .find(|n| n.starts_with("raw_unix_pingpong"))
         });
     for (group, functions) in &groups {
         let mut functions: Vec<String> = functions.iter().map(|s| s.to_string()).collect();
@@ -264,6 +275,8 @@ fn main() -> Result<()> {
         }
     }
     writeln!(md, "\n| target | figure | result |\n|---|---|---|")?;
+    // Which targets this run missed: only those get an explanation below.
+    let mut missed: Vec<&str> = Vec::new();
     let watch = m("completion_latency", "watch");
     let poll = m("completion_latency", "poll_1s");
     let unary = m("rpc_roundtrip", "daemon_health_unary");
@@ -283,6 +296,9 @@ fn main() -> Result<()> {
             "| completion p50 within 10× of a raw socket round trip | {ratio:.0}× | {} |",
             verdict(ratio <= 10.0)
         )?;
+        if ratio > 10.0 {
+            missed.push("completion_rtt");
+        }
     }
     if let (Some(u), Some(r)) = (&unary, &raw_rt) {
         let ratio = u.median / r.median;
@@ -291,6 +307,9 @@ fn main() -> Result<()> {
             "| unary RPC within 3× of the raw round trip | {ratio:.1}× | {} |",
             verdict(ratio <= 3.0)
         )?;
+        if ratio > 3.0 {
+            missed.push("unary");
+        }
     }
     if let Some(t) = m("log_throughput", "stdout_to_fifo_64MiB") {
         let mbps = 64.0 * 1024.0 * 1024.0 / (t.median / 1e9) / 1e6;
@@ -299,6 +318,9 @@ fn main() -> Result<()> {
             "| log throughput ≥ 100 MB/s | {mbps:.0} MB/s | {} |",
             verdict(mbps >= 100.0)
         )?;
+        if mbps < 100.0 {
+            missed.push("log");
+        }
     }
     for lang in ["python", "javascript"] {
         if let (Some(d), Some(s)) = (
@@ -367,9 +389,16 @@ fn main() -> Result<()> {
     }
 
     writeln!(md, "\n## Where a target is missed, by how much and why\n")?;
-    writeln!(md, "- **Completion latency against a raw socket round trip.** Exit to WaitTask result is not one round trip. The daemon reaps the process and drains its pipes to EOF. The supervisor records the exit, which is pushed on the session's WatchSession stream. The driver's status feed delivers it, but the driver first flushes the output forwarder and closes the FIFOs, so Nomad sees complete logs before it sees the exit. Only then does WaitTask answer. That is a few milliseconds of work across two processes, against microseconds for a bare ping-pong, so the 10× target is out of reach by design. The target that matters for users, compared with the original 1 s polling, is met.")?;
-    writeln!(md, "- **Unary RPC against the raw round trip.** A unary call pays for HTTP/2 framing, tonic's codec, and two task hand-offs per side on a 2-core machine. The raw ping-pong is a single `write`/`read` pair. Closing the gap would need a leaner transport than gRPC; the API keeps gRPC for its tooling and for Nomad parity.")?;
-    writeln!(md, "- **Log throughput.** Every byte is copied about six times: pipe → daemon read buffer → retained output log → gRPC chunk → HTTP/2 frame → driver → FIFO → reader. The chunk size is 64 KiB, and backpressure throttles the program to what the reader takes. Larger chunks and `Bytes`-based zero-copy retention are the next steps. During the full run, a cold CI build was compiling on the same 2 cores, which lowers every absolute figure here.")?;
+    if missed.contains(&"completion_rtt") {
+        writeln!(md, "- **Completion latency against a raw socket round trip.** Exit to WaitTask result is not one round trip. The daemon reaps the process and drains its pipes to EOF. The supervisor records the exit, which is pushed on the session's WatchSession stream. The driver's status feed delivers it, but the driver first flushes the output forwarder and closes the FIFOs, so Nomad sees complete logs before it sees the exit. Only then does WaitTask answer. That is a few milliseconds of work across two processes, against microseconds for a bare ping-pong, so the 10× target is out of reach by design. The target that matters for users, compared with the original 1 s polling, is met.")?;
+    }
+    if missed.contains(&"unary") {
+        writeln!(md, "- **Unary RPC against the raw round trip.** A unary call pays for HTTP/2 framing, tonic's codec, and two task hand-offs per side on a 2-core machine. The raw ping-pong is a single `write`/`read` pair. Closing the gap would need a leaner transport than gRPC; the API keeps gRPC for its tooling and for Nomad parity.")?;
+    }
+    if missed.contains(&"log") {
+        writeln!(md, "- **Log throughput.** Every byte is copied about six times: pipe → daemon read buffer → retained output log → gRPC chunk → HTTP/2 frame → driver → FIFO → reader. The chunk size is 64 KiB, and backpressure throttles the program to what the reader takes. Larger chunks and `Bytes`-based zero-copy retention are the next steps.")?;
+    }
+    writeln!(md, "- **Ratios against the raw round trip move with the machine's load.** The raw ping-pong is a few microseconds of system calls, the figure most sensitive to other work on these shared 2-core machines, so the unary and completion ratios differ from run to run even though each compares figures of the same run.")?;
     writeln!(md, "- **Start latency, JavaScript.** Spawning `node -e CODE` directly measured slower than going through the daemon, which writes the snippet to a file and runs `node FILE` with a minimal environment. The direct case inherits the caller's whole environment. The comparison is reported as measured. For Python both sides use the same real executable (`sys.executable`, not a PATH shim), and both are timed to the first output byte.")?;
     writeln!(md, "\n## Charts\n")?;
     if let (Some(w), Some(p)) = (&watch, &poll) {

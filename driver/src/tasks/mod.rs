@@ -322,6 +322,7 @@ impl TaskManager {
         let context = self.context(config, &config.daemon, &session_id).await;
         self.create_session(&context.link, config, &session_id)
             .await?;
+        context.hub.session_created();
         let observed = context.hub.register(&execution_id);
         let submitted = context
             .link

@@ -47,16 +47,24 @@ impl Observed {
 
 struct Entry {
     sender: watch::Sender<Observed>,
-    /// Set once the daemon accepted the execution: only then does its
-    /// absence from a listing mean it is lost (before, it may simply not
-    /// have been submitted yet).
-    confirmed: bool,
+    /// Set once the daemon accepted the execution (to the hub's
+    /// [`Epoch`] then): only then does its absence from a listing mean it
+    /// is lost (before, it may simply not have been submitted yet), and
+    /// only from a listing asked for after that.
+    confirmed: Option<Epoch>,
 }
+
+/// Counts confirmations, so that an answer can be matched with the
+/// executions confirmed before it was asked for.
+pub type Epoch = u64;
 
 /// Dispatches status observations to the tasks waiting for them.
 #[derive(Default)]
 pub struct StatusHub {
     entries: Mutex<BTreeMap<String, Entry>>,
+    epoch: std::sync::atomic::AtomicU64,
+    /// Wakes a feed waiting out its back-off (the session now exists).
+    wake: tokio::sync::Notify,
 }
 
 impl StatusHub {
@@ -72,7 +80,7 @@ impl StatusHub {
             .entry(execution_id.to_owned())
             .or_insert_with(|| Entry {
                 sender: watch::Sender::new(Observed::Pending),
-                confirmed: false,
+                confirmed: None,
             });
         entry.sender.subscribe()
     }
@@ -80,7 +88,31 @@ impl StatusHub {
     /// The daemon accepted (or already had) the execution.
     pub fn confirm(&self, execution_id: &str) {
         if let Some(entry) = self.lock().get_mut(execution_id) {
-            entry.confirmed = true;
+            let epoch = self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            entry.confirmed.get_or_insert(epoch);
+        }
+    }
+
+    /// Now, for matching a request's answer with [`StatusHub::confirm`]s:
+    /// take it before sending the request.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The session was just created (again) on the daemon: a feed backing
+    /// off because it was missing retries now, so tasks started into the
+    /// new session get their results without waiting out the back-off.
+    pub fn session_created(&self) {
+        self.wake.notify_waiters();
+    }
+
+    /// Waits out `backoff`, or less if [`StatusHub::session_created`] is
+    /// called meanwhile (then the back-off starts over).
+    async fn pause(&self, backoff: &mut Backoff) {
+        tokio::select! {
+            biased;
+            _ = self.wake.notified() => backoff.reset(),
+            _ = backoff.wait() => {}
         }
     }
 
@@ -129,21 +161,34 @@ impl StatusHub {
 
     /// Confirmed executions that have not ended yet.
     pub fn active(&self) -> Vec<String> {
+        self.active_as_of(Epoch::MAX)
+    }
+
+    /// Executions confirmed by `epoch` that have not ended yet.
+    fn active_as_of(&self, epoch: Epoch) -> Vec<String> {
         self.lock()
             .iter()
-            .filter(|(_, e)| e.confirmed && !e.sender.borrow().is_final())
+            .filter(|(_, e)| {
+                e.confirmed.is_some_and(|c| c <= epoch) && !e.sender.borrow().is_final()
+            })
             .map(|(id, _)| id.clone())
             .collect()
     }
 
-    /// Applies a full listing: delivers every status and marks confirmed,
-    /// unfinished executions missing from it as lost.
-    pub fn apply_listing(&self, executions: Vec<pb::ExecutionStatus>, session_id: &str) {
+    /// Applies a full listing asked for at `asked`: delivers every status
+    /// and marks unfinished executions confirmed by then that are missing
+    /// from it as lost (one confirmed later may be newer than the listing).
+    pub fn apply_listing(
+        &self,
+        executions: Vec<pb::ExecutionStatus>,
+        session_id: &str,
+        asked: Epoch,
+    ) {
         let present: BTreeSet<String> = executions.iter().map(|s| s.execution_id.clone()).collect();
         for status in executions {
             self.deliver(status);
         }
-        for id in self.active() {
+        for id in self.active_as_of(asked) {
             if !present.contains(&id) {
                 self.mark_lost(
                     &id,
@@ -153,9 +198,11 @@ impl StatusHub {
         }
     }
 
-    /// Marks every confirmed, unfinished execution lost.
-    pub fn lose_all(&self, why: &str) {
-        for id in self.active() {
+    /// Marks every unfinished execution confirmed by `asked` lost (the
+    /// daemon said, in answer to a request sent at `asked`, that the
+    /// session does not exist; it may have been created again since).
+    pub fn lose_all(&self, why: &str, asked: Epoch) {
+        for id in self.active_as_of(asked) {
             self.mark_lost(&id, why);
         }
     }
@@ -171,6 +218,7 @@ async fn relist(
         session_id: session_id.to_owned(),
         active_only: false,
     };
+    let asked = hub.epoch();
     match link
         .unary(
             request,
@@ -179,14 +227,15 @@ async fn relist(
         .await
     {
         Ok(list) => {
-            hub.apply_listing(list.executions, session_id);
+            hub.apply_listing(list.executions, session_id, asked);
             Ok(list.last_seq)
         }
         Err(e) => {
             if e.is_not_found() {
-                hub.lose_all(&format!(
-                    "session {session_id} no longer exists on the daemon"
-                ));
+                hub.lose_all(
+                    &format!("session {session_id} no longer exists on the daemon"),
+                    asked,
+                );
             }
             Err(e)
         }
@@ -261,7 +310,7 @@ pub async fn watch_session(link: DaemonLink, hub: Arc<StatusHub>, session_id: St
                 }
                 Err(e) => {
                     tracing::debug!(session_id, error = %e, "listing executions failed; retrying");
-                    backoff.wait().await;
+                    hub.pause(&mut backoff).await;
                     continue;
                 }
             },
@@ -271,6 +320,7 @@ pub async fn watch_session(link: DaemonLink, hub: Arc<StatusHub>, session_id: St
             after_seq,
             heartbeat_interval: heartbeat::requested_interval(),
         };
+        let asked = hub.epoch();
         let opened = link
             .open_stream(request, |mut c, r| async move { c.watch_session(r).await })
             .await;
@@ -280,11 +330,12 @@ pub async fn watch_session(link: DaemonLink, hub: Arc<StatusHub>, session_id: St
             Err(e) => {
                 tracing::debug!(session_id, error = %e, "WatchSession failed; retrying");
                 if e.is_not_found() {
-                    hub.lose_all(&format!(
-                        "session {session_id} no longer exists on the daemon"
-                    ));
+                    hub.lose_all(
+                        &format!("session {session_id} no longer exists on the daemon"),
+                        asked,
+                    );
                 }
-                backoff.wait().await;
+                hub.pause(&mut backoff).await;
                 continue;
             }
         };
@@ -344,7 +395,7 @@ pub async fn watch_session(link: DaemonLink, hub: Arc<StatusHub>, session_id: St
                 }
             }
         }
-        backoff.wait().await;
+        hub.pause(&mut backoff).await;
     }
 }
 
@@ -428,9 +479,27 @@ mod tests {
         let submitted = hub.register("a");
         let unsent = hub.register("b");
         hub.confirm("a");
-        hub.apply_listing(vec![], "s");
+        hub.apply_listing(vec![], "s", hub.epoch());
         assert!(matches!(&*submitted.borrow(), Observed::Lost(_)));
         assert_eq!(*unsent.borrow(), Observed::Pending);
         assert!(hub.active().is_empty());
+    }
+
+    #[test]
+    fn an_answer_asked_for_before_a_confirmation_does_not_lose_it() {
+        let hub = StatusHub::default();
+        let old = hub.register("old");
+        hub.confirm("old");
+        let asked = hub.epoch();
+        // Submitted while the listing (or NOT_FOUND) was on its way.
+        let new = hub.register("new");
+        hub.confirm("new");
+        hub.apply_listing(vec![], "s", asked);
+        assert!(matches!(&*old.borrow(), Observed::Lost(_)));
+        assert_eq!(*new.borrow(), Observed::Pending);
+        hub.lose_all("gone", asked);
+        assert_eq!(*new.borrow(), Observed::Pending);
+        hub.lose_all("gone", hub.epoch());
+        assert!(matches!(&*new.borrow(), Observed::Lost(_)));
     }
 }
