@@ -400,5 +400,10 @@ async fn stop_before_recovery_still_stops_the_execution() {
         .await
         .expect("the stopped task ended instead of sleeping for two minutes")
         .unwrap();
-    assert_eq!(outcome.signal, 15, "{outcome:?}");
+    // SIGTERM killed the program, or (on a loaded machine) the cancel
+    // came before the daemon had spawned it: either way the stop landed.
+    assert!(
+        outcome.signal == 15 || outcome.err.starts_with("cancelled with SIGTERM"),
+        "{outcome:?}"
+    );
 }
