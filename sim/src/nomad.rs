@@ -361,28 +361,22 @@ impl TaskRun {
         };
         if let Some(handle) = handle {
             if !self.disk.get(&self.plan.task_id).result {
-                let stopper = self.plan.stop_after.map(|after| {
-                    let stop = StopRun {
-                        plugin: self.plugin.clone(),
-                        disk: self.disk.clone(),
-                        seen: self.seen.clone(),
-                        trace: self.trace.clone(),
-                        who: self.who.clone(),
-                        plan: self.plan.clone(),
-                    };
-                    tokio::spawn(stop.run(after))
-                });
-                let destroyer = self.plan.destroy_after.map(|after| {
-                    let destroy = DestroyRun {
-                        plugin: self.plugin.clone(),
-                        disk: self.disk.clone(),
-                        seen: self.seen.clone(),
-                        trace: self.trace.clone(),
-                        who: self.who.clone(),
-                        plan: self.plan.clone(),
-                    };
-                    tokio::spawn(destroy.run(after))
-                });
+                let interrupt = |what: Interruption, after: Option<Duration>| {
+                    after.map(|after| {
+                        let run = InterruptRun {
+                            what,
+                            plugin: self.plugin.clone(),
+                            disk: self.disk.clone(),
+                            seen: self.seen.clone(),
+                            trace: self.trace.clone(),
+                            who: self.who.clone(),
+                            plan: self.plan.clone(),
+                        };
+                        tokio::spawn(run.run(after))
+                    })
+                };
+                let stopper = interrupt(Interruption::Stop, self.plan.stop_after);
+                let destroyer = interrupt(Interruption::ForceDestroy, self.plan.destroy_after);
                 self.wait(&handle).await;
                 for background in [stopper, destroyer].into_iter().flatten() {
                     background.abort();
@@ -664,8 +658,20 @@ fn recoverable(status: &tonic::Status) -> bool {
         && elide_driver::status::recoverable_flag(status).unwrap_or(true)
 }
 
-/// `StopTask` after the job's stop time, as Nomad's kill path calls it.
-struct StopRun {
+/// What Nomad does to a running task from outside its wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interruption {
+    /// `StopTask` after the job's stop time, as Nomad's kill path calls it.
+    Stop,
+    /// `DestroyTask(force = true)` with no stop first, as Nomad does when
+    /// it garbage-collects an allocation whose kill failed.
+    ForceDestroy,
+}
+
+/// One [`Interruption`] of a task, retried until it is accepted or the
+/// task has its result.
+struct InterruptRun {
+    what: Interruption,
     plugin: Arc<Plugin>,
     disk: AgentDisk,
     seen: Observations,
@@ -674,95 +680,63 @@ struct StopRun {
     plan: TaskPlan,
 }
 
-impl StopRun {
+impl InterruptRun {
     async fn run(self, after: Duration) {
         sleep_until_after_start(&self.seen, &self.plan, after).await;
         let label = format!("{}#{}", self.plan.group, self.plan.index);
+        let (call, attempt) = match self.what {
+            Interruption::Stop => ("StopTask", "StopTask"),
+            Interruption::ForceDestroy => ("DestroyTask", "DestroyTask(force) while running"),
+        };
         loop {
             if self.disk.get(&self.plan.task_id).result {
                 return;
             }
             let now = turmoil::sim_elapsed().unwrap_or_default();
             self.seen.task(&self.plan.task_id, |t| {
-                t.stop_called_at.get_or_insert(now);
+                match self.what {
+                    Interruption::Stop => t.stop_called_at.get_or_insert(now),
+                    Interruption::ForceDestroy => t.force_destroyed_at.get_or_insert(now),
+                };
             });
-            self.trace.record(&self.who, format!("{label} StopTask"));
-            let stopped = self
-                .plugin
-                .driver()
-                .stop_task(drivers::StopTaskRequest {
-                    task_id: self.plan.task_id.clone(),
-                    timeout: Some(prost_types::Duration {
-                        seconds: self.plan.kill_timeout.as_secs() as i64,
-                        nanos: self.plan.kill_timeout.subsec_nanos() as i32,
-                    }),
-                    signal: self.plan.kill_signal.clone(),
-                })
-                .await;
-            match stopped {
-                Ok(_) => return,
-                Err(status) if plugin_gone(&status) => {
-                    // The waiting side reconnects and recovers; retry then.
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Err(status) => {
-                    // Nomad retries a failed kill.
-                    self.trace.record(
-                        &self.who,
-                        format!("{label} StopTask failed: {}", status.message()),
-                    );
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+            self.trace.record(&self.who, format!("{label} {attempt}"));
+            let task_id = self.plan.task_id.clone();
+            let answered = match self.what {
+                Interruption::Stop => self
+                    .plugin
+                    .driver()
+                    .stop_task(drivers::StopTaskRequest {
+                        task_id,
+                        timeout: Some(prost_types::Duration {
+                            seconds: self.plan.kill_timeout.as_secs() as i64,
+                            nanos: self.plan.kill_timeout.subsec_nanos() as i32,
+                        }),
+                        signal: self.plan.kill_signal.clone(),
+                    })
+                    .await
+                    .map(drop),
+                Interruption::ForceDestroy => self
+                    .plugin
+                    .driver()
+                    .destroy_task(drivers::DestroyTaskRequest {
+                        task_id,
+                        force: true,
+                    })
+                    .await
+                    .map(drop),
+            };
+            match answered {
+                Ok(()) => return,
+                // A stop retried after a plugin restart: the waiting side
+                // reconnects and recovers meanwhile.
+                Err(status) if self.what == Interruption::Stop && plugin_gone(&status) => {}
+                // Nomad retries a failed kill.
+                Err(status) => self.trace.record(
+                    &self.who,
+                    format!("{label} {call} failed: {}", status.message()),
+                ),
             }
-        }
-    }
-}
-
-/// `DestroyTask(force = true)` of a running task, with no stop first, as
-/// Nomad does when it garbage-collects an allocation whose kill failed.
-struct DestroyRun {
-    plugin: Arc<Plugin>,
-    disk: AgentDisk,
-    seen: Observations,
-    trace: Trace,
-    who: String,
-    plan: TaskPlan,
-}
-
-impl DestroyRun {
-    async fn run(self, after: Duration) {
-        sleep_until_after_start(&self.seen, &self.plan, after).await;
-        let label = format!("{}#{}", self.plan.group, self.plan.index);
-        loop {
-            if self.disk.get(&self.plan.task_id).result {
-                return;
-            }
-            let now = turmoil::sim_elapsed().unwrap_or_default();
-            self.seen.task(&self.plan.task_id, |t| {
-                t.force_destroyed_at.get_or_insert(now);
-            });
-            self.trace.record(
-                &self.who,
-                format!("{label} DestroyTask(force) while running"),
-            );
-            let destroyed = self
-                .plugin
-                .driver()
-                .destroy_task(drivers::DestroyTaskRequest {
-                    task_id: self.plan.task_id.clone(),
-                    force: true,
-                })
-                .await;
-            match destroyed {
-                Ok(_) => return,
-                Err(status) => {
-                    self.trace.record(
-                        &self.who,
-                        format!("{label} DestroyTask failed: {}", status.message()),
-                    );
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 }
