@@ -78,6 +78,7 @@ scenarios! {
     no_watch_stream => "no-watch-stream",
     bad_configs => "bad-configs",
     random_faults => "random-faults",
+    events_pruned => "events-pruned",
     daemon_wipe => "daemon-wipe",
     daemon_wipe_polling => "daemon-wipe-polling",
     recover_while_unreachable => "recover-while-unreachable",

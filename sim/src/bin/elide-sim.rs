@@ -38,6 +38,11 @@ enum Command {
         /// Print only the verdict, not the trace.
         #[arg(long)]
         quiet: bool,
+        /// Also write the driver's and daemon's own logs to stderr, stamped
+        /// with simulated time (an `EnvFilter`, e.g. `info` or
+        /// `elide_driver=debug`).
+        #[arg(long, value_name = "FILTER")]
+        log: Option<String>,
     },
     /// Runs scenarios with many seeds.
     Swarm {
@@ -52,13 +57,43 @@ enum Command {
     },
 }
 
+/// Stamps log lines with the simulated time of the running simulation
+/// (a wall-clock stamp would say nothing about when things happened).
+struct SimulatedTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimulatedTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match turmoil::sim_elapsed() {
+            Some(t) => write!(w, "[{:>10.3}s]", t.as_secs_f64()),
+            None => write!(w, "[          -]"),
+        }
+    }
+}
+
+/// Sends the code under test's `tracing` output to stderr.
+fn install_logs(filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("--log {filter:?} is not a valid filter"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_timer(SimulatedTime)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    Ok(())
+}
+
 fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
         Command::Run {
             scenario,
             seed,
             quiet,
+            log,
         } => {
+            if let Some(filter) = log {
+                install_logs(&filter)?;
+            }
             let loaded = Scenario::load(&scenario)?;
             let wall = Instant::now();
             let report = world::run(&loaded, seed);
