@@ -84,7 +84,7 @@ impl Limits {
 
     /// The limits as the API reports them.
     pub fn to_proto(&self) -> elide_proto::elide::daemon::v1::DaemonLimits {
-        use crate::time::proto_duration;
+        use elide_proto::duration_to_proto;
         elide_proto::elide::daemon::v1::DaemonLimits {
             max_code_bytes: self.max_code_bytes,
             max_args: self.max_args,
@@ -98,9 +98,11 @@ impl Limits {
             output_retention_bytes_per_stream: self.output_retention_bytes_per_stream,
             max_events_retained_per_session: self.max_events_retained_per_session,
             max_output_chunk_bytes: self.max_output_chunk_bytes,
-            max_cancel_grace: Some(proto_duration(self.max_cancel_grace)),
-            timeout_grace: Some(proto_duration(self.timeout_grace)),
-            default_session_idle_timeout: Some(proto_duration(self.default_session_idle_timeout)),
+            max_cancel_grace: Some(duration_to_proto(self.max_cancel_grace)),
+            timeout_grace: Some(duration_to_proto(self.timeout_grace)),
+            default_session_idle_timeout: Some(duration_to_proto(
+                self.default_session_idle_timeout,
+            )),
         }
     }
 }

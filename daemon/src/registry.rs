@@ -28,7 +28,8 @@ use crate::runtime::{Metrics, ProgramControl, Runtime};
 use crate::session::{execution_policy, ExecutionPolicy, SessionPolicy};
 use crate::store::{ExecutionRecord, SessionRecord, StateStore};
 use crate::supervisor::{self, StopRequest};
-use crate::time::{proto_duration, proto_timestamp, Clock};
+use crate::time::{proto_timestamp, Clock};
+use elide_proto::duration_to_proto;
 
 /// Sequence numbers reserved (and persisted) at a time, so a restarted
 /// daemon never reuses one.
@@ -294,7 +295,7 @@ impl SessionRegistry {
             status: status as i32,
             instance_id: self.instance_id.clone(),
             version: self.version.clone(),
-            uptime: Some(proto_duration(self.started.elapsed())),
+            uptime: Some(duration_to_proto(self.started.elapsed())),
         }
     }
 
@@ -576,7 +577,7 @@ impl SessionRegistry {
                 daemon_instance_id: self.instance_id.clone(),
                 language: policy.language.name().into(),
                 memory_limit_mb: policy.memory_limit_mb.unwrap_or(0),
-                timeout: policy.timeout.map(proto_duration),
+                timeout: policy.timeout.map(duration_to_proto),
                 labels: req.labels.clone(),
                 ..Default::default()
             };
@@ -836,8 +837,8 @@ impl SessionRegistry {
         let m = control.map(|c| c.metrics()).unwrap_or(Metrics::default());
         Ok(pb::ExecutionMetrics {
             sampled_at: Some(proto_timestamp(self.clock.now())),
-            cpu_user: Some(proto_duration(m.cpu_user)),
-            cpu_system: Some(proto_duration(m.cpu_system)),
+            cpu_user: Some(duration_to_proto(m.cpu_user)),
+            cpu_system: Some(duration_to_proto(m.cpu_system)),
             memory_rss_bytes: m.rss_bytes,
             memory_peak_bytes: m.peak_rss_bytes,
             process_count: m.process_count,

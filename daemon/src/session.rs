@@ -38,7 +38,7 @@ impl SessionPolicy {
         } else {
             let mut langs = Vec::new();
             for name in &config.enabled_languages {
-                let lang = Language::parse(name).map_err(|e| {
+                let lang = crate::language::parse(name).map_err(|e| {
                     DaemonError::InvalidArgument(format!("config.enabled_languages: {e}"))
                 })?;
                 if !langs.contains(&lang) {
@@ -97,7 +97,7 @@ pub fn execution_policy(
     ai_available: bool,
 ) -> Result<ExecutionPolicy, DaemonError> {
     let invalid = DaemonError::InvalidArgument;
-    let language = Language::parse(&req.language)?;
+    let language = crate::language::parse(&req.language)?;
     if !session.languages.contains(&language) {
         let enabled: Vec<&str> = session.languages.iter().map(|l| l.name()).collect();
         return Err(invalid(format!(

@@ -56,14 +56,6 @@ pub fn proto_timestamp(t: SystemTime) -> prost_types::Timestamp {
     }
 }
 
-/// A protobuf duration for `d` (saturating at i64 seconds).
-pub fn proto_duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
 /// A std duration from a protobuf one; negative or malformed values are an
 /// error naming `field`.
 pub fn std_duration(d: &prost_types::Duration, field: &str) -> Result<Duration, String> {

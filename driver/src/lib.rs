@@ -7,7 +7,8 @@
 //! * configuration: [`plugin_config`] (agent `plugin` block),
 //!   [`task_config`] (task `config` block), [`script`] (loading a task's
 //!   script safely), built on [`cty`] (Nomad's msgpack encoding),
-//!   [`hclspec`] (schema builders), [`duration`] and [`catalog`];
+//!   [`hclspec`] (schema builders) and [`duration`]; the languages and
+//!   intrinsics it knows come from `elide_proto`, shared with the daemon;
 //! * driver state: [`driver`], with daemon health from [`probe`] and,
 //!   when configured, the daemon started and restarted by [`supervision`];
 //! * the daemon: [`daemon_link`] (transport seam, deadlines, keepalive,
@@ -16,7 +17,6 @@
 
 #![warn(missing_docs)]
 
-pub mod catalog;
 pub mod cty;
 pub mod daemon_link;
 pub mod driver;

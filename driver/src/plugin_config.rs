@@ -31,10 +31,10 @@ use std::time::Duration;
 
 use elide_proto::hashicorp::nomad::plugins::shared::hclspec::Spec;
 
-use crate::catalog::{self, Language};
 use crate::cty::{self, ConfigError, CtyObject};
 use crate::duration;
 use crate::hclspec::{attr, block, object};
+use elide_proto::{intrinsics, Language};
 
 /// Where the daemon listens when the configuration names no endpoint.
 pub const DEFAULT_DAEMON_SOCKET: &str = "/run/elide/daemon.sock";
@@ -428,17 +428,17 @@ pub(crate) fn languages(names: &[String], field: &str) -> Result<Vec<Language>, 
     Ok(out)
 }
 
-/// Checks intrinsic names against [`catalog::KNOWN_INTRINSICS`]; duplicates
+/// Checks intrinsic names against [`elide_proto::intrinsics::INTRINSICS`]; duplicates
 /// are dropped.
 pub(crate) fn intrinsics(names: Vec<String>, field: &str) -> Result<Vec<String>, ConfigError> {
     let mut out: Vec<String> = Vec::new();
     for name in names {
-        if !catalog::is_known_intrinsic(&name) {
+        if !intrinsics::is_known(&name) {
             return Err(ConfigError::invalid(
                 field,
                 format!(
                     "unknown intrinsic {name:?} (known: {})",
-                    catalog::KNOWN_INTRINSICS.join(", ")
+                    intrinsics::known_names()
                 ),
             ));
         }

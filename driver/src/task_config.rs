@@ -27,11 +27,11 @@ use std::time::Duration;
 
 use elide_proto::hashicorp::nomad::plugins::shared::hclspec::Spec;
 
-use crate::catalog::Language;
 use crate::cty::{self, ConfigError, CtyObject};
 use crate::duration;
 use crate::hclspec::{attr, block, object};
 use crate::plugin_config::{intrinsics, languages, positive_mib};
+use elide_proto::Language;
 
 /// The schema of a task's `config { … }` block.
 ///

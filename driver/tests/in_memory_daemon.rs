@@ -17,7 +17,7 @@ use elide_driver::daemon_link::{BoxedIo, Dialer, DialerFactory};
 use elide_driver::driver::ElideDriver;
 use elide_driver::plugin_config::{DaemonEndpoint, DEFAULT_DAEMON_SOCKET};
 use elide_driver::probe::{ApiProbe, AttributeValue, DaemonHealth};
-use elide_proto::hashicorp::nomad::plugins::drivers::proto::TaskConfig;
+use elide_proto::hashicorp::nomad::plugins::drivers::proto::{TaskConfig, TaskHandle};
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -122,14 +122,58 @@ fn in_memory_daemon_with(state: &std::path::Path, limits: Limits) -> DialerFacto
     Arc::new(move |_| dialer.clone())
 }
 
+/// A plugin whose daemon connections come from `dialers`, configured with
+/// an empty (all-defaults) plugin config.
+fn plugin_with(dialers: &DialerFactory) -> ElideDriver {
+    let driver = ElideDriver::with_dialers(
+        Arc::new(ApiProbe::with_dialers(dialers.clone())),
+        dialers.clone(),
+    );
+    driver.set_config(&[]).unwrap();
+    driver
+}
+
+/// Task `id` running the python `code`, with its alloc dir under `dir`.
+fn task_config(dir: &std::path::Path, id: &str, code: &str) -> TaskConfig {
+    std::fs::create_dir_all(dir.join("alloc/t")).unwrap();
+    TaskConfig {
+        id: id.into(),
+        name: "t".into(),
+        msgpack_driver_config: python_task(code),
+        alloc_dir: dir.join("alloc").display().to_string(),
+        stdout_path: "/dev/null".into(),
+        stderr_path: "/dev/null".into(),
+        ..Default::default()
+    }
+}
+
+/// A python program that waits for the file `go` to exist, then exits 4.
+fn exits_4_once(go: &std::path::Path) -> String {
+    format!(
+        "import os, time\nwhile not os.path.exists({go:?}):\n    time.sleep(0.05)\nraise SystemExit(4)\n",
+        go = go.display().to_string()
+    )
+}
+
+/// Starts `task` through a plugin on `dialers`, then lets that plugin die
+/// (the execution keeps running in the daemon); returns the task handle
+/// Nomad persisted.
+async fn start_then_lose_the_plugin(dialers: &DialerFactory, task: &TaskConfig) -> TaskHandle {
+    let first = plugin_with(dialers);
+    let started = first
+        .tasks()
+        .start(&first.config().unwrap(), task.clone())
+        .await
+        .expect("start");
+    started.handle
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_runs_over_an_injected_transport() {
     let dir = tempfile::tempdir().unwrap();
     let dialers = in_memory_daemon(dir.path());
-    let driver =
-        ElideDriver::with_dialers(Arc::new(ApiProbe::with_dialers(dialers.clone())), dialers);
     // Default config: the unix socket it names is never dialled.
-    driver.set_config(&[]).unwrap();
+    let driver = plugin_with(&dialers);
     let DaemonHealth::Healthy { attributes } = driver.health().await else {
         panic!("the in-memory daemon is healthy");
     };
@@ -138,17 +182,7 @@ async fn lifecycle_runs_over_an_injected_transport() {
         AttributeValue::String("in-memory".into())
     );
 
-    std::fs::create_dir_all(dir.path().join("alloc/t")).unwrap();
-    let config = python_task("import sys; sys.exit(4)");
-    let task = TaskConfig {
-        id: "alloc/t/0001".into(),
-        name: "t".into(),
-        msgpack_driver_config: config,
-        alloc_dir: dir.path().join("alloc").display().to_string(),
-        stdout_path: "/dev/null".into(),
-        stderr_path: "/dev/null".into(),
-        ..Default::default()
-    };
+    let task = task_config(dir.path(), "alloc/t/0001", "import sys; sys.exit(4)");
     let plugin = driver.config().unwrap();
     let started = driver
         .tasks()
@@ -176,41 +210,13 @@ async fn lifecycle_runs_over_an_injected_transport() {
 async fn recovery_while_the_daemon_is_unreachable_reattaches_later() {
     let dir = tempfile::tempdir().unwrap();
     let dialers = in_memory_daemon(dir.path());
-    let first = ElideDriver::with_dialers(
-        Arc::new(ApiProbe::with_dialers(dialers.clone())),
-        dialers.clone(),
-    );
-    first.set_config(&[]).unwrap();
-    std::fs::create_dir_all(dir.path().join("alloc/t")).unwrap();
     let go = dir.path().join("go");
-    let code = format!(
-        "import os, time\nwhile not os.path.exists({go:?}):\n    time.sleep(0.05)\nraise SystemExit(4)\n",
-        go = go.display().to_string()
-    );
-    let task = TaskConfig {
-        id: "alloc/t/0002".into(),
-        name: "t".into(),
-        msgpack_driver_config: python_task(&code),
-        alloc_dir: dir.path().join("alloc").display().to_string(),
-        stdout_path: "/dev/null".into(),
-        stderr_path: "/dev/null".into(),
-        ..Default::default()
-    };
-    let plugin = first.config().unwrap();
-    let mut handle = first
-        .tasks()
-        .start(&plugin, task.clone())
-        .await
-        .expect("start")
-        .handle;
-    // The plugin process dies; the execution keeps running in the daemon.
-    drop(first);
+    let task = task_config(dir.path(), "alloc/t/0002", &exits_4_once(&go));
+    let mut handle = start_then_lose_the_plugin(&dialers, &task).await;
 
     let up = Arc::new(AtomicBool::new(false));
-    let dialers = switchable(&dialers, &up);
-    let second =
-        ElideDriver::with_dialers(Arc::new(ApiProbe::with_dialers(dialers.clone())), dialers);
-    second.set_config(&[]).unwrap();
+    let second = plugin_with(&switchable(&dialers, &up));
+    let plugin = second.config().unwrap();
     // As after an agent restart: no driver config in the handle.
     handle
         .config
@@ -246,26 +252,15 @@ async fn stop_fits_what_the_daemon_accepts_instead_of_failing() {
         ..Limits::default()
     };
     let dialers = in_memory_daemon_with(dir.path(), limits);
-    let driver =
-        ElideDriver::with_dialers(Arc::new(ApiProbe::with_dialers(dialers.clone())), dialers);
-    driver.set_config(&[]).unwrap();
+    let driver = plugin_with(&dialers);
     let plugin = driver.config().unwrap();
-    std::fs::create_dir_all(dir.path().join("alloc/t")).unwrap();
     let code =
         "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)\n";
     for (id, timeout, signal) in [
         ("alloc/t/0003", Duration::from_secs(30), "SIGTERM"),
         ("alloc/t/0004", Duration::from_millis(500), "SIGBOGUS"),
     ] {
-        let task = TaskConfig {
-            id: id.into(),
-            name: "t".into(),
-            msgpack_driver_config: python_task(code),
-            alloc_dir: dir.path().join("alloc").display().to_string(),
-            stdout_path: "/dev/null".into(),
-            stderr_path: "/dev/null".into(),
-            ..Default::default()
-        };
+        let task = task_config(dir.path(), id, code);
         driver.tasks().start(&plugin, task).await.expect("start");
         driver
             .tasks()
@@ -296,36 +291,11 @@ async fn recovery_finds_the_daemon_the_task_was_started_on() {
             up,
         }) as Arc<dyn Dialer>
     });
-    let first = ElideDriver::with_dialers(
-        Arc::new(ApiProbe::with_dialers(dialers.clone())),
-        dialers.clone(),
-    );
-    first.set_config(&[]).unwrap();
-    std::fs::create_dir_all(dir.path().join("alloc/t")).unwrap();
     let go = dir.path().join("go");
-    let code = format!(
-        "import os, time\nwhile not os.path.exists({go:?}):\n    time.sleep(0.05)\nraise SystemExit(4)\n",
-        go = go.display().to_string()
-    );
-    let task = TaskConfig {
-        id: "alloc/t/0005".into(),
-        name: "t".into(),
-        msgpack_driver_config: python_task(&code),
-        alloc_dir: dir.path().join("alloc").display().to_string(),
-        stdout_path: "/dev/null".into(),
-        stderr_path: "/dev/null".into(),
-        ..Default::default()
-    };
-    let handle = first
-        .tasks()
-        .start(&first.config().unwrap(), task.clone())
-        .await
-        .expect("start")
-        .handle;
-    drop(first);
+    let task = task_config(dir.path(), "alloc/t/0005", &exits_4_once(&go));
+    let handle = start_then_lose_the_plugin(&dialers, &task).await;
 
-    let second =
-        ElideDriver::with_dialers(Arc::new(ApiProbe::with_dialers(dialers.clone())), dialers);
+    let second = plugin_with(&dialers);
     let moved = {
         let value = rmpv::Value::Map(vec![(
             "daemon_socket".into(),
@@ -358,33 +328,10 @@ async fn recovery_finds_the_daemon_the_task_was_started_on() {
 async fn stop_before_recovery_still_stops_the_execution() {
     let dir = tempfile::tempdir().unwrap();
     let dialers = in_memory_daemon(dir.path());
-    let first = ElideDriver::with_dialers(
-        Arc::new(ApiProbe::with_dialers(dialers.clone())),
-        dialers.clone(),
-    );
-    first.set_config(&[]).unwrap();
-    std::fs::create_dir_all(dir.path().join("alloc/t")).unwrap();
-    let task = TaskConfig {
-        id: "alloc/t/0009".into(),
-        name: "t".into(),
-        msgpack_driver_config: python_task("import time\ntime.sleep(120)\n"),
-        alloc_dir: dir.path().join("alloc").display().to_string(),
-        stdout_path: "/dev/null".into(),
-        stderr_path: "/dev/null".into(),
-        ..Default::default()
-    };
-    let plugin = first.config().unwrap();
-    let handle = first
-        .tasks()
-        .start(&plugin, task.clone())
-        .await
-        .expect("start")
-        .handle;
-    drop(first);
+    let task = task_config(dir.path(), "alloc/t/0009", "import time\ntime.sleep(120)\n");
+    let handle = start_then_lose_the_plugin(&dialers, &task).await;
 
-    let second =
-        ElideDriver::with_dialers(Arc::new(ApiProbe::with_dialers(dialers.clone())), dialers);
-    second.set_config(&[]).unwrap();
+    let second = plugin_with(&dialers);
     let plugin = second.config().unwrap();
     second
         .tasks()

@@ -5,9 +5,19 @@
 //! * [`hashicorp::nomad::plugins`]: the Nomad plugin protocol (base plugin,
 //!   task driver, HCL spec, shared structs).
 //! * [`plugin`]: go-plugin's own services (controller, stdio, broker).
+//! * [`Language`]: the snippet languages, by the names the API uses;
+//!   [`intrinsics`]: the host capabilities a session may grant.
+//! * [`duration_to_proto`] / [`duration_from_proto`]: the one conversion
+//!   between std and protobuf durations every crate uses.
 //!
 //! The module tree mirrors the protobuf packages exactly, because generated
 //! code refers to other packages through relative `super::` paths.
+
+mod duration;
+pub mod intrinsics;
+mod language;
+pub use duration::{duration_from_proto, duration_to_proto};
+pub use language::Language;
 
 /// Elide packages.
 pub mod elide {

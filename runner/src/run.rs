@@ -597,10 +597,7 @@ async fn supervise(
                     let mut driver = plugin.driver.clone();
                     let request = StopTaskRequest {
                         task_id: r.id.clone(),
-                        timeout: Some(prost_types::Duration {
-                            seconds: r.task.kill_timeout.as_secs() as i64,
-                            nanos: r.task.kill_timeout.subsec_nanos() as i32,
-                        }),
+                        timeout: Some(elide_proto::duration_to_proto(r.task.kill_timeout)),
                         signal: r.task.kill_signal.clone(),
                     };
                     let limit = r.task.kill_timeout + STOP_MARGIN;

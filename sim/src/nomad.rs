@@ -707,10 +707,7 @@ impl InterruptRun {
                     .driver()
                     .stop_task(drivers::StopTaskRequest {
                         task_id,
-                        timeout: Some(prost_types::Duration {
-                            seconds: self.plan.kill_timeout.as_secs() as i64,
-                            nanos: self.plan.kill_timeout.subsec_nanos() as i32,
-                        }),
+                        timeout: Some(elide_proto::duration_to_proto(self.plan.kill_timeout)),
                         signal: self.plan.kill_signal.clone(),
                     })
                     .await

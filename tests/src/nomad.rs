@@ -174,10 +174,7 @@ impl NomadHost {
         self.driver
             .stop_task(StopTaskRequest {
                 task_id: task_id.into(),
-                timeout: Some(prost_types::Duration {
-                    seconds: timeout.as_secs() as i64,
-                    nanos: timeout.subsec_nanos() as i32,
-                }),
+                timeout: Some(elide_proto::duration_to_proto(timeout)),
                 signal: signal.into(),
             })
             .await

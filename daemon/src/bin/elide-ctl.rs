@@ -94,13 +94,6 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
-fn proto_duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -191,7 +184,7 @@ async fn main() -> anyhow::Result<()> {
                     session_id: session,
                     execution_id: execution,
                     signal,
-                    grace: Some(proto_duration(grace)),
+                    grace: Some(elide_proto::duration_to_proto(grace)),
                 })
                 .await?
                 .into_inner()
@@ -237,7 +230,7 @@ async fn main() -> anyhow::Result<()> {
                 source_name,
                 overrides: Some(pb::ExecutionOverrides {
                     memory_limit_mb: memory_mb,
-                    timeout: timeout.map(proto_duration),
+                    timeout: timeout.map(elide_proto::duration_to_proto),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -274,7 +267,7 @@ async fn run(
                     session_id: sid,
                     execution_id: eid,
                     signal: "SIGINT".into(),
-                    grace: Some(proto_duration(Duration::from_secs(5))),
+                    grace: Some(elide_proto::duration_to_proto(Duration::from_secs(5))),
                 })
                 .await;
         }

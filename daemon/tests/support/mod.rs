@@ -277,11 +277,7 @@ pub fn processes_with(marker: &str) -> Vec<i32> {
 }
 
 pub fn secs(s: f64) -> Option<prost_types::Duration> {
-    let d = Duration::from_secs_f64(s);
-    Some(prost_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    })
+    Some(elide_proto::duration_to_proto(Duration::from_secs_f64(s)))
 }
 
 pub fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

@@ -17,10 +17,7 @@ pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// [`HEARTBEAT_INTERVAL`] as the request field.
 pub fn requested_interval() -> Option<prost_types::Duration> {
-    Some(prost_types::Duration {
-        seconds: HEARTBEAT_INTERVAL.as_secs() as i64,
-        nanos: 0,
-    })
+    Some(elide_proto::duration_to_proto(HEARTBEAT_INTERVAL))
 }
 
 /// What reading a stream gave.

@@ -35,10 +35,7 @@ pub fn daemon_session_config(config: &SessionConfig) -> pb::SessionConfig {
             let idle = config
                 .idle_timeout
                 .unwrap_or(crate::plugin_config::DEFAULT_SESSION_IDLE_TIMEOUT);
-            prost_types::Duration {
-                seconds: idle.as_secs() as i64,
-                nanos: idle.subsec_nanos() as i32,
-            }
+            elide_proto::duration_to_proto(idle)
         }),
     }
 }
@@ -113,7 +110,7 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::Language;
+    use elide_proto::Language;
 
     fn valid(id: &str) -> bool {
         !id.is_empty()

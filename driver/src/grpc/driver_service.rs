@@ -368,7 +368,7 @@ impl Driver for DriverService {
         let request = request.into_inner();
         let timeout = request
             .timeout
-            .map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
+            .map(|d| elide_proto::duration_from_proto(&d))
             .unwrap_or_default();
         let config = self.driver.config();
         self.driver
@@ -440,7 +440,7 @@ impl Driver for DriverService {
         let request = request.into_inner();
         let interval = request
             .collection_interval
-            .map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
+            .map(|d| elide_proto::duration_from_proto(&d))
             .filter(|d| !d.is_zero())
             .unwrap_or(Duration::from_secs(1));
         let task_id = request.task_id;

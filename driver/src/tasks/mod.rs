@@ -982,10 +982,7 @@ async fn cancel_execution(
         session_id: session_id.to_owned(),
         execution_id: execution_id.to_owned(),
         signal: signal.to_owned(),
-        grace: Some(prost_types::Duration {
-            seconds: grace.as_secs() as i64,
-            nanos: grace.subsec_nanos() as i32,
-        }),
+        grace: Some(elide_proto::duration_to_proto(grace)),
     };
     link.unary(
         request,

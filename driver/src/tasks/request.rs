@@ -118,10 +118,7 @@ pub fn execute_request(
         working_dir: dir.display().to_string(),
         overrides: Some(pb::ExecutionOverrides {
             memory_limit_mb: memory_limit_mb.unwrap_or(0),
-            timeout: config.opts.timeout.map(|t| prost_types::Duration {
-                seconds: t.as_secs() as i64,
-                nanos: t.subsec_nanos() as i32,
-            }),
+            timeout: config.opts.timeout.map(elide_proto::duration_to_proto),
             enabled_intrinsics: config.opts.intrinsics.clone().unwrap_or_default(),
             enable_ai: config.opts.enable_ai,
         }),
@@ -166,12 +163,12 @@ fn memory_limit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::Language;
     use crate::plugin_config::SessionConfig;
     use crate::task_config::ElideOpts;
     use elide_proto::hashicorp::nomad::plugins::drivers::proto::{
         AllocatedMemoryResources, AllocatedTaskResources, Resources,
     };
+    use elide_proto::Language;
 
     fn task(memory: i64, memory_max: i64) -> TaskConfig {
         TaskConfig {

@@ -75,8 +75,7 @@ impl CpuRate {
 }
 
 fn to_std(d: Option<&prost_types::Duration>) -> Duration {
-    d.map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
-        .unwrap_or_default()
+    d.map(elide_proto::duration_from_proto).unwrap_or_default()
 }
 
 #[cfg(test)]

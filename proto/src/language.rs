@@ -1,36 +1,25 @@
-//! The languages and intrinsics this driver knows by name. Configuration is
-//! validated against these lists, so they are the one place to change when
-//! the daemon learns something new.
+//! The snippet languages of the daemon API, by the names the API and the
+//! task configuration use. Driver and daemon share this one list, so a
+//! language the driver accepts is one the daemon knows.
 
 use std::fmt;
 
-/// Intrinsic (host capability) names a session may be granted.
-pub const KNOWN_INTRINSICS: &[&str] = &[
-    "console",
-    "env",
-    "fs.read",
-    "fs.write",
-    "net",
-    "subprocess",
-    "ai",
-];
-
-/// A guest language the daemon can run.
+/// A language a snippet can be written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Language {
-    /// Python.
+    /// Python 3.
     Python,
-    /// JavaScript (also ES modules, `.mjs`).
+    /// JavaScript (CommonJS, and ES modules in `.mjs` files).
     JavaScript,
     /// TypeScript.
     TypeScript,
 }
 
 impl Language {
-    /// Every known language, in the order error messages list them.
+    /// Every language, in the order capabilities and error messages list them.
     pub const ALL: [Language; 3] = [Language::Python, Language::JavaScript, Language::TypeScript];
 
-    /// The name used in configuration (`language = "python"`).
+    /// The canonical name (`language = "python"`, `ExecuteRequest.language`).
     pub fn name(self) -> &'static str {
         match self {
             Language::Python => "python",
@@ -39,13 +28,21 @@ impl Language {
         }
     }
 
-    /// Parses a configuration name; exact, lower-case match.
+    /// The language with this canonical name; exact, lower-case match.
     pub fn from_name(name: &str) -> Option<Language> {
         Language::ALL.into_iter().find(|l| l.name() == name)
     }
 
-    /// Infers the language from a script file extension (`.py`, `.js`,
-    /// `.mjs`, `.ts`).
+    /// The extension of a source file in this language.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Language::Python => "py",
+            Language::JavaScript => "js",
+            Language::TypeScript => "ts",
+        }
+    }
+
+    /// The language of a script file extension (`py`, `js`, `mjs`, `ts`).
     pub fn from_extension(extension: &str) -> Option<Language> {
         match extension {
             "py" => Some(Language::Python),
@@ -55,7 +52,7 @@ impl Language {
         }
     }
 
-    /// Comma-separated list of known names, for error messages.
+    /// The canonical names, comma-separated, for error messages.
     pub fn known_names() -> String {
         Language::ALL.map(Language::name).join(", ")
     }
@@ -67,19 +64,18 @@ impl fmt::Display for Language {
     }
 }
 
-/// Whether `name` is a known intrinsic.
-pub fn is_known_intrinsic(name: &str) -> bool {
-    KNOWN_INTRINSICS.contains(&name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn language_names_round_trip() {
+    fn names_round_trip_exactly() {
         for language in Language::ALL {
             assert_eq!(Language::from_name(language.name()), Some(language));
+            assert_eq!(
+                Language::from_extension(language.extension()),
+                Some(language)
+            );
         }
         assert_eq!(Language::from_name("Python"), None);
         assert_eq!(Language::from_name("ruby"), None);
@@ -87,16 +83,8 @@ mod tests {
 
     #[test]
     fn extensions_map_to_languages() {
-        assert_eq!(Language::from_extension("py"), Some(Language::Python));
         assert_eq!(Language::from_extension("mjs"), Some(Language::JavaScript));
-        assert_eq!(Language::from_extension("ts"), Some(Language::TypeScript));
         assert_eq!(Language::from_extension("rb"), None);
-    }
-
-    #[test]
-    fn intrinsics_are_checked_by_exact_name() {
-        assert!(is_known_intrinsic("fs.read"));
-        assert!(!is_known_intrinsic("fs"));
-        assert!(!is_known_intrinsic("FS.READ"));
+        assert_eq!(Language::known_names(), "python, javascript, typescript");
     }
 }
