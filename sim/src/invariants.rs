@@ -305,15 +305,15 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
         }
 
         // 9. Prompt results.
-        if let (Some(bound), Some(run)) = (e.scenario.expect.results_within, run) {
+        if let (Some(bound), Some(run)) = (plan.results_within, run) {
             let took = result_delay(e, plan.client, run, result.at);
-            if took > bound.0 {
+            if took > bound {
                 violation(
                     "prompt",
                     task,
                     format!(
                         "the result reached Nomad {took:?} after the program's end (or the last fault); bound {:?}",
-                        bound.0
+                        bound
                     ),
                 );
             }

@@ -60,6 +60,9 @@ pub struct TaskPlan {
     pub expect: TaskExpect,
     /// The exit code and signal Nomad must be told, when known in advance.
     pub expected_exit: Option<(i32, i32)>,
+    /// The bound on its result's delay after the program's end (or the
+    /// client's last fault), if any.
+    pub results_within: Option<Duration>,
 }
 
 impl TaskPlan {
@@ -184,6 +187,10 @@ impl Plan {
                     expect: group.expect,
                     expected_exit: (group.exit_code.is_some() || group.signal.is_some())
                         .then(|| (group.exit_code.unwrap_or(0), group.signal.unwrap_or(0))),
+                    results_within: group
+                        .results_within
+                        .or(scenario.expect.results_within)
+                        .map(|s| s.0),
                 });
                 n += 1;
             }

@@ -251,6 +251,11 @@ pub struct TaskGroup {
     /// The signal Nomad must be told (a clean result), if known in advance.
     #[serde(default)]
     pub signal: Option<i32>,
+    /// This group's bound on result delay, in place of
+    /// `[expect] results_within` (e.g. tasks that run long after the faults
+    /// must be as prompt as in a healthy cluster again).
+    #[serde(default)]
+    pub results_within: Option<Span>,
 }
 
 fn default_kill_timeout() -> Span {
