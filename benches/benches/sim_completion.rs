@@ -44,8 +44,8 @@ fn measure(tasks: usize, mode: &str) -> Latency {
         "{tasks} tasks in {mode} mode broke invariants: {:?}",
         report.violations
     );
-    assert_eq!(report.latency.samples.len(), tasks);
-    report.latency
+    assert_eq!(report.summary.latency.samples.len(), tasks);
+    report.summary.latency
 }
 
 fn ms(d: Duration) -> f64 {

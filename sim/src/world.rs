@@ -93,19 +93,8 @@ pub struct RunReport {
     pub simulated: Duration,
     /// Tasks in the workload.
     pub tasks: usize,
-    /// Results that were the program's own exit.
-    pub clean: usize,
-    /// Results that were explicit failures.
-    pub failed: usize,
-    /// Tasks `StartTask` refused.
-    pub rejected: usize,
-    /// Completion latency of the clean results.
-    pub latency: Latency,
-    /// Output bytes the driver reported lost (skipped by the daemon).
-    pub lost_bytes: u64,
-    /// The longest a result took after its program's end (or the client's
-    /// last fault).
-    pub slowest: Duration,
+    /// Outcomes, latencies and lost bytes, as the invariants counted them.
+    pub summary: invariants::Summary,
 }
 
 impl RunReport {
@@ -267,12 +256,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
         violations,
         simulated,
         tasks: plan.tasks.len(),
-        clean: summary.clean,
-        failed: summary.failed,
-        rejected: summary.rejected,
-        latency: summary.latency,
-        lost_bytes: summary.lost_bytes,
-        slowest: summary.slowest,
+        summary,
     }
 }
 

@@ -180,23 +180,28 @@ fn scenario_files() -> anyhow::Result<Vec<PathBuf>> {
 fn print_verdict(report: &RunReport, wall: std::time::Duration) {
     println!(
         "\n{} seed {}: {} tasks: {} clean results, {} explicit failures, {} refused",
-        report.scenario, report.seed, report.tasks, report.clean, report.failed, report.rejected
+        report.scenario,
+        report.seed,
+        report.tasks,
+        report.summary.clean,
+        report.summary.failed,
+        report.summary.rejected
     );
-    if report.lost_bytes > 0 {
+    if report.summary.lost_bytes > 0 {
         println!(
             "output the daemon no longer had, reported by the driver: {} bytes",
-            report.lost_bytes
+            report.summary.lost_bytes
         );
     }
     println!(
         "completion latency (program exit to WaitTask result, simulated): p50 {:?}, p99 {:?}, max {:?}",
-        report.latency.quantile(0.5),
-        report.latency.quantile(0.99),
-        report.latency.quantile(1.0)
+        report.summary.latency.quantile(0.5),
+        report.summary.latency.quantile(0.99),
+        report.summary.latency.quantile(1.0)
     );
     println!(
         "slowest result after its program's end (or the client's last fault): {:?}",
-        report.slowest
+        report.summary.slowest
     );
     println!(
         "{:.1} simulated s in {:.2} wall s ({:.0} simulated s per wall s); trace hash {}",
