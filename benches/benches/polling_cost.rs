@@ -138,15 +138,6 @@ fn main() {
         }
     }
     if full {
-        let dir = elide_e2e::binaries::profile_dir()
-            .parent()
-            .map(|p| p.join("elide-bench"))
-            .expect("target dir");
-        std::fs::create_dir_all(&dir).expect("bench output dir");
-        std::fs::write(
-            dir.join("polling_cost.json"),
-            format!("[{}]\n", rows.join(",")),
-        )
-        .expect("write polling_cost.json");
+        elide_benches::write_counted(&elide_e2e::binaries::profile_dir(), "polling_cost", &rows);
     }
 }

@@ -1,7 +1,7 @@
 //! Shared fixtures of the benchmarks: an in-process reference daemon on a
 //! real Unix socket, with the real process runtime.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,4 +83,19 @@ impl Drop for BenchDaemon {
             let _ = stop.send(());
         }
     }
+}
+
+/// Writes a counted benchmark's rows (JSON objects) as
+/// `<target>/elide-bench/<name>.json`, where `bench-report` reads them;
+/// `profile_dir` is the build profile's directory inside the target
+/// directory (`elide_e2e::binaries::profile_dir()`).
+pub fn write_counted(profile_dir: &Path, name: &str, rows: &[String]) {
+    let dir = profile_dir
+        .parent()
+        .expect("the profile directory is inside the target directory")
+        .join("elide-bench");
+    std::fs::create_dir_all(&dir).expect("bench output dir");
+    let file = dir.join(format!("{name}.json"));
+    std::fs::write(&file, format!("[{}]\n", rows.join(",")))
+        .unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
 }
