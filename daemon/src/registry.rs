@@ -327,6 +327,8 @@ impl SessionRegistry {
                     runtime: l.runtime,
                     runtime_version: l.version,
                     unavailable_reason: l.unavailable_reason.unwrap_or_default(),
+                    start_mode: pb::StartMode::Cold as i32,
+                    start_detail: String::new(),
                 })
                 .collect(),
             intrinsics: INTRINSICS

@@ -179,6 +179,7 @@ impl ElideDaemon for DaemonService {
             sessions,
             running_executions,
             queued_executions,
+            ..Default::default()
         }))
     }
 
