@@ -24,7 +24,7 @@ use crate::ids::{validate_id, IdSource};
 use crate::intrinsics::INTRINSICS;
 use crate::limits::Limits;
 use crate::output::OutputLog;
-use crate::runtime::{Metrics, ProgramControl, Runtime};
+use crate::runtime::{Metrics, ProgramControl, Runtime, StartMode};
 use crate::session::{execution_policy, ExecutionPolicy, SessionPolicy};
 use crate::store::{ExecutionRecord, SessionRecord, StateStore};
 use crate::supervisor::{self, StopRequest};
@@ -311,6 +311,18 @@ impl SessionRegistry {
         (inner.sessions.len() as u32, running, inner.queued)
     }
 
+    /// Warm and cold program starts so far, by canonical language name,
+    /// and replaced warm interpreters (for `GetDaemonStats`).
+    pub fn start_counts(&self) -> (BTreeMap<String, u64>, BTreeMap<String, u64>, u64) {
+        let counts = self.runtime.start_counts();
+        let by_name = |m: BTreeMap<crate::language::Language, u64>| {
+            m.into_iter()
+                .map(|(l, n)| (l.name().to_string(), n))
+                .collect()
+        };
+        (by_name(counts.warm), by_name(counts.cold), counts.restarts)
+    }
+
     /// What this daemon can run.
     pub fn capabilities(&self) -> pb::GetCapabilitiesResponse {
         let enforced = self.runtime.enforces_intrinsics();
@@ -327,8 +339,12 @@ impl SessionRegistry {
                     runtime: l.runtime,
                     runtime_version: l.version,
                     unavailable_reason: l.unavailable_reason.unwrap_or_default(),
-                    start_mode: pb::StartMode::Cold as i32,
-                    start_detail: String::new(),
+                    start_mode: match l.start_mode {
+                        StartMode::Cold => pb::StartMode::Cold,
+                        StartMode::Zygote => pb::StartMode::Zygote,
+                        StartMode::Pool => pb::StartMode::Pool,
+                    } as i32,
+                    start_detail: l.start_detail,
                 })
                 .collect(),
             intrinsics: INTRINSICS

@@ -172,6 +172,7 @@ impl ElideDaemon for DaemonService {
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
             .collect();
+        let (warm_starts, cold_starts, zygote_restarts) = self.registry.start_counts();
         Ok(Response::new(pb::GetDaemonStatsResponse {
             instance_id: health.instance_id,
             uptime: health.uptime,
@@ -179,7 +180,9 @@ impl ElideDaemon for DaemonService {
             sessions,
             running_executions,
             queued_executions,
-            ..Default::default()
+            warm_starts,
+            cold_starts,
+            zygote_restarts,
         }))
     }
 

@@ -32,8 +32,10 @@ struct Args {
 enum Command {
     /// Is the daemon up? Prints its instance and version.
     Health,
-    /// Languages, intrinsics and limits of the daemon.
+    /// Languages (and how they start), intrinsics and limits of the daemon.
     Capabilities,
+    /// Load, request counts, and warm and cold starts since the daemon started.
+    Stats,
     /// Lists sessions.
     Sessions,
     /// Lists the executions of a session.
@@ -123,8 +125,18 @@ async fn main() -> anyhow::Result<()> {
             println!("daemon {} (instance {})", c.daemon_version, c.instance_id);
             for l in &c.languages {
                 if l.available {
+                    let start = match l.start_mode() {
+                        pb::StartMode::Pool => "pool",
+                        pb::StartMode::Zygote => "zygote",
+                        pb::StartMode::Cold | pb::StartMode::Unspecified => "cold",
+                    };
+                    let detail = if l.start_detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", l.start_detail)
+                    };
                     println!(
-                        "  language {:<10} {} {}",
+                        "  language {:<10} {} {} start={start}{detail}",
                         l.language, l.runtime, l.runtime_version
                     );
                 } else {
@@ -148,6 +160,37 @@ async fn main() -> anyhow::Result<()> {
             }
             println!("  ai available: {}", c.ai_available);
             println!("  limits: {:?}", c.limits.unwrap_or_default());
+        }
+        Command::Stats => {
+            let s = client
+                .get_daemon_stats(pb::GetDaemonStatsRequest {})
+                .await?
+                .into_inner();
+            println!(
+                "instance={} uptime={}s sessions={} running={} queued={}",
+                s.instance_id,
+                s.uptime.map_or(0, |u| u.seconds),
+                s.sessions,
+                s.running_executions,
+                s.queued_executions
+            );
+            let languages: std::collections::BTreeSet<&String> =
+                s.warm_starts.keys().chain(s.cold_starts.keys()).collect();
+            for l in languages {
+                println!(
+                    "  starts {:<10} warm={} cold={}",
+                    l,
+                    s.warm_starts.get(l).copied().unwrap_or(0),
+                    s.cold_starts.get(l).copied().unwrap_or(0)
+                );
+            }
+            println!(
+                "  warm interpreters replaced after dying: {}",
+                s.zygote_restarts
+            );
+            for (method, n) in &s.requests {
+                println!("  requests {method:<22} {n}");
+            }
         }
         Command::Sessions => {
             let list = client

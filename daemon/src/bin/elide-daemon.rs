@@ -9,7 +9,7 @@ use clap::Parser;
 use elide_daemon::ids::RandomIds;
 use elide_daemon::limits::Limits;
 use elide_daemon::registry::{RegistryDeps, SessionRegistry};
-use elide_daemon::runtime::process::{ProcessRuntime, ProcessRuntimeConfig};
+use elide_daemon::runtime::process::{ProcessRuntime, ProcessRuntimeConfig, TypeScriptRunner};
 use elide_daemon::server::{serve, ListenOptions};
 use elide_daemon::service::DaemonService;
 use elide_daemon::store::FsStore;
@@ -42,9 +42,18 @@ struct Args {
     /// Node.js interpreter.
     #[arg(long, default_value = "node")]
     node: String,
-    /// Elide CLI (serves typescript when present).
+    /// Elide CLI (runs typescript with `--typescript elide`).
     #[arg(long, default_value = "elide")]
     elide: String,
+    /// What runs typescript: `builtin` (transpiled in the daemon by oxc,
+    /// then run as javascript on node) or `elide` (the Elide CLI).
+    #[arg(long, value_enum, default_value = "builtin")]
+    typescript: TypeScriptKind,
+    /// Node processes kept booted, each waiting to run one javascript or
+    /// typescript program (per daemon, shared by all sessions). 0 turns
+    /// warm node starts off: every program starts a fresh node.
+    #[arg(long, default_value_t = 2)]
+    context_pool_size: usize,
     /// Largest snippet accepted, in bytes.
     #[arg(long, default_value_t = Limits::default().max_code_bytes)]
     max_code_bytes: u64,
@@ -83,6 +92,12 @@ struct Args {
 enum RuntimeKind {
     Process,
     Scripted,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum TypeScriptKind {
+    Builtin,
+    Elide,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -134,6 +149,12 @@ async fn main() -> anyhow::Result<()> {
             node: args.node.clone(),
             elide: args.elide.clone(),
             sample_interval: secs(args.sample_interval_secs, "sample-interval-secs")?,
+            node_pool_size: args.context_pool_size,
+            runtime_dir: args.state_dir.join("runtime"),
+            typescript: match args.typescript {
+                TypeScriptKind::Builtin => TypeScriptRunner::Builtin,
+                TypeScriptKind::Elide => TypeScriptRunner::Elide,
+            },
         })),
         RuntimeKind::Scripted => Arc::new(elide_daemon::runtime::scripted::ScriptedRuntime),
     };

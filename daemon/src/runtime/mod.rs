@@ -5,8 +5,10 @@
 //! implementation ([`process::ProcessRuntime`]) runs interpreters as child
 //! processes; a simulation supplies its own.
 
+pub mod node_pool;
 pub mod process;
 pub mod scripted;
+pub mod typescript;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -115,6 +117,35 @@ pub struct LanguageRuntime {
     pub version: String,
     /// Why it is unavailable, or `None` when available.
     pub unavailable_reason: Option<String>,
+    /// How its programs start.
+    pub start_mode: StartMode,
+    /// What stands behind `start_mode` (for a pool: its size and how many
+    /// workers are booted and waiting).
+    pub start_detail: String,
+}
+
+/// How a language's programs start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StartMode {
+    /// A fresh interpreter process per program.
+    #[default]
+    Cold,
+    /// A fork of a long-lived, pre-initialised interpreter.
+    Zygote,
+    /// A pre-started interpreter from a pool, used once.
+    Pool,
+}
+
+/// How many programs started warm and cold, by language, since the runtime
+/// was created.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StartCounts {
+    /// Programs started on a pre-started interpreter.
+    pub warm: BTreeMap<Language, u64>,
+    /// Programs started on a fresh interpreter.
+    pub cold: BTreeMap<Language, u64>,
+    /// Pre-started interpreters that died while waiting and were replaced.
+    pub restarts: u64,
 }
 
 /// Errors of a runtime.
@@ -160,4 +191,9 @@ pub trait Runtime: Send + Sync + 'static {
     }
     /// Starts a program.
     fn spawn(&self, spec: ProgramSpec) -> Result<Program, RuntimeError>;
+    /// Warm and cold starts so far (a runtime without warm starts counts
+    /// nothing).
+    fn start_counts(&self) -> StartCounts {
+        StartCounts::default()
+    }
 }

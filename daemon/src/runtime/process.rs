@@ -1,9 +1,10 @@
 //! The real runtime: each execution is an interpreter child process in a
 //! process group of its own.
 //!
-//! * python runs as `python3 -u FILE ARGS…`, javascript as `node FILE ARGS…`,
-//!   typescript (only when the `elide` CLI is installed) as
-//!   `elide run FILE ARGS…`.
+//! * python runs as `python3 -u FILE ARGS…`, javascript as `node FILE ARGS…`
+//!   (on a pre-started worker of the [`NodePool`] when one is waiting),
+//!   typescript as javascript after [`typescript::transpile`] (or, when so
+//!   configured, as `elide run FILE ARGS…`).
 //! * The snippet is written to a file in the execution's scratch directory,
 //!   so tracebacks name a file and large snippets avoid argv limits.
 //! * Signals go to the whole process group. When the interpreter exits, any
@@ -26,9 +27,10 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
+use super::node_pool::{self, Job, NodePool, NodePoolConfig};
 use super::{
-    ExitInfo, LanguageRuntime, Metrics, Program, ProgramControl, ProgramEvent, ProgramSpec,
-    Runtime, RuntimeError,
+    typescript, ExitInfo, LanguageRuntime, Metrics, Program, ProgramControl, ProgramEvent,
+    ProgramSpec, Runtime, RuntimeError, StartCounts, StartMode,
 };
 use crate::language::Language;
 use crate::output::Stream;
@@ -59,6 +61,23 @@ pub struct ProcessRuntimeConfig {
     pub elide: String,
     /// Interval of resource sampling.
     pub sample_interval: Duration,
+    /// Pre-started node workers to keep (0: every javascript and
+    /// typescript program starts cold).
+    pub node_pool_size: usize,
+    /// Directory for the runtime's own files (the node worker script).
+    pub runtime_dir: PathBuf,
+    /// What runs typescript.
+    pub typescript: TypeScriptRunner,
+}
+
+/// What runs typescript.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TypeScriptRunner {
+    /// The daemon transpiles it (oxc) and node runs the javascript.
+    #[default]
+    Builtin,
+    /// The `elide` CLI runs the file (`elide run FILE ARGS…`).
+    Elide,
 }
 
 impl Default for ProcessRuntimeConfig {
@@ -68,6 +87,9 @@ impl Default for ProcessRuntimeConfig {
             node: "node".into(),
             elide: "elide".into(),
             sample_interval: Duration::from_secs(1),
+            node_pool_size: 0,
+            runtime_dir: std::env::temp_dir().join("elide-daemon"),
+            typescript: TypeScriptRunner::Builtin,
         }
     }
 }
@@ -79,16 +101,46 @@ pub struct ProcessRuntime {
     node: Result<Interpreter, String>,
     elide: Result<Interpreter, String>,
     sample_interval: Duration,
+    typescript: TypeScriptRunner,
+    node_pool: Option<Arc<NodePool>>,
+    counts: Arc<Mutex<StartCounts>>,
 }
 
 impl ProcessRuntime {
     /// Looks for the interpreters (runs each with `--version`).
+    /// Starts the node pool when one is configured and node was found.
     pub fn discover(config: &ProcessRuntimeConfig) -> Self {
+        let node = probe(&config.node, Language::JavaScript);
+        let node_pool = match &node {
+            Ok(interp) if config.node_pool_size > 0 => match NodePool::new(NodePoolConfig {
+                size: config.node_pool_size,
+                node: interp.path.clone(),
+                script_dir: config.runtime_dir.clone(),
+            }) {
+                Ok(pool) => {
+                    pool.ensure_refilling();
+                    Some(pool)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, dir = %config.runtime_dir.display(), "no node pool: writing its worker script failed; javascript starts cold");
+                    None
+                }
+            },
+            _ => None,
+        };
         ProcessRuntime {
             python: probe(&config.python, Language::Python),
-            node: probe(&config.node, Language::JavaScript),
-            elide: probe(&config.elide, Language::TypeScript),
+            node,
+            elide: match config.typescript {
+                TypeScriptRunner::Elide => probe(&config.elide, Language::TypeScript),
+                TypeScriptRunner::Builtin => {
+                    Err("not used: typescript is transpiled in the daemon".into())
+                }
+            },
             sample_interval: config.sample_interval,
+            typescript: config.typescript,
+            node_pool,
+            counts: Arc::default(),
         }
     }
 
@@ -96,7 +148,67 @@ impl ProcessRuntime {
         match language {
             Language::Python => &self.python,
             Language::JavaScript => &self.node,
+            Language::TypeScript if self.typescript == TypeScriptRunner::Builtin => &self.node,
             Language::TypeScript => &self.elide,
+        }
+    }
+
+    /// Whether `language` runs on node (and so may use the pool).
+    fn runs_on_node(&self, language: Language) -> bool {
+        language == Language::JavaScript
+            || (language == Language::TypeScript && self.typescript == TypeScriptRunner::Builtin)
+    }
+
+    /// How `language` starts, and what stands behind it.
+    fn start_mode(&self, language: Language) -> (StartMode, String) {
+        let transpiled =
+            if language == Language::TypeScript && self.typescript == TypeScriptRunner::Builtin {
+                format!("transpiled in the daemon by {}", typescript::TRANSPILER)
+            } else {
+                String::new()
+            };
+        match &self.node_pool {
+            Some(pool) if self.runs_on_node(language) => {
+                let pool = format!(
+                    "node pool of {} per daemon, {} ready",
+                    pool.size(),
+                    pool.ready()
+                );
+                let detail = if transpiled.is_empty() {
+                    pool
+                } else {
+                    format!("{transpiled}; {pool}")
+                };
+                (StartMode::Pool, detail)
+            }
+            _ => (StartMode::Cold, transpiled),
+        }
+    }
+
+    /// Starts `file` on a pooled node worker, if one is waiting and the
+    /// environment sets nothing node reads only while booting.
+    fn start_warm(&self, spec: &ProgramSpec, file: &Path) -> Option<tokio::process::Child> {
+        let pool = self
+            .node_pool
+            .as_ref()
+            .filter(|_| self.runs_on_node(spec.language))?;
+        if spec.env.keys().any(|k| node_pool::read_at_boot(k)) {
+            return None;
+        }
+        let worker = pool.take()?;
+        let pid = worker.pid();
+        let job = Job {
+            file,
+            args: &spec.args,
+            env: &spec.env,
+            cwd: &spec.working_dir,
+        };
+        match worker.run(&job) {
+            Ok(child) => Some(child),
+            Err(e) => {
+                tracing::warn!(execution_id = %spec.execution_id, pid, error = %e, "handing the program to a pooled node worker failed; starting it cold");
+                None
+            }
         }
     }
 }
@@ -183,20 +295,26 @@ impl Runtime for ProcessRuntime {
                 let runtime = match language {
                     Language::Python => "python3",
                     Language::JavaScript => "node",
+                    Language::TypeScript if self.typescript == TypeScriptRunner::Builtin => "node",
                     Language::TypeScript => "elide",
                 };
+                let (start_mode, start_detail) = self.start_mode(language);
                 match self.interpreter(language) {
                     Ok(i) => LanguageRuntime {
                         language,
                         runtime: runtime.into(),
                         version: i.version.clone(),
                         unavailable_reason: None,
+                        start_mode,
+                        start_detail,
                     },
                     Err(reason) => LanguageRuntime {
                         language,
                         runtime: runtime.into(),
                         version: String::new(),
                         unavailable_reason: Some(reason.clone()),
+                        start_mode: StartMode::Cold,
+                        start_detail: String::new(),
                     },
                 }
             })
@@ -205,6 +323,16 @@ impl Runtime for ProcessRuntime {
 
     fn enforces_intrinsics(&self) -> bool {
         false
+    }
+
+    fn start_counts(&self) -> StartCounts {
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        counts.restarts = self.node_pool.as_ref().map_or(0, |pool| pool.restarts());
+        counts
     }
 
     fn check_working_dir(&self, dir: &str) -> Result<(), String> {
@@ -231,49 +359,42 @@ impl Runtime for ProcessRuntime {
         };
         std::fs::create_dir_all(&spec.scratch_dir)
             .map_err(|e| spawn_err("the scratch directory", e))?;
-        let file = spec
+        let mut file = spec
             .scratch_dir
             .join(source_file_name(&spec.source_name, spec.language));
-        std::fs::write(&file, spec.code.as_bytes())
-            .map_err(|e| spawn_err("the snippet file", e))?;
-
-        let mut cmd = tokio::process::Command::new(&interp.path);
-        match spec.language {
-            Language::Python => {
-                cmd.arg("-u");
-            }
-            Language::JavaScript => {
-                if let Some(limit) = spec.memory_limit_bytes {
-                    // A hint to V8's collector; the sampler enforces the limit.
-                    cmd.arg(format!(
-                        "--max-old-space-size={}",
-                        (limit / (1024 * 1024)).max(16)
-                    ));
+        let mut code = std::borrow::Cow::Borrowed(spec.code.as_str());
+        if spec.language == Language::TypeScript && self.typescript == TypeScriptRunner::Builtin {
+            let name = file
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            match typescript::transpile(&name, &spec.code) {
+                Ok(js) => {
+                    file.set_extension(if js.is_module { "mjs" } else { "js" });
+                    code = js.code.into();
                 }
-            }
-            Language::TypeScript => {
-                cmd.arg("run");
+                // The program's own error, reported as its output.
+                Err(e) => return Ok(typescript::failed_program(&e, &spec.scratch_dir)),
             }
         }
-        cmd.arg(&file)
-            .args(&spec.args)
-            .env_clear()
-            .envs(&spec.env)
-            .current_dir(&spec.working_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        // SAFETY: the closure runs between fork and exec and only makes the
-        // async-signal-safe prctl system call.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
-            });
+        std::fs::write(&file, code.as_bytes()).map_err(|e| spawn_err("the snippet file", e))?;
+
+        let warm = self.start_warm(&spec, &file);
+        {
+            let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+            let tally = if warm.is_some() {
+                &mut counts.warm
+            } else {
+                &mut counts.cold
+            };
+            *tally.entry(spec.language).or_default() += 1;
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| spawn_err(&interp.path.display().to_string(), e))?;
+        let mut child = match warm {
+            Some(child) => child,
+            None => start_cold(interp, &spec, &file, self.runs_on_node(spec.language))
+                .map_err(|e| spawn_err(&interp.path.display().to_string(), e))?,
+        };
         let pid = child.id().map(|p| p as i32).ok_or_else(|| {
             spawn_err(
                 "the interpreter",
@@ -337,6 +458,51 @@ impl Runtime for ProcessRuntime {
             control,
         })
     }
+}
+
+/// Starts `file` on a fresh interpreter, in a process group of its own.
+fn start_cold(
+    interp: &Interpreter,
+    spec: &ProgramSpec,
+    file: &Path,
+    on_node: bool,
+) -> std::io::Result<tokio::process::Child> {
+    let mut cmd = tokio::process::Command::new(&interp.path);
+    match spec.language {
+        Language::Python => {
+            cmd.arg("-u");
+        }
+        _ if on_node => {
+            if let Some(limit) = spec.memory_limit_bytes {
+                // A hint to V8's collector; the sampler enforces the limit.
+                cmd.arg(format!(
+                    "--max-old-space-size={}",
+                    (limit / (1024 * 1024)).max(16)
+                ));
+            }
+        }
+        Language::JavaScript => {}
+        Language::TypeScript => {
+            cmd.arg("run");
+        }
+    }
+    cmd.arg(file)
+        .args(&spec.args)
+        .env_clear()
+        .envs(&spec.env)
+        .current_dir(&spec.working_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: the closure runs between fork and exec and only makes the
+    // async-signal-safe prctl system call.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+    cmd.spawn()
 }
 
 /// File name for the snippet: the last component of `source_name` (when it
