@@ -34,6 +34,7 @@ expect() {
 
 expect hello-python.nomad 0 "[hello] hello from python 3." "[hello] task hello of job hello-python"
 expect hello-javascript.nomad 0 "[hello] hello from javascript v" "[hello] alloc hello-javascript.hello[0], memory limit 96 MB"
+expect hello-typescript.nomad 0 "[hello] hello from typescript on node " "[hello] task hello is calm"
 expect env-and-args.nomad 0 "[show] GREETING=hello" "[show] TARGET=nomad" "[show] args=['first', 'second arg', 'show']"
 expect exit-code.nomad 3 "[fail] about to exit with 3"
 expect group-polyglot.nomad 0 "[py] python sees alloc" "[js] javascript sees alloc"

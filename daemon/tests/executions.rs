@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use elide_proto::elide::daemon::v1 as pb;
 use pb::ExecutionState as S;
+use rstest::rstest;
 use support::*;
 use tokio_stream::StreamExt;
 
@@ -42,9 +43,12 @@ async fn wait_for_stdout(client: &mut Client, session: &str, id: &str, needle: &
     );
 }
 
+#[rstest]
 #[tokio::test]
-async fn python_and_javascript_say_hello() {
-    let d = Daemon::start(&[]).await;
+async fn python_and_javascript_say_hello(
+    #[values(StartPath::Warm, StartPath::Cold)] path: StartPath,
+) {
+    let d = Daemon::start_on(path, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     execute(
@@ -74,11 +78,15 @@ async fn python_and_javascript_say_hello() {
         assert!(out.stderr.is_empty());
         assert_eq!(out.end.unwrap().state, S::Exited as i32);
     }
+    assert_started_on(&mut c, path, "javascript", 1).await;
 }
 
+#[rstest]
 #[tokio::test]
-async fn exit_code_is_reported_and_stderr_is_kept_apart() {
-    let d = Daemon::start(&[]).await;
+async fn exit_code_is_reported_and_stderr_is_kept_apart(
+    #[values(StartPath::Warm, StartPath::Cold)] path: StartPath,
+) {
+    let d = Daemon::start_on(path, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     let code = "import sys\nprint('to stdout')\nprint('to stderr', file=sys.stderr)\nsys.exit(7)\n";
@@ -96,6 +104,7 @@ async fn exit_code_is_reported_and_stderr_is_kept_apart() {
         read_output(&mut c, "s", "j", (0, 0), false).await.stderr,
         b"bad thing\n"
     );
+    assert_started_on(&mut c, path, "javascript", 1).await;
 }
 
 /// The 5 MB the snippet below writes: every byte value, over and over.
@@ -313,9 +322,12 @@ async fn an_ignored_sigterm_escalates_to_sigkill_after_the_grace() {
     assert!(processes_with("stubborn").is_empty());
 }
 
+#[rstest]
 #[tokio::test]
-async fn signals_are_forwarded_to_the_program() {
-    let d = Daemon::start(&[]).await;
+async fn signals_are_forwarded_to_the_program(
+    #[values(StartPath::Warm, StartPath::Cold)] path: StartPath,
+) {
+    let d = Daemon::start_on(path, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     let code = "process.on('SIGUSR1', () => { console.log('got usr1'); process.exit(3); });\n\
@@ -339,6 +351,7 @@ async fn signals_are_forwarded_to_the_program() {
         read_output(&mut c, "s", "usr", (0, 0), false).await.stdout,
         b"ready\ngot usr1\n"
     );
+    assert_started_on(&mut c, path, "javascript", 1).await;
 }
 
 #[tokio::test]
@@ -597,9 +610,12 @@ async fn memory_limit_kills_a_hungry_snippet_with_a_clear_reason() {
     );
 }
 
+#[rstest]
 #[tokio::test]
-async fn the_runtime_versions_reported_are_the_ones_that_run_snippets() {
-    let d = Daemon::start(&[]).await;
+async fn the_runtime_versions_reported_are_the_ones_that_run_snippets(
+    #[values(StartPath::Warm, StartPath::Cold)] path: StartPath,
+) {
+    let d = Daemon::start_on(path, &[]).await;
     let mut c = d.client().await;
     let caps = c
         .get_capabilities(pb::GetCapabilitiesRequest {})
@@ -641,6 +657,7 @@ async fn the_runtime_versions_reported_are_the_ones_that_run_snippets() {
             "{lang}"
         );
     }
+    assert_started_on(&mut c, path, "javascript", 1).await;
 }
 
 #[tokio::test]

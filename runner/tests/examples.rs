@@ -150,6 +150,16 @@ fn hello_javascript_runs_inline_code() {
 }
 
 #[test]
+fn hello_typescript_is_transpiled_by_the_daemon_and_runs_on_node() {
+    let (stdout, _) = run_example("hello-typescript.nomad", 0);
+    assert!(
+        stdout.contains("[hello] hello from typescript on node "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("[hello] task hello is calm\n"), "{stdout}");
+}
+
+#[test]
 fn env_and_args_reach_the_program_and_stderr_goes_to_stderr() {
     let (stdout, stderr) = run_example("env-and-args.nomad", 0);
     for line in [

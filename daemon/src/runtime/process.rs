@@ -518,7 +518,14 @@ fn source_file_name(source_name: &str, language: Language) -> String {
         })
         .filter(|n| !n.starts_with('.'))
         .unwrap_or("snippet");
-    if base.ends_with(&format!(".{ext}")) {
+    // A name whose extension already means this language keeps it, so
+    // `main.mjs` stays an ES module for node.
+    let own_extension = Path::new(base)
+        .extension()
+        .and_then(|e| e.to_str())
+        .and_then(Language::from_extension)
+        == Some(language);
+    if own_extension {
         base.to_string()
     } else {
         format!("{base}.{ext}")
@@ -736,5 +743,13 @@ mod tests {
         );
         assert_eq!(source_file_name(".hidden", Language::Python), "snippet.py");
         assert_eq!(source_file_name("a b", Language::TypeScript), "snippet.ts");
+        assert_eq!(
+            source_file_name("local/main.mjs", Language::JavaScript),
+            "main.mjs"
+        );
+        assert_eq!(
+            source_file_name("local/main.mjs", Language::Python),
+            "main.mjs.py"
+        );
     }
 }

@@ -76,6 +76,12 @@ pub fn transpile(file: &str, source: &str) -> Result<Transpiled, SyntaxError> {
         return Err(syntax_error(file, source, error));
     }
     let is_module = program.body.iter().any(is_runtime_module_statement);
+    if !is_module {
+        // Node would still take an empty `export {}` for module syntax.
+        program
+            .body
+            .retain(|statement| !statement.is_module_declaration());
+    }
     let code = Codegen::new().build(&program).code;
     Ok(Transpiled { code, is_module })
 }

@@ -317,3 +317,113 @@ pub async fn wait_state(
     }
     panic!("execution {id} ended without reaching {state:?}");
 }
+
+/// Which way javascript and typescript programs start in a test daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPath {
+    /// On a pooled, pre-started node worker.
+    Warm,
+    /// On a fresh node process (`--context-pool-size 0`).
+    Cold,
+}
+
+/// Pool size of a warm test daemon.
+pub const TEST_POOL_SIZE: usize = 2;
+
+impl Daemon {
+    /// Starts a daemon whose node programs start on `path`; a warm one is
+    /// returned once its pool is full, so its first programs start warm.
+    pub async fn start_on(path: StartPath, extra_args: &[&str]) -> Daemon {
+        let size = match path {
+            StartPath::Warm => TEST_POOL_SIZE.to_string(),
+            StartPath::Cold => "0".to_string(),
+        };
+        let mut args = vec!["--context-pool-size", size.as_str()];
+        args.extend_from_slice(extra_args);
+        let d = Daemon::start(&args).await;
+        if path == StartPath::Warm {
+            wait_pool_full(&mut d.client().await).await;
+        }
+        d
+    }
+
+    /// Pids of this daemon's pooled node workers that still wait for a job
+    /// (a worker that took a job runs its program's file instead).
+    pub fn waiting_workers(&self) -> Vec<i32> {
+        let script = self
+            .state_dir()
+            .join("runtime")
+            .join("elide-node-worker.js");
+        processes_with(&script.display().to_string())
+    }
+}
+
+/// The javascript entry of the daemon's capabilities.
+pub async fn javascript_support(client: &mut Client) -> pb::LanguageSupport {
+    client
+        .get_capabilities(pb::GetCapabilitiesRequest {})
+        .await
+        .expect("capabilities")
+        .into_inner()
+        .languages
+        .into_iter()
+        .find(|l| l.language == "javascript")
+        .expect("javascript in the capabilities")
+}
+
+/// Waits until the node pool reports every worker booted and waiting.
+pub async fn wait_pool_full(client: &mut Client) {
+    let want = format!("node pool of {TEST_POOL_SIZE} per daemon, {TEST_POOL_SIZE} ready");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let js = javascript_support(client).await;
+        if js.start_detail.contains(&want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node pool did not fill within 60 s: {js:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn daemon_stats(client: &mut Client) -> pb::GetDaemonStatsResponse {
+    client
+        .get_daemon_stats(pb::GetDaemonStatsRequest {})
+        .await
+        .expect("daemon stats")
+        .into_inner()
+}
+
+/// Asserts that `n` programs of `language` started, all on `path`.
+pub async fn assert_started_on(client: &mut Client, path: StartPath, language: &str, n: u64) {
+    let stats = daemon_stats(client).await;
+    let warm = stats.warm_starts.get(language).copied().unwrap_or(0);
+    let cold = stats.cold_starts.get(language).copied().unwrap_or(0);
+    let want = match path {
+        StartPath::Warm => (n, 0),
+        StartPath::Cold => (0, n),
+    };
+    assert_eq!(
+        (warm, cold),
+        want,
+        "(warm, cold) starts of {language}: {stats:?}"
+    );
+}
+
+/// Runs a snippet to its end: (status, stdout, stderr).
+pub async fn run_to_end(
+    c: &mut Client,
+    req: pb::ExecuteSnippetRequest,
+) -> (pb::ExecutionStatus, String, String) {
+    let (session, id) = (req.session_id.clone(), req.execution_id.clone());
+    execute(c, req).await;
+    let status = wait_terminal(c, &session, &id).await;
+    let out = read_output(c, &session, &id, (0, 0), false).await;
+    (
+        status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
