@@ -28,14 +28,25 @@ pub struct BenchDaemon {
 }
 
 impl BenchDaemon {
-    /// Starts the daemon on the current tokio runtime.
+    /// Starts the daemon on the current tokio runtime, every program on a
+    /// fresh interpreter.
     pub async fn start() -> BenchDaemon {
+        BenchDaemon::start_with(ProcessRuntimeConfig::default()).await
+    }
+
+    /// Starts the daemon with this runtime configuration (its `runtime_dir`
+    /// is replaced by one inside the daemon's directory).
+    pub async fn start_with(config: ProcessRuntimeConfig) -> BenchDaemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("daemon.sock");
         let state = dir.path().join("state");
         std::fs::create_dir_all(&state).expect("state dir");
+        let config = ProcessRuntimeConfig {
+            runtime_dir: state.join("runtime"),
+            ..config
+        };
         let registry = SessionRegistry::open(RegistryDeps {
-            runtime: Arc::new(ProcessRuntime::discover(&ProcessRuntimeConfig::default())),
+            runtime: Arc::new(ProcessRuntime::discover(&config)),
             store: Arc::new(FsStore::open(&state).expect("store")),
             clock: Arc::new(SystemClock),
             ids: Arc::new(RandomIds),
