@@ -203,7 +203,8 @@ async fn each_bad_request_gets_its_own_code_and_the_daemon_keeps_serving() {
 
 #[tokio::test]
 async fn typescript_without_a_runtime_is_a_failed_precondition() {
-    let d = Daemon::start(&["--elide", "/nonexistent/elide"]).await;
+    // Typescript served by the Elide CLI, which is missing.
+    let d = Daemon::start(&["--typescript", "elide", "--elide", "/nonexistent/elide"]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     let err = c
