@@ -10,8 +10,12 @@
 //!   real one);
 //! * [`store`]: durable state; [`output`], [`events`]: retained output and
 //!   status logs; [`session`]: the narrowing rules;
-//! * [`service`]: the gRPC translation; [`server`]: listeners.
+//! * [`service`]: the gRPC translation; [`v1alpha1`]: the original
+//!   contract over the same registry; [`server`]: listeners;
+//!   [`authority`]: lets clients that send a socket path as `:authority`
+//!   in.
 
+pub mod authority;
 pub mod client;
 pub mod error;
 pub mod events;
@@ -29,3 +33,4 @@ pub mod signal;
 pub mod store;
 pub mod supervisor;
 pub mod time;
+pub mod v1alpha1;

@@ -38,6 +38,11 @@ impl DaemonService {
         }
     }
 
+    /// The registry this service translates to.
+    pub fn registry(&self) -> &Arc<SessionRegistry> {
+        &self.registry
+    }
+
     /// Counts one request of `rpc`.
     fn count(&self, rpc: &'static str) {
         *self
