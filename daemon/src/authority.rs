@@ -471,9 +471,13 @@ mod tests {
         bytes
     }
 
+    /// One decoded header list.
+    type HeaderList = Vec<(Vec<u8>, Vec<u8>)>;
+
     /// Runs `bytes` through a rewriter in pieces of `step` bytes, then
-    /// decodes what came out as `h2` would.
-    fn rewrite(bytes: &[u8], step: usize) -> (Vec<Vec<(Vec<u8>, Vec<u8>)>>, Vec<Vec<u8>>, u64) {
+    /// decodes what came out as `h2` would: the header lists, the DATA
+    /// payloads and how many authorities were replaced.
+    fn rewrite(bytes: &[u8], step: usize) -> (Vec<HeaderList>, Vec<Vec<u8>>, u64) {
         let mut rewriter = Rewriter::default();
         let mut input = BytesMut::new();
         let mut out = VecDeque::new();
@@ -523,7 +527,7 @@ mod tests {
             assert_eq!(rewritten, 2);
             assert_eq!(data, vec![b"hello".to_vec(), b"hello".to_vec()]);
             for block in &blocks {
-                let expected: Vec<(Vec<u8>, Vec<u8>)> = request(b"localhost")
+                let expected: HeaderList = request(b"localhost")
                     .into_iter()
                     .map(|(n, v)| (n.to_vec(), v.to_vec()))
                     .collect();

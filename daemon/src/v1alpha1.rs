@@ -122,7 +122,7 @@ pub fn execution_state(status: &pb::ExecutionStatus) -> (alpha::ExecutionStatus,
     let ended_by = || match (status.exit_code, status.signal.as_str()) {
         (Some(code), _) => format!("exited with code {code}"),
         (None, "") => "never ran".to_string(),
-        (None, sig) => format!("killed by {sig} (exit_code 128 + signal number)"),
+        (None, sig) => format!("was killed by {sig} (exit_code is 128 + its number)"),
     };
     match status.state() {
         S::Unspecified => (A::Unspecified, String::new()),
