@@ -13,6 +13,7 @@
 //! * [`service`]: the gRPC translation; [`server`]: listeners.
 
 pub mod client;
+pub mod elide_apis;
 pub mod error;
 pub mod events;
 pub mod ids;
