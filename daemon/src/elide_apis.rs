@@ -135,7 +135,11 @@ helper = polyglot.eval(language='js', string='''
         ] {
             assert_eq!(scan(Language::JavaScript, js).len(), 1, "{js}");
         }
-        for python in ["from polyglot import eval", "import os, polyglot", "import polyglot as pg"] {
+        for python in [
+            "from polyglot import eval",
+            "import os, polyglot",
+            "import polyglot as pg",
+        ] {
             assert_eq!(scan(Language::Python, python).len(), 1, "{python}");
         }
     }
@@ -143,8 +147,14 @@ helper = polyglot.eval(language='js', string='''
     #[test]
     fn ordinary_code_and_comments_pass() {
         for (language, code) in [
-            (Language::Python, "import polyglotx\nimport os\n# import polyglot\nprint('elide:llm')"),
-            (Language::JavaScript, "// import llm from 'elide:llm'\nconst polyglot = 1;\nimport fs from 'node:fs';"),
+            (
+                Language::Python,
+                "import polyglotx\nimport os\n# import polyglot\nprint('elide:llm')",
+            ),
+            (
+                Language::JavaScript,
+                "// import llm from 'elide:llm'\nconst polyglot = 1;\nimport fs from 'node:fs';",
+            ),
             (Language::Python, "from polyglots import x"),
         ] {
             assert_eq!(scan(language, code), [], "{code}");

@@ -116,7 +116,14 @@ mod tests {
         // `env` and `ai` are both canonical and original: listed once.
         assert_eq!(infos.iter().filter(|i| i.name == "env").count(), 1);
         assert_eq!(infos.len(), INTRINSICS.len() + 4);
-        assert_eq!(describe(true, true).iter().find(|i| i.name == "ai").unwrap().unavailable_reason, "");
+        assert_eq!(
+            describe(true, true)
+                .iter()
+                .find(|i| i.name == "ai")
+                .unwrap()
+                .unavailable_reason,
+            ""
+        );
     }
 
     #[test]
@@ -131,8 +138,8 @@ mod tests {
         let err = granted(&names(&["sqlite"]), "config.enabled_intrinsics").unwrap_err();
         assert!(matches!(err, DaemonError::FailedPrecondition(_)), "{err:?}");
         assert!(err.to_string().contains("\"sqlite\""), "{err}");
-        let err = check_ai_grant(&names(&["io", "ai"]), "config.enabled_intrinsics", false)
-            .unwrap_err();
+        let err =
+            check_ai_grant(&names(&["io", "ai"]), "config.enabled_intrinsics", false).unwrap_err();
         assert!(matches!(err, DaemonError::FailedPrecondition(_)), "{err:?}");
         assert!(
             err.to_string()

@@ -18,13 +18,13 @@ use sha2::Digest;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 
+use crate::elide_apis;
 use crate::error::{DaemonError, Result};
 use crate::events::{EventBatch, EventLog};
 use crate::ids::{validate_id, IdSource};
 use crate::limits::Limits;
 use crate::output::OutputLog;
 use crate::runtime::{Metrics, ProgramControl, Runtime};
-use crate::elide_apis;
 use crate::session::{check_ai_available, execution_policy, ExecutionPolicy, SessionPolicy};
 use crate::store::{ExecutionRecord, SessionRecord, StateStore};
 use crate::supervisor::{self, StopRequest};

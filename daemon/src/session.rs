@@ -78,14 +78,21 @@ impl SessionPolicy {
 /// What a new session may not ask of a daemon without local AI:
 /// `enable_ai` or an intrinsic granting `ai`. Checked when a session is
 /// created, not when a stored one is restored.
-pub fn check_ai_available(config: &pb::SessionConfig, ai_available: bool) -> Result<(), DaemonError> {
+pub fn check_ai_available(
+    config: &pb::SessionConfig,
+    ai_available: bool,
+) -> Result<(), DaemonError> {
     if config.enable_ai && !ai_available {
         return Err(DaemonError::FailedPrecondition(format!(
             "config.enable_ai: {}",
             crate::intrinsics::NO_LOCAL_AI
         )));
     }
-    check_ai_grant(&config.enabled_intrinsics, "config.enabled_intrinsics", ai_available)
+    check_ai_grant(
+        &config.enabled_intrinsics,
+        "config.enabled_intrinsics",
+        ai_available,
+    )
 }
 
 /// Limits in force for one execution after its overrides were applied.
@@ -418,7 +425,10 @@ mod tests {
             asking(&[]).unwrap().intrinsics,
             ["console", "env", "fs.read", "fs.write"]
         );
-        assert_eq!(asking(&["console", "fs.read"]).unwrap().intrinsics, ["console", "fs.read"]);
+        assert_eq!(
+            asking(&["console", "fs.read"]).unwrap().intrinsics,
+            ["console", "fs.read"]
+        );
         assert_eq!(asking(&["io"]).unwrap().intrinsics, ["console"]);
         let err = asking(&["http"]).unwrap_err();
         assert!(matches!(err, DaemonError::InvalidArgument(_)), "{err:?}");
@@ -450,7 +460,8 @@ mod tests {
         let err = SessionPolicy::from_config(&sqlite, &limits).unwrap_err();
         assert!(matches!(err, DaemonError::FailedPrecondition(_)), "{err:?}");
         assert!(
-            err.to_string().starts_with("config.enabled_intrinsics: intrinsic \"sqlite\" cannot be granted"),
+            err.to_string()
+                .starts_with("config.enabled_intrinsics: intrinsic \"sqlite\" cannot be granted"),
             "{err}"
         );
         let ai = pb::SessionConfig {
@@ -458,7 +469,10 @@ mod tests {
             ..Default::default()
         };
         let err = check_ai_available(&ai, false).unwrap_err().to_string();
-        assert!(err.starts_with("config.enabled_intrinsics: intrinsic \"ai\""), "{err}");
+        assert!(
+            err.starts_with("config.enabled_intrinsics: intrinsic \"ai\""),
+            "{err}"
+        );
         assert!(err.contains("Elide runtime"), "{err}");
         let enable_ai = pb::SessionConfig {
             enable_ai: true,
@@ -466,7 +480,11 @@ mod tests {
         };
         let err = check_ai_available(&enable_ai, false).unwrap_err();
         assert!(matches!(err, DaemonError::FailedPrecondition(_)), "{err:?}");
-        assert!(err.to_string().starts_with("config.enable_ai: local AI needs the Elide runtime"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("config.enable_ai: local AI needs the Elide runtime"),
+            "{err}"
+        );
         check_ai_available(&enable_ai, true).unwrap();
         check_ai_available(&ai, true).unwrap();
     }
