@@ -52,9 +52,11 @@ pub fn check_ai_grant(
 /// why it is refused when it is.
 pub fn describe(enforced: bool, ai_available: bool) -> Vec<pb::IntrinsicInfo> {
     let refusal = |grants: &[&str]| {
-        (!ai_available && grants.contains(&"ai"))
-            .then(|| NO_LOCAL_AI.to_owned())
-            .unwrap_or_default()
+        if !ai_available && grants.contains(&"ai") {
+            NO_LOCAL_AI.to_owned()
+        } else {
+            String::new()
+        }
     };
     let canonical = INTRINSICS.iter().map(|i| pb::IntrinsicInfo {
         name: i.name.into(),
