@@ -17,6 +17,7 @@
 
 pub mod authority;
 pub mod client;
+pub mod elide_apis;
 pub mod error;
 pub mod events;
 pub mod ids;

@@ -204,12 +204,8 @@ impl ExecutionApi for ExecutionApiService {
         let req = req.into_inner();
         required(&req.session_id, "session_id")?;
         let config = req.config.unwrap_or_default();
-        if config.enable_ai && !self.registry.capabilities().ai_available {
-            return Err(DaemonError::InvalidArgument(
-                "config.enable_ai: true cannot be honoured: local AI needs the Elide runtime, which this daemon does not have".into(),
-            )
-            .into());
-        }
+        // `enable_ai` without local AI is refused by the registry's session
+        // rules (FAILED_PRECONDITION naming `config.enable_ai`), as on v1.
         let (info, _created) = self.registry.create_session(pb::CreateSessionRequest {
             session_id: req.session_id,
             config: Some(session_config_to_v1(&config)),

@@ -428,25 +428,35 @@ pub(crate) fn languages(names: &[String], field: &str) -> Result<Vec<Language>, 
     Ok(out)
 }
 
-/// Checks intrinsic names against [`elide_proto::intrinsics::INTRINSICS`]; duplicates
-/// are dropped.
+/// Checks intrinsic names: canonical ones ([`intrinsics::INTRINSICS`]) and
+/// the original Elide driver's (`io`, `env`, `fs`, `http`, `ai`), which
+/// are kept as written (the daemon maps them onto its grants). Unknown
+/// names and names this runtime refuses (`sqlite`) fail naming `field`
+/// and the name; duplicates are dropped.
 pub(crate) fn intrinsics(names: Vec<String>, field: &str) -> Result<Vec<String>, ConfigError> {
     let mut out: Vec<String> = Vec::new();
     for name in names {
-        if !intrinsics::is_known(&name) {
-            return Err(ConfigError::invalid(
-                field,
-                format!(
-                    "unknown intrinsic {name:?} (known: {})",
-                    intrinsics::known_names()
-                ),
-            ));
-        }
+        intrinsics::resolve(&name).map_err(|e| ConfigError::invalid(field, e.to_string()))?;
         if !out.contains(&name) {
             out.push(name);
         }
     }
     Ok(out)
+}
+
+impl SessionConfig {
+    /// What this session config asks that only local AI can give, as the
+    /// field to name: `enable_ai = true`, or an intrinsic granting `ai`.
+    pub fn asks_for_ai(&self) -> Option<String> {
+        if self.enable_ai == Some(true) {
+            return Some("session_config.enable_ai = true".to_owned());
+        }
+        self.enabled_intrinsics.iter().flatten().find_map(|name| {
+            intrinsics::resolve(name)
+                .is_ok_and(|grants| grants.contains(&"ai"))
+                .then(|| format!("session_config.enabled_intrinsics {name:?}"))
+        })
+    }
 }
 
 /// A memory limit in MiB, which must be at least 1.
@@ -652,6 +662,76 @@ mod tests {
                 "{text:?} should mention {expected:?}"
             );
             assert!(text.contains(&format!("session_config.{key}")), "{text}");
+        }
+    }
+
+    /// The original Elide driver's README block, as Nomad sends it.
+    #[test]
+    fn the_original_session_config_is_accepted_as_written() {
+        let bytes = config(
+            Value::from("/tmp/elide-daemon.sock"),
+            Value::Nil,
+            Value::Array(vec![session(&[
+                ("context_pool_size", Value::from(10)),
+                (
+                    "enabled_languages",
+                    strings(&["python", "javascript", "typescript"]),
+                ),
+                ("enabled_intrinsics", strings(&["io", "env"])),
+                ("memory_limit_mb", Value::from(512)),
+                ("enable_ai", Value::Boolean(false)),
+            ])]),
+        );
+        let decoded = PluginConfig::decode(&bytes).unwrap().session;
+        assert_eq!(
+            decoded,
+            SessionConfig {
+                context_pool_size: Some(10),
+                enabled_languages: Some(Language::ALL.to_vec()),
+                enabled_intrinsics: Some(vec!["io".into(), "env".into()]),
+                memory_limit_mb: Some(512),
+                enable_ai: Some(false),
+                idle_timeout: None,
+            }
+        );
+        assert_eq!(decoded.asks_for_ai(), None);
+        for names in [&["fs", "http", "console", "fs.read"][..], &["ai"]] {
+            let bytes = config(
+                Value::Nil,
+                Value::Nil,
+                session(&[("enabled_intrinsics", strings(names))]),
+            );
+            let decoded = PluginConfig::decode(&bytes).unwrap().session;
+            assert_eq!(decoded.enabled_intrinsics.unwrap(), names);
+        }
+        let ai = SessionConfig {
+            enabled_intrinsics: Some(vec!["io".into(), "ai".into()]),
+            ..SessionConfig::default()
+        };
+        assert_eq!(
+            ai.asks_for_ai().unwrap(),
+            "session_config.enabled_intrinsics \"ai\""
+        );
+        let enable_ai = SessionConfig {
+            enable_ai: Some(true),
+            ..SessionConfig::default()
+        };
+        assert_eq!(
+            enable_ai.asks_for_ai().unwrap(),
+            "session_config.enable_ai = true"
+        );
+    }
+
+    #[test]
+    fn original_names_that_cannot_be_honoured_name_the_field_and_value() {
+        for (names, expected) in [
+            (&["io", "sqlite"][..], "intrinsic \"sqlite\" cannot be granted: this runtime has no SQLite intrinsic"),
+            (&["IO"], "unknown intrinsic \"IO\" (known: console, env, fs.read, fs.write, net, subprocess, ai; original names: io, env, fs, http, sqlite, ai)"),
+        ] {
+            let bytes = config(Value::Nil, Value::Nil, session(&[("enabled_intrinsics", strings(names))]));
+            let err = PluginConfig::decode(&bytes).unwrap_err();
+            assert_eq!(err.field(), Some("session_config.enabled_intrinsics"));
+            assert!(err.to_string().contains(expected), "{err}");
         }
     }
 

@@ -466,7 +466,7 @@ async fn bad_input_names_the_field_and_the_value() {
         .create_session(with_config(config))
         .await
         .unwrap_err();
-    assert_status(err, Code::InvalidArgument, &["config.enable_ai"]);
+    assert_status(err, Code::FailedPrecondition, &["config.enable_ai"]);
 
     let err = client
         .execute_snippet(snippet("nope", "x", "pass"))

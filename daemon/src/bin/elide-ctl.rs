@@ -71,6 +71,12 @@ enum Command {
         /// Memory limit in MiB.
         #[arg(long, default_value_t = 0)]
         memory_mb: u64,
+        /// Intrinsics the session grants (repeatable), canonical (`console`,
+        /// `fs.read`) or original (`io`, `fs`) names. A session that
+        /// already exists with other intrinsics is refused: pick another
+        /// `--session`.
+        #[arg(long = "intrinsic")]
+        intrinsics: Vec<String>,
     },
     /// Cancels an execution.
     Cancel {
@@ -135,15 +141,17 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             for i in &c.intrinsics {
+                let grants = i.grants.join(" + ");
+                let detail = if !i.unavailable_reason.is_empty() {
+                    format!(" (unavailable: {})", i.unavailable_reason)
+                } else if !i.multi_tenant_safe {
+                    " (not multi-tenant safe)".to_owned()
+                } else {
+                    String::new()
+                };
                 println!(
-                    "  intrinsic {:<10} {}{}",
-                    i.name,
-                    i.description,
-                    if i.multi_tenant_safe {
-                        ""
-                    } else {
-                        " (not multi-tenant safe)"
-                    }
+                    "  intrinsic {:<10} grants {:<20} {}{detail}",
+                    i.name, grants, i.description
                 );
             }
             println!("  ai available: {}", c.ai_available);
@@ -202,6 +210,7 @@ async fn main() -> anyhow::Result<()> {
             id,
             timeout,
             memory_mb,
+            intrinsics,
         } => {
             let (code, source_name) = match (code, file) {
                 (Some(code), _) => (code, String::new()),
@@ -215,6 +224,10 @@ async fn main() -> anyhow::Result<()> {
             client
                 .create_session(pb::CreateSessionRequest {
                     session_id: session.clone(),
+                    config: Some(pb::SessionConfig {
+                        enabled_intrinsics: intrinsics,
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 })
                 .await
