@@ -432,8 +432,8 @@ async fn bad_input_names_the_field_and_the_value() {
         .unwrap_err();
     assert_status(
         err,
-        Code::InvalidArgument,
-        &["config.enabled_intrinsics", "\"sqlite\""],
+        Code::FailedPrecondition,
+        &["config.enabled_intrinsics", "\"sqlite\"", "SQLite"],
     );
 
     let mut config = original_config();
