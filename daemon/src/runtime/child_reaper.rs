@@ -61,8 +61,7 @@ pub fn become_subreaper() -> std::io::Result<()> {
         return Ok(());
     }
     nix::sys::prctl::set_child_subreaper(true).map_err(std::io::Error::from)?;
-    let mut sigchld =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+    let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
     let _ = STARTED.set(());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SCAN_INTERVAL);

@@ -277,7 +277,9 @@ impl Runtime for ProcessRuntime {
             match zygote.fork(&spec, &file) {
                 Ok(child) => return self.watch_warm(child, spec),
                 // Cold rather than failed: the zygote is being replaced.
-                Err(e) => tracing::info!(execution_id = %spec.execution_id, reason = %e, "starting cold"),
+                Err(e) => {
+                    tracing::info!(execution_id = %spec.execution_id, reason = %e, "starting cold")
+                }
             }
         }
         self.counters.cold_start(spec.language);
@@ -391,7 +393,6 @@ impl ProcessRuntime {
         exit: impl std::future::Future<Output = ExitInfo> + Send + 'static,
         spec: &ProgramSpec,
     ) -> Program {
-
         let (tx, rx) = mpsc::channel(64);
         let control = Arc::new(ProcessControl::new(pid));
         let (exited_tx, exited_rx) = tokio::sync::watch::channel(false);

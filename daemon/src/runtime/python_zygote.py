@@ -46,7 +46,8 @@ for name in PRELOAD:
                    % (name, type(e).__name__, e)})
         os._exit(3)
 
-import locale  # noqa: E402  (after the preload, so a failing preload is named first)
+import ctypes  # noqa: E402  (after the preload, so a failing preload is named first)
+import locale  # noqa: E402
 import threading  # noqa: E402
 import atexit  # noqa: E402
 import types  # noqa: E402
@@ -174,16 +175,13 @@ def run_child(request, fds):
 
     os.environ.clear()
     os.environ.update(request["env"])
-    try:
-        locale.setlocale(locale.LC_CTYPE, "")
-    except locale.Error:
-        pass
-    encoding = os.environ.get("PYTHONIOENCODING", "utf-8") or "utf-8"
-    enc, _, errors = encoding.partition(":")
-    sys.stdin = sys.__stdin__ = open(0, "r", closefd=False, encoding=enc or "utf-8",
-                                     errors=errors or "strict")
-    sys.stdout = sys.__stdout__ = _text_out(1, enc, errors or "strict")
-    sys.stderr = sys.__stderr__ = _text_out(2, enc, "backslashreplace")
+    stdio_errors = set_locale_as_python_startup_does()
+    encoding, _, errors = os.environ.get("PYTHONIOENCODING", "").partition(":")
+    encoding = encoding or "utf-8"
+    sys.stdin = sys.__stdin__ = open(0, "r", closefd=False, encoding=encoding,
+                                     errors=errors or stdio_errors)
+    sys.stdout = sys.__stdout__ = _text_out(1, encoding, errors or stdio_errors)
+    sys.stderr = sys.__stderr__ = _text_out(2, encoding, "backslashreplace")
 
     path = request["file"]
     try:
@@ -192,6 +190,7 @@ def run_child(request, fds):
         sys.stderr.write("elide: cannot enter the working directory: %s\n" % e)
         return 127
     sys.argv = list(request["argv"])
+    show_command_line([sys.executable, "-u"] + sys.argv)
     sys.path[0] = os.path.dirname(path)
     if "random" in sys.modules:
         sys.modules["random"].seed()
@@ -199,6 +198,7 @@ def run_child(request, fds):
     main = types.ModuleType("__main__")
     main.__file__ = path
     main.__cached__ = None
+    main.__annotations__ = {}
     main.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
     main.__builtins__ = __builtins__
     sys.modules["__main__"] = main
@@ -225,6 +225,42 @@ def run_child(request, fds):
             os.kill(os.getpid(), signal.SIGINT)
         return 1
     return 0
+
+
+def show_command_line(argv):
+    """Rewrites our argv memory, so /proc/PID/cmdline (and ps) show the
+    command a cold run has, `python3 -u FILE ARGS`, truncated to the room the
+    zygote's own command line left (it holds this source, several KiB)."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        # Fields 48 and 49 (arg_start, arg_end); index 0 here is field 3.
+        start, end = int(fields[45]), int(fields[46])
+        size = end - start
+        title = b"".join(os.fsencode(a) + b"\0" for a in argv)[:size - 1]
+        ctypes.memmove(start, title.ljust(size, b"\0"), size)
+    except (OSError, ValueError, IndexError):
+        pass
+
+
+def set_locale_as_python_startup_does():
+    """LC_CTYPE from the execution's environment, with python's C-locale
+    coercion (PEP 538); returns the error handler python picks for stdio."""
+    try:
+        loc = locale.setlocale(locale.LC_CTYPE, "")
+    except locale.Error:
+        loc = locale.setlocale(locale.LC_CTYPE, "C")
+    if loc in ("C", "POSIX") and not os.environ.get("LC_ALL"):
+        for target in ("C.UTF-8", "C.utf8", "UTF-8"):
+            try:
+                loc = locale.setlocale(locale.LC_CTYPE, target)
+            except locale.Error:
+                continue
+            os.environ["LC_CTYPE"] = target
+            break
+    if loc in ("C", "POSIX", "C.UTF-8", "C.utf8", "UTF-8"):
+        return "surrogateescape"
+    return "strict"
 
 
 def _text_out(fd, enc, errors):

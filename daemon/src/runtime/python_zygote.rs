@@ -101,6 +101,10 @@ pub enum ZygoteError {
     /// No zygote is ready (it died and its replacement is booting).
     #[error("no python zygote is ready")]
     Down,
+    /// This execution must start cold: its environment sets a variable the
+    /// interpreter only reads at start-up.
+    #[error("{0}")]
+    NeedsCold(String),
     /// A fork request failed; the zygote is being replaced.
     #[error("the python zygote failed a fork request: {0}")]
     Request(String),
@@ -198,7 +202,15 @@ impl PythonZygote {
             counters,
             current: Mutex::new(None),
         });
-        boot(&shared)?;
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
+        let keeper_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("python-zygote".into())
+            .spawn(move || keeper(keeper_shared, first_tx))
+            .map_err(|e| ZygoteError::Boot(format!("starting the keeper thread: {e}")))?;
+        first_rx
+            .recv()
+            .map_err(|_| ZygoteError::Boot("the keeper thread ended".into()))??;
         Ok(PythonZygote { shared })
     }
 
@@ -214,6 +226,11 @@ impl PythonZygote {
 
     /// Forks an execution running `file` (the snippet, already written).
     pub fn fork(&self, spec: &ProgramSpec, file: &Path) -> Result<WarmChild, ZygoteError> {
+        if let Some(name) = spec.env.keys().find(|k| read_at_startup(k)) {
+            return Err(ZygoteError::NeedsCold(format!(
+                "{name} is read by python at start-up"
+            )));
+        }
         let generation = self.shared.ready().ok_or(ZygoteError::Down)?;
         let result = generation.fork(spec, file);
         if let Err(e) = &result {
@@ -229,11 +246,17 @@ impl PythonZygote {
     }
 }
 
+/// Variables python reads only while starting (PYTHONPATH, PYTHONHASHSEED,
+/// PYTHONSAFEPATH, …): a fork of the zygote cannot honour them.
+/// PYTHONIOENCODING is applied by the child; PYTHONUNBUFFERED changes
+/// nothing under `-u`.
+fn read_at_startup(name: &str) -> bool {
+    name.starts_with("PYTHON") && !matches!(name, "PYTHONIOENCODING" | "PYTHONUNBUFFERED")
+}
+
 fn is_identifier(part: &str) -> bool {
     let mut chars = part.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_alphabetic() || c == '_')
+    chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
         && chars.all(|c| c.is_alphanumeric() || c == '_')
 }
 
@@ -254,8 +277,9 @@ impl Shared {
 }
 
 /// Starts one zygote, waits for it to be ready and installs it.
-fn boot(shared: &Arc<Shared>) -> Result<(), ZygoteError> {
-    let boot_err = |what: &str, e: &dyn std::fmt::Display| ZygoteError::Boot(format!("{what}: {e}"));
+fn boot(shared: &Arc<Shared>) -> Result<Booted, ZygoteError> {
+    let boot_err =
+        |what: &str, e: &dyn std::fmt::Display| ZygoteError::Boot(format!("{what}: {e}"));
     let (daemon_end, zygote_end) =
         UnixStream::pair().map_err(|e| boot_err("creating the control socket", &e))?;
     let (report_r, report_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
@@ -321,12 +345,49 @@ fn boot(shared: &Arc<Shared>) -> Result<(), ZygoteError> {
     });
     *shared.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(generation.clone());
     tracing::info!(pid, preload = %shared.preload.join(","), "python zygote ready");
-    let monitor_shared = shared.clone();
-    std::thread::Builder::new()
-        .name("python-zygote".into())
-        .spawn(move || monitor(monitor_shared, generation, child, report_r))
-        .map_err(|e| boot_err("starting the monitor thread", &e))?;
-    Ok(())
+    Ok(Booted {
+        generation,
+        child,
+        report: report_r,
+    })
+}
+
+/// A zygote that said ready, with what its keeper follows it by.
+struct Booted {
+    generation: Arc<Generation>,
+    child: Child,
+    report: OwnedFd,
+}
+
+/// The thread that boots every zygote and follows it until it dies. It lives
+/// as long as the daemon because a zygote's `PR_SET_PDEATHSIG` fires when
+/// the *thread* that spawned it ends.
+fn keeper(shared: Arc<Shared>, first: std::sync::mpsc::Sender<Result<(), ZygoteError>>) {
+    let mut booted = match boot(&shared) {
+        Ok(booted) => {
+            let _ = first.send(Ok(()));
+            booted
+        }
+        Err(e) => {
+            let _ = first.send(Err(e));
+            return;
+        }
+    };
+    loop {
+        follow(&shared, booted);
+        let mut backoff = RESTART_BACKOFF;
+        booted = loop {
+            match boot(&shared) {
+                Ok(booted) => break booted,
+                Err(e) => {
+                    tracing::error!(error = %e, retry_in = ?backoff, "replacing the python zygote failed");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+                }
+            }
+        };
+        shared.counters.restart();
+    }
 }
 
 /// Reads the zygote's first line: ready, or the error that stopped it.
@@ -354,12 +415,10 @@ fn read_ready(stream: &UnixStream) -> Result<(), String> {
 
 impl Generation {
     fn fork(&self, spec: &ProgramSpec, file: &Path) -> Result<WarmChild, ZygoteError> {
-        let request_err = |what: &str, e: &dyn std::fmt::Display| {
-            ZygoteError::Request(format!("{what}: {e}"))
-        };
-        let pipe = || {
-            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| request_err("creating a pipe", &e))
-        };
+        let request_err =
+            |what: &str, e: &dyn std::fmt::Display| ZygoteError::Request(format!("{what}: {e}"));
+        let pipe =
+            || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| request_err("creating a pipe", &e));
         let (stdout_r, stdout_w) = pipe()?;
         let (stderr_r, stderr_w) = pipe()?;
         let (go_r, go_w) = pipe()?;
@@ -445,7 +504,6 @@ impl Generation {
             exit,
         })
     }
-
 }
 
 /// Waits for an adopted child (the zygote died before reporting it) from a
@@ -481,8 +539,13 @@ fn wait_adopted(pid: i32) -> ExitInfo {
 }
 
 /// Follows one zygote: delivers its reports; when it dies, adopts its
-/// unreported children and boots a replacement.
-fn monitor(shared: Arc<Shared>, generation: Arc<Generation>, mut child: Child, report: OwnedFd) {
+/// unreported children.
+fn follow(shared: &Arc<Shared>, booted: Booted) {
+    let Booted {
+        generation,
+        mut child,
+        report,
+    } = booted;
     let pid = generation.pid;
     let mut reader = BufReader::new(std::fs::File::from(report));
     let mut line = String::new();
@@ -520,24 +583,11 @@ fn monitor(shared: Arc<Shared>, generation: Arc<Generation>, mut child: Child, r
         book.unreported.iter().copied().collect()
     };
     for orphan in orphans {
-        tracing::info!(pid = orphan, "waiting for an execution the dead zygote left");
+        tracing::info!(
+            pid = orphan,
+            "waiting for an execution the dead zygote left"
+        );
         adopt(generation.exits.clone(), orphan);
-    }
-    drop(generation);
-
-    let mut backoff = RESTART_BACKOFF;
-    loop {
-        match boot(&shared) {
-            Ok(()) => {
-                shared.counters.restart();
-                return;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, retry_in = ?backoff, "replacing the python zygote failed");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
-            }
-        }
     }
 }
 
