@@ -81,6 +81,7 @@ pub const DEFAULT_PRELOAD: &[&str] = &[
     "decimal",
     "logging",
     "argparse",
+    "asyncio",
 ];
 
 /// Longest a zygote may take to import its preload set and say ready.
