@@ -10,6 +10,7 @@ use elide_daemon::ids::RandomIds;
 use elide_daemon::limits::Limits;
 use elide_daemon::registry::{RegistryDeps, SessionRegistry};
 use elide_daemon::runtime::process::{ProcessRuntime, ProcessRuntimeConfig};
+use elide_daemon::runtime::python_zygote;
 use elide_daemon::server::{serve, ListenOptions};
 use elide_daemon::service::DaemonService;
 use elide_daemon::store::FsStore;
@@ -28,14 +29,30 @@ pub struct BenchDaemon {
 }
 
 impl BenchDaemon {
-    /// Starts the daemon on the current tokio runtime.
+    /// Starts the daemon on the current tokio runtime (python cold).
     pub async fn start() -> BenchDaemon {
+        Self::start_python(false).await
+    }
+
+    /// Starts the daemon on the current tokio runtime; `warm_python`: python
+    /// executions fork from a zygote with the default preload set.
+    pub async fn start_python(warm_python: bool) -> BenchDaemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("daemon.sock");
         let state = dir.path().join("state");
         std::fs::create_dir_all(&state).expect("state dir");
+        let mut runtime = ProcessRuntime::discover(&ProcessRuntimeConfig::default());
+        if warm_python {
+            let preload = python_zygote::DEFAULT_PRELOAD
+                .iter()
+                .map(|m| m.to_string())
+                .collect();
+            runtime = runtime
+                .with_python_zygote(preload)
+                .expect("starting the python zygote");
+        }
         let registry = SessionRegistry::open(RegistryDeps {
-            runtime: Arc::new(ProcessRuntime::discover(&ProcessRuntimeConfig::default())),
+            runtime: Arc::new(runtime),
             store: Arc::new(FsStore::open(&state).expect("store")),
             clock: Arc::new(SystemClock),
             ids: Arc::new(RandomIds),

@@ -24,7 +24,7 @@ use crate::events::{EventBatch, EventLog};
 use crate::ids::{validate_id, IdSource};
 use crate::limits::Limits;
 use crate::output::OutputLog;
-use crate::runtime::{Metrics, ProgramControl, Runtime};
+use crate::runtime::{Metrics, ProgramControl, Runtime, StartMode};
 use crate::session::{check_ai_available, execution_policy, ExecutionPolicy, SessionPolicy};
 use crate::store::{ExecutionRecord, SessionRecord, StateStore};
 use crate::supervisor::{self, StopRequest};
@@ -327,8 +327,12 @@ impl SessionRegistry {
                     runtime: l.runtime,
                     runtime_version: l.version,
                     unavailable_reason: l.unavailable_reason.unwrap_or_default(),
-                    start_mode: pb::StartMode::Cold as i32,
-                    start_detail: String::new(),
+                    start_mode: match l.start_mode {
+                        StartMode::Cold => pb::StartMode::Cold,
+                        StartMode::Zygote => pb::StartMode::Zygote,
+                        StartMode::Pool => pb::StartMode::Pool,
+                    } as i32,
+                    start_detail: l.start_detail,
                 })
                 .collect(),
             intrinsics: crate::intrinsics::describe(enforced, self.ai_available()),

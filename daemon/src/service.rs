@@ -170,6 +170,13 @@ impl ElideDaemon for DaemonService {
         self.count("GetDaemonStats");
         let (sessions, running_executions, queued_executions) = self.registry.load();
         let health = self.registry.health();
+        let starts = self.registry.runtime().start_stats();
+        let by_name = |counts: std::collections::BTreeMap<crate::language::Language, u64>| {
+            counts
+                .into_iter()
+                .map(|(language, n)| (language.name().to_string(), n))
+                .collect()
+        };
         let requests = self
             .requests
             .lock()
@@ -184,7 +191,9 @@ impl ElideDaemon for DaemonService {
             sessions,
             running_executions,
             queued_executions,
-            ..Default::default()
+            warm_starts: by_name(starts.warm),
+            cold_starts: by_name(starts.cold),
+            zygote_restarts: starts.restarts,
         }))
     }
 

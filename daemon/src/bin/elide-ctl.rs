@@ -34,6 +34,8 @@ enum Command {
     Health,
     /// Languages, intrinsics and limits of the daemon.
     Capabilities,
+    /// Load, requests served and warm/cold program starts of the daemon.
+    Stats,
     /// Lists sessions.
     Sessions,
     /// Lists the executions of a session.
@@ -130,8 +132,11 @@ async fn main() -> anyhow::Result<()> {
             for l in &c.languages {
                 if l.available {
                     println!(
-                        "  language {:<10} {} {}",
-                        l.language, l.runtime, l.runtime_version
+                        "  language {:<10} {} {} start={}",
+                        l.language,
+                        l.runtime,
+                        l.runtime_version,
+                        describe_start(l)
                     );
                 } else {
                     println!(
@@ -156,6 +161,34 @@ async fn main() -> anyhow::Result<()> {
             }
             println!("  ai available: {}", c.ai_available);
             println!("  limits: {:?}", c.limits.unwrap_or_default());
+        }
+        Command::Stats => {
+            let s = client
+                .get_daemon_stats(pb::GetDaemonStatsRequest {})
+                .await?
+                .into_inner();
+            println!(
+                "instance={} uptime={}s sessions={} running={} queued={}",
+                s.instance_id,
+                s.uptime.map_or(0, |u| u.seconds),
+                s.sessions,
+                s.running_executions,
+                s.queued_executions
+            );
+            let languages: std::collections::BTreeSet<&String> =
+                s.warm_starts.keys().chain(s.cold_starts.keys()).collect();
+            for l in languages {
+                println!(
+                    "  starts {:<10} warm={} cold={}",
+                    l,
+                    s.warm_starts.get(l).copied().unwrap_or(0),
+                    s.cold_starts.get(l).copied().unwrap_or(0)
+                );
+            }
+            println!("  zygote restarts: {}", s.zygote_restarts);
+            for (method, n) in &s.requests {
+                println!("  requests {method:<20} {n}");
+            }
         }
         Command::Sessions => {
             let list = client
@@ -355,4 +388,18 @@ fn describe(s: &pb::ExecutionStatus) -> String {
         out.push_str(&format!(": {}", s.message));
     }
     out
+}
+
+/// How a language's programs start, e.g. "zygote (json,re)" or "cold".
+fn describe_start(l: &pb::LanguageSupport) -> String {
+    let mode = match l.start_mode() {
+        pb::StartMode::Zygote => "zygote",
+        pb::StartMode::Pool => "pool",
+        pb::StartMode::Cold | pb::StartMode::Unspecified => "cold",
+    };
+    if l.start_detail.is_empty() {
+        mode.to_string()
+    } else {
+        format!("{mode} ({})", l.start_detail)
+    }
 }

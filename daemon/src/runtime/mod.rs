@@ -5,8 +5,13 @@
 //! implementation ([`process::ProcessRuntime`]) runs interpreters as child
 //! processes; a simulation supplies its own.
 
+pub mod child_reaper;
 pub mod process;
+pub mod python_zygote;
 pub mod scripted;
+pub mod start_counters;
+
+pub use start_counters::{StartCounters, StartStats};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -115,6 +120,23 @@ pub struct LanguageRuntime {
     pub version: String,
     /// Why it is unavailable, or `None` when available.
     pub unavailable_reason: Option<String>,
+    /// How its programs start.
+    pub start_mode: StartMode,
+    /// For [`StartMode::Zygote`]: the preloaded modules (comma-separated);
+    /// for [`StartMode::Pool`]: the pool size; empty otherwise.
+    pub start_detail: String,
+}
+
+/// How a language's programs start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartMode {
+    /// A fresh interpreter process per execution.
+    Cold,
+    /// A fork of a long-lived interpreter that has already started and
+    /// imported its preload set.
+    Zygote,
+    /// A pre-started interpreter from a pool, used once.
+    Pool,
 }
 
 /// Errors of a runtime.
@@ -160,4 +182,9 @@ pub trait Runtime: Send + Sync + 'static {
     }
     /// Starts a program.
     fn spawn(&self, spec: ProgramSpec) -> Result<Program, RuntimeError>;
+    /// Warm and cold starts so far (a runtime without warm starts reports
+    /// nothing).
+    fn start_stats(&self) -> StartStats {
+        StartStats::default()
+    }
 }

@@ -26,9 +26,10 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
+use super::python_zygote::{PythonZygote, WarmChild, ZygoteError};
 use super::{
-    ExitInfo, LanguageRuntime, Metrics, Program, ProgramControl, ProgramEvent, ProgramSpec,
-    Runtime, RuntimeError,
+    child_reaper, ExitInfo, LanguageRuntime, Metrics, Program, ProgramControl, ProgramEvent,
+    ProgramSpec, Runtime, RuntimeError, StartCounters, StartMode, StartStats,
 };
 use crate::language::Language;
 use crate::output::Stream;
@@ -79,6 +80,9 @@ pub struct ProcessRuntime {
     node: Result<Interpreter, String>,
     elide: Result<Interpreter, String>,
     sample_interval: Duration,
+    /// Warm python, when enabled.
+    python_zygote: Option<PythonZygote>,
+    counters: Arc<StartCounters>,
 }
 
 impl ProcessRuntime {
@@ -89,7 +93,29 @@ impl ProcessRuntime {
             node: probe(&config.node, Language::JavaScript),
             elide: probe(&config.elide, Language::TypeScript),
             sample_interval: config.sample_interval,
+            python_zygote: None,
+            counters: Arc::default(),
         }
+    }
+
+    /// Starts python executions as forks of a zygote that has imported
+    /// `preload` (see `python_zygote`). A preload module that cannot be
+    /// imported is an error naming it. Without a python interpreter there is
+    /// nothing to warm and python stays unavailable.
+    pub fn with_python_zygote(mut self, preload: Vec<String>) -> Result<Self, ZygoteError> {
+        if let Ok(python) = &self.python {
+            self.python_zygote = Some(PythonZygote::start(
+                &python.path,
+                preload,
+                self.counters.clone(),
+            )?);
+        }
+        Ok(self)
+    }
+
+    /// The python zygote's pid, while one is ready.
+    pub fn python_zygote_pid(&self) -> Option<i32> {
+        self.python_zygote.as_ref().and_then(PythonZygote::pid)
     }
 
     fn interpreter(&self, language: Language) -> &Result<Interpreter, String> {
@@ -185,18 +211,28 @@ impl Runtime for ProcessRuntime {
                     Language::JavaScript => "node",
                     Language::TypeScript => "elide",
                 };
+                let (start_mode, start_detail) = match (language, &self.python_zygote) {
+                    (Language::Python, Some(zygote)) => {
+                        (StartMode::Zygote, zygote.preload().join(","))
+                    }
+                    _ => (StartMode::Cold, String::new()),
+                };
                 match self.interpreter(language) {
                     Ok(i) => LanguageRuntime {
                         language,
                         runtime: runtime.into(),
                         version: i.version.clone(),
                         unavailable_reason: None,
+                        start_mode,
+                        start_detail,
                     },
                     Err(reason) => LanguageRuntime {
                         language,
                         runtime: runtime.into(),
                         version: String::new(),
                         unavailable_reason: Some(reason.clone()),
+                        start_mode: StartMode::Cold,
+                        start_detail: String::new(),
                     },
                 }
             })
@@ -237,6 +273,17 @@ impl Runtime for ProcessRuntime {
         std::fs::write(&file, spec.code.as_bytes())
             .map_err(|e| spawn_err("the snippet file", e))?;
 
+        if let (Language::Python, Some(zygote)) = (spec.language, &self.python_zygote) {
+            match zygote.fork(&spec, &file) {
+                Ok(child) => return self.watch_warm(child, spec),
+                // Cold rather than failed: the zygote is being replaced.
+                Err(e) => {
+                    tracing::info!(execution_id = %spec.execution_id, reason = %e, "starting cold")
+                }
+            }
+        }
+        self.counters.cold_start(spec.language);
+
         let mut cmd = tokio::process::Command::new(&interp.path);
         match spec.language {
             Language::Python => {
@@ -271,49 +318,28 @@ impl Runtime for ProcessRuntime {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
             });
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| spawn_err(&interp.path.display().to_string(), e))?;
-        let pid = child.id().map(|p| p as i32).ok_or_else(|| {
-            spawn_err(
-                "the interpreter",
-                std::io::Error::other("exited before it got a pid"),
-            )
-        })?;
+        let (mut child, pid) = {
+            // Registered before the orphan scan can see it (tokio waits for it).
+            let mut owned = child_reaper::hold();
+            let child = cmd
+                .spawn()
+                .map_err(|e| spawn_err(&interp.path.display().to_string(), e))?;
+            let pid = child.id().map(|p| p as i32).ok_or_else(|| {
+                spawn_err(
+                    "the interpreter",
+                    std::io::Error::other("exited before it got a pid"),
+                )
+            })?;
+            owned.register(pid);
+            (child, pid)
+        };
         tracing::debug!(execution_id = %spec.execution_id, pid, "program started");
-
-        let (tx, rx) = mpsc::channel(64);
-        let control = Arc::new(ProcessControl::new(pid));
-        let (exited_tx, exited_rx) = tokio::sync::watch::channel(false);
-        let readers = [
-            child
-                .stdout
-                .take()
-                .map(|p| tokio::spawn(pump(p, Stream::Stdout, tx.clone(), exited_rx.clone()))),
-            child
-                .stderr
-                .take()
-                .map(|p| tokio::spawn(pump(p, Stream::Stderr, tx.clone(), exited_rx))),
-        ];
-        let sampler = tokio::spawn(sample_loop(
-            control.clone(),
-            self.sample_interval,
-            spec.memory_limit_bytes,
-            tx.clone(),
-        ));
-        let waiter_control = control.clone();
-        let scratch = spec.scratch_dir.clone();
-        tokio::spawn(async move {
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let exit = async move {
             let status = child.wait().await;
-            waiter_control.finish();
-            sampler.abort();
-            let _ = exited_tx.send(true);
-            // Every byte is delivered before the exit, however long the
-            // consumer takes; `pump` itself bounds waiting on a pipe.
-            for reader in readers.into_iter().flatten() {
-                let _ = reader.await;
-            }
-            let info = match status {
+            child_reaper::forget(pid);
+            match status {
                 Ok(s) => match (s.code(), s.signal()) {
                     (Some(code), _) => ExitInfo::Code(code),
                     (None, Some(sig)) => Signal::try_from(sig)
@@ -325,17 +351,83 @@ impl Runtime for ProcessRuntime {
                     tracing::error!(pid, error = %e, "waiting for the program failed");
                     ExitInfo::Code(-1)
                 }
-            };
+            }
+        };
+        Ok(self.watch(pid, stdout, stderr, exit, &spec))
+    }
+
+    fn start_stats(&self) -> StartStats {
+        self.counters.snapshot()
+    }
+}
+
+impl ProcessRuntime {
+    /// Follows a forked python execution exactly as a cold one.
+    fn watch_warm(&self, child: WarmChild, spec: ProgramSpec) -> Result<Program, RuntimeError> {
+        let pid = child.pid;
+        tracing::debug!(execution_id = %spec.execution_id, pid, "program forked from the python zygote");
+        let receiver = |fd| {
+            tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map_err(|e| RuntimeError::Spawn {
+                what: "the output pipes".into(),
+                source: e,
+            })
+        };
+        let stdout = receiver(child.stdout)?;
+        let stderr = receiver(child.stderr)?;
+        let exit = child.exit;
+        let exit = async move {
+            exit.await.unwrap_or_else(|_| {
+                tracing::error!(pid, "the exit status of a forked program was lost");
+                ExitInfo::Code(-1)
+            })
+        };
+        Ok(self.watch(pid, Some(stdout), Some(stderr), exit, &spec))
+    }
+
+    /// Copies a started program's output, samples it and reports its exit.
+    fn watch(
+        &self,
+        pid: i32,
+        stdout: Option<impl AsyncRead + Unpin + Send + 'static>,
+        stderr: Option<impl AsyncRead + Unpin + Send + 'static>,
+        exit: impl std::future::Future<Output = ExitInfo> + Send + 'static,
+        spec: &ProgramSpec,
+    ) -> Program {
+        let (tx, rx) = mpsc::channel(64);
+        let control = Arc::new(ProcessControl::new(pid));
+        let (exited_tx, exited_rx) = tokio::sync::watch::channel(false);
+        let readers = [
+            stdout.map(|p| tokio::spawn(pump(p, Stream::Stdout, tx.clone(), exited_rx.clone()))),
+            stderr.map(|p| tokio::spawn(pump(p, Stream::Stderr, tx.clone(), exited_rx))),
+        ];
+        let sampler = tokio::spawn(sample_loop(
+            control.clone(),
+            self.sample_interval,
+            spec.memory_limit_bytes,
+            tx.clone(),
+        ));
+        let waiter_control = control.clone();
+        let scratch = spec.scratch_dir.clone();
+        tokio::spawn(async move {
+            let info = exit.await;
+            waiter_control.finish();
+            sampler.abort();
+            let _ = exited_tx.send(true);
+            // Every byte is delivered before the exit, however long the
+            // consumer takes; `pump` itself bounds waiting on a pipe.
+            for reader in readers.into_iter().flatten() {
+                let _ = reader.await;
+            }
             // The snippet file is only needed while the program runs.
             if let Err(e) = std::fs::remove_dir_all(&scratch) {
                 tracing::debug!(pid, error = %e, "removing the scratch directory failed");
             }
             let _ = tx.send(ProgramEvent::Exited(info)).await;
         });
-        Ok(Program {
+        Program {
             events: rx,
             control,
-        })
+        }
     }
 }
 

@@ -134,6 +134,8 @@ impl Runtime for ScriptedRuntime {
                 runtime: "scripted".into(),
                 version: "1".into(),
                 unavailable_reason: None,
+                start_mode: super::StartMode::Cold,
+                start_detail: String::new(),
             })
             .collect()
     }

@@ -23,7 +23,25 @@ pub struct Daemon {
     extra_args: Vec<String>,
 }
 
+/// How the daemon under test starts python executions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Forks of the python zygote (the default).
+    Warm,
+    /// A fresh interpreter per execution (`--python-warm=false`).
+    Cold,
+}
+
 impl Daemon {
+    /// Starts a daemon that starts python `start`, with extra flags.
+    pub async fn start_as(start: Start, extra_args: &[&str]) -> Daemon {
+        let mut args = extra_args.to_vec();
+        if start == Start::Cold {
+            args.push("--python-warm=false");
+        }
+        Daemon::start(&args).await
+    }
+
     /// Starts a daemon with extra command-line flags.
     pub async fn start(extra_args: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
@@ -316,4 +334,36 @@ pub async fn wait_state(
         }
     }
     panic!("execution {id} ended without reaching {state:?}");
+}
+
+/// Streams stdout (following) until it contains `needle`.
+pub async fn wait_for_stdout(client: &mut Client, session: &str, id: &str, needle: &str) {
+    let mut stream = client
+        .stream_output(pb::StreamOutputRequest {
+            session_id: session.into(),
+            execution_id: id.into(),
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(30), stream.next())
+        .await
+        .expect("no output")
+    {
+        if let Some(pb::output_event::Event::Chunk(c)) = ev.unwrap().event {
+            if c.stream() == pb::OutputStream::Stdout {
+                seen.extend(c.data);
+                if String::from_utf8_lossy(&seen).contains(needle) {
+                    return;
+                }
+            }
+        }
+    }
+    panic!(
+        "stdout ended without {needle:?}: {:?}",
+        String::from_utf8_lossy(&seen)
+    );
 }
