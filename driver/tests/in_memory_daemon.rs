@@ -197,7 +197,7 @@ async fn lifecycle_runs_over_an_injected_transport() {
     assert_eq!((outcome.exit_code, outcome.err.as_str()), (4, ""));
     // A retried StartTask for a live id is refused; after destroy, unknown.
     assert!(driver.tasks().start(&plugin, task.clone()).await.is_err());
-    driver.tasks().destroy(&task.id, true).await.unwrap();
+    driver.tasks().destroy(None, &task.id, true).await.unwrap();
     assert!(driver.tasks().wait(&task.id).await.is_err());
 }
 
