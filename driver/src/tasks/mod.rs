@@ -38,14 +38,12 @@ use crate::host::Host;
 use crate::plugin_config::{DaemonEndpoint, PluginConfig};
 use crate::task_config::ElideTaskConfig;
 
-use backoff::Backoff;
-
 pub use driver_state::{DriverState, DRIVER_STATE_VERSION};
 pub use exit::ExitOutcome;
 pub use stats::ResourceSample;
 pub use status_feed::{Observed, StatusHub};
 
-use intents::{DeleteJournal, PendingDelete, StopFile, StopRequest};
+use intents::{keep_stopping, reap, DeleteJournal, PendingDelete, Reap, StopFile, StopRequest};
 use output::{OffsetsFile, OutputForwarder};
 
 /// After the terminal status, how long the output forwarder may take to
@@ -1023,84 +1021,6 @@ impl TaskManager {
     }
 }
 
-/// An execution to delete from the daemon after `DestroyTask`.
-struct Reap {
-    task_id: String,
-    link: DaemonLink,
-    session_id: String,
-    execution_id: String,
-    /// Whether it was still running when destroyed (then it is killed).
-    running: bool,
-}
-
-/// Deletes a destroyed task's execution, retrying with back-off (from
-/// [`REAP_FIRST_DELAY`] doubling to [`REAP_MAX_DELAY`]) for as long as the
-/// daemon cannot be reached, and returns once it confirms the execution is
-/// gone (`NOT_FOUND` counts). Only an error a retry cannot fix ends it
-/// early, with a warning.
-async fn reap(target: Reap) {
-    let Reap {
-        task_id,
-        link,
-        session_id,
-        execution_id,
-        running,
-    } = target;
-    let delete = |force: bool| pb::DeleteExecutionRequest {
-        session_id: session_id.clone(),
-        execution_id: execution_id.clone(),
-        force,
-    };
-    let mut backoff = Backoff::between(REAP_FIRST_DELAY, REAP_MAX_DELAY);
-    // A running execution is killed first; the daemon answers once the
-    // program is gone. Forcing is harmless if it has ended meanwhile.
-    let mut killed = !running;
-    let mut attempts: u64 = 0;
-    loop {
-        attempts += 1;
-        let result = if killed {
-            // Forgets the (now terminal) execution; right after a forced
-            // delete the daemon may still hold the record for a moment.
-            link.unary(delete(false), |mut c, r| async move {
-                c.delete_execution(r).await
-            })
-            .await
-        } else {
-            link.unary_within(FORCE_DELETE_TIMEOUT, delete(true), |mut c, r| async move {
-                c.delete_execution(r).await
-            })
-            .await
-        };
-        match result {
-            Ok(_) if !killed => killed = true,
-            Ok(_) => break,
-            Err(e) if e.is_not_found() => break,
-            Err(e) if e.is_transport() || e.code() == tonic::Code::FailedPrecondition => {
-                if e.code() == tonic::Code::FailedPrecondition {
-                    // Still running after all (the driver had given up on
-                    // following it): kill it on the next attempt.
-                    killed = false;
-                }
-                let delay = backoff.next_delay();
-                tracing::warn!(task_id, execution_id, attempts, error = %e, retry_in = ?delay, "could not delete the destroyed task's execution; retrying");
-                tokio::time::sleep(delay).await;
-            }
-            Err(e) => {
-                tracing::warn!(task_id, execution_id, error = %e, "the daemon refused to delete the destroyed task's execution; giving up");
-                return;
-            }
-        }
-    }
-    if attempts > 1 {
-        tracing::info!(
-            task_id,
-            execution_id,
-            attempts,
-            "the destroyed task's execution is gone from the daemon"
-        );
-    }
-}
-
 /// `CancelExecution` of a task's execution.
 async fn cancel(task: &Task, signal: &str, grace: Duration) -> Result<(), CallError> {
     cancel_execution(
@@ -1133,57 +1053,6 @@ async fn cancel_execution(
     )
     .await
     .map(drop)
-}
-
-/// Asks the daemon to stop an execution until it confirms (or says the
-/// execution is gone or finished), with back-off while it cannot be
-/// reached; ends early once the task has exited.
-async fn keep_stopping(
-    task_id: String,
-    link: DaemonLink,
-    session_id: String,
-    execution_id: String,
-    mut stop: StopRequest,
-    mut exit: watch::Receiver<Option<ExitOutcome>>,
-) {
-    let mut backoff = Backoff::between(REAP_FIRST_DELAY, REAP_MAX_DELAY);
-    loop {
-        if exit.borrow().is_some() {
-            return;
-        }
-        match cancel_execution(
-            &link,
-            &session_id,
-            &execution_id,
-            &stop.signal,
-            stop.grace(),
-        )
-        .await
-        {
-            Ok(()) => {
-                tracing::info!(task_id, execution_id, "the daemon accepted the stop");
-                return;
-            }
-            Err(e) if e.is_transport() => {
-                tracing::debug!(task_id, execution_id, error = %e, "stop not delivered yet; retrying");
-            }
-            Err(e) if e.code() == tonic::Code::InvalidArgument && stop.signal != "SIGKILL" => {
-                // A signal or grace the daemon refuses: kill instead.
-                stop = StopRequest::new("SIGKILL", Duration::ZERO);
-                continue;
-            }
-            // Gone or already finished: nothing left to stop.
-            Err(e) => {
-                tracing::debug!(task_id, execution_id, error = %e, "nothing left to stop");
-                return;
-            }
-        }
-        tokio::select! {
-            biased;
-            _ = exit.wait_for(Option::is_some) => return,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-        }
-    }
 }
 
 /// The daemon's `max_cancel_grace`, if it says.
