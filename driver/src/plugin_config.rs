@@ -603,6 +603,27 @@ mod tests {
     }
 
     #[test]
+    fn driver_state_dir_defaults_and_must_be_absolute() {
+        let with = |dir: Value| bytes(&object(&[("driver_state_dir", dir)]));
+        assert_eq!(
+            PluginConfig::decode(&with(Value::Nil))
+                .unwrap()
+                .driver_state_dir,
+            PathBuf::from(DEFAULT_DRIVER_STATE_DIR)
+        );
+        let chosen = PluginConfig::decode(&with(Value::from("/srv/elide-driver"))).unwrap();
+        assert_eq!(chosen.driver_state_dir, PathBuf::from("/srv/elide-driver"));
+        let relative = PluginConfig::decode(&with(Value::from("state")));
+        let err = relative.unwrap_err();
+        assert_eq!(err.field(), Some("driver_state_dir"));
+        assert!(
+            err.to_string()
+                .contains("\"state\" must be an absolute path"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn tcp_address_replaces_the_socket() {
         let bytes = config(Value::Nil, Value::from("10.0.0.5:7070"), Value::Nil);
         assert_eq!(
@@ -689,6 +710,7 @@ mod tests {
                 "daemon",
                 "daemon_address",
                 "daemon_socket",
+                "driver_state_dir",
                 "poll_interval",
                 "session_config",
                 "status_mode"

@@ -682,6 +682,13 @@ impl TaskRun {
         }
     }
 
+    /// `DestroyTask` after the result. Nomad calls it once and ignores an
+    /// error, so a call that never reached a plugin (it was down) leaks the
+    /// execution record in Nomad too, and no plugin can learn of it; this
+    /// agent calls again on the restarted plugin instead, so that the
+    /// clean-up invariant judges the plugin. A call the plugin received
+    /// before crashing is covered by the plugin's delete journal whether or
+    /// not this retry comes.
     async fn destroy(&mut self) {
         for _ in 0..20 {
             let destroyed = self
