@@ -6,6 +6,7 @@
 //!     daemon_socket  = "/run/elide/daemon.sock"   # or daemon_address = "10.0.0.5:7070"
 //!     status_mode    = "auto"    # "watch" (WatchSession stream), "poll" or "auto"
 //!     poll_interval  = "1s"      # GetExecutionStatus period in "poll" mode
+//!     driver_state_dir = "/var/lib/nomad-driver-elide"  # the plugin's own state (delete journal)
 //!     daemon {                   # optional: the plugin starts the daemon itself
 //!       command   = "elide-daemon"   # absolute path or a name on PATH
 //!       args      = ["--max-running", "64"]
@@ -53,6 +54,7 @@ pub fn schema() -> Spec {
         ("daemon_address", attr("string")),
         ("status_mode", attr("string")),
         ("poll_interval", attr("string")),
+        ("driver_state_dir", attr("string")),
         (
             "daemon",
             block(object([
@@ -131,6 +133,10 @@ pub struct SessionConfig {
 /// when it starts a task, so this only ends sessions of departed clients.
 pub const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
+/// Default `driver_state_dir`: where the plugin keeps what must survive
+/// its own restarts (the journal of deletes the daemon has not confirmed).
+pub const DEFAULT_DRIVER_STATE_DIR: &str = "/var/lib/nomad-driver-elide";
+
 /// Default `daemon.state_dir`.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/elide";
 
@@ -196,6 +202,8 @@ pub struct PluginConfig {
     /// The daemon to start when none answers (`daemon {}` block); `None`
     /// means the daemon is managed elsewhere (systemd) and only connected to.
     pub supervised_daemon: Option<DaemonCommand>,
+    /// The plugin's own state directory (the delete journal).
+    pub driver_state_dir: PathBuf,
 }
 
 impl Default for PluginConfig {
@@ -206,6 +214,7 @@ impl Default for PluginConfig {
             status_mode: StatusMode::Auto,
             poll_interval: DEFAULT_POLL_INTERVAL,
             supervised_daemon: None,
+            driver_state_dir: PathBuf::from(DEFAULT_DRIVER_STATE_DIR),
         }
     }
 }
@@ -230,8 +239,20 @@ impl PluginConfig {
             },
             status_mode: status_mode(root.string("status_mode")?)?,
             poll_interval: poll_interval(root.string("poll_interval")?)?,
+            driver_state_dir: driver_state_dir(root.string("driver_state_dir")?)?,
         })
     }
+}
+
+fn driver_state_dir(text: Option<String>) -> Result<PathBuf, ConfigError> {
+    let dir = text.unwrap_or_else(|| DEFAULT_DRIVER_STATE_DIR.to_owned());
+    if !dir.starts_with('/') {
+        return Err(ConfigError::invalid(
+            "driver_state_dir",
+            format!("{dir:?} must be an absolute path"),
+        ));
+    }
+    Ok(PathBuf::from(dir))
 }
 
 fn daemon_command(
@@ -592,6 +613,27 @@ mod tests {
     }
 
     #[test]
+    fn driver_state_dir_defaults_and_must_be_absolute() {
+        let with = |dir: Value| bytes(&object(&[("driver_state_dir", dir)]));
+        assert_eq!(
+            PluginConfig::decode(&with(Value::Nil))
+                .unwrap()
+                .driver_state_dir,
+            PathBuf::from(DEFAULT_DRIVER_STATE_DIR)
+        );
+        let chosen = PluginConfig::decode(&with(Value::from("/srv/elide-driver"))).unwrap();
+        assert_eq!(chosen.driver_state_dir, PathBuf::from("/srv/elide-driver"));
+        let relative = PluginConfig::decode(&with(Value::from("state")));
+        let err = relative.unwrap_err();
+        assert_eq!(err.field(), Some("driver_state_dir"));
+        assert!(
+            err.to_string()
+                .contains("\"state\" must be an absolute path"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn tcp_address_replaces_the_socket() {
         let bytes = config(Value::Nil, Value::from("10.0.0.5:7070"), Value::Nil);
         assert_eq!(
@@ -748,6 +790,7 @@ mod tests {
                 "daemon",
                 "daemon_address",
                 "daemon_socket",
+                "driver_state_dir",
                 "poll_interval",
                 "session_config",
                 "status_mode"

@@ -412,6 +412,16 @@ async fn run_in(
         }
         session.daemon = Some(private);
     }
+    // The plugin's own state (its delete journal) stays in this run's work
+    // dir unless the agent config names a directory.
+    if let Some(object) = config.as_object_mut() {
+        if !object.contains_key("driver_state_dir") {
+            object.insert(
+                "driver_state_dir".into(),
+                work.join("driver-state").display().to_string().into(),
+            );
+        }
+    }
     let plugin = session.plugin.as_mut().expect("plugin launched above");
     let msgpack_config = cty::encode(&schema, &config, "config").map_err(plugin_config_error)?;
     bounded(
