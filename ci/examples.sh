@@ -15,10 +15,14 @@ trap 'rm -rf "$work"' EXIT
 failures=0
 # expect JOB CODE PATTERN...: runs JOB, checks the exit code and that
 # stdout contains every PATTERN (fixed strings).
+# Set agent=FILE to run with --agent-config FILE.
+agent=""
 expect() {
   local job=$1 code=$2; shift 2
   local got=0
-  timeout 120 "$run" "examples/$job" >"$work/out" 2>"$work/err" || got=$?
+  local flags=()
+  [ -n "$agent" ] && flags=(--agent-config "$agent")
+  timeout 120 "$run" "${flags[@]}" "examples/$job" >"$work/out" 2>"$work/err" || got=$?
   local ok=1
   [ "$got" -eq "$code" ] || { echo "FAIL $job: exit code $got, expected $code"; ok=0; }
   for pattern in "$@"; do
@@ -38,6 +42,17 @@ expect hello-typescript.nomad 0 "[hello] hello from typescript on node " "[hello
 expect env-and-args.nomad 0 "[show] GREETING=hello" "[show] TARGET=nomad" "[show] args=['first', 'second arg', 'show']"
 expect exit-code.nomad 3 "[fail] about to exit with 3"
 expect group-polyglot.nomad 0 "[py] python sees alloc" "[js] javascript sees alloc"
+
+# The original Elide driver's README, as written: plugin "elide" with the
+# intrinsics io and env. Its polyglot and AI examples need the Elide
+# runtime and are refused at StartTask (exit 1, nothing runs).
+agent=examples/original/nomad-agent.hcl
+expect original/hello-python.nomad 0 "[hello] Hello from Elide on Nomad!" "[hello] This is a polyglot runtime"
+expect original/polyglot.nomad 1
+grep -qF "only the Elide runtime provides" "$work/err" || { echo "FAIL original/polyglot.nomad: no refusal"; failures=$((failures + 1)); }
+expect original/ai-inference.nomad 1
+grep -qF '"elide:llm" (line 6)' "$work/err" || { echo "FAIL original/ai-inference.nomad: no refusal"; failures=$((failures + 1)); }
+agent=""
 
 # The service: wait for "ready", Ctrl-C (SIGINT) elide-run, expect the
 # task's SIGTERM goodbye and exit code 0.

@@ -1,6 +1,9 @@
 //! `density`: memory (RSS) of the daemon and of the driver beyond the
 //! interpreters themselves, per running task, with 10, 100 and 500 sleeping
-//! snippets running at once through the real plugin and daemon.
+//! snippets running at once through the real plugin and daemon. Then python
+//! density: total PSS (`/proc/PID/smaps_rollup`) of the daemon and all its
+//! descendants with 50 sleeping python snippets, warm (zygote forks) and
+//! cold, against 50 directly spawned `python3` processes.
 //!
 //! Memory is counted, not timed, so this is a plain program rather than a
 //! criterion timing loop. Under `cargo bench` (argument `--bench`) it runs
@@ -69,9 +72,164 @@ async fn measure(tasks: usize) -> Sample {
     }
 }
 
+/// Proportional set size of one process, in bytes (0 once it is gone).
+fn pss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+/// `root` and every process below it.
+fn tree(root: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok())
+            .unwrap_or(0);
+        parent_of.push((pid, ppid));
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parent_of
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    found
+}
+
+/// Total PSS of a daemon and its descendants with `n` sleeping python
+/// snippets started through it.
+async fn daemon_python_pss(n: usize, flags: &[&str]) -> u64 {
+    use elide_proto::elide::daemon::v1 as pb;
+    use tokio_stream::StreamExt;
+    let daemon = Daemon::start_with(flags).await;
+    let mut client = daemon.client().await;
+    client
+        .create_session(pb::CreateSessionRequest {
+            session_id: "density".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("CreateSession");
+    for i in 0..n {
+        client
+            .execute_snippet(pb::ExecuteSnippetRequest {
+                session_id: "density".into(),
+                execution_id: format!("sleeper{i}"),
+                language: "python".into(),
+                code: SNIPPET.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("ExecuteSnippet");
+    }
+    for i in 0..n {
+        let mut out = client
+            .stream_output(pb::StreamOutputRequest {
+                session_id: "density".into(),
+                execution_id: format!("sleeper{i}"),
+                follow: true,
+                ..Default::default()
+            })
+            .await
+            .expect("StreamOutput")
+            .into_inner();
+        while let Some(ev) = tokio::time::timeout(LIMIT, out.next())
+            .await
+            .expect("no output")
+        {
+            if let Some(pb::output_event::Event::Chunk(_)) = ev.expect("output").event {
+                break;
+            }
+        }
+    }
+    tree(daemon.pid()).into_iter().map(pss).sum()
+}
+
+/// Total PSS of `n` sleeping `python3` processes spawned directly.
+fn direct_python_pss(n: usize) -> u64 {
+    use std::io::Read;
+    let mut children: Vec<_> = (0..n)
+        .map(|_| {
+            std::process::Command::new("python3")
+                .args(["-u", "-c", SNIPPET])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("python3")
+        })
+        .collect();
+    for child in &mut children {
+        let mut up = [0u8; 3];
+        child
+            .stdout
+            .as_mut()
+            .expect("stdout")
+            .read_exact(&mut up)
+            .expect("up");
+    }
+    let total = children.iter().map(|c| pss(c.id())).sum();
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    total
+}
+
+fn python_density(rt: &tokio::runtime::Runtime, n: usize, full: bool) {
+    let warm = rt.block_on(daemon_python_pss(n, &[]));
+    let cold = rt.block_on(daemon_python_pss(n, &["--python-warm=false"]));
+    let direct = direct_python_pss(n);
+    let mib = |b: u64| b as f64 / 1024.0 / 1024.0;
+    println!("python density: total PSS with {n} sleeping snippets");
+    println!(
+        "  warm daemon {:.1} MiB, cold daemon {:.1} MiB, {n} direct python3 {:.1} MiB; warm/direct = {:.2}",
+        mib(warm),
+        mib(cold),
+        mib(direct),
+        warm as f64 / direct.max(1) as f64
+    );
+    if full {
+        elide_benches::write_counted(
+            &elide_e2e::binaries::profile_dir(),
+            "python_density",
+            &[format!(
+                "{{\"snippets\":{n},\"warm_daemon_pss_bytes\":{warm},\"cold_daemon_pss_bytes\":{cold},\"direct_pss_bytes\":{direct}}}"
+            )],
+        );
+    }
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let sizes: &[usize] = if full { &[10, 100, 500] } else { &[5] };
+    // `cargo bench --bench density -- python`: only the python density.
+    let python_only = std::env::args().skip(1).any(|a| a == "python");
+    let sizes: &[usize] = match (full, python_only) {
+        (_, true) => &[],
+        (true, false) => &[10, 100, 500],
+        (false, false) => &[5],
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -98,7 +256,8 @@ fn main() {
             s.tasks, s.daemon_per_task, s.driver_per_task
         ));
     }
-    if full {
+    if full && !python_only {
         elide_benches::write_counted(&elide_e2e::binaries::profile_dir(), "density", &rows);
     }
+    python_density(&rt, if full { 50 } else { 5 }, full);
 }

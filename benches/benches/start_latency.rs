@@ -2,9 +2,15 @@
 //! Through the daemon (ExecuteSnippet, then StreamOutput) against spawning the
 //! interpreter directly, which is what one process per task (raw_exec) does,
 //! and warm starts (a pre-started interpreter) against cold ones (a fresh
-//! interpreter per program) in the same daemon code.
+//! interpreter per program) in the same daemon code. `daemon_python` is a
+//! cold start (a fresh `python3`); `daemon_python_warm` is a fork of the
+//! python zygote, in a second daemon that differs only in having warm python
+//! on. `daemon_warm_javascript` and `daemon_warm_typescript` start on a
+//! pooled node worker, against `daemon_javascript` and `daemon_typescript`
+//! on a fresh node.
 
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use elide_benches::BenchDaemon;
@@ -88,7 +94,7 @@ fn bench(c: &mut Criterion) {
     let daemon = rt.block_on(BenchDaemon::start());
     let client = rt.block_on(daemon.client());
     rt.block_on(open_bench_session(&mut client.clone()));
-    let counter = std::sync::atomic::AtomicU64::new(0);
+    let counter = AtomicU64::new(0);
 
     let mut group = c.benchmark_group("start_latency");
     group.sample_size(20);
@@ -99,10 +105,7 @@ fn bench(c: &mut Criterion) {
         group.bench_function(format!("daemon_{language}"), |b| {
             b.to_async(&rt).iter(|| {
                 let mut client = client.clone();
-                let id = format!(
-                    "e{}",
-                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                );
+                let id = format!("e{}", counter.fetch_add(1, Ordering::Relaxed));
                 async move { first_output(&mut client, language, code, id).await }
             })
         });
@@ -139,7 +142,29 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    bench_python_warm(&rt, &mut group, &counter);
     group.finish();
+    drop(daemon);
+}
+
+/// Warm python: the same measurement through a daemon whose python
+/// executions fork from the zygote (and which differs from the first only
+/// in that).
+fn bench_python_warm(
+    rt: &tokio::runtime::Runtime,
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    counter: &AtomicU64,
+) {
+    let daemon = rt.block_on(BenchDaemon::start_python(true));
+    let client = rt.block_on(daemon.client());
+    rt.block_on(open_bench_session(&mut client.clone()));
+    group.bench_function("daemon_python_warm", |b| {
+        b.to_async(rt).iter(|| {
+            let mut client = client.clone();
+            let id = format!("p{}", counter.fetch_add(1, Ordering::Relaxed));
+            async move { first_output(&mut client, "python", PYTHON, id).await }
+        })
+    });
     drop(daemon);
 }
 
@@ -162,13 +187,8 @@ fn bench_node_warm_and_cold(c: &mut Criterion) {
     let cold_client = rt.block_on(cold.client());
     rt.block_on(open_bench_session(&mut warm_client.clone()));
     rt.block_on(open_bench_session(&mut cold_client.clone()));
-    let counter = std::sync::atomic::AtomicU64::new(0);
-    let next_id = || {
-        format!(
-            "n{}",
-            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        )
-    };
+    let counter = AtomicU64::new(0);
+    let next_id = || format!("n{}", counter.fetch_add(1, Ordering::Relaxed));
 
     let mut group = c.benchmark_group("start_latency");
     group.sample_size(20);

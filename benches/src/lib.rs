@@ -10,6 +10,7 @@ use elide_daemon::ids::RandomIds;
 use elide_daemon::limits::Limits;
 use elide_daemon::registry::{RegistryDeps, SessionRegistry};
 use elide_daemon::runtime::process::{ProcessRuntime, ProcessRuntimeConfig};
+use elide_daemon::runtime::python_zygote;
 use elide_daemon::server::{serve, ListenOptions};
 use elide_daemon::service::DaemonService;
 use elide_daemon::store::FsStore;
@@ -29,14 +30,25 @@ pub struct BenchDaemon {
 
 impl BenchDaemon {
     /// Starts the daemon on the current tokio runtime, every program on a
-    /// fresh interpreter.
+    /// fresh interpreter (python cold, no node pool).
     pub async fn start() -> BenchDaemon {
-        BenchDaemon::start_with(ProcessRuntimeConfig::default()).await
+        Self::start_python(false).await
+    }
+
+    /// Starts the daemon on the current tokio runtime; `warm_python`: python
+    /// executions fork from a zygote with the default preload set (no node
+    /// pool).
+    pub async fn start_python(warm_python: bool) -> BenchDaemon {
+        Self::start_configured(ProcessRuntimeConfig::default(), warm_python).await
     }
 
     /// Starts the daemon with this runtime configuration (its `runtime_dir`
-    /// is replaced by one inside the daemon's directory).
+    /// is replaced by one inside the daemon's directory), python cold.
     pub async fn start_with(config: ProcessRuntimeConfig) -> BenchDaemon {
+        Self::start_configured(config, false).await
+    }
+
+    async fn start_configured(config: ProcessRuntimeConfig, warm_python: bool) -> BenchDaemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("daemon.sock");
         let state = dir.path().join("state");
@@ -45,8 +57,18 @@ impl BenchDaemon {
             runtime_dir: state.join("runtime"),
             ..config
         };
+        let mut runtime = ProcessRuntime::discover(&config);
+        if warm_python {
+            let preload = python_zygote::DEFAULT_PRELOAD
+                .iter()
+                .map(|m| m.to_string())
+                .collect();
+            runtime = runtime
+                .with_python_zygote(preload)
+                .expect("starting the python zygote");
+        }
         let registry = SessionRegistry::open(RegistryDeps {
-            runtime: Arc::new(ProcessRuntime::discover(&config)),
+            runtime: Arc::new(runtime),
             store: Arc::new(FsStore::open(&state).expect("store")),
             clock: Arc::new(SystemClock),
             ids: Arc::new(RandomIds),

@@ -10,9 +10,14 @@
 //!   real one);
 //! * [`store`]: durable state; [`output`], [`events`]: retained output and
 //!   status logs; [`session`]: the narrowing rules;
-//! * [`service`]: the gRPC translation; [`server`]: listeners.
+//! * [`service`]: the gRPC translation; [`v1alpha1`]: the original
+//!   contract over the same registry; [`server`]: listeners;
+//!   [`authority`]: lets clients that send a socket path as `:authority`
+//!   in.
 
+pub mod authority;
 pub mod client;
+pub mod elide_apis;
 pub mod error;
 pub mod events;
 pub mod ids;
@@ -29,3 +34,4 @@ pub mod signal;
 pub mod store;
 pub mod supervisor;
 pub mod time;
+pub mod v1alpha1;

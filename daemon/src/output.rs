@@ -28,6 +28,14 @@ impl Stream {
             Stream::Stderr => 1,
         }
     }
+
+    /// `"stdout"` or `"stderr"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
 }
 
 /// What a read at some offset found.

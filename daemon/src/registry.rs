@@ -18,14 +18,14 @@ use sha2::Digest;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 
+use crate::elide_apis;
 use crate::error::{DaemonError, Result};
 use crate::events::{EventBatch, EventLog};
 use crate::ids::{validate_id, IdSource};
-use crate::intrinsics::INTRINSICS;
 use crate::limits::Limits;
 use crate::output::OutputLog;
 use crate::runtime::{Metrics, ProgramControl, Runtime, StartMode};
-use crate::session::{execution_policy, ExecutionPolicy, SessionPolicy};
+use crate::session::{check_ai_available, execution_policy, ExecutionPolicy, SessionPolicy};
 use crate::store::{ExecutionRecord, SessionRecord, StateStore};
 use crate::supervisor::{self, StopRequest};
 use crate::time::{proto_timestamp, Clock};
@@ -311,18 +311,6 @@ impl SessionRegistry {
         (inner.sessions.len() as u32, running, inner.queued)
     }
 
-    /// Warm and cold program starts so far, by canonical language name,
-    /// and replaced warm interpreters (for `GetDaemonStats`).
-    pub fn start_counts(&self) -> (BTreeMap<String, u64>, BTreeMap<String, u64>, u64) {
-        let counts = self.runtime.start_counts();
-        let by_name = |m: BTreeMap<crate::language::Language, u64>| {
-            m.into_iter()
-                .map(|(l, n)| (l.name().to_string(), n))
-                .collect()
-        };
-        (by_name(counts.warm), by_name(counts.cold), counts.restarts)
-    }
-
     /// What this daemon can run.
     pub fn capabilities(&self) -> pb::GetCapabilitiesResponse {
         let enforced = self.runtime.enforces_intrinsics();
@@ -347,15 +335,7 @@ impl SessionRegistry {
                     start_detail: l.start_detail,
                 })
                 .collect(),
-            intrinsics: INTRINSICS
-                .iter()
-                .map(|i| pb::IntrinsicInfo {
-                    name: i.name.into(),
-                    description: i.description.into(),
-                    multi_tenant_safe: i.multi_tenant_safe,
-                    enforced,
-                })
-                .collect(),
+            intrinsics: crate::intrinsics::describe(enforced, self.ai_available()),
             limits: Some(self.limits.to_proto()),
             ai_available: self.ai_available(),
             features: [
@@ -387,6 +367,7 @@ impl SessionRegistry {
         };
         let config = req.config.unwrap_or_default();
         let policy = SessionPolicy::from_config(&config, &self.limits)?;
+        check_ai_available(&config, self.ai_available())?;
         let record = {
             let mut inner = self.lock();
             if inner.draining {
@@ -565,17 +546,23 @@ impl SessionRegistry {
                 &self.limits,
                 self.ai_available(),
             )?;
-            if let Some(reason) = self
+            let serving = self
                 .runtime
                 .languages()
                 .into_iter()
-                .find(|l| l.language == policy.language)
-                .and_then(|l| l.unavailable_reason)
-            {
+                .find(|l| l.language == policy.language);
+            if let Some(reason) = serving.as_ref().and_then(|l| l.unavailable_reason.clone()) {
                 return Err(DaemonError::FailedPrecondition(format!(
                     "no runtime for {} on this daemon: {reason}",
                     policy.language
                 )));
+            }
+            // Only the `elide` runtime has polyglot calls and `elide:` modules.
+            let runtime = serving.map(|l| l.runtime).unwrap_or_default();
+            if runtime != "elide" {
+                if let Some(refusal) = elide_apis::refusal(policy.language, &req.code, &runtime) {
+                    return Err(DaemonError::FailedPrecondition(refusal));
+                }
             }
             if let Err(reason) = self.runtime.check_working_dir(&req.working_dir) {
                 return Err(DaemonError::InvalidArgument(format!(

@@ -1,4 +1,5 @@
-//! Listeners: the Unix socket (always) and an optional TCP address.
+//! Listeners: the Unix socket (always) and an optional TCP address, each
+//! serving `elide.daemon.v1` and the original `elide.daemon.v1alpha1`.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -133,13 +134,20 @@ pub async fn serve(
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .tcp_nodelay(true)
     };
+    // The original contract, over the same registry, beside v1.
+    let original = crate::v1alpha1::ExecutionApiService::new(service.registry().clone());
     tracing::info!(socket = %opts.socket.display(), "listening");
+    // Clients that send the socket path as `:authority` (gRPC C-core,
+    // grpc-java, grpc-go with a plain path) would be refused by h2; see
+    // `crate::authority`.
+    let unix_incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::UnixListenerStream::new(unix),
+        |conn| conn.map(crate::authority::AuthorityRewrite::new),
+    );
     let unix_server = builder()
         .add_service(service.clone().into_server())
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(unix),
-            stopped(stop_rx.clone()),
-        );
+        .add_service(original.clone().into_server())
+        .serve_with_incoming_shutdown(unix_incoming, stopped(stop_rx.clone()));
     let tcp_server = match opts.tcp {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -149,6 +157,7 @@ pub async fn serve(
             Some(
                 builder()
                     .add_service(service.into_server())
+                    .add_service(original.into_server())
                     .serve_with_incoming_shutdown(
                         tokio_stream::wrappers::TcpListenerStream::new(listener),
                         stopped(stop_rx.clone()),

@@ -38,6 +38,11 @@ impl DaemonService {
         }
     }
 
+    /// The registry this service translates to.
+    pub fn registry(&self) -> &Arc<SessionRegistry> {
+        &self.registry
+    }
+
     /// Counts one request of `rpc`.
     fn count(&self, rpc: &'static str) {
         *self
@@ -165,6 +170,13 @@ impl ElideDaemon for DaemonService {
         self.count("GetDaemonStats");
         let (sessions, running_executions, queued_executions) = self.registry.load();
         let health = self.registry.health();
+        let starts = self.registry.runtime().start_stats();
+        let by_name = |counts: std::collections::BTreeMap<crate::language::Language, u64>| {
+            counts
+                .into_iter()
+                .map(|(language, n)| (language.name().to_string(), n))
+                .collect()
+        };
         let requests = self
             .requests
             .lock()
@@ -172,7 +184,6 @@ impl ElideDaemon for DaemonService {
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
             .collect();
-        let (warm_starts, cold_starts, zygote_restarts) = self.registry.start_counts();
         Ok(Response::new(pb::GetDaemonStatsResponse {
             instance_id: health.instance_id,
             uptime: health.uptime,
@@ -180,9 +191,9 @@ impl ElideDaemon for DaemonService {
             sessions,
             running_executions,
             queued_executions,
-            warm_starts,
-            cold_starts,
-            zygote_restarts,
+            warm_starts: by_name(starts.warm),
+            cold_starts: by_name(starts.cold),
+            zygote_restarts: starts.restarts,
         }))
     }
 

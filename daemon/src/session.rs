@@ -8,7 +8,7 @@ use std::time::Duration;
 use elide_proto::elide::daemon::v1 as pb;
 
 use crate::error::DaemonError;
-use crate::intrinsics::validate_intrinsics;
+use crate::intrinsics::{check_ai_grant, granted};
 use crate::language::Language;
 use crate::limits::Limits;
 use crate::time::std_duration;
@@ -18,8 +18,10 @@ use crate::time::std_duration;
 pub struct SessionPolicy {
     /// Languages executions may use (never empty: empty config means all).
     pub languages: Vec<Language>,
-    /// Intrinsics executions may request.
+    /// Intrinsics executions may request, as the config names them.
     pub intrinsics: Vec<String>,
+    /// The canonical intrinsics those names grant.
+    pub grants: Vec<&'static str>,
     /// Memory bound per execution in MiB, if any.
     pub memory_limit_mb: Option<u64>,
     /// Whether executions may enable local AI.
@@ -47,7 +49,7 @@ impl SessionPolicy {
             }
             langs
         };
-        validate_intrinsics(&config.enabled_intrinsics, "config.enabled_intrinsics")?;
+        let grants = granted(&config.enabled_intrinsics, "config.enabled_intrinsics")?;
         let invalid = |e: String| DaemonError::InvalidArgument(e);
         let max_timeout = config
             .max_timeout
@@ -64,12 +66,33 @@ impl SessionPolicy {
         Ok(SessionPolicy {
             languages,
             intrinsics: config.enabled_intrinsics.clone(),
+            grants,
             memory_limit_mb: (config.memory_limit_mb > 0).then_some(config.memory_limit_mb),
             enable_ai: config.enable_ai,
             max_timeout,
             idle_timeout,
         })
     }
+}
+
+/// What a new session may not ask of a daemon without local AI:
+/// `enable_ai` or an intrinsic granting `ai`. Checked when a session is
+/// created, not when a stored one is restored.
+pub fn check_ai_available(
+    config: &pb::SessionConfig,
+    ai_available: bool,
+) -> Result<(), DaemonError> {
+    if config.enable_ai && !ai_available {
+        return Err(DaemonError::FailedPrecondition(format!(
+            "config.enable_ai: {}",
+            crate::intrinsics::NO_LOCAL_AI
+        )));
+    }
+    check_ai_grant(
+        &config.enabled_intrinsics,
+        "config.enabled_intrinsics",
+        ai_available,
+    )
 }
 
 /// Limits in force for one execution after its overrides were applied.
@@ -81,7 +104,7 @@ pub struct ExecutionPolicy {
     pub memory_limit_mb: Option<u64>,
     /// Run-time limit, if any.
     pub timeout: Option<Duration>,
-    /// Intrinsics granted.
+    /// Intrinsics granted, as canonical names (what a sandbox enforces).
     pub intrinsics: Vec<String>,
     /// Whether local AI is enabled.
     pub enable_ai: bool,
@@ -132,22 +155,25 @@ pub fn execution_policy(
             }
         }
     };
-    validate_intrinsics(&ov.enabled_intrinsics, "overrides.enabled_intrinsics")?;
+    let field = "overrides.enabled_intrinsics";
+    let grants = granted(&ov.enabled_intrinsics, field)?;
     let intrinsics = if ov.enabled_intrinsics.is_empty() {
-        session.intrinsics.clone()
+        session.grants.clone()
     } else {
-        if let Some(extra) = ov
-            .enabled_intrinsics
-            .iter()
-            .find(|i| !session.intrinsics.contains(i))
-        {
-            return Err(invalid(format!(
-                "overrides.enabled_intrinsics: {extra:?} is not enabled in session {session_id} (enabled: {}); an override may only narrow them",
-                if session.intrinsics.is_empty() { "none".to_string() } else { session.intrinsics.join(", ") }
-            )));
+        // Compare grants, not names: a session with `fs` allows `fs.read`,
+        // one with `io` allows `console`.
+        for name in &ov.enabled_intrinsics {
+            let asked = granted(std::slice::from_ref(name), field)?;
+            if let Some(missing) = asked.iter().find(|g| !session.grants.contains(g)) {
+                return Err(invalid(format!(
+                    "{field}: {name:?} grants {missing}, which session {session_id} does not (enabled: {}); an override may only narrow them",
+                    enabled_text(session)
+                )));
+            }
         }
-        ov.enabled_intrinsics.clone()
+        grants
     };
+    let intrinsics = intrinsics.into_iter().map(str::to_owned).collect();
     let enable_ai = match ov.enable_ai {
         Some(true) if !session.enable_ai => {
             return Err(invalid(format!(
@@ -169,6 +195,21 @@ pub fn execution_policy(
         intrinsics,
         enable_ai,
     })
+}
+
+/// A session's intrinsics for messages: the names as configured, and what
+/// they grant when that differs.
+fn enabled_text(session: &SessionPolicy) -> String {
+    if session.intrinsics.is_empty() {
+        return "none".to_owned();
+    }
+    let names = session.intrinsics.join(", ");
+    let grants = session.grants.join(", ");
+    if names == grants {
+        names
+    } else {
+        format!("{names}, granting {grants}")
+    }
 }
 
 /// Size and shape checks of code, args and env.
@@ -361,6 +402,91 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, DaemonError::InvalidArgument(_)), "{err:?}");
         assert!(err.to_string().contains(field), "{err}");
+    }
+
+    #[test]
+    fn original_names_narrow_by_what_they_grant() {
+        let limits = Limits::default();
+        let session = policy(pb::SessionConfig {
+            enabled_intrinsics: vec!["io".into(), "env".into(), "fs".into()],
+            ..Default::default()
+        });
+        assert_eq!(session.intrinsics, ["io", "env", "fs"]);
+        assert_eq!(session.grants, ["console", "env", "fs.read", "fs.write"]);
+        let asking = |names: &[&str]| {
+            let ov = pb::ExecutionOverrides {
+                enabled_intrinsics: names.iter().map(|n| (*n).to_owned()).collect(),
+                ..Default::default()
+            };
+            execution_policy("s", &session, &request("python", ov), &limits, false)
+        };
+        // Inherited and narrowed grants reach the runtime as canonical names.
+        assert_eq!(
+            asking(&[]).unwrap().intrinsics,
+            ["console", "env", "fs.read", "fs.write"]
+        );
+        assert_eq!(
+            asking(&["console", "fs.read"]).unwrap().intrinsics,
+            ["console", "fs.read"]
+        );
+        assert_eq!(asking(&["io"]).unwrap().intrinsics, ["console"]);
+        let err = asking(&["http"]).unwrap_err();
+        assert!(matches!(err, DaemonError::InvalidArgument(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "overrides.enabled_intrinsics: \"http\" grants net, which session s does not (enabled: io, env, fs, granting console, env, fs.read, fs.write); an override may only narrow them"
+        );
+        let narrow = policy(pb::SessionConfig {
+            enabled_intrinsics: vec!["fs.read".into()],
+            ..Default::default()
+        });
+        let ov = pb::ExecutionOverrides {
+            enabled_intrinsics: vec!["fs".into()],
+            ..Default::default()
+        };
+        let err = execution_policy("s", &narrow, &request("python", ov), &limits, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"fs\" grants fs.write"), "{err}");
+    }
+
+    #[test]
+    fn sqlite_and_ai_are_refused_naming_the_field() {
+        let limits = Limits::default();
+        let sqlite = pb::SessionConfig {
+            enabled_intrinsics: vec!["io".into(), "sqlite".into()],
+            ..Default::default()
+        };
+        let err = SessionPolicy::from_config(&sqlite, &limits).unwrap_err();
+        assert!(matches!(err, DaemonError::FailedPrecondition(_)), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("config.enabled_intrinsics: intrinsic \"sqlite\" cannot be granted"),
+            "{err}"
+        );
+        let ai = pb::SessionConfig {
+            enabled_intrinsics: vec!["ai".into()],
+            ..Default::default()
+        };
+        let err = check_ai_available(&ai, false).unwrap_err().to_string();
+        assert!(
+            err.starts_with("config.enabled_intrinsics: intrinsic \"ai\""),
+            "{err}"
+        );
+        assert!(err.contains("Elide runtime"), "{err}");
+        let enable_ai = pb::SessionConfig {
+            enable_ai: true,
+            ..Default::default()
+        };
+        let err = check_ai_available(&enable_ai, false).unwrap_err();
+        assert!(matches!(err, DaemonError::FailedPrecondition(_)), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("config.enable_ai: local AI needs the Elide runtime"),
+            "{err}"
+        );
+        check_ai_available(&enable_ai, true).unwrap();
+        check_ai_available(&ai, true).unwrap();
     }
 
     #[test]

@@ -11,44 +11,10 @@ use rstest::rstest;
 use support::*;
 use tokio_stream::StreamExt;
 
-/// Streams stdout (following) until it contains `needle`.
-async fn wait_for_stdout(client: &mut Client, session: &str, id: &str, needle: &str) {
-    let mut stream = client
-        .stream_output(pb::StreamOutputRequest {
-            session_id: session.into(),
-            execution_id: id.into(),
-            follow: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut seen = Vec::new();
-    while let Some(ev) = tokio::time::timeout(Duration::from_secs(30), stream.next())
-        .await
-        .expect("no output")
-    {
-        if let Some(pb::output_event::Event::Chunk(c)) = ev.unwrap().event {
-            if c.stream() == pb::OutputStream::Stdout {
-                seen.extend(c.data);
-                if String::from_utf8_lossy(&seen).contains(needle) {
-                    return;
-                }
-            }
-        }
-    }
-    panic!(
-        "stdout ended without {needle:?}: {:?}",
-        String::from_utf8_lossy(&seen)
-    );
-}
-
 #[rstest]
 #[tokio::test]
-async fn python_and_javascript_say_hello(
-    #[values(StartPath::Warm, StartPath::Cold)] path: StartPath,
-) {
-    let d = Daemon::start_on(path, &[]).await;
+async fn python_and_javascript_say_hello(#[values(Start::Warm, Start::Cold)] start: Start) {
+    let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     execute(
@@ -78,15 +44,15 @@ async fn python_and_javascript_say_hello(
         assert!(out.stderr.is_empty());
         assert_eq!(out.end.unwrap().state, S::Exited as i32);
     }
-    assert_started_on(&mut c, path, "javascript", 1).await;
+    assert_started_on(&mut c, start, "javascript", 1).await;
 }
 
 #[rstest]
 #[tokio::test]
 async fn exit_code_is_reported_and_stderr_is_kept_apart(
-    #[values(StartPath::Warm, StartPath::Cold)] path: StartPath,
+    #[values(Start::Warm, Start::Cold)] start: Start,
 ) {
-    let d = Daemon::start_on(path, &[]).await;
+    let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     let code = "import sys\nprint('to stdout')\nprint('to stderr', file=sys.stderr)\nsys.exit(7)\n";
@@ -104,7 +70,7 @@ async fn exit_code_is_reported_and_stderr_is_kept_apart(
         read_output(&mut c, "s", "j", (0, 0), false).await.stderr,
         b"bad thing\n"
     );
-    assert_started_on(&mut c, path, "javascript", 1).await;
+    assert_started_on(&mut c, start, "javascript", 1).await;
 }
 
 /// The 5 MB the snippet below writes: every byte value, over and over.
@@ -112,9 +78,12 @@ fn expected_flood() -> Vec<u8> {
     (0..5_000_000u32).map(|i| (i % 251) as u8).collect()
 }
 
+#[rstest]
 #[tokio::test]
-async fn five_megabytes_arrive_intact_live_and_from_a_middle_offset() {
-    let d = Daemon::start(&[]).await;
+async fn five_megabytes_arrive_intact_live_and_from_a_middle_offset(
+    #[values(Start::Warm, Start::Cold)] start: Start,
+) {
+    let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     let code = "import sys\ndata = bytes(i % 251 for i in range(5_000_000))\n\
@@ -139,9 +108,12 @@ async fn five_megabytes_arrive_intact_live_and_from_a_middle_offset() {
     assert_eq!(status.stdout_bytes, 5_000_000);
 }
 
+#[rstest]
 #[tokio::test]
-async fn bytes_beyond_retention_are_reported_dropped_not_lost_silently() {
-    let d = Daemon::start(&["--output-retention-bytes", "131072"]).await;
+async fn bytes_beyond_retention_are_reported_dropped_not_lost_silently(
+    #[values(Start::Warm, Start::Cold)] start: Start,
+) {
+    let d = Daemon::start_as(start, &["--output-retention-bytes", "131072"]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     execute(
@@ -165,9 +137,12 @@ async fn bytes_beyond_retention_are_reported_dropped_not_lost_silently() {
     assert_eq!(out.end.unwrap().stdout_bytes, 300000);
 }
 
+#[rstest]
 #[tokio::test]
-async fn with_backpressure_a_program_waits_for_its_reader_instead_of_losing_output() {
-    let d = Daemon::start(&["--output-retention-bytes", "131072"]).await;
+async fn with_backpressure_a_program_waits_for_its_reader_instead_of_losing_output(
+    #[values(Start::Warm, Start::Cold)] start: Start,
+) {
+    let d = Daemon::start_as(start, &["--output-retention-bytes", "131072"]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     let code = "import sys\nfor i in range(256):\n    sys.stdout.buffer.write(bytes([i]) * 8192)\nprint('done', file=sys.stderr)\n";
@@ -213,9 +188,12 @@ async fn a_retention_too_small_for_backpressure_is_refused_at_start() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("two output chunks"));
 }
 
+#[rstest]
 #[tokio::test]
-async fn cancel_ends_a_sleeping_snippet_and_its_children_within_the_grace() {
-    let d = Daemon::start(&[]).await;
+async fn cancel_ends_a_sleeping_snippet_and_its_children_within_the_grace(
+    #[values(Start::Warm, Start::Cold)] start: Start,
+) {
+    let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     let marker = format!("child-marker-{}", std::process::id());
@@ -258,14 +236,23 @@ async fn cancel_ends_a_sleeping_snippet_and_its_children_within_the_grace() {
         "a child outlived the execution"
     );
     assert!(
-        processes_with("sleepy").is_empty(),
+        processes_with(
+            &d.state_dir()
+                .join("scratch/s/sleepy/")
+                .display()
+                .to_string()
+        )
+        .is_empty(),
         "the interpreter outlived the execution"
     );
 }
 
+#[rstest]
 #[tokio::test]
-async fn a_trapped_sigterm_lets_the_snippet_clean_up() {
-    let d = Daemon::start(&[]).await;
+async fn a_trapped_sigterm_lets_the_snippet_clean_up(
+    #[values(Start::Warm, Start::Cold)] start: Start,
+) {
+    let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     let code = "import signal, sys, time\n\
@@ -291,9 +278,12 @@ async fn a_trapped_sigterm_lets_the_snippet_clean_up() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ready\ncleaning up\n");
 }
 
+#[rstest]
 #[tokio::test]
-async fn an_ignored_sigterm_escalates_to_sigkill_after_the_grace() {
-    let d = Daemon::start(&[]).await;
+async fn an_ignored_sigterm_escalates_to_sigkill_after_the_grace(
+    #[values(Start::Warm, Start::Cold)] start: Start,
+) {
+    let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     let code = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
@@ -319,15 +309,14 @@ async fn an_ignored_sigterm_escalates_to_sigkill_after_the_grace() {
         started.elapsed() >= Duration::from_millis(500),
         "SIGKILL came before the grace"
     );
-    assert!(processes_with("stubborn").is_empty());
+    let interpreter = d.state_dir().join("scratch/s/stubborn/");
+    assert!(processes_with(&interpreter.display().to_string()).is_empty());
 }
 
 #[rstest]
 #[tokio::test]
-async fn signals_are_forwarded_to_the_program(
-    #[values(StartPath::Warm, StartPath::Cold)] path: StartPath,
-) {
-    let d = Daemon::start_on(path, &[]).await;
+async fn signals_are_forwarded_to_the_program(#[values(Start::Warm, Start::Cold)] start: Start) {
+    let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     let code = "process.on('SIGUSR1', () => { console.log('got usr1'); process.exit(3); });\n\
@@ -351,12 +340,15 @@ async fn signals_are_forwarded_to_the_program(
         read_output(&mut c, "s", "usr", (0, 0), false).await.stdout,
         b"ready\ngot usr1\n"
     );
-    assert_started_on(&mut c, path, "javascript", 1).await;
+    assert_started_on(&mut c, start, "javascript", 1).await;
 }
 
+#[rstest]
 #[tokio::test]
-async fn a_timeout_ends_the_execution_as_timed_out() {
-    let d = Daemon::start(&["--timeout-grace-secs", "0.5"]).await;
+async fn a_timeout_ends_the_execution_as_timed_out(
+    #[values(Start::Warm, Start::Cold)] start: Start,
+) {
+    let d = Daemon::start_as(start, &["--timeout-grace-secs", "0.5"]).await;
     let mut c = d.client().await;
     create_session(
         &mut c,
@@ -381,9 +373,12 @@ async fn a_timeout_ends_the_execution_as_timed_out() {
     assert!(started.elapsed() < Duration::from_secs(15));
 }
 
+#[rstest]
 #[tokio::test]
-async fn env_and_args_reach_the_program_and_the_daemon_env_does_not() {
-    let d = Daemon::start(&[]).await;
+async fn env_and_args_reach_the_program_and_the_daemon_env_does_not(
+    #[values(Start::Warm, Start::Cold)] start: Start,
+) {
+    let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     let work = d.dir.path().join("work");
@@ -406,9 +401,12 @@ async fn env_and_args_reach_the_program_and_the_daemon_env_does_not() {
     );
 }
 
+#[rstest]
 #[tokio::test]
-async fn resubmitting_the_same_request_runs_it_once() {
-    let d = Daemon::start(&[]).await;
+async fn resubmitting_the_same_request_runs_it_once(
+    #[values(Start::Warm, Start::Cold)] start: Start,
+) {
+    let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     let work = d.dir.path().join("work");
@@ -436,9 +434,12 @@ async fn resubmitting_the_same_request_runs_it_once() {
     assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
 }
 
+#[rstest]
 #[tokio::test]
-async fn sessions_cannot_see_or_touch_each_others_executions() {
-    let d = Daemon::start(&[]).await;
+async fn sessions_cannot_see_or_touch_each_others_executions(
+    #[values(Start::Warm, Start::Cold)] start: Start,
+) {
+    let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "a", Default::default()).await;
     create_session(&mut c, "b", Default::default()).await;
@@ -488,9 +489,12 @@ async fn sessions_cannot_see_or_touch_each_others_executions() {
     assert_eq!(a.state(), S::Running);
 }
 
+#[rstest]
 #[tokio::test]
-async fn watch_session_pushes_every_state_change_and_resumes_from_a_seq() {
-    let d = Daemon::start(&[]).await;
+async fn watch_session_pushes_every_state_change_and_resumes_from_a_seq(
+    #[values(Start::Warm, Start::Cold)] start: Start,
+) {
+    let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     let mut watch = c
@@ -549,9 +553,12 @@ async fn watch_session_pushes_every_state_change_and_resumes_from_a_seq() {
     }
 }
 
+#[rstest]
 #[tokio::test]
-async fn metrics_report_cpu_and_memory_of_a_running_execution() {
-    let d = Daemon::start(&["--sample-interval-secs", "0.2"]).await;
+async fn metrics_report_cpu_and_memory_of_a_running_execution(
+    #[values(Start::Warm, Start::Cold)] start: Start,
+) {
+    let d = Daemon::start_as(start, &["--sample-interval-secs", "0.2"]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     let code = "import time\nblob = bytearray(50 * 1024 * 1024)\nx = sum(range(3_000_000))\n\
@@ -580,9 +587,12 @@ async fn metrics_report_cpu_and_memory_of_a_running_execution() {
     assert!(cpu.seconds > 0 || cpu.nanos > 0, "cpu {cpu:?}");
 }
 
+#[rstest]
 #[tokio::test]
-async fn memory_limit_kills_a_hungry_snippet_with_a_clear_reason() {
-    let d = Daemon::start(&["--sample-interval-secs", "0.1"]).await;
+async fn memory_limit_kills_a_hungry_snippet_with_a_clear_reason(
+    #[values(Start::Warm, Start::Cold)] start: Start,
+) {
+    let d = Daemon::start_as(start, &["--sample-interval-secs", "0.1"]).await;
     let mut c = d.client().await;
     create_session(
         &mut c,
@@ -613,9 +623,9 @@ async fn memory_limit_kills_a_hungry_snippet_with_a_clear_reason() {
 #[rstest]
 #[tokio::test]
 async fn the_runtime_versions_reported_are_the_ones_that_run_snippets(
-    #[values(StartPath::Warm, StartPath::Cold)] path: StartPath,
+    #[values(Start::Warm, Start::Cold)] start: Start,
 ) {
-    let d = Daemon::start_on(path, &[]).await;
+    let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
     let caps = c
         .get_capabilities(pb::GetCapabilitiesRequest {})
@@ -657,12 +667,15 @@ async fn the_runtime_versions_reported_are_the_ones_that_run_snippets(
             "{lang}"
         );
     }
-    assert_started_on(&mut c, path, "javascript", 1).await;
+    assert_started_on(&mut c, start, "javascript", 1).await;
 }
 
+#[rstest]
 #[tokio::test]
-async fn daemon_stats_count_requests_by_method_and_report_load() {
-    let d = Daemon::start(&[]).await;
+async fn daemon_stats_count_requests_by_method_and_report_load(
+    #[values(Start::Warm, Start::Cold)] start: Start,
+) {
+    let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     execute(

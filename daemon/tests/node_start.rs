@@ -57,9 +57,9 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 #[rstest]
 #[tokio::test]
 async fn argv_require_and_the_main_module_are_as_under_node_file(
-    #[values(StartPath::Warm, StartPath::Cold)] path: StartPath,
+    #[values(Start::Warm, Start::Cold)] path: Start,
 ) {
-    let d = Daemon::start_on(path, &[]).await;
+    let d = Daemon::start_as(path, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     let work = d.dir.path().join("work");
@@ -86,10 +86,8 @@ async fn argv_require_and_the_main_module_are_as_under_node_file(
 
 #[rstest]
 #[tokio::test]
-async fn an_mjs_program_runs_as_an_es_module(
-    #[values(StartPath::Warm, StartPath::Cold)] path: StartPath,
-) {
-    let d = Daemon::start_on(path, &[]).await;
+async fn an_mjs_program_runs_as_an_es_module(#[values(Start::Warm, Start::Cold)] path: Start) {
+    let d = Daemon::start_as(path, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     let code = "import { basename } from 'node:path';\n\
@@ -106,9 +104,9 @@ async fn an_mjs_program_runs_as_an_es_module(
 #[rstest]
 #[tokio::test]
 async fn exit_code_and_an_unhandled_rejection_end_the_program_as_under_node(
-    #[values(StartPath::Warm, StartPath::Cold)] path: StartPath,
+    #[values(Start::Warm, Start::Cold)] path: Start,
 ) {
-    let d = Daemon::start_on(path, &[]).await;
+    let d = Daemon::start_as(path, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     let (status, stdout, _) = run_to_end(
@@ -160,9 +158,9 @@ fn node_version() -> String {
 #[rstest]
 #[tokio::test]
 async fn the_environment_is_exactly_the_requests_and_children_inherit_it(
-    #[values(StartPath::Warm, StartPath::Cold)] path: StartPath,
+    #[values(Start::Warm, Start::Cold)] path: Start,
 ) {
-    let d = Daemon::start_on(path, &[]).await;
+    let d = Daemon::start_as(path, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     let code = "const { execFileSync } = require('node:child_process');\n\
@@ -184,7 +182,7 @@ async fn the_environment_is_exactly_the_requests_and_children_inherit_it(
 
 #[tokio::test]
 async fn a_worker_runs_one_program_and_nothing_of_it_reaches_the_next() {
-    let d = Daemon::start_on(StartPath::Warm, &[]).await;
+    let d = Daemon::start_as(Start::Warm, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     let first = "globalThis.leak = 'first'; process.env.LEAK = 'first';\n\
@@ -197,7 +195,7 @@ async fn a_worker_runs_one_program_and_nothing_of_it_reaches_the_next() {
     let (pid_b, rest) = out_b.split_once('\n').unwrap();
     assert_ne!(pid_a.trim(), pid_b, "two programs ran in one process");
     assert_eq!(rest, "undefined undefined false\n");
-    assert_started_on(&mut c, StartPath::Warm, "javascript", 2).await;
+    assert_started_on(&mut c, Start::Warm, "javascript", 2).await;
     // Both workers were used and are gone: only fresh ones wait.
     for pid in [pid_a.trim(), pid_b] {
         assert!(
@@ -209,7 +207,7 @@ async fn a_worker_runs_one_program_and_nothing_of_it_reaches_the_next() {
 
 #[tokio::test]
 async fn five_hundred_programs_at_once_all_run_and_an_empty_pool_starts_them_cold() {
-    let d = Daemon::start_on(StartPath::Warm, &["--max-running", "16"]).await;
+    let d = Daemon::start_as(Start::Warm, &["--max-running", "16"]).await;
     let c = d.client().await;
     create_session(&mut c.clone(), "s", Default::default()).await;
     let submitted = futures::future::join_all((0..500).map(|i| {
@@ -266,8 +264,8 @@ async fn five_hundred_programs_at_once_all_run_and_an_empty_pool_starts_them_col
         );
     }
     let stats = daemon_stats(&mut c).await;
-    let warm = stats.warm_starts.get("javascript").copied().unwrap_or(0);
-    let cold = stats.cold_starts.get("javascript").copied().unwrap_or(0);
+    let warm = count(&stats.warm_starts, "javascript");
+    let cold = count(&stats.cold_starts, "javascript");
     assert_eq!(warm + cold, 500, "{stats:?}");
     assert!(
         warm >= 1 && cold >= 1,
@@ -277,7 +275,7 @@ async fn five_hundred_programs_at_once_all_run_and_an_empty_pool_starts_them_col
 
 #[tokio::test]
 async fn a_pooled_worker_killed_mid_run_is_reported_as_killed_and_the_pool_refills() {
-    let d = Daemon::start_on(StartPath::Warm, &[]).await;
+    let d = Daemon::start_as(Start::Warm, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     execute(
@@ -309,7 +307,7 @@ async fn a_pooled_worker_killed_mid_run_is_reported_as_killed_and_the_pool_refil
     )
     .await;
     assert_eq!((status.exit_code, stdout.as_str()), (Some(0), "after\n"));
-    assert_started_on(&mut c, StartPath::Warm, "javascript", 2).await;
+    assert_started_on(&mut c, Start::Warm, "javascript", 2).await;
     assert_eq!(
         daemon_stats(&mut c).await.zygote_restarts,
         0,
@@ -319,7 +317,7 @@ async fn a_pooled_worker_killed_mid_run_is_reported_as_killed_and_the_pool_refil
 
 #[tokio::test]
 async fn a_waiting_worker_that_dies_is_replaced_and_counted() {
-    let d = Daemon::start_on(StartPath::Warm, &[]).await;
+    let d = Daemon::start_as(Start::Warm, &[]).await;
     let mut c = d.client().await;
     let workers = d.waiting_workers();
     assert_eq!(workers.len(), TEST_POOL_SIZE, "{workers:?}");
@@ -349,15 +347,15 @@ async fn a_waiting_worker_that_dies_is_replaced_and_counted() {
     )
     .await;
     assert_eq!((status.exit_code, stdout.as_str()), (Some(0), "fine\n"));
-    assert_started_on(&mut c, StartPath::Warm, "javascript", 1).await;
+    assert_started_on(&mut c, Start::Warm, "javascript", 1).await;
 }
 
 #[rstest]
 #[tokio::test]
 async fn children_and_daemonized_grandchildren_die_with_the_program(
-    #[values(StartPath::Warm, StartPath::Cold)] path: StartPath,
+    #[values(Start::Warm, Start::Cold)] path: Start,
 ) {
-    let d = Daemon::start_on(path, &[]).await;
+    let d = Daemon::start_as(path, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     let child = format!("node-child-{}-{path:?}", std::process::id());

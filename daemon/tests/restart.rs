@@ -7,9 +7,12 @@ use elide_proto::elide::daemon::v1 as pb;
 use pb::ExecutionState as S;
 use support::*;
 
+#[rstest::rstest]
 #[tokio::test]
-async fn after_a_crash_finished_results_survive_and_lost_ones_are_reported() {
-    let mut d = Daemon::start(&[]).await;
+async fn after_a_crash_finished_results_survive_and_lost_ones_are_reported(
+    #[values(Start::Warm, Start::Cold)] start: Start,
+) {
+    let mut d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     execute(
@@ -51,14 +54,21 @@ async fn after_a_crash_finished_results_survive_and_lost_ones_are_reported() {
         .last_seq;
     // Make sure it is really running before the crash.
     wait_state(&mut c, "s", "longrun", S::Running).await;
+    // The interpreter's command line names its snippet file (warm runs
+    // show the same command line as cold ones).
+    let longrun = d
+        .state_dir()
+        .join("scratch/s/longrun/")
+        .display()
+        .to_string();
     for _ in 0..200 {
-        if !processes_with("s/longrun/").is_empty() {
+        if !processes_with(&longrun).is_empty() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     assert!(
-        !processes_with("s/longrun/").is_empty(),
+        !processes_with(&longrun).is_empty(),
         "the program should run before the crash"
     );
 
@@ -73,13 +83,13 @@ async fn after_a_crash_finished_results_survive_and_lost_ones_are_reported() {
     assert_ne!(before, after, "a restart must change the instance id");
     // The program died with the daemon (no unsupervised orphan).
     for _ in 0..100 {
-        if processes_with("s/longrun/").is_empty() {
+        if processes_with(&longrun).is_empty() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(
-        processes_with("s/longrun/").is_empty(),
+        processes_with(&longrun).is_empty(),
         "the execution outlived its daemon"
     );
 

@@ -11,9 +11,9 @@ use support::*;
 #[rstest]
 #[tokio::test]
 async fn typescript_features_run_as_their_javascript_meaning(
-    #[values(StartPath::Warm, StartPath::Cold)] path: StartPath,
+    #[values(Start::Warm, Start::Cold)] path: Start,
 ) {
-    let d = Daemon::start_on(path, &[]).await;
+    let d = Daemon::start_as(path, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     let code = r#"import type { Stats } from 'node:fs';
@@ -55,9 +55,9 @@ console.log(new Box<number>(7, 'seven').get(), n, stat, where, typeof fs.readFil
 #[rstest]
 #[tokio::test]
 async fn typescript_with_imports_runs_as_an_es_module(
-    #[values(StartPath::Warm, StartPath::Cold)] path: StartPath,
+    #[values(Start::Warm, Start::Cold)] path: Start,
 ) {
-    let d = Daemon::start_on(path, &[]).await;
+    let d = Daemon::start_as(path, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     let code = "import { basename } from 'node:path';\n\
@@ -75,7 +75,7 @@ async fn typescript_with_imports_runs_as_an_es_module(
 
 #[tokio::test]
 async fn a_syntax_error_is_the_programs_failure_with_line_and_column() {
-    let d = Daemon::start_on(StartPath::Warm, &[]).await;
+    let d = Daemon::start_as(Start::Warm, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     let mut req = snippet(
@@ -108,8 +108,8 @@ async fn a_syntax_error_is_the_programs_failure_with_line_and_column() {
 
 #[tokio::test]
 async fn capabilities_say_how_typescript_and_javascript_start() {
-    let warm = Daemon::start_on(StartPath::Warm, &[]).await;
-    let cold = Daemon::start_on(StartPath::Cold, &[]).await;
+    let warm = Daemon::start_as(Start::Warm, &[]).await;
+    let cold = Daemon::start_as(Start::Cold, &[]).await;
     for (d, mode, detail) in [
         (&warm, pb::StartMode::Pool, "node pool of 2 per daemon"),
         (&cold, pb::StartMode::Cold, ""),

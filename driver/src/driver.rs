@@ -125,7 +125,8 @@ impl ElideDriver {
             },
             Some(config) => {
                 self.ensure_supervised(&config);
-                self.probe.probe(&config.daemon).await
+                let health = self.probe.probe(&config.daemon).await;
+                crate::probe::require_ai(health, config.session.asks_for_ai(), &config.daemon)
             }
         }
     }
@@ -196,6 +197,41 @@ mod tests {
                 description: NOT_CONFIGURED.into()
             }
         );
+    }
+
+    struct NoAi;
+
+    impl DaemonProbe for NoAi {
+        fn probe<'a>(&'a self, _: &'a DaemonEndpoint) -> BoxFuture<'a, DaemonHealth> {
+            let attributes = BTreeMap::from([(
+                "driver.elide.ai_available".to_owned(),
+                crate::probe::AttributeValue::Bool(false),
+            )]);
+            Box::pin(async move { DaemonHealth::Healthy { attributes } })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_config_asking_for_ai_is_unhealthy_on_a_daemon_without_it() {
+        let driver = ElideDriver::new(Arc::new(NoAi));
+        // {"session_config": {"enable_ai": true}}
+        let mut config = vec![0x81, 0xae];
+        config.extend_from_slice(b"session_config");
+        config.extend_from_slice(&[0x81, 0xa9]);
+        config.extend_from_slice(b"enable_ai");
+        config.push(0xc3);
+        driver.set_config(&config).unwrap();
+        assert_eq!(
+            driver.health().await,
+            DaemonHealth::Unhealthy {
+                description: "session_config.enable_ai = true, but the daemon at /run/elide/daemon.sock has no local AI (it needs the Elide runtime): set enable_ai = false and leave ai out of enabled_intrinsics".into()
+            }
+        );
+        driver.set_config(&[0x80]).unwrap();
+        assert!(matches!(
+            driver.health().await,
+            DaemonHealth::Healthy { .. }
+        ));
     }
 
     #[tokio::test]

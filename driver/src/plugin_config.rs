@@ -6,6 +6,7 @@
 //!     daemon_socket  = "/run/elide/daemon.sock"   # or daemon_address = "10.0.0.5:7070"
 //!     status_mode    = "auto"    # "watch" (WatchSession stream), "poll" or "auto"
 //!     poll_interval  = "1s"      # GetExecutionStatus period in "poll" mode
+//!     driver_state_dir = "/var/lib/nomad-driver-elide"  # the plugin's own state (delete journal)
 //!     daemon {                   # optional: the plugin starts the daemon itself
 //!       command   = "elide-daemon"   # absolute path or a name on PATH
 //!       args      = ["--max-running", "64"]
@@ -53,6 +54,7 @@ pub fn schema() -> Spec {
         ("daemon_address", attr("string")),
         ("status_mode", attr("string")),
         ("poll_interval", attr("string")),
+        ("driver_state_dir", attr("string")),
         (
             "daemon",
             block(object([
@@ -131,6 +133,10 @@ pub struct SessionConfig {
 /// when it starts a task, so this only ends sessions of departed clients.
 pub const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
+/// Default `driver_state_dir`: where the plugin keeps what must survive
+/// its own restarts (the journal of deletes the daemon has not confirmed).
+pub const DEFAULT_DRIVER_STATE_DIR: &str = "/var/lib/nomad-driver-elide";
+
 /// Default `daemon.state_dir`.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/elide";
 
@@ -196,6 +202,8 @@ pub struct PluginConfig {
     /// The daemon to start when none answers (`daemon {}` block); `None`
     /// means the daemon is managed elsewhere (systemd) and only connected to.
     pub supervised_daemon: Option<DaemonCommand>,
+    /// The plugin's own state directory (the delete journal).
+    pub driver_state_dir: PathBuf,
 }
 
 impl Default for PluginConfig {
@@ -206,6 +214,7 @@ impl Default for PluginConfig {
             status_mode: StatusMode::Auto,
             poll_interval: DEFAULT_POLL_INTERVAL,
             supervised_daemon: None,
+            driver_state_dir: PathBuf::from(DEFAULT_DRIVER_STATE_DIR),
         }
     }
 }
@@ -230,8 +239,20 @@ impl PluginConfig {
             },
             status_mode: status_mode(root.string("status_mode")?)?,
             poll_interval: poll_interval(root.string("poll_interval")?)?,
+            driver_state_dir: driver_state_dir(root.string("driver_state_dir")?)?,
         })
     }
+}
+
+fn driver_state_dir(text: Option<String>) -> Result<PathBuf, ConfigError> {
+    let dir = text.unwrap_or_else(|| DEFAULT_DRIVER_STATE_DIR.to_owned());
+    if !dir.starts_with('/') {
+        return Err(ConfigError::invalid(
+            "driver_state_dir",
+            format!("{dir:?} must be an absolute path"),
+        ));
+    }
+    Ok(PathBuf::from(dir))
 }
 
 fn daemon_command(
@@ -428,25 +449,35 @@ pub(crate) fn languages(names: &[String], field: &str) -> Result<Vec<Language>, 
     Ok(out)
 }
 
-/// Checks intrinsic names against [`elide_proto::intrinsics::INTRINSICS`]; duplicates
-/// are dropped.
+/// Checks intrinsic names: canonical ones ([`intrinsics::INTRINSICS`]) and
+/// the original Elide driver's (`io`, `env`, `fs`, `http`, `ai`), which
+/// are kept as written (the daemon maps them onto its grants). Unknown
+/// names and names this runtime refuses (`sqlite`) fail naming `field`
+/// and the name; duplicates are dropped.
 pub(crate) fn intrinsics(names: Vec<String>, field: &str) -> Result<Vec<String>, ConfigError> {
     let mut out: Vec<String> = Vec::new();
     for name in names {
-        if !intrinsics::is_known(&name) {
-            return Err(ConfigError::invalid(
-                field,
-                format!(
-                    "unknown intrinsic {name:?} (known: {})",
-                    intrinsics::known_names()
-                ),
-            ));
-        }
+        intrinsics::resolve(&name).map_err(|e| ConfigError::invalid(field, e.to_string()))?;
         if !out.contains(&name) {
             out.push(name);
         }
     }
     Ok(out)
+}
+
+impl SessionConfig {
+    /// What this session config asks that only local AI can give, as the
+    /// field to name: `enable_ai = true`, or an intrinsic granting `ai`.
+    pub fn asks_for_ai(&self) -> Option<String> {
+        if self.enable_ai == Some(true) {
+            return Some("session_config.enable_ai = true".to_owned());
+        }
+        self.enabled_intrinsics.iter().flatten().find_map(|name| {
+            intrinsics::resolve(name)
+                .is_ok_and(|grants| grants.contains(&"ai"))
+                .then(|| format!("session_config.enabled_intrinsics {name:?}"))
+        })
+    }
 }
 
 /// A memory limit in MiB, which must be at least 1.
@@ -582,6 +613,27 @@ mod tests {
     }
 
     #[test]
+    fn driver_state_dir_defaults_and_must_be_absolute() {
+        let with = |dir: Value| bytes(&object(&[("driver_state_dir", dir)]));
+        assert_eq!(
+            PluginConfig::decode(&with(Value::Nil))
+                .unwrap()
+                .driver_state_dir,
+            PathBuf::from(DEFAULT_DRIVER_STATE_DIR)
+        );
+        let chosen = PluginConfig::decode(&with(Value::from("/srv/elide-driver"))).unwrap();
+        assert_eq!(chosen.driver_state_dir, PathBuf::from("/srv/elide-driver"));
+        let relative = PluginConfig::decode(&with(Value::from("state")));
+        let err = relative.unwrap_err();
+        assert_eq!(err.field(), Some("driver_state_dir"));
+        assert!(
+            err.to_string()
+                .contains("\"state\" must be an absolute path"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn tcp_address_replaces_the_socket() {
         let bytes = config(Value::Nil, Value::from("10.0.0.5:7070"), Value::Nil);
         assert_eq!(
@@ -655,6 +707,76 @@ mod tests {
         }
     }
 
+    /// The original Elide driver's README block, as Nomad sends it.
+    #[test]
+    fn the_original_session_config_is_accepted_as_written() {
+        let bytes = config(
+            Value::from("/tmp/elide-daemon.sock"),
+            Value::Nil,
+            Value::Array(vec![session(&[
+                ("context_pool_size", Value::from(10)),
+                (
+                    "enabled_languages",
+                    strings(&["python", "javascript", "typescript"]),
+                ),
+                ("enabled_intrinsics", strings(&["io", "env"])),
+                ("memory_limit_mb", Value::from(512)),
+                ("enable_ai", Value::Boolean(false)),
+            ])]),
+        );
+        let decoded = PluginConfig::decode(&bytes).unwrap().session;
+        assert_eq!(
+            decoded,
+            SessionConfig {
+                context_pool_size: Some(10),
+                enabled_languages: Some(Language::ALL.to_vec()),
+                enabled_intrinsics: Some(vec!["io".into(), "env".into()]),
+                memory_limit_mb: Some(512),
+                enable_ai: Some(false),
+                idle_timeout: None,
+            }
+        );
+        assert_eq!(decoded.asks_for_ai(), None);
+        for names in [&["fs", "http", "console", "fs.read"][..], &["ai"]] {
+            let bytes = config(
+                Value::Nil,
+                Value::Nil,
+                session(&[("enabled_intrinsics", strings(names))]),
+            );
+            let decoded = PluginConfig::decode(&bytes).unwrap().session;
+            assert_eq!(decoded.enabled_intrinsics.unwrap(), names);
+        }
+        let ai = SessionConfig {
+            enabled_intrinsics: Some(vec!["io".into(), "ai".into()]),
+            ..SessionConfig::default()
+        };
+        assert_eq!(
+            ai.asks_for_ai().unwrap(),
+            "session_config.enabled_intrinsics \"ai\""
+        );
+        let enable_ai = SessionConfig {
+            enable_ai: Some(true),
+            ..SessionConfig::default()
+        };
+        assert_eq!(
+            enable_ai.asks_for_ai().unwrap(),
+            "session_config.enable_ai = true"
+        );
+    }
+
+    #[test]
+    fn original_names_that_cannot_be_honoured_name_the_field_and_value() {
+        for (names, expected) in [
+            (&["io", "sqlite"][..], "intrinsic \"sqlite\" cannot be granted: this runtime has no SQLite intrinsic"),
+            (&["IO"], "unknown intrinsic \"IO\" (known: console, env, fs.read, fs.write, net, subprocess, ai; original names: io, env, fs, http, sqlite, ai)"),
+        ] {
+            let bytes = config(Value::Nil, Value::Nil, session(&[("enabled_intrinsics", strings(names))]));
+            let err = PluginConfig::decode(&bytes).unwrap_err();
+            assert_eq!(err.field(), Some("session_config.enabled_intrinsics"));
+            assert!(err.to_string().contains(expected), "{err}");
+        }
+    }
+
     #[test]
     fn schema_is_an_object_with_session_config_as_a_block() {
         let Some(SpecKind::Object(root)) = schema().block else {
@@ -668,6 +790,7 @@ mod tests {
                 "daemon",
                 "daemon_address",
                 "daemon_socket",
+                "driver_state_dir",
                 "poll_interval",
                 "session_config",
                 "status_mode"

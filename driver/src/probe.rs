@@ -117,6 +117,31 @@ impl ApiProbe {
     }
 }
 
+/// A healthy daemon that reports no local AI is unhealthy for a config
+/// that asks for AI (`asks` names the field): every task would fail at
+/// session creation, so the node says why instead of claiming the driver.
+/// A probe that does not report `ai_available` is taken at its word.
+pub fn require_ai(
+    health: DaemonHealth,
+    asks: Option<String>,
+    endpoint: &DaemonEndpoint,
+) -> DaemonHealth {
+    let DaemonHealth::Healthy { attributes } = &health else {
+        return health;
+    };
+    let without_ai =
+        attributes.get("driver.elide.ai_available") == Some(&AttributeValue::Bool(false));
+    match asks {
+        Some(field) if without_ai => DaemonHealth::Unhealthy {
+            description: format!(
+                "{field}, but the daemon at {} has no local AI (it needs the Elide runtime): set enable_ai = false and leave ai out of enabled_intrinsics",
+                endpoint_text(endpoint)
+            ),
+        },
+        _ => health,
+    }
+}
+
 /// Node attributes describing a healthy daemon: `driver.elide` = true and
 /// `driver.elide.*` (daemon version and instance, and per language whether
 /// it is available, which runtime serves it and that runtime's version).

@@ -146,6 +146,23 @@ pub fn resolve(name: &str) -> Result<&'static [&'static str], NameError> {
     }
 }
 
+/// The canonical intrinsics a list of names grants together: each name
+/// [`resolve`]d, duplicates dropped, in [`INTRINSICS`] order. The first name
+/// that is unknown or refused is the error.
+pub fn grants_of<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<&'static str>, NameError> {
+    let mut granted = Vec::new();
+    for name in names {
+        granted.extend_from_slice(resolve(name)?);
+    }
+    Ok(INTRINSICS
+        .iter()
+        .map(|i| i.name)
+        .filter(|n| granted.contains(n))
+        .collect())
+}
+
 /// Whether `name` is a canonical intrinsic (exact match).
 pub fn is_known(name: &str) -> bool {
     INTRINSICS.iter().any(|i| i.name == name)
@@ -199,6 +216,22 @@ mod tests {
         assert!(
             unknown.contains("io, env, fs, http, sqlite, ai"),
             "{unknown}"
+        );
+    }
+
+    #[test]
+    fn grants_of_a_list_are_merged_in_canonical_order() {
+        assert_eq!(
+            grants_of(["http", "io", "fs.read", "fs"]).unwrap(),
+            ["console", "fs.read", "fs.write", "net"]
+        );
+        assert_eq!(grants_of([]).unwrap(), Vec::<&str>::new());
+        assert_eq!(
+            grants_of(["io", "sqlite"]).unwrap_err(),
+            NameError::Refused {
+                name: "sqlite".into(),
+                reason: ORIGINAL_NAMES[4].refused.unwrap()
+            }
         );
     }
 

@@ -2,6 +2,8 @@
 //! files in this crate.
 //!
 //! * [`elide::daemon::v1`]: the execution daemon API (see `proto/README.md`).
+//! * [`elide::daemon::v1alpha1`]: the original daemon contract, served for
+//!   compatibility (see `proto/V1ALPHA1.md`).
 //! * [`hashicorp::nomad::plugins`]: the Nomad plugin protocol (base plugin,
 //!   task driver, HCL spec, shared structs).
 //! * [`plugin`]: go-plugin's own services (controller, stdio, broker).
@@ -27,6 +29,12 @@ pub mod elide {
         #[allow(missing_docs, clippy::all)]
         pub mod v1 {
             tonic::include_proto!("elide.daemon.v1");
+        }
+        /// The original daemon contract (`elide.daemon.v1alpha1`), kept
+        /// for the original Go driver and its clients.
+        #[allow(missing_docs, clippy::all)]
+        pub mod v1alpha1 {
+            tonic::include_proto!("elide.daemon.v1alpha1");
         }
     }
 }

@@ -54,6 +54,8 @@ pub struct Placement<'a> {
     pub node_name: &'a str,
     /// The node's id.
     pub node_id: &'a str,
+    /// The group's ports with their host ports.
+    pub ports: &'a [crate::network::AssignedPort],
 }
 
 /// Builds the complete task environment from `host` (the agent's
@@ -92,6 +94,7 @@ pub fn build(
         ("NOMAD_NODE_ID", p.node_id.to_owned()),
     ];
     env.extend(nomad.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    env.extend(crate::network::env(p.ports));
     if r.memory_max_mb > 0 {
         env.insert("NOMAD_MEMORY_MAX_LIMIT".into(), r.memory_max_mb.to_string());
     }
@@ -196,6 +199,11 @@ mod tests {
             task_dir: &task_dir,
             node_name: "node1",
             node_id: "n-1",
+            ports: &[crate::network::AssignedPort {
+                label: "http".into(),
+                host_port: 23000,
+                to: None,
+            }],
         };
         let host = [
             ("HOME_X".to_owned(), "/home/x".to_owned()),
@@ -218,6 +226,8 @@ mod tests {
         assert_eq!(env["NOMAD_TASK_DIR"], task_dir.local.display().to_string());
         assert_eq!(env["DATA"], format!("{}/data", alloc.shared().display()));
         assert_eq!(env["N"], "3");
+        assert_eq!(env["NOMAD_PORT_http"], "23000");
+        assert_eq!(env["NOMAD_ADDR_http"], "127.0.0.1:23000");
         assert_eq!(env["FROM_HOST"], "/home/x");
         assert!(!env.contains_key("VAULT_TOKEN"));
         assert!(!env.contains_key("NOMAD_TOKEN"));

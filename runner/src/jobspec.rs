@@ -1,9 +1,10 @@
 //! Nomad job files (HCL2 jobspec), parsed with `hcl-rs` into the subset
 //! `elide-run` runs: the job, its groups, their tasks with `driver`,
-//! `config`, `env`, `resources`, `template`, `kill_signal`, `kill_timeout`.
+//! `config`, `env`, `resources`, `template`, `kill_signal`, `kill_timeout`,
+//! and a group's `network` ports.
 //!
 //! Everything else Nomad accepts is reported in [`Job::warnings`] (never
-//! silently dropped), e.g. `variable`/`locals`, `network`, `service`,
+//! silently dropped), e.g. `variable`/`locals`, `service`,
 //! `restart`, `lifecycle`, `count > 1`.
 
 use std::path::{Path, PathBuf};
@@ -91,6 +92,8 @@ pub struct Group {
     pub name: String,
     /// Tasks in file order.
     pub tasks: Vec<Task>,
+    /// `network { port "<label>" {} }` ports, in file order.
+    pub ports: Vec<crate::network::PortSpec>,
 }
 
 /// A `resources` block.
@@ -221,7 +224,6 @@ const JOB_UNSUPPORTED: &[&str] = &[
     "ui",
 ];
 const GROUP_UNSUPPORTED: &[&str] = &[
-    "network",
     "service",
     "volume",
     "restart",
@@ -326,6 +328,7 @@ impl Parser {
                     groups.push(Group {
                         name: task.name.clone(),
                         tasks: vec![task],
+                        ports: Vec::new(),
                     });
                 }
                 "meta" => {}
@@ -366,9 +369,23 @@ impl Parser {
         }
         self.warn_unsupported(b, &path, GROUP_UNSUPPORTED);
         let mut tasks = Vec::new();
+        let mut ports = Vec::new();
         for block in b.blocks() {
             match block.identifier() {
                 "task" => tasks.push(self.task(block, &path)?),
+                "network" if !ports.is_empty() => {
+                    return Err(self.invalid(
+                        format!("{path}.network"),
+                        "only one network block is allowed",
+                    ))
+                }
+                "network" => {
+                    let (found, warnings) =
+                        crate::network::parse(block.body(), &format!("{path}.network"))
+                            .map_err(|e| self.invalid(e.field, e.problem))?;
+                    ports = found;
+                    self.warnings.extend(warnings);
+                }
                 "meta" => {}
                 other if GROUP_UNSUPPORTED.contains(&other) => {}
                 other => {
@@ -379,7 +396,7 @@ impl Parser {
         if tasks.is_empty() {
             return Err(self.invalid(path, "a group needs at least one task"));
         }
-        Ok(Group { name, tasks })
+        Ok(Group { name, tasks, ports })
     }
 
     fn task(&mut self, block: &hcl::Block, parent: &str) -> Result<Task, JobError> {
@@ -672,9 +689,10 @@ EOF
         assert_eq!(task.kill_timeout, Duration::from_secs(90));
         assert_eq!(task.resources.memory_mb, 64);
         assert_eq!(task.resources.cpu_mhz, 200);
+        assert_eq!(job.groups[0].ports[0].label, "http");
         let warnings = job.warnings.join("\n");
         assert!(warnings.contains("count = 2"), "{warnings}");
-        assert!(warnings.contains("network"), "{warnings}");
+        assert!(!warnings.contains("network"), "{warnings}");
         assert!(warnings.contains("task.t.service"), "{warnings}");
     }
 

@@ -9,6 +9,7 @@
 //! * [`cty`]: config bodies encoded with the plugin's schema as Nomad does;
 //! * [`alloc`]: alloc and task directories, log FIFOs;
 //! * [`env`]: the task environment (`NOMAD_*` and the `env` block);
+//! * [`network`]: a group's ports and their `NOMAD_PORT_*` variables;
 //! * [`template`]: `template` blocks with literal data;
 //! * [`logmon`]: task output from the FIFOs, prefixed by task name;
 //! * [`daemon`]: reaching the daemon or starting a private one;
@@ -23,6 +24,7 @@ pub mod daemon;
 pub mod env;
 pub mod jobspec;
 pub mod logmon;
+pub mod network;
 pub mod plugin_host;
 pub mod run;
 pub mod template;

@@ -29,6 +29,7 @@ use crate::daemon::{self, DaemonError, PrivateDaemon};
 use crate::env::{self, EnvError, Placement};
 use crate::jobspec::{Group, Job, JobError, JobType, Task};
 use crate::logmon::{FifoForwarder, Sink};
+use crate::network::{self, AssignedPort};
 use crate::plugin_host::{PluginError, PluginHost};
 use crate::template::{self, TemplateError};
 
@@ -90,10 +91,12 @@ pub enum RunError {
     #[error(transparent)]
     AgentConfig(#[from] AgentConfigError),
     /// The plugin config does not fit the plugin's schema.
-    #[error("{file}: plugin \"nomad-driver-elide\" {error}")]
+    #[error("{file}: plugin \"{label}\" {error}")]
     PluginConfig {
         /// The agent config file (or "built-in default").
         file: String,
+        /// The plugin block's label.
+        label: &'static str,
         /// The mismatch.
         error: CtyError,
     },
@@ -151,6 +154,14 @@ pub enum RunError {
     /// The task env.
     #[error(transparent)]
     Env(#[from] EnvError),
+    /// No host port could be assigned.
+    #[error("group {group:?}: {problem}")]
+    Ports {
+        /// The group.
+        group: String,
+        /// What failed.
+        problem: String,
+    },
     /// Temp dir creation.
     #[error("cannot create a temporary directory: {0}")]
     TempDir(std::io::Error),
@@ -238,9 +249,12 @@ pub async fn run(opts: &RunOptions, interrupt: watch::Receiver<bool>) -> Result<
         tracing::warn!("{}: {warning}", job.file.display());
     }
     let selected = select_tasks(&job, opts.task.as_deref())?;
-    let agent_body = match &opts.agent_config {
+    let agent_block = match &opts.agent_config {
         Some(file) => agent_config::plugin_config(file)?,
-        None => hcl::Body::default(),
+        None => agent_config::PluginBlock {
+            label: agent_config::PLUGIN_LABEL,
+            config: hcl::Body::default(),
+        },
     };
     let work = tempfile::Builder::new()
         .prefix("elide-run-")
@@ -254,7 +268,7 @@ pub async fn run(opts: &RunOptions, interrupt: watch::Receiver<bool>) -> Result<
         opts,
         &job,
         &selected,
-        agent_body,
+        agent_block,
         work.path(),
         &mut session,
         interrupt,
@@ -326,7 +340,7 @@ async fn run_in(
     opts: &RunOptions,
     job: &Job,
     selected: &[(&Group, &Task)],
-    agent_body: hcl::Body,
+    agent_block: agent_config::PluginBlock,
     work: &Path,
     session: &mut Session,
     mut interrupt: watch::Receiver<bool>,
@@ -361,6 +375,7 @@ async fn run_in(
         .map_or("built-in default".to_owned(), |f| f.display().to_string());
     let plugin_config_error = |error| RunError::PluginConfig {
         file: config_file.clone(),
+        label: agent_block.label,
         error,
     };
     let schema = bounded(
@@ -371,8 +386,8 @@ async fn run_in(
     .await?
     .spec
     .unwrap_or_default();
-    let mut config =
-        cty::body_to_value(&agent_body, &Context::new(), "config").map_err(plugin_config_error)?;
+    let mut config = cty::body_to_value(&agent_block.config, &Context::new(), "config")
+        .map_err(plugin_config_error)?;
     let configured = endpoint(&config);
     let reachable = match &configured {
         Endpoint::Unix(path) => daemon::unix_reachable(Path::new(path)).await,
@@ -396,6 +411,16 @@ async fn run_in(
             );
         }
         session.daemon = Some(private);
+    }
+    // The plugin's own state (its delete journal) stays in this run's work
+    // dir unless the agent config names a directory.
+    if let Some(object) = config.as_object_mut() {
+        if !object.contains_key("driver_state_dir") {
+            object.insert(
+                "driver_state_dir".into(),
+                work.join("driver-state").display().to_string().into(),
+            );
+        }
     }
     let plugin = session.plugin.as_mut().expect("plugin launched above");
     let msgpack_config = cty::encode(&schema, &config, "config").map_err(plugin_config_error)?;
@@ -447,15 +472,30 @@ async fn run_in(
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".into());
     let node_id = uuid::Uuid::new_v4().to_string();
-    let mut allocs: BTreeMap<String, (String, AllocDir)> = BTreeMap::new();
+    let mut allocs: BTreeMap<String, (String, AllocDir, Vec<AssignedPort>)> = BTreeMap::new();
     let mut prepared = Vec::new();
     for (group, task) in selected {
         if !allocs.contains_key(&group.name) {
             let alloc_id = uuid::Uuid::new_v4().to_string();
             let dir = AllocDir::create(&allocs_root, &alloc_id)?;
-            allocs.insert(group.name.clone(), (alloc_id, dir));
+            let ports = network::assign(&group.ports, |lo, hi| fastrand::u16(lo..=hi)).map_err(
+                |problem| RunError::Ports {
+                    group: group.name.clone(),
+                    problem,
+                },
+            )?;
+            for port in &ports {
+                tracing::info!(
+                    "group {}: port {:?} is {}:{}",
+                    group.name,
+                    port.label,
+                    network::HOST_IP,
+                    port.host_port
+                );
+            }
+            allocs.insert(group.name.clone(), (alloc_id, dir, ports));
         }
-        let (alloc_id, alloc) = &allocs[&group.name];
+        let (alloc_id, alloc, ports) = &allocs[&group.name];
         let task_dir = alloc.add_task(&task.name)?;
         let placement = Placement {
             job,
@@ -466,6 +506,7 @@ async fn run_in(
             task_dir: &task_dir,
             node_name: &node_name,
             node_id: &node_id,
+            ports,
         };
         let task_env = env::build(std::env::vars(), &placement)?;
         for t in &task.templates {

@@ -272,86 +272,126 @@ fn alive(pid: u32) -> bool {
     }
 }
 
+/// A service run of elide-run, followed until it prints a line.
+struct Service {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    tmp: Tmp,
+}
+
+impl Service {
+    /// Starts elide-run and waits (bounded) for stdout to contain `ready`;
+    /// returns the service and its stdout so far.
+    fn start(args: &[&str], ready: &str) -> (Service, String) {
+        let tmp = Tmp::new();
+        let mut child = command(&tmp, args).spawn().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut all = String::new();
+            let mut line = String::new();
+            while stdout.read_line(&mut line).unwrap_or(0) > 0 {
+                all.push_str(&line);
+                let _ = tx.send(all.clone());
+                line.clear();
+            }
+        });
+        let text = loop {
+            match rx.recv_timeout(RUN_LIMIT) {
+                Ok(text) if text.contains(ready) => break text,
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = child.kill();
+                    let mut err = String::new();
+                    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+                    panic!("the service never printed {ready:?}; stderr:\n{err}");
+                }
+            }
+        };
+        (
+            Service {
+                child,
+                lines: rx,
+                tmp,
+            },
+            text,
+        )
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Ctrl-C: SIGINT to elide-run, then its exit status, the whole stdout
+    /// and stderr (bounded waits).
+    fn interrupt(mut self) -> (std::process::ExitStatus, String, String, Tmp) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "elide-run did not exit after SIGINT"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        let mut stdout = String::new();
+        while let Ok(text) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            stdout = text;
+        }
+        (status, stdout, stderr, self.tmp)
+    }
+}
+
+/// Waits (bounded) until none of `pids` is alive, then asserts it.
+fn assert_all_gone(pids: &[u32]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left: Vec<_> = pids.iter().filter(|p| alive(**p)).collect();
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+}
+
 #[test]
 fn a_service_stops_on_sigint_with_its_kill_signal_and_leaves_nothing_behind() {
-    let tmp = Tmp::new();
     let job = example("service-sigterm.nomad");
-    let mut child = command(&tmp, &[job.to_str().unwrap()]).spawn().unwrap();
-    let pid = child.id();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut all = String::new();
-        let mut line = String::new();
-        while stdout.read_line(&mut line).unwrap_or(0) > 0 {
-            all.push_str(&line);
-            let _ = tx.send(all.clone());
-            line.clear();
-        }
-    });
-    let ready = loop {
-        match rx.recv_timeout(RUN_LIMIT) {
-            Ok(text) if text.contains("[server] ready: serving until stopped") => break text,
-            Ok(_) => {}
-            Err(_) => {
-                let _ = child.kill();
-                let mut err = String::new();
-                let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-                panic!("the service never said ready; stderr:\n{err}");
-            }
-        }
-    };
+    let (service, ready) = Service::start(
+        &[job.to_str().unwrap()],
+        "[server] ready: serving until stopped",
+    );
     assert!(!ready.contains("goodbye"));
-    let descendants = children_of(pid);
+    let descendants = children_of(service.pid());
     // The plugin, the private daemon and the python interpreter under it.
     assert!(
         descendants.len() >= 3,
         "expected plugin, daemon and python: {descendants:?}"
     );
-
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "elide-run did not exit after SIGINT"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    let mut final_stdout = ready;
-    while let Ok(text) = rx.recv_timeout(Duration::from_secs(2)) {
-        final_stdout = text;
-    }
+    let (status, stdout, stderr, tmp) = service.interrupt();
     assert_eq!(
         status.code(),
         Some(0),
-        "stdout:\n{final_stdout}\nstderr:\n{stderr}"
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
     );
     assert!(
-        final_stdout.contains("[server] goodbye: got SIGTERM, shutting down cleanly"),
-        "{final_stdout}\n{stderr}"
+        stdout.contains("[server] goodbye: got SIGTERM, shutting down cleanly"),
+        "{stdout}\n{stderr}"
     );
     assert!(stderr.contains("SIGINT received"), "{stderr}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while descendants.iter().any(|p| alive(*p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let left: Vec<_> = descendants.iter().filter(|p| alive(**p)).collect();
-    assert!(left.is_empty(), "processes left behind: {left:?}");
+    assert_all_gone(&descendants);
     tmp.assert_empty();
 }
 
@@ -436,6 +476,161 @@ fn a_task_config_mistake_names_the_field_and_cleans_up() {
     assert!(
         stderr.contains("StartTask(t) failed") && stderr.contains("language"),
         "{stderr}"
+    );
+    tmp.assert_empty();
+}
+
+// ---------------------------------------------------------------------------
+// The original Elide task driver's README, as written: its agent config
+// (`plugin "elide"`, intrinsics `io` and `env`) and its example jobs.
+
+fn original(name: &str) -> String {
+    example(&format!("original/{name}"))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn the_original_hello_python_runs_under_the_original_agent_config() {
+    let (out, tmp) = run(&[
+        "--agent-config",
+        &original("nomad-agent.hcl"),
+        &original("hello-python.nomad"),
+    ]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_eq!(
+        stdout,
+        "[hello] Hello from Elide on Nomad!\n[hello] This is a polyglot runtime\n"
+    );
+    assert!(
+        stderr.contains("no daemon answers at unix:/tmp/elide-daemon.sock"),
+        "{stderr}"
+    );
+    tmp.assert_empty();
+}
+
+/// One HTTP/1.0 GET over real TCP; the response's status line and body.
+fn http_get(port: u16, path: &str) -> (String, String) {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+#[test]
+fn the_original_http_server_answers_health_on_its_dynamic_port_and_stops_cleanly() {
+    let agent = original("nomad-agent.hcl");
+    let job = original("http-server.nomad");
+    let (service, ready) = Service::start(
+        &["--agent-config", &agent, &job],
+        "[server] serving /health on port ",
+    );
+    // The port the script got through `--port ${NOMAD_PORT_http}`.
+    let port: u16 = ready
+        .split("[server] serving /health on port ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {ready:?}"));
+    assert!(
+        (20000..=32000).contains(&port),
+        "{port} is not in Nomad's dynamic port range"
+    );
+    assert!(ready.contains("(log level info)"), "{ready}");
+    let descendants = children_of(service.pid());
+
+    let (status_line, body) = http_get(port, "/health");
+    assert_eq!(status_line, "HTTP/1.0 200 OK");
+    assert_eq!(body, format!("{{\"status\": \"ok\", \"port\": {port}}}"));
+    let (status_line, _) = http_get(port, "/nope");
+    assert_eq!(status_line, "HTTP/1.0 404 Not Found");
+
+    let (status, stdout, stderr, tmp) = service.interrupt();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("[server] request: \"GET /health HTTP/1.0\" 200 -"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("[server] stopping: got SIGINT"), "{stdout}");
+    assert!(
+        stderr.contains(&format!("group web: port \"http\" is 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("task server exited with code 0"),
+        "{stderr}"
+    );
+    assert_all_gone(&descendants);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "port {port} still answers after the stop"
+    );
+    tmp.assert_empty();
+}
+
+#[test]
+fn the_original_polyglot_and_ai_examples_are_refused_naming_what_is_missing() {
+    let agent = original("nomad-agent.hcl");
+    for (job, task, uses) in [
+        (
+            "polyglot.nomad",
+            "main",
+            "uses the polyglot module (line 1), which only the Elide runtime provides",
+        ),
+        (
+            "ai-inference.nomad",
+            "ai",
+            "uses the polyglot module (line 2), \"elide:llm\" (line 6), which only the Elide runtime provides",
+        ),
+    ] {
+        let (out, tmp) = run(&["--agent-config", &agent, &original(job)]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{job}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "elide-run: error: StartTask({task}) failed: submitting task \"{task}\": code: {uses}; this daemon runs python with python3, so polyglot calls and Elide modules (local AI included) are not available"
+            )),
+            "{job}: {stderr}"
+        );
+        assert!(text(&out.stdout).is_empty(), "{job} ran: {:?}", out.stdout);
+        tmp.assert_empty();
+    }
+}
+
+#[test]
+fn the_plugin_installed_as_elide_in_a_plugin_dir_runs_a_job() {
+    // As the original README installs it: `ln -sf <binary> elide` in plugin_dir.
+    elide_run();
+    let plugin_dir = tempfile::tempdir().unwrap();
+    let link = plugin_dir.path().join("elide");
+    std::os::unix::fs::symlink(profile_dir().join("nomad-driver-elide"), &link).unwrap();
+    let (out, tmp) = run(&[
+        "--plugin",
+        link.to_str().unwrap(),
+        "--agent-config",
+        &original("nomad-agent.hcl"),
+        &original("hello-python.nomad"),
+    ]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("[hello] Hello from Elide on Nomad!"),
+        "{stdout}"
     );
     tmp.assert_empty();
 }

@@ -31,6 +31,14 @@ use crate::trace::Trace;
 pub const START_ATTEMPTS: u32 = 5;
 /// Delay between start attempts.
 pub const START_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// Failed `StopTask` calls one kill makes before it gives up and only
+/// waits for the exit (Nomad's `killFailureLimit`).
+pub const KILL_FAILURE_LIMIT: u32 = 5;
+/// Back-off after the first failed `StopTask`, times four per failure
+/// (Nomad's `killBackoffBaseline`)...
+pub const KILL_BACKOFF_BASELINE: Duration = Duration::from_secs(5);
+/// ...up to this (Nomad's `killBackoffLimit`).
+pub const KILL_BACKOFF_LIMIT: Duration = Duration::from_secs(120);
 
 /// What the agent persists per task (Nomad's client state database).
 #[derive(Debug, Clone, Default)]
@@ -126,6 +134,9 @@ impl NomadAgent {
                 who: who.clone(),
                 plan,
                 generation: 1,
+                kill: Arc::default(),
+                killing: Arc::default(),
+                killer: None,
             };
             runs.spawn(run.run());
         }
@@ -315,6 +326,11 @@ struct TaskRun {
     who: String,
     plan: TaskPlan,
     generation: u64,
+    /// Set once Nomad decided to kill the task (its kill context is done).
+    kill: Arc<tokio::sync::Notify>,
+    killing: Arc<std::sync::atomic::AtomicBool>,
+    /// The kill under way ([`KillRun`]).
+    killer: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// How a task ended before it could be waited on.
@@ -375,10 +391,22 @@ impl TaskRun {
                         tokio::spawn(run.run(after))
                     })
                 };
-                let stopper = interrupt(Interruption::Stop, self.plan.stop_after);
+                // The job is stopped after stop_after: Nomad's kill context.
+                let kill_at = self.plan.stop_after.map(|after| {
+                    let (seen, plan) = (self.seen.clone(), self.plan.clone());
+                    let (kill, killing) = (self.kill.clone(), self.killing.clone());
+                    tokio::spawn(async move {
+                        sleep_until_after_start(&seen, &plan, after).await;
+                        killing.store(true, std::sync::atomic::Ordering::SeqCst);
+                        kill.notify_one();
+                    })
+                });
                 let destroyer = interrupt(Interruption::ForceDestroy, self.plan.destroy_after);
                 self.wait(&handle).await;
-                for background in [stopper, destroyer].into_iter().flatten() {
+                for background in [kill_at, destroyer, self.killer.take()]
+                    .into_iter()
+                    .flatten()
+                {
                     background.abort();
                 }
             }
@@ -575,14 +603,41 @@ impl TaskRun {
         }
     }
 
+    /// Nomad's kill (`handleKill` → `killTask`) on the current plugin:
+    /// replaces a kill under way on an earlier one.
+    fn start_kill(&mut self) {
+        if let Some(earlier) = self.killer.take() {
+            earlier.abort();
+        }
+        let run = KillRun {
+            plugin: self.plugin.clone(),
+            disk: self.disk.clone(),
+            seen: self.seen.clone(),
+            trace: self.trace.clone(),
+            who: self.who.clone(),
+            plan: self.plan.clone(),
+        };
+        self.killer = Some(tokio::spawn(run.run()));
+    }
+
     async fn wait(&mut self, handle: &TaskHandle) {
         loop {
-            let waited = self
-                .driver()
-                .wait_task(drivers::WaitTaskRequest {
-                    task_id: self.plan.task_id.clone(),
-                })
-                .await;
+            // As Nomad's wait loop: once the kill context is done (also
+            // again after every recovery on a restarted plugin), kill.
+            if self.killing.load(std::sync::atomic::Ordering::SeqCst) && self.killer.is_none() {
+                self.start_kill();
+            }
+            let task_id = self.plan.task_id.clone();
+            let mut driver = self.driver();
+            let waiting = driver.wait_task(drivers::WaitTaskRequest { task_id });
+            tokio::pin!(waiting);
+            let waited = loop {
+                tokio::select! {
+                    biased;
+                    waited = &mut waiting => break waited,
+                    _ = self.kill.notified(), if self.killer.is_none() => self.start_kill(),
+                }
+            };
             match waited {
                 Ok(response) => {
                     let response = response.into_inner();
@@ -611,6 +666,11 @@ impl TaskRun {
                     if self.recover(handle).await.is_err() {
                         return;
                     }
+                    // Nomad's kill on the old plugin ended with the wait;
+                    // a kill requested before goes again on the new one.
+                    if let Some(earlier) = self.killer.take() {
+                        earlier.abort();
+                    }
                 }
                 Err(status) => {
                     self.seen.task(&self.plan.task_id, |t| {
@@ -622,6 +682,13 @@ impl TaskRun {
         }
     }
 
+    /// `DestroyTask` after the result. Nomad calls it once and ignores an
+    /// error, so a call that never reached a plugin (it was down) leaks the
+    /// execution record in Nomad too, and no plugin can learn of it; this
+    /// agent calls again on the restarted plugin instead, so that the
+    /// clean-up invariant judges the plugin. A call the plugin received
+    /// before crashing is covered by the plugin's delete journal whether or
+    /// not this retry comes.
     async fn destroy(&mut self) {
         for _ in 0..20 {
             let destroyed = self
@@ -658,11 +725,62 @@ fn recoverable(status: &tonic::Status) -> bool {
         && elide_driver::status::recoverable_flag(status).unwrap_or(true)
 }
 
+/// Nomad's `killTask` for one plugin: `StopTask`, retried after
+/// failures with back-offs of 5 s, 20 s, 80 s, 120 s (four times longer
+/// each time, at most [`KILL_BACKOFF_LIMIT`]) up to [`KILL_FAILURE_LIMIT`]
+/// calls, ending early once the task has its result; then Nomad only waits
+/// for the exit, with no time limit.
+struct KillRun {
+    plugin: Arc<Plugin>,
+    disk: AgentDisk,
+    seen: Observations,
+    trace: Trace,
+    who: String,
+    plan: TaskPlan,
+}
+
+impl KillRun {
+    async fn run(self) {
+        let label = format!("{}#{}", self.plan.group, self.plan.index);
+        for failures in 0..KILL_FAILURE_LIMIT {
+            if self.disk.get(&self.plan.task_id).result {
+                return;
+            }
+            let now = turmoil::sim_elapsed().unwrap_or_default();
+            self.seen.task(&self.plan.task_id, |t| {
+                t.stop_called_at.get_or_insert(now);
+            });
+            self.trace.record(&self.who, format!("{label} StopTask"));
+            let stopped = self
+                .plugin
+                .driver()
+                .stop_task(drivers::StopTaskRequest {
+                    task_id: self.plan.task_id.clone(),
+                    timeout: Some(elide_proto::duration_to_proto(self.plan.kill_timeout)),
+                    signal: self.plan.kill_signal.clone(),
+                })
+                .await;
+            let Err(status) = stopped else { return };
+            let backoff = (KILL_BACKOFF_BASELINE * 4u32.pow(failures)).min(KILL_BACKOFF_LIMIT);
+            self.trace.record(
+                &self.who,
+                format!(
+                    "{label} StopTask failed: {} (retry in {backoff:?})",
+                    status.message()
+                ),
+            );
+            tokio::time::sleep(backoff).await;
+        }
+        self.trace.record(
+            &self.who,
+            format!("{label} failed to kill task; waiting for its exit"),
+        );
+    }
+}
+
 /// What Nomad does to a running task from outside its wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Interruption {
-    /// `StopTask` after the job's stop time, as Nomad's kill path calls it.
-    Stop,
     /// `DestroyTask(force = true)` with no stop first, as Nomad does when
     /// it garbage-collects an allocation whose kill failed.
     ForceDestroy,
@@ -685,7 +803,6 @@ impl InterruptRun {
         sleep_until_after_start(&self.seen, &self.plan, after).await;
         let label = format!("{}#{}", self.plan.group, self.plan.index);
         let (call, attempt) = match self.what {
-            Interruption::Stop => ("StopTask", "StopTask"),
             Interruption::ForceDestroy => ("DestroyTask", "DestroyTask(force) while running"),
         };
         loop {
@@ -695,23 +812,12 @@ impl InterruptRun {
             let now = turmoil::sim_elapsed().unwrap_or_default();
             self.seen.task(&self.plan.task_id, |t| {
                 match self.what {
-                    Interruption::Stop => t.stop_called_at.get_or_insert(now),
                     Interruption::ForceDestroy => t.force_destroyed_at.get_or_insert(now),
                 };
             });
             self.trace.record(&self.who, format!("{label} {attempt}"));
             let task_id = self.plan.task_id.clone();
             let answered = match self.what {
-                Interruption::Stop => self
-                    .plugin
-                    .driver()
-                    .stop_task(drivers::StopTaskRequest {
-                        task_id,
-                        timeout: Some(elide_proto::duration_to_proto(self.plan.kill_timeout)),
-                        signal: self.plan.kill_signal.clone(),
-                    })
-                    .await
-                    .map(drop),
                 Interruption::ForceDestroy => self
                     .plugin
                     .driver()
@@ -724,9 +830,6 @@ impl InterruptRun {
             };
             match answered {
                 Ok(()) => return,
-                // A stop retried after a plugin restart: the waiting side
-                // reconnects and recovers meanwhile.
-                Err(status) if self.what == Interruption::Stop && plugin_gone(&status) => {}
                 // Nomad retries a failed kill.
                 Err(status) => self.trace.record(
                     &self.who,

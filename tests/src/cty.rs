@@ -41,6 +41,8 @@ pub struct PluginConfig {
     pub enabled_intrinsics: Option<Vec<String>>,
     /// The `daemon {}` block (the plugin starts the daemon itself).
     pub daemon: Option<DaemonBlock>,
+    /// `driver_state_dir` (the plugin's delete journal).
+    pub driver_state_dir: Option<String>,
 }
 
 /// The plugin's `daemon {}` block.
@@ -55,10 +57,16 @@ pub struct DaemonBlock {
 }
 
 impl PluginConfig {
-    /// A config pointing at `socket`.
+    /// A config pointing at `socket`, keeping the plugin's own state next
+    /// to it (never in the machine's default directory).
     pub fn for_socket(socket: &std::path::Path) -> Self {
+        let state = socket
+            .parent()
+            .unwrap_or(std::path::Path::new("/tmp"))
+            .join("driver-state");
         PluginConfig {
             daemon_socket: Some(socket.display().to_string()),
+            driver_state_dir: Some(state.display().to_string()),
             ..PluginConfig::default()
         }
     }
@@ -97,6 +105,7 @@ impl PluginConfig {
             ("daemon", daemon),
             ("daemon_address", Value::Nil),
             ("daemon_socket", text(&self.daemon_socket)),
+            ("driver_state_dir", text(&self.driver_state_dir)),
             ("poll_interval", text(&self.poll_interval)),
             ("session_config", session),
             ("status_mode", text(&self.status_mode)),

@@ -61,9 +61,17 @@ impl NomadHost {
     /// `SetConfig` as the long-lived driver process gets it (the agent's
     /// default client port range in `nomad_config`).
     pub async fn set_config(&mut self, config: &crate::cty::PluginConfig) {
+        self.set_config_bytes(config.encode())
+            .await
+            .expect("SetConfig");
+    }
+
+    /// `SetConfig` with config bytes encoded elsewhere (for example from
+    /// HCL with the plugin's own schema); the plugin's answer.
+    pub async fn set_config_bytes(&mut self, msgpack: Vec<u8>) -> Result<(), tonic::Status> {
         self.base
             .set_config(SetConfigRequest {
-                msgpack_config: config.encode(),
+                msgpack_config: msgpack,
                 nomad_config: Some(NomadConfig {
                     driver: Some(NomadDriverConfig {
                         client_max_port: 14512,
@@ -74,7 +82,7 @@ impl NomadHost {
                 plugin_api_version: "v0.1.0".into(),
             })
             .await
-            .expect("SetConfig");
+            .map(|_| ())
     }
 
     /// The first fingerprint message.

@@ -34,7 +34,7 @@ enum Command {
     Health,
     /// Languages (and how they start), intrinsics and limits of the daemon.
     Capabilities,
-    /// Load, request counts, and warm and cold starts since the daemon started.
+    /// Load, requests served and warm/cold program starts of the daemon.
     Stats,
     /// Lists sessions.
     Sessions,
@@ -73,6 +73,12 @@ enum Command {
         /// Memory limit in MiB.
         #[arg(long, default_value_t = 0)]
         memory_mb: u64,
+        /// Intrinsics the session grants (repeatable), canonical (`console`,
+        /// `fs.read`) or original (`io`, `fs`) names. A session that
+        /// already exists with other intrinsics is refused: pick another
+        /// `--session`.
+        #[arg(long = "intrinsic")]
+        intrinsics: Vec<String>,
     },
     /// Cancels an execution.
     Cancel {
@@ -125,19 +131,12 @@ async fn main() -> anyhow::Result<()> {
             println!("daemon {} (instance {})", c.daemon_version, c.instance_id);
             for l in &c.languages {
                 if l.available {
-                    let start = match l.start_mode() {
-                        pb::StartMode::Pool => "pool",
-                        pb::StartMode::Zygote => "zygote",
-                        pb::StartMode::Cold | pb::StartMode::Unspecified => "cold",
-                    };
-                    let detail = if l.start_detail.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", l.start_detail)
-                    };
                     println!(
-                        "  language {:<10} {} {} start={start}{detail}",
-                        l.language, l.runtime, l.runtime_version
+                        "  language {:<10} {} {} start={}",
+                        l.language,
+                        l.runtime,
+                        l.runtime_version,
+                        describe_start(l)
                     );
                 } else {
                     println!(
@@ -147,15 +146,17 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             for i in &c.intrinsics {
+                let grants = i.grants.join(" + ");
+                let detail = if !i.unavailable_reason.is_empty() {
+                    format!(" (unavailable: {})", i.unavailable_reason)
+                } else if !i.multi_tenant_safe {
+                    " (not multi-tenant safe)".to_owned()
+                } else {
+                    String::new()
+                };
                 println!(
-                    "  intrinsic {:<10} {}{}",
-                    i.name,
-                    i.description,
-                    if i.multi_tenant_safe {
-                        ""
-                    } else {
-                        " (not multi-tenant safe)"
-                    }
+                    "  intrinsic {:<10} grants {:<20} {}{detail}",
+                    i.name, grants, i.description
                 );
             }
             println!("  ai available: {}", c.ai_available);
@@ -185,7 +186,7 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
             println!(
-                "  warm interpreters replaced after dying: {}",
+                "  warm interpreters replaced after dying (python zygotes, node workers): {}",
                 s.zygote_restarts
             );
             for (method, n) in &s.requests {
@@ -245,6 +246,7 @@ async fn main() -> anyhow::Result<()> {
             id,
             timeout,
             memory_mb,
+            intrinsics,
         } => {
             let (code, source_name) = match (code, file) {
                 (Some(code), _) => (code, String::new()),
@@ -258,6 +260,10 @@ async fn main() -> anyhow::Result<()> {
             client
                 .create_session(pb::CreateSessionRequest {
                     session_id: session.clone(),
+                    config: Some(pb::SessionConfig {
+                        enabled_intrinsics: intrinsics,
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 })
                 .await
@@ -385,4 +391,19 @@ fn describe(s: &pb::ExecutionStatus) -> String {
         out.push_str(&format!(": {}", s.message));
     }
     out
+}
+
+/// How a language's programs start, e.g. "zygote (json,re)", "pool (node pool
+/// of 2 per daemon, 2 ready)" or "cold".
+fn describe_start(l: &pb::LanguageSupport) -> String {
+    let mode = match l.start_mode() {
+        pb::StartMode::Zygote => "zygote",
+        pb::StartMode::Pool => "pool",
+        pb::StartMode::Cold | pb::StartMode::Unspecified => "cold",
+    };
+    if l.start_detail.is_empty() {
+        mode.to_string()
+    } else {
+        format!("{mode} ({})", l.start_detail)
+    }
 }

@@ -10,6 +10,7 @@ use elide_daemon::ids::RandomIds;
 use elide_daemon::limits::Limits;
 use elide_daemon::registry::{RegistryDeps, SessionRegistry};
 use elide_daemon::runtime::process::{ProcessRuntime, ProcessRuntimeConfig, TypeScriptRunner};
+use elide_daemon::runtime::python_zygote;
 use elide_daemon::server::{serve, ListenOptions};
 use elide_daemon::service::DaemonService;
 use elide_daemon::store::FsStore;
@@ -83,6 +84,15 @@ struct Args {
     /// `elide_daemon::runtime::scripted`, for benchmarks and tests at scale).
     #[arg(long, value_enum, default_value = "process")]
     runtime: RuntimeKind,
+    /// Start python executions as forks of a zygote interpreter that has
+    /// already started and imported `--python-preload` (`false`: a fresh
+    /// `python3` per execution).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    python_warm: bool,
+    /// Modules the python zygote imports before forking, comma-separated.
+    /// A module that cannot be imported stops the daemon at start.
+    #[arg(long, value_delimiter = ',', default_values_t = python_zygote::DEFAULT_PRELOAD.iter().map(|m| m.to_string()))]
+    python_preload: Vec<String>,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -144,18 +154,34 @@ async fn main() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)
         .context("checking the limits")?;
     let runtime: Arc<dyn elide_daemon::runtime::Runtime> = match args.runtime {
-        RuntimeKind::Process => Arc::new(ProcessRuntime::discover(&ProcessRuntimeConfig {
-            python: args.python.clone(),
-            node: args.node.clone(),
-            elide: args.elide.clone(),
-            sample_interval: secs(args.sample_interval_secs, "sample-interval-secs")?,
-            node_pool_size: args.context_pool_size,
-            runtime_dir: args.state_dir.join("runtime"),
-            typescript: match args.typescript {
-                TypeScriptKind::Builtin => TypeScriptRunner::Builtin,
-                TypeScriptKind::Elide => TypeScriptRunner::Elide,
-            },
-        })),
+        RuntimeKind::Process => {
+            let runtime = ProcessRuntime::discover(&ProcessRuntimeConfig {
+                python: args.python.clone(),
+                node: args.node.clone(),
+                elide: args.elide.clone(),
+                sample_interval: secs(args.sample_interval_secs, "sample-interval-secs")?,
+                node_pool_size: args.context_pool_size,
+                runtime_dir: args.state_dir.join("runtime"),
+                typescript: match args.typescript {
+                    TypeScriptKind::Builtin => TypeScriptRunner::Builtin,
+                    TypeScriptKind::Elide => TypeScriptRunner::Elide,
+                },
+            });
+            let runtime = if args.python_warm {
+                let preload = args
+                    .python_preload
+                    .iter()
+                    .map(|m| m.trim().to_string())
+                    .filter(|m| !m.is_empty())
+                    .collect();
+                runtime
+                    .with_python_zygote(preload)
+                    .context("starting warm python (--python-warm=false turns it off)")?
+            } else {
+                runtime
+            };
+            Arc::new(runtime)
+        }
         RuntimeKind::Scripted => Arc::new(elide_daemon::runtime::scripted::ScriptedRuntime),
     };
     std::fs::create_dir_all(&args.state_dir)

@@ -5,10 +5,15 @@
 //! implementation ([`process::ProcessRuntime`]) runs interpreters as child
 //! processes; a simulation supplies its own.
 
+pub mod child_reaper;
 pub mod node_pool;
 pub mod process;
+pub mod python_zygote;
 pub mod scripted;
+pub mod start_counters;
 pub mod typescript;
+
+pub use start_counters::{StartCounters, StartStats};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -119,33 +124,23 @@ pub struct LanguageRuntime {
     pub unavailable_reason: Option<String>,
     /// How its programs start.
     pub start_mode: StartMode,
-    /// What stands behind `start_mode` (for a pool: its size and how many
-    /// workers are booted and waiting).
+    /// What stands behind `start_mode`: for [`StartMode::Zygote`] the
+    /// preloaded modules (comma-separated); for [`StartMode::Pool`] the pool
+    /// size and how many workers are booted and waiting (after what
+    /// transpiles typescript, when the daemon does); empty otherwise.
     pub start_detail: String,
 }
 
 /// How a language's programs start.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartMode {
-    /// A fresh interpreter process per program.
-    #[default]
+    /// A fresh interpreter process per execution.
     Cold,
-    /// A fork of a long-lived, pre-initialised interpreter.
+    /// A fork of a long-lived interpreter that has already started and
+    /// imported its preload set.
     Zygote,
     /// A pre-started interpreter from a pool, used once.
     Pool,
-}
-
-/// How many programs started warm and cold, by language, since the runtime
-/// was created.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StartCounts {
-    /// Programs started on a pre-started interpreter.
-    pub warm: BTreeMap<Language, u64>,
-    /// Programs started on a fresh interpreter.
-    pub cold: BTreeMap<Language, u64>,
-    /// Pre-started interpreters that died while waiting and were replaced.
-    pub restarts: u64,
 }
 
 /// Errors of a runtime.
@@ -191,9 +186,9 @@ pub trait Runtime: Send + Sync + 'static {
     }
     /// Starts a program.
     fn spawn(&self, spec: ProgramSpec) -> Result<Program, RuntimeError>;
-    /// Warm and cold starts so far (a runtime without warm starts counts
+    /// Warm and cold starts so far (a runtime without warm starts reports
     /// nothing).
-    fn start_counts(&self) -> StartCounts {
-        StartCounts::default()
+    fn start_stats(&self) -> StartStats {
+        StartStats::default()
     }
 }

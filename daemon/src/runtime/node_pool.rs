@@ -14,7 +14,14 @@
 //! The pool keeps `size` workers booted or booting. Taking one wakes the
 //! refill task, which boots a replacement in the background. An empty pool
 //! is never an error and never a wait: the program starts cold. A worker
-//! found dead while it waited is replaced and counted (`restarts`).
+//! found dead while it waited is replaced and counted as a restart in the
+//! runtime's [`StartCounters`] (the same counter a replaced python zygote
+//! adds to).
+//!
+//! Workers are registered with [`child_reaper`] from the moment they are
+//! spawned, so when the daemon is a child subreaper (warm python) its
+//! orphan scan never reaps a worker (or the program it became) before tokio
+//! waits for it.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
@@ -28,6 +35,8 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
+
+use super::{child_reaper, StartCounters};
 
 /// The worker's bootstrap script.
 const WORKER_SCRIPT: &str = include_str!("node_worker.js");
@@ -61,6 +70,8 @@ pub struct NodePoolConfig {
     pub node: PathBuf,
     /// Directory the bootstrap script is written to.
     pub script_dir: PathBuf,
+    /// Where replaced workers are counted.
+    pub counters: Arc<StartCounters>,
 }
 
 /// The job a worker runs, as it reads it on fd 3.
@@ -109,9 +120,11 @@ impl Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        // A worker that was never handed a job has nothing to finish.
+        // A worker that was never handed a job has nothing to finish; tokio
+        // reaps it (or, once forgotten, the orphan scan does).
         if self.child.is_some() {
             let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
+            child_reaper::forget(self.pgid);
         }
     }
 }
@@ -120,7 +133,6 @@ impl Drop for Worker {
 struct PoolState {
     ready: VecDeque<Worker>,
     booting: usize,
-    restarts: u64,
     refilling: bool,
 }
 
@@ -171,11 +183,6 @@ impl NodePool {
         self.lock().ready.len()
     }
 
-    /// Waiting workers that died and were replaced.
-    pub fn restarts(&self) -> u64 {
-        self.lock().restarts
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -203,7 +210,7 @@ impl NodePool {
         let mut taken = None;
         while let Some(mut worker) = state.ready.pop_front() {
             if worker.has_died() {
-                state.restarts += 1;
+                self.config.counters.restart();
                 tracing::warn!(
                     pid = worker.pid(),
                     "a pooled node worker died while waiting; replacing it"
@@ -232,7 +239,9 @@ impl NodePool {
             }
             !dead
         });
-        state.restarts += (before - state.ready.len()) as u64;
+        for _ in state.ready.len()..before {
+            self.config.counters.restart();
+        }
     }
 
     fn spawn_worker(
@@ -264,12 +273,16 @@ impl NodePool {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
             });
         }
+        // Registered before the orphan scan can see it (tokio waits for it,
+        // and for the program it becomes).
+        let mut owned = child_reaper::hold();
         let child = cmd.spawn()?;
         drop(theirs);
         let pid = child
             .id()
             .map(|p| p as i32)
             .ok_or_else(|| std::io::Error::other("the worker exited before it got a pid"))?;
+        owned.register(pid);
         Ok((child, pid, ours))
     }
 

@@ -4,7 +4,8 @@
 //! * python runs as `python3 -u FILE ARGS…`, javascript as `node FILE ARGS…`
 //!   (on a pre-started worker of the [`NodePool`] when one is waiting),
 //!   typescript as javascript after [`typescript::transpile`] (or, when so
-//!   configured, as `elide run FILE ARGS…`).
+//!   configured, as `elide run FILE ARGS…`); with warm python on, python
+//!   runs as a fork of the [`PythonZygote`] instead when it is ready.
 //! * The snippet is written to a file in the execution's scratch directory,
 //!   so tracebacks name a file and large snippets avoid argv limits.
 //! * Signals go to the whole process group. When the interpreter exits, any
@@ -28,9 +29,10 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
 use super::node_pool::{self, Job, NodePool, NodePoolConfig};
+use super::python_zygote::{PythonZygote, WarmChild, ZygoteError};
 use super::{
-    typescript, ExitInfo, LanguageRuntime, Metrics, Program, ProgramControl, ProgramEvent,
-    ProgramSpec, Runtime, RuntimeError, StartCounts, StartMode,
+    child_reaper, typescript, ExitInfo, LanguageRuntime, Metrics, Program, ProgramControl,
+    ProgramEvent, ProgramSpec, Runtime, RuntimeError, StartCounters, StartMode, StartStats,
 };
 use crate::language::Language;
 use crate::output::Stream;
@@ -103,19 +105,23 @@ pub struct ProcessRuntime {
     sample_interval: Duration,
     typescript: TypeScriptRunner,
     node_pool: Option<Arc<NodePool>>,
-    counts: Arc<Mutex<StartCounts>>,
+    /// Warm python, when enabled.
+    python_zygote: Option<PythonZygote>,
+    counters: Arc<StartCounters>,
 }
 
 impl ProcessRuntime {
     /// Looks for the interpreters (runs each with `--version`).
     /// Starts the node pool when one is configured and node was found.
     pub fn discover(config: &ProcessRuntimeConfig) -> Self {
+        let counters = Arc::<StartCounters>::default();
         let node = probe(&config.node, Language::JavaScript);
         let node_pool = match &node {
             Ok(interp) if config.node_pool_size > 0 => match NodePool::new(NodePoolConfig {
                 size: config.node_pool_size,
                 node: interp.path.clone(),
                 script_dir: config.runtime_dir.clone(),
+                counters: counters.clone(),
             }) {
                 Ok(pool) => {
                     pool.ensure_refilling();
@@ -140,8 +146,29 @@ impl ProcessRuntime {
             sample_interval: config.sample_interval,
             typescript: config.typescript,
             node_pool,
-            counts: Arc::default(),
+            python_zygote: None,
+            counters,
         }
+    }
+
+    /// Starts python executions as forks of a zygote that has imported
+    /// `preload` (see `python_zygote`). A preload module that cannot be
+    /// imported is an error naming it. Without a python interpreter there is
+    /// nothing to warm and python stays unavailable.
+    pub fn with_python_zygote(mut self, preload: Vec<String>) -> Result<Self, ZygoteError> {
+        if let Ok(python) = &self.python {
+            self.python_zygote = Some(PythonZygote::start(
+                &python.path,
+                preload,
+                self.counters.clone(),
+            )?);
+        }
+        Ok(self)
+    }
+
+    /// The python zygote's pid, while one is ready.
+    pub fn python_zygote_pid(&self) -> Option<i32> {
+        self.python_zygote.as_ref().and_then(PythonZygote::pid)
     }
 
     fn interpreter(&self, language: Language) -> &Result<Interpreter, String> {
@@ -161,6 +188,9 @@ impl ProcessRuntime {
 
     /// How `language` starts, and what stands behind it.
     fn start_mode(&self, language: Language) -> (StartMode, String) {
+        if let (Language::Python, Some(zygote)) = (language, &self.python_zygote) {
+            return (StartMode::Zygote, zygote.preload().join(","));
+        }
         let transpiled =
             if language == Language::TypeScript && self.typescript == TypeScriptRunner::Builtin {
                 format!("transpiled in the daemon by {}", typescript::TRANSPILER)
@@ -325,16 +355,6 @@ impl Runtime for ProcessRuntime {
         false
     }
 
-    fn start_counts(&self) -> StartCounts {
-        let mut counts = self
-            .counts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        counts.restarts = self.node_pool.as_ref().map_or(0, |pool| pool.restarts());
-        counts
-    }
-
     fn check_working_dir(&self, dir: &str) -> Result<(), String> {
         if dir.is_empty() {
             return Ok(());
@@ -380,61 +400,55 @@ impl Runtime for ProcessRuntime {
         }
         std::fs::write(&file, code.as_bytes()).map_err(|e| spawn_err("the snippet file", e))?;
 
-        let warm = self.start_warm(&spec, &file);
-        {
-            let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-            let tally = if warm.is_some() {
-                &mut counts.warm
-            } else {
-                &mut counts.cold
-            };
-            *tally.entry(spec.language).or_default() += 1;
-        }
-        let mut child = match warm {
-            Some(child) => child,
-            None => start_cold(interp, &spec, &file, self.runs_on_node(spec.language))
-                .map_err(|e| spawn_err(&interp.path.display().to_string(), e))?,
-        };
-        let pid = child.id().map(|p| p as i32).ok_or_else(|| {
-            spawn_err(
-                "the interpreter",
-                std::io::Error::other("exited before it got a pid"),
-            )
-        })?;
-        tracing::debug!(execution_id = %spec.execution_id, pid, "program started");
-
-        let (tx, rx) = mpsc::channel(64);
-        let control = Arc::new(ProcessControl::new(pid));
-        let (exited_tx, exited_rx) = tokio::sync::watch::channel(false);
-        let readers = [
-            child
-                .stdout
-                .take()
-                .map(|p| tokio::spawn(pump(p, Stream::Stdout, tx.clone(), exited_rx.clone()))),
-            child
-                .stderr
-                .take()
-                .map(|p| tokio::spawn(pump(p, Stream::Stderr, tx.clone(), exited_rx))),
-        ];
-        let sampler = tokio::spawn(sample_loop(
-            control.clone(),
-            self.sample_interval,
-            spec.memory_limit_bytes,
-            tx.clone(),
-        ));
-        let waiter_control = control.clone();
-        let scratch = spec.scratch_dir.clone();
-        tokio::spawn(async move {
-            let status = child.wait().await;
-            waiter_control.finish();
-            sampler.abort();
-            let _ = exited_tx.send(true);
-            // Every byte is delivered before the exit, however long the
-            // consumer takes; `pump` itself bounds waiting on a pipe.
-            for reader in readers.into_iter().flatten() {
-                let _ = reader.await;
+        if let (Language::Python, Some(zygote)) = (spec.language, &self.python_zygote) {
+            match zygote.fork(&spec, &file) {
+                // The zygote counts its warm starts.
+                Ok(child) => return self.watch_warm(child, spec),
+                // Cold rather than failed: the zygote is being replaced.
+                Err(e) => {
+                    tracing::info!(execution_id = %spec.execution_id, reason = %e, "starting cold")
+                }
             }
-            let info = match status {
+        }
+        let warm = self.start_warm(&spec, &file);
+        if warm.is_some() {
+            self.counters.warm_start(spec.language);
+        } else {
+            self.counters.cold_start(spec.language);
+        }
+        let (mut child, pid) = match warm {
+            // The pool registered the worker with the reaper when it spawned it.
+            Some(child) => {
+                let pid = child.id().map(|p| p as i32).ok_or_else(|| {
+                    spawn_err(
+                        "the pooled node worker",
+                        std::io::Error::other("exited before it got a pid"),
+                    )
+                })?;
+                (child, pid)
+            }
+            None => {
+                // Registered before the orphan scan can see it (tokio waits for it).
+                let mut owned = child_reaper::hold();
+                let child = start_cold(interp, &spec, &file, self.runs_on_node(spec.language))
+                    .map_err(|e| spawn_err(&interp.path.display().to_string(), e))?;
+                let pid = child.id().map(|p| p as i32).ok_or_else(|| {
+                    spawn_err(
+                        "the interpreter",
+                        std::io::Error::other("exited before it got a pid"),
+                    )
+                })?;
+                owned.register(pid);
+                (child, pid)
+            }
+        };
+        tracing::debug!(execution_id = %spec.execution_id, pid, "program started");
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let exit = async move {
+            let status = child.wait().await;
+            child_reaper::forget(pid);
+            match status {
                 Ok(s) => match (s.code(), s.signal()) {
                     (Some(code), _) => ExitInfo::Code(code),
                     (None, Some(sig)) => Signal::try_from(sig)
@@ -446,17 +460,83 @@ impl Runtime for ProcessRuntime {
                     tracing::error!(pid, error = %e, "waiting for the program failed");
                     ExitInfo::Code(-1)
                 }
-            };
+            }
+        };
+        Ok(self.watch(pid, stdout, stderr, exit, &spec))
+    }
+
+    fn start_stats(&self) -> StartStats {
+        self.counters.snapshot()
+    }
+}
+
+impl ProcessRuntime {
+    /// Follows a forked python execution exactly as a cold one.
+    fn watch_warm(&self, child: WarmChild, spec: ProgramSpec) -> Result<Program, RuntimeError> {
+        let pid = child.pid;
+        tracing::debug!(execution_id = %spec.execution_id, pid, "program forked from the python zygote");
+        let receiver = |fd| {
+            tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map_err(|e| RuntimeError::Spawn {
+                what: "the output pipes".into(),
+                source: e,
+            })
+        };
+        let stdout = receiver(child.stdout)?;
+        let stderr = receiver(child.stderr)?;
+        let exit = child.exit;
+        let exit = async move {
+            exit.await.unwrap_or_else(|_| {
+                tracing::error!(pid, "the exit status of a forked program was lost");
+                ExitInfo::Code(-1)
+            })
+        };
+        Ok(self.watch(pid, Some(stdout), Some(stderr), exit, &spec))
+    }
+
+    /// Copies a started program's output, samples it and reports its exit.
+    fn watch(
+        &self,
+        pid: i32,
+        stdout: Option<impl AsyncRead + Unpin + Send + 'static>,
+        stderr: Option<impl AsyncRead + Unpin + Send + 'static>,
+        exit: impl std::future::Future<Output = ExitInfo> + Send + 'static,
+        spec: &ProgramSpec,
+    ) -> Program {
+        let (tx, rx) = mpsc::channel(64);
+        let control = Arc::new(ProcessControl::new(pid));
+        let (exited_tx, exited_rx) = tokio::sync::watch::channel(false);
+        let readers = [
+            stdout.map(|p| tokio::spawn(pump(p, Stream::Stdout, tx.clone(), exited_rx.clone()))),
+            stderr.map(|p| tokio::spawn(pump(p, Stream::Stderr, tx.clone(), exited_rx))),
+        ];
+        let sampler = tokio::spawn(sample_loop(
+            control.clone(),
+            self.sample_interval,
+            spec.memory_limit_bytes,
+            tx.clone(),
+        ));
+        let waiter_control = control.clone();
+        let scratch = spec.scratch_dir.clone();
+        tokio::spawn(async move {
+            let info = exit.await;
+            waiter_control.finish();
+            sampler.abort();
+            let _ = exited_tx.send(true);
+            // Every byte is delivered before the exit, however long the
+            // consumer takes; `pump` itself bounds waiting on a pipe.
+            for reader in readers.into_iter().flatten() {
+                let _ = reader.await;
+            }
             // The snippet file is only needed while the program runs.
             if let Err(e) = std::fs::remove_dir_all(&scratch) {
                 tracing::debug!(pid, error = %e, "removing the scratch directory failed");
             }
             let _ = tx.send(ProgramEvent::Exited(info)).await;
         });
-        Ok(Program {
+        Program {
             events: rx,
             control,
-        })
+        }
     }
 }
 

@@ -23,7 +23,52 @@ pub struct Daemon {
     extra_args: Vec<String>,
 }
 
+/// How the daemon under test starts programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Python as forks of the zygote (the default) and javascript and
+    /// typescript on pooled, pre-started node workers
+    /// (`--context-pool-size` [`TEST_POOL_SIZE`]).
+    Warm,
+    /// A fresh interpreter per execution (`--python-warm=false
+    /// --context-pool-size 0`).
+    Cold,
+}
+
+/// Node pool size of a warm test daemon.
+pub const TEST_POOL_SIZE: usize = 2;
+
 impl Daemon {
+    /// Starts a daemon whose programs start `start`, with extra flags. A
+    /// warm one is returned once its node pool is full, so its first
+    /// programs start warm.
+    pub async fn start_as(start: Start, extra_args: &[&str]) -> Daemon {
+        let size = match start {
+            Start::Warm => TEST_POOL_SIZE.to_string(),
+            Start::Cold => "0".to_string(),
+        };
+        let mut args = vec!["--context-pool-size", size.as_str()];
+        if start == Start::Cold {
+            args.push("--python-warm=false");
+        }
+        args.extend_from_slice(extra_args);
+        let d = Daemon::start(&args).await;
+        if start == Start::Warm {
+            wait_pool_full(&mut d.client().await).await;
+        }
+        d
+    }
+
+    /// Pids of this daemon's pooled node workers that still wait for a job
+    /// (a worker that took a job runs its program's file instead).
+    pub fn waiting_workers(&self) -> Vec<i32> {
+        let script = self
+            .state_dir()
+            .join("runtime")
+            .join("elide-node-worker.js");
+        processes_with(&script.display().to_string())
+    }
+
     /// Starts a daemon with extra command-line flags.
     pub async fn start(extra_args: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
@@ -318,46 +363,6 @@ pub async fn wait_state(
     panic!("execution {id} ended without reaching {state:?}");
 }
 
-/// Which way javascript and typescript programs start in a test daemon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartPath {
-    /// On a pooled, pre-started node worker.
-    Warm,
-    /// On a fresh node process (`--context-pool-size 0`).
-    Cold,
-}
-
-/// Pool size of a warm test daemon.
-pub const TEST_POOL_SIZE: usize = 2;
-
-impl Daemon {
-    /// Starts a daemon whose node programs start on `path`; a warm one is
-    /// returned once its pool is full, so its first programs start warm.
-    pub async fn start_on(path: StartPath, extra_args: &[&str]) -> Daemon {
-        let size = match path {
-            StartPath::Warm => TEST_POOL_SIZE.to_string(),
-            StartPath::Cold => "0".to_string(),
-        };
-        let mut args = vec!["--context-pool-size", size.as_str()];
-        args.extend_from_slice(extra_args);
-        let d = Daemon::start(&args).await;
-        if path == StartPath::Warm {
-            wait_pool_full(&mut d.client().await).await;
-        }
-        d
-    }
-
-    /// Pids of this daemon's pooled node workers that still wait for a job
-    /// (a worker that took a job runs its program's file instead).
-    pub fn waiting_workers(&self) -> Vec<i32> {
-        let script = self
-            .state_dir()
-            .join("runtime")
-            .join("elide-node-worker.js");
-        processes_with(&script.display().to_string())
-    }
-}
-
 /// The javascript entry of the daemon's capabilities.
 pub async fn javascript_support(client: &mut Client) -> pb::LanguageSupport {
     client
@@ -388,6 +393,7 @@ pub async fn wait_pool_full(client: &mut Client) {
     }
 }
 
+/// The daemon's stats.
 pub async fn daemon_stats(client: &mut Client) -> pb::GetDaemonStatsResponse {
     client
         .get_daemon_stats(pb::GetDaemonStatsRequest {})
@@ -396,14 +402,19 @@ pub async fn daemon_stats(client: &mut Client) -> pb::GetDaemonStatsResponse {
         .into_inner()
 }
 
-/// Asserts that `n` programs of `language` started, all on `path`.
-pub async fn assert_started_on(client: &mut Client, path: StartPath, language: &str, n: u64) {
+/// Programs of `language` in a start count of the daemon's stats.
+pub fn count(starts: &BTreeMap<String, u64>, language: &str) -> u64 {
+    starts.get(language).copied().unwrap_or(0)
+}
+
+/// Asserts that `n` programs of `language` started, all `start`.
+pub async fn assert_started_on(client: &mut Client, start: Start, language: &str, n: u64) {
     let stats = daemon_stats(client).await;
-    let warm = stats.warm_starts.get(language).copied().unwrap_or(0);
-    let cold = stats.cold_starts.get(language).copied().unwrap_or(0);
-    let want = match path {
-        StartPath::Warm => (n, 0),
-        StartPath::Cold => (0, n),
+    let warm = count(&stats.warm_starts, language);
+    let cold = count(&stats.cold_starts, language);
+    let want = match start {
+        Start::Warm => (n, 0),
+        Start::Cold => (0, n),
     };
     assert_eq!(
         (warm, cold),
@@ -412,18 +423,63 @@ pub async fn assert_started_on(client: &mut Client, path: StartPath, language: &
     );
 }
 
-/// Runs a snippet to its end: (status, stdout, stderr).
-pub async fn run_to_end(
+/// Runs a snippet to its end: (status, stdout as raw bytes, stderr).
+pub async fn run_raw(
     c: &mut Client,
     req: pb::ExecuteSnippetRequest,
-) -> (pb::ExecutionStatus, String, String) {
+) -> (pb::ExecutionStatus, Vec<u8>, String) {
     let (session, id) = (req.session_id.clone(), req.execution_id.clone());
     execute(c, req).await;
     let status = wait_terminal(c, &session, &id).await;
     let out = read_output(c, &session, &id, (0, 0), false).await;
     (
         status,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.stdout,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs a snippet to its end: (status, stdout, stderr).
+pub async fn run_to_end(
+    c: &mut Client,
+    req: pb::ExecuteSnippetRequest,
+) -> (pb::ExecutionStatus, String, String) {
+    let (status, stdout, stderr) = run_raw(c, req).await;
+    (
+        status,
+        String::from_utf8_lossy(&stdout).into_owned(),
+        stderr,
+    )
+}
+
+/// Streams stdout (following) until it contains `needle`.
+pub async fn wait_for_stdout(client: &mut Client, session: &str, id: &str, needle: &str) {
+    let mut stream = client
+        .stream_output(pb::StreamOutputRequest {
+            session_id: session.into(),
+            execution_id: id.into(),
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(30), stream.next())
+        .await
+        .expect("no output")
+    {
+        if let Some(pb::output_event::Event::Chunk(c)) = ev.unwrap().event {
+            if c.stream() == pb::OutputStream::Stdout {
+                seen.extend(c.data);
+                if String::from_utf8_lossy(&seen).contains(needle) {
+                    return;
+                }
+            }
+        }
+    }
+    panic!(
+        "stdout ended without {needle:?}: {:?}",
+        String::from_utf8_lossy(&seen)
+    );
 }

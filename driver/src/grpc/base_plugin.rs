@@ -59,6 +59,11 @@ impl BasePlugin for BasePluginService {
         // here needs it yet.
         match self.driver.set_config(&request.msgpack_config) {
             Ok(config) => {
+                // Only the long-lived plugin process (the agent's validation
+                // process gets no nomad_config) resumes unconfirmed deletes.
+                if request.nomad_config.is_some() {
+                    self.driver.tasks().resume(&config);
+                }
                 tracing::info!(
                     daemon = %config.daemon,
                     api_version = %request.plugin_api_version,

@@ -389,9 +389,10 @@ impl Driver for DriverService {
         request: Request<DestroyTaskRequest>,
     ) -> Result<Response<DestroyTaskResponse>, Status> {
         let request = request.into_inner();
+        let config = self.driver.config();
         self.driver
             .tasks()
-            .destroy(&request.task_id, request.force)
+            .destroy(config.as_deref(), &request.task_id, request.force)
             .await
             .map_err(task_status)?;
         Ok(Response::new(DestroyTaskResponse {}))

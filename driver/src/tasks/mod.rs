@@ -13,12 +13,13 @@
 pub mod backoff;
 pub mod driver_state;
 pub mod exit;
+pub mod intents;
 pub mod output;
 pub mod request;
 pub mod stats;
 pub mod status_feed;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -37,13 +38,12 @@ use crate::host::Host;
 use crate::plugin_config::{DaemonEndpoint, PluginConfig};
 use crate::task_config::ElideTaskConfig;
 
-use backoff::Backoff;
-
 pub use driver_state::{DriverState, DRIVER_STATE_VERSION};
 pub use exit::ExitOutcome;
 pub use stats::ResourceSample;
 pub use status_feed::{Observed, StatusHub};
 
+use intents::{keep_stopping, reap, DeleteJournal, PendingDelete, Reap, StopFile, StopRequest};
 use output::{OffsetsFile, OutputForwarder};
 
 /// After the terminal status, how long the output forwarder may take to
@@ -173,11 +173,38 @@ struct Task {
     started_instant: Instant,
     exit: watch::Receiver<Option<ExitOutcome>>,
     _supervisor: AbortOnDrop<()>,
+    /// Keeps asking the daemon to stop the program while it cannot be
+    /// reached ([`keep_stopping`]); ends with the task.
+    stopper: Mutex<Option<AbortOnDrop<()>>>,
 }
 
 impl Task {
     fn outcome(&self) -> Option<ExitOutcome> {
         self.exit.borrow().clone()
+    }
+
+    fn stop_file(&self, files: &Arc<dyn crate::host::StateFiles>) -> StopFile {
+        StopFile::of(
+            &self.state.task_dir,
+            &self.state.execution_id,
+            files.clone(),
+        )
+    }
+
+    /// Records `stop` in the task dir and makes sure the daemon gets it:
+    /// a background stopper retries until the daemon confirms or the task
+    /// has exited (replacing an earlier one).
+    fn keep_stopping(&self, files: &Arc<dyn crate::host::StateFiles>, stop: StopRequest) {
+        self.stop_file(files).write(&stop);
+        let stopper = tokio::spawn(keep_stopping(
+            self.id.clone(),
+            self.session.link.clone(),
+            self.state.session_id.clone(),
+            self.state.execution_id.clone(),
+            stop,
+            self.exit.clone(),
+        ));
+        *self.stopper.lock().unwrap_or_else(|p| p.into_inner()) = Some(AbortOnDrop(stopper));
     }
 }
 
@@ -199,6 +226,10 @@ pub struct TaskManager {
     /// applied if the task is recovered. Keyed by task id, with the order of
     /// arrival for the size limit.
     pending_stops: Mutex<BTreeMap<String, (u64, String, Duration)>>,
+    /// Deletes the daemon has not confirmed, kept across plugin restarts.
+    journal: Arc<DeleteJournal>,
+    /// Executions a [`reap`] is under way for (one each).
+    reaping: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl TaskManager {
@@ -207,11 +238,13 @@ impl TaskManager {
     pub fn new(events: broadcast::Sender<TaskEvent>, dialers: DialerFactory, host: Host) -> Self {
         TaskManager {
             dialers,
-            host,
             contexts: tokio::sync::Mutex::default(),
             tasks: Mutex::default(),
             events,
             pending_stops: Mutex::default(),
+            journal: Arc::new(DeleteJournal::new(host.files.clone())),
+            reaping: Arc::default(),
+            host,
         }
     }
 
@@ -466,6 +499,7 @@ impl TaskManager {
             started_instant: Instant::now(),
             exit: exit_rx,
             _supervisor: AbortOnDrop(supervisor),
+            stopper: Mutex::default(),
         });
         let mut table = self.table();
         if table.contains_key(&task.id) {
@@ -560,13 +594,16 @@ impl TaskManager {
             .pending_stops
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&task.id);
-        if let Some((_, signal, grace)) = pending {
-            // Nomad asked to stop it before it was recovered.
-            let recovered = self.task(&task.id)?;
-            tracing::info!(task_id = %task.id, signal, "applying a stop that came before the recovery");
-            if let Err(e) = cancel(&recovered, &signal, grace).await {
-                tracing::warn!(task_id = %task.id, error = %e, "could not apply the earlier stop");
+            .remove(&task.id)
+            .map(|(_, signal, grace)| StopRequest::new(&signal, grace));
+        let recovered = self.task(&task.id)?;
+        // A stop asked of this process before the recovery, or of an
+        // earlier one (recorded in the task dir): applied until the daemon
+        // confirms it, however long it cannot be reached.
+        if let Some(stop) = pending.or_else(|| recovered.stop_file(&self.host.files).read()) {
+            if recovered.outcome().is_none() {
+                tracing::info!(task_id = %task.id, signal = %stop.signal, "applying a stop that came before the recovery");
+                recovered.keep_stopping(&self.host.files, stop);
             }
         }
         Ok(())
@@ -625,6 +662,10 @@ impl TaskManager {
         if task.outcome().is_some() {
             return Ok(());
         }
+        // Recorded first, so a plugin restarted before the daemon confirms
+        // still applies it when the task is recovered.
+        task.stop_file(&self.host.files)
+            .write(&StopRequest::new(signal, grace));
         let link = &task.session.link;
         let mut cancelled = cancel(&task, signal, grace).await;
         if let Err(e) = &cancelled {
@@ -654,11 +695,16 @@ impl TaskManager {
                     .mark_lost(&task.state.execution_id, &e.to_string());
             }
             Err(e) => {
+                // Nomad retries a failed stop only a few times, then waits
+                // for the exit with no limit: keep asking in the background.
+                if e.is_transport() {
+                    task.keep_stopping(&self.host.files, StopRequest::new(signal, grace));
+                }
                 return Err(daemon_error(
                     &format!("stopping task {task_id:?}"),
                     link.target(),
                     &e,
-                ))
+                ));
             }
         }
         tracing::info!(task_id, signal, ?grace, "stopping task");
@@ -735,15 +781,47 @@ impl TaskManager {
     /// removes its execution from the daemon and forgets it. Unknown ids
     /// are fine; idempotent.
     ///
-    /// Nomad ignores DestroyTask errors, so failing while the daemon is
-    /// unreachable would only orphan the execution. Instead the task is
-    /// forgotten at once and a background [`reap`] keeps deleting the
-    /// execution, with back-off, until the daemon confirms it is gone.
+    /// Nomad calls it once and ignores its errors, so failing while the
+    /// daemon is unreachable would only orphan the execution. Instead the
+    /// delete is journaled ([`DeleteJournal`]), the task is forgotten at
+    /// once and a background [`reap`] keeps deleting the execution, with
+    /// back-off, until the daemon confirms it is gone; a plugin restarted
+    /// meanwhile resumes it from the journal ([`TaskManager::resume`]).
     /// The call waits up to [`DESTROY_WAIT_LIMIT`] for that confirmation,
     /// so with a healthy daemon nothing runs any more when it returns.
-    pub async fn destroy(&self, task_id: &str, force: bool) -> Result<(), TaskError> {
+    ///
+    /// A task this plugin does not hold (destroyed after a plugin restart
+    /// before it was recovered, or never recovered) may still have an
+    /// execution: the one its id maps to, in the configured session, which
+    /// is deleted the same way.
+    pub async fn destroy(
+        &self,
+        config: Option<&PluginConfig>,
+        task_id: &str,
+        force: bool,
+    ) -> Result<(), TaskError> {
         let Ok(task) = self.task(task_id) else {
-            tracing::debug!(task_id, "DestroyTask for an unknown task");
+            let entry = PendingDelete {
+                task_id: task_id.to_owned(),
+                daemon: config.map(|c| c.daemon.to_string()),
+                session_id: config.map(|c| self.session_id_for(c)),
+                execution_id: identity::execution_id(task_id),
+                // It may still run: killing a finished one is harmless.
+                running: true,
+            };
+            self.journal.add(entry.clone());
+            match config {
+                Some(config) => {
+                    tracing::debug!(task_id, execution_id = %entry.execution_id, "DestroyTask for a task not held; deleting the execution its id maps to");
+                    let reaping = self.start_reap(config, entry);
+                    self.await_reap(task_id, reaping).await;
+                }
+                // Deleted once SetConfig names the daemon (from the journal).
+                None => tracing::debug!(
+                    task_id,
+                    "DestroyTask before SetConfig; the delete is applied once configured"
+                ),
+            }
             return Ok(());
         };
         let running = task.outcome().is_none();
@@ -752,28 +830,91 @@ impl TaskManager {
                 "task {task_id:?} is still running; stop it first or destroy with force"
             )));
         }
-        let target = Reap {
+        let entry = PendingDelete {
             task_id: task_id.to_owned(),
-            link: task.session.link.clone(),
-            session_id: task.state.session_id.clone(),
+            daemon: task.state.daemon.clone(),
+            session_id: Some(task.state.session_id.clone()),
             execution_id: task.state.execution_id.clone(),
             running,
         };
-        let mut reaping = tokio::spawn(reap(target));
+        self.journal.add(entry.clone());
+        let reaping = self.spawn_reap(task.session.link.clone(), entry);
         task.session.hub.unregister(&task.state.execution_id);
         OffsetsFile::at(task.state.offsets_file.clone(), self.host.files.clone()).remove();
+        task.stop_file(&self.host.files).remove();
         self.table().remove(task_id);
+        self.await_reap(task_id, reaping).await;
+        Ok(())
+    }
+
+    /// Waits up to [`DESTROY_WAIT_LIMIT`] for a reap.
+    async fn await_reap(&self, task_id: &str, reaping: Option<JoinHandle<()>>) {
+        let Some(mut reaping) = reaping else { return };
         match tokio::time::timeout(DESTROY_WAIT_LIMIT, &mut reaping).await {
             Ok(_) => tracing::info!(task_id, "task destroyed"),
             Err(_) => tracing::warn!(
                 task_id,
-                execution_id = %task.state.execution_id,
-                daemon = %task.session.link.target(),
                 waited = ?DESTROY_WAIT_LIMIT,
                 "task forgotten, but the daemon has not confirmed its execution is gone; still deleting it in the background"
             ),
         }
-        Ok(())
+    }
+
+    /// After `SetConfig`: resumes every delete in the journal under
+    /// `config.driver_state_dir` (left by an earlier plugin process, or
+    /// asked of this one before it was configured).
+    pub fn resume(&self, config: &PluginConfig) {
+        for entry in self.journal.open(&config.driver_state_dir) {
+            tracing::info!(task_id = %entry.task_id, execution_id = %entry.execution_id, "resuming the delete of a destroyed task's execution");
+            self.start_reap(config, entry);
+        }
+    }
+
+    /// A reap of `entry` on its daemon (the configured one if it names none).
+    fn start_reap(
+        &self,
+        config: &PluginConfig,
+        mut entry: PendingDelete,
+    ) -> Option<JoinHandle<()>> {
+        let daemon = entry
+            .daemon
+            .as_deref()
+            .and_then(DaemonEndpoint::parse)
+            .unwrap_or_else(|| config.daemon.clone());
+        if entry.session_id.is_none() {
+            entry.session_id = Some(self.session_id_for(config));
+        }
+        self.spawn_reap(DaemonLink::to_endpoint(&self.dialers, &daemon), entry)
+    }
+
+    /// Starts a [`reap`] unless one is under way for the execution; the
+    /// journal entry goes once it ends.
+    fn spawn_reap(&self, link: DaemonLink, entry: PendingDelete) -> Option<JoinHandle<()>> {
+        let execution_id = entry.execution_id.clone();
+        if !self
+            .reaping
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(execution_id.clone())
+        {
+            return None;
+        }
+        let (journal, reaping) = (self.journal.clone(), self.reaping.clone());
+        let target = Reap {
+            task_id: entry.task_id,
+            link,
+            session_id: entry.session_id.unwrap_or_default(),
+            execution_id: execution_id.clone(),
+            running: entry.running,
+        };
+        Some(tokio::spawn(async move {
+            reap(target).await;
+            journal.remove(&execution_id);
+            reaping
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&execution_id);
+        }))
     }
 
     /// `SignalTask`: delivers a signal by name.
@@ -877,84 +1018,6 @@ impl TaskManager {
         self.table()
             .get(task_id)
             .map(|t| (t.alloc_id.clone(), t.name.clone()))
-    }
-}
-
-/// An execution to delete from the daemon after `DestroyTask`.
-struct Reap {
-    task_id: String,
-    link: DaemonLink,
-    session_id: String,
-    execution_id: String,
-    /// Whether it was still running when destroyed (then it is killed).
-    running: bool,
-}
-
-/// Deletes a destroyed task's execution, retrying with back-off (from
-/// [`REAP_FIRST_DELAY`] doubling to [`REAP_MAX_DELAY`]) for as long as the
-/// daemon cannot be reached, and returns once it confirms the execution is
-/// gone (`NOT_FOUND` counts). Only an error a retry cannot fix ends it
-/// early, with a warning.
-async fn reap(target: Reap) {
-    let Reap {
-        task_id,
-        link,
-        session_id,
-        execution_id,
-        running,
-    } = target;
-    let delete = |force: bool| pb::DeleteExecutionRequest {
-        session_id: session_id.clone(),
-        execution_id: execution_id.clone(),
-        force,
-    };
-    let mut backoff = Backoff::between(REAP_FIRST_DELAY, REAP_MAX_DELAY);
-    // A running execution is killed first; the daemon answers once the
-    // program is gone. Forcing is harmless if it has ended meanwhile.
-    let mut killed = !running;
-    let mut attempts: u64 = 0;
-    loop {
-        attempts += 1;
-        let result = if killed {
-            // Forgets the (now terminal) execution; right after a forced
-            // delete the daemon may still hold the record for a moment.
-            link.unary(delete(false), |mut c, r| async move {
-                c.delete_execution(r).await
-            })
-            .await
-        } else {
-            link.unary_within(FORCE_DELETE_TIMEOUT, delete(true), |mut c, r| async move {
-                c.delete_execution(r).await
-            })
-            .await
-        };
-        match result {
-            Ok(_) if !killed => killed = true,
-            Ok(_) => break,
-            Err(e) if e.is_not_found() => break,
-            Err(e) if e.is_transport() || e.code() == tonic::Code::FailedPrecondition => {
-                if e.code() == tonic::Code::FailedPrecondition {
-                    // Still running after all (the driver had given up on
-                    // following it): kill it on the next attempt.
-                    killed = false;
-                }
-                let delay = backoff.next_delay();
-                tracing::warn!(task_id, execution_id, attempts, error = %e, retry_in = ?delay, "could not delete the destroyed task's execution; retrying");
-                tokio::time::sleep(delay).await;
-            }
-            Err(e) => {
-                tracing::warn!(task_id, execution_id, error = %e, "the daemon refused to delete the destroyed task's execution; giving up");
-                return;
-            }
-        }
-    }
-    if attempts > 1 {
-        tracing::info!(
-            task_id,
-            execution_id,
-            attempts,
-            "the destroyed task's execution is gone from the daemon"
-        );
     }
 }
 

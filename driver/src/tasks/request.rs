@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use elide_proto::elide::daemon::v1 as pb;
 use elide_proto::hashicorp::nomad::plugins::drivers::proto::TaskConfig;
+use elide_proto::intrinsics;
 
 use crate::cty::ConfigError;
 use crate::plugin_config::PluginConfig;
@@ -61,21 +62,15 @@ pub fn execute_request(
             ));
         }
     }
-    let session_intrinsics = plugin
-        .session
-        .enabled_intrinsics
-        .clone()
-        .unwrap_or_default();
     if let Some(asked) = &config.opts.intrinsics {
-        if let Some(extra) = asked.iter().find(|i| !session_intrinsics.contains(i)) {
-            return Err(ConfigError::invalid(
-                "elide_opts.intrinsics",
-                format!(
-                    "{extra:?} is not enabled on this client (session_config.enabled_intrinsics: {})",
-                    if session_intrinsics.is_empty() { "none".to_owned() } else { session_intrinsics.join(", ") }
-                ),
-            ));
-        }
+        check_intrinsics(
+            asked,
+            plugin
+                .session
+                .enabled_intrinsics
+                .as_deref()
+                .unwrap_or_default(),
+        )?;
     }
     if config.opts.enable_ai == Some(true) && plugin.session.enable_ai != Some(true) {
         return Err(ConfigError::invalid(
@@ -128,6 +123,32 @@ pub fn execute_request(
         // read fast enough is slowed down rather than losing output.
         output_backpressure: true,
     })
+}
+
+/// `elide_opts.intrinsics` may only ask for what the session grants,
+/// compared by grants so either spelling works on either side (`fs.read`
+/// under a session with `fs`, `io` under one with `console`). Both lists
+/// were validated when decoded.
+fn check_intrinsics(asked: &[String], session: &[String]) -> Result<(), ConfigError> {
+    let field = "elide_opts.intrinsics";
+    let grants = |names: &[String]| {
+        intrinsics::grants_of(names.iter().map(String::as_str))
+            .map_err(|e| ConfigError::invalid(field, e.to_string()))
+    };
+    let session_grants = grants(session)?;
+    for name in asked {
+        let wanted = grants(std::slice::from_ref(name))?;
+        if let Some(missing) = wanted.iter().find(|g| !session_grants.contains(g)) {
+            return Err(ConfigError::invalid(
+                field,
+                format!(
+                    "{name:?} grants {missing}, which is not enabled on this client (session_config.enabled_intrinsics: {})",
+                    if session.is_empty() { "none".to_owned() } else { session.join(", ") }
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The execution's memory limit: what Nomad granted, narrowed by
@@ -281,5 +302,30 @@ mod tests {
         js.language = Language::JavaScript;
         let err = execute_request(&task(0, 0), &js, &plugin, "s", "e").unwrap_err();
         assert_eq!(err.field(), Some("elide_opts.intrinsics"));
+    }
+
+    #[test]
+    fn task_intrinsics_narrow_by_what_names_grant() {
+        let session = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        let asked = session;
+        check_intrinsics(&asked(&["io", "env"]), &session(&["io", "env"])).unwrap();
+        check_intrinsics(&asked(&["console"]), &session(&["io"])).unwrap();
+        check_intrinsics(&asked(&["io"]), &session(&["console"])).unwrap();
+        check_intrinsics(&asked(&["fs.read"]), &session(&["fs"])).unwrap();
+        let err = check_intrinsics(&asked(&["fs"]), &session(&["fs.read", "io"])).unwrap_err();
+        assert_eq!(err.field(), Some("elide_opts.intrinsics"));
+        assert!(
+            err.to_string().contains(
+                "\"fs\" grants fs.write, which is not enabled on this client (session_config.enabled_intrinsics: fs.read, io)"
+            ),
+            "{err}"
+        );
+        let err = check_intrinsics(&asked(&["http"]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"http\" grants net") && err.contains("none"),
+            "{err}"
+        );
     }
 }

@@ -1,0 +1,278 @@
+# The python zygote of elide-daemon (embedded in the daemon binary).
+#
+# Started as `python3 -u -c THIS CONTROL_FD REPORT_FD PRELOAD` with an empty
+# environment, stdin /dev/null and cwd "/". It imports the preload set, says
+# "ready" on the control socket, then serves fork requests one at a time.
+# It never runs user code: only the forked children do.
+#
+# Control socket (SOCK_STREAM, daemon <-> zygote):
+#   request:  8-byte big-endian body length, sent with SCM_RIGHTS
+#             [stdout_w, stderr_w, go_r], then a JSON body
+#             {"argv": [...], "env": {...}, "cwd": "...", "file": "..."}
+#   reply:    one JSON line: {"pid": N} or {"error": "..."}
+# Report pipe (zygote -> daemon): one line per ended child, "PID exit CODE"
+# or "PID signal SIGNO", written BEFORE the child is reaped, so the status is
+# either in the pipe or the child is still unreaped (and, when the zygote
+# dies, adopted by the daemon, which is a child subreaper and waits itself).
+#
+# A child blocks on go_r until the daemon writes a byte: the daemon does so
+# only once it knows the child's pid, so a child whose pid never reached the
+# daemon (the zygote died first) exits 127 without running anything.
+
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import json
+
+CONTROL_FD = int(sys.argv[1])
+REPORT_FD = int(sys.argv[2])
+PRELOAD = [m for m in sys.argv[3].split(",") if m]
+
+control = socket.socket(fileno=CONTROL_FD)
+
+
+def send_line(obj):
+    control.sendall(json.dumps(obj).encode() + b"\n")
+
+
+for name in PRELOAD:
+    try:
+        __import__(name)
+    except BaseException as e:  # noqa: BLE001 - any failure names the module
+        send_line({"error": "preload module %r could not be imported: %s: %s"
+                   % (name, type(e).__name__, e)})
+        os._exit(3)
+
+import ctypes  # noqa: E402  (after the preload, so a failing preload is named first)
+import locale  # noqa: E402
+import threading  # noqa: E402
+import atexit  # noqa: E402
+import types  # noqa: E402
+import importlib.machinery  # noqa: E402
+
+wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+signal.set_wakeup_fd(wake_w)
+signal.signal(signal.SIGCHLD, lambda *_: None)
+children = set()
+
+
+def kill_children_and_exit(*_):
+    # PDEATHSIG: the daemon is gone. Nothing of ours may run unsupervised.
+    for pid in list(children):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    os._exit(0)
+
+
+signal.signal(signal.SIGTERM, kill_children_and_exit)
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+if os.getppid() == 1:
+    kill_children_and_exit()
+
+
+def recv_exact(n):
+    data = b""
+    while len(data) < n:
+        chunk = control.recv(n - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+
+def report_ended():
+    # Peek with WNOWAIT, report, then reap: an exit is never only in our memory.
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if info is None or info.si_pid == 0:
+            return
+        pid = info.si_pid
+        if pid in children:
+            if info.si_code == os.CLD_EXITED:
+                line = "%d exit %d\n" % (pid, info.si_status)
+            else:
+                line = "%d signal %d\n" % (pid, info.si_status)
+            os.write(REPORT_FD, line.encode())
+            children.discard(pid)
+        # Adopted orphans of earlier executions are simply reaped.
+        os.waitpid(pid, 0)
+
+
+def serve():
+    send_line({"ready": True, "pid": os.getpid()})
+    while True:
+        report_ended()
+        try:
+            readable, _, _ = select.select([CONTROL_FD, wake_r], [], [])
+        except InterruptedError:
+            continue
+        if wake_r in readable:
+            try:
+                while os.read(wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+        if CONTROL_FD not in readable:
+            continue
+        try:
+            header, fds, _, _ = socket.recv_fds(control, 8, 3)
+        except OSError:
+            os._exit(0)
+        if not header:
+            os._exit(0)  # the daemon closed the socket
+        if len(header) < 8:
+            header += recv_exact(8 - len(header))
+        (length,) = struct.unpack(">Q", header)
+        request = json.loads(recv_exact(length))
+        if len(fds) != 3:
+            for fd in fds:
+                os.close(fd)
+            send_line({"error": "expected 3 file descriptors, got %d" % len(fds)})
+            continue
+        pid = os.fork()
+        if pid == 0:
+            return run_child(request, fds)
+        try:
+            os.setpgid(pid, pid)
+        except OSError:
+            pass  # the child did it first
+        children.add(pid)
+        for fd in fds:
+            os.close(fd)
+        send_line({"pid": pid})
+
+
+def run_child(request, fds):
+    """In the forked child: become the execution, then run its script."""
+    os.setpgid(0, 0)
+    stdout_w, stderr_w, go_r = fds
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for fd in (wake_r, wake_w, REPORT_FD):
+        os.close(fd)
+    control.close()
+    if os.read(go_r, 1) != b"g":
+        os._exit(127)
+    os.close(go_r)
+
+    devnull = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(stdout_w, 1)
+    os.dup2(stderr_w, 2)
+    for fd in (devnull, stdout_w, stderr_w):
+        if fd > 2:
+            os.close(fd)
+
+    os.environ.clear()
+    os.environ.update(request["env"])
+    stdio_errors = set_locale_as_python_startup_does()
+    encoding, _, errors = os.environ.get("PYTHONIOENCODING", "").partition(":")
+    encoding = encoding or "utf-8"
+    sys.stdin = sys.__stdin__ = open(0, "r", closefd=False, encoding=encoding,
+                                     errors=errors or stdio_errors)
+    sys.stdout = sys.__stdout__ = _text_out(1, encoding, errors or stdio_errors)
+    sys.stderr = sys.__stderr__ = _text_out(2, encoding, "backslashreplace")
+
+    path = request["file"]
+    try:
+        os.chdir(request["cwd"])
+    except OSError as e:
+        sys.stderr.write("elide: cannot enter the working directory: %s\n" % e)
+        return 127
+    sys.argv = list(request["argv"])
+    show_command_line([sys.executable, "-u"] + sys.argv)
+    sys.path[0] = os.path.dirname(path)
+    if "random" in sys.modules:
+        sys.modules["random"].seed()
+
+    main = types.ModuleType("__main__")
+    main.__file__ = path
+    main.__cached__ = None
+    main.__annotations__ = {}
+    main.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
+    main.__builtins__ = __builtins__
+    sys.modules["__main__"] = main
+    try:
+        with open(path, "rb") as f:
+            source = f.read()
+        code = compile(source, path, "exec")
+        exec(code, main.__dict__)
+    except SystemExit as e:
+        return e
+    except BaseException as e:  # noqa: BLE001 - what python does for any uncaught exception
+        tb = e.__traceback__.tb_next if e.__traceback__ is not None else None
+        sys.excepthook(type(e), e.with_traceback(tb), tb)
+        if isinstance(e, KeyboardInterrupt):
+            # python exits by SIGINT after an uncaught KeyboardInterrupt.
+            threading._shutdown()
+            atexit._run_exitfuncs()
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:  # noqa: BLE001
+                    pass
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        return 1
+    return 0
+
+
+def show_command_line(argv):
+    """Rewrites our argv memory, so /proc/PID/cmdline (and ps) show the
+    command a cold run has, `python3 -u FILE ARGS`, truncated to the room the
+    zygote's own command line left (it holds this source, several KiB)."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        # Fields 48 and 49 (arg_start, arg_end); index 0 here is field 3.
+        start, end = int(fields[45]), int(fields[46])
+        size = end - start
+        title = b"".join(os.fsencode(a) + b"\0" for a in argv)[:size - 1]
+        ctypes.memmove(start, title.ljust(size, b"\0"), size)
+    except (OSError, ValueError, IndexError):
+        pass
+
+
+def set_locale_as_python_startup_does():
+    """LC_CTYPE from the execution's environment, with python's C-locale
+    coercion (PEP 538); returns the error handler python picks for stdio."""
+    try:
+        loc = locale.setlocale(locale.LC_CTYPE, "")
+    except locale.Error:
+        loc = locale.setlocale(locale.LC_CTYPE, "C")
+    if loc in ("C", "POSIX") and not os.environ.get("LC_ALL"):
+        for target in ("C.UTF-8", "C.utf8", "UTF-8"):
+            try:
+                loc = locale.setlocale(locale.LC_CTYPE, target)
+            except locale.Error:
+                continue
+            os.environ["LC_CTYPE"] = target
+            break
+    if loc in ("C", "POSIX", "C.UTF-8", "C.utf8", "UTF-8"):
+        return "surrogateescape"
+    return "strict"
+
+
+def _text_out(fd, enc, errors):
+    import io
+    raw = io.FileIO(fd, "w", closefd=False)
+    return io.TextIOWrapper(raw, encoding=enc or "utf-8", errors=errors, write_through=True)
+
+
+outcome = serve()
+# Only a forked child gets here; it ends as `python3 script.py` would, with
+# the interpreter's own finalization (threads joined, atexit, flush).
+del serve, run_child
+if isinstance(outcome, SystemExit):
+    raise outcome
+sys.exit(outcome)
