@@ -171,6 +171,9 @@ struct Connection {
     dialer: Arc<dyn Dialer>,
     /// The client, and how many times it was replaced.
     current: Mutex<(DaemonClient, u64)>,
+    /// The generation in use, announced when a connection is retired, so
+    /// streams opened on the old one stop waiting on it.
+    retired: tokio::sync::watch::Sender<u64>,
 }
 
 impl Connection {
@@ -187,6 +190,7 @@ impl Connection {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if current.1 == generation {
             *current = (client_over(self.dialer.clone()), generation + 1);
+            self.retired.send_replace(generation + 1);
             tracing::info!(daemon = %self.dialer.target(), "a call got no answer in time; dialling a fresh connection");
         }
     }
@@ -253,6 +257,7 @@ impl DaemonLink {
             connection: Arc::new(Connection {
                 dialer,
                 current: Mutex::new((client, 0)),
+                retired: tokio::sync::watch::Sender::new(0),
             }),
             target,
             call_timeout,
@@ -274,6 +279,24 @@ impl DaemonLink {
     pub fn retire_connection(&self) {
         let (_, generation) = self.connection.current();
         self.connection.replace(generation);
+    }
+
+    /// The generation of the connection calls use now (see
+    /// [`DaemonLink::retired`]).
+    pub fn generation(&self) -> u64 {
+        self.connection.current().1
+    }
+
+    /// Resolves once the connection of `generation` has been retired: a
+    /// call on it went unanswered, or a stream on it fell silent. A stream
+    /// opened on it is then most likely dead too (a partition that has
+    /// since healed leaves such connections), and is better reopened at once
+    /// than after its own heartbeat timeout.
+    pub async fn retired(&self, generation: u64) {
+        let mut current = self.connection.retired.subscribe();
+        // The sender lives as long as the link, so this only ends by the
+        // generation moving on.
+        let _ = current.wait_for(|g| *g > generation).await;
     }
 
     /// A client for opening streams (which carry no deadline; keepalive

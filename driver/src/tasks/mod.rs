@@ -1034,6 +1034,15 @@ async fn cancel(task: &Task, signal: &str, grace: Duration) -> Result<(), CallEr
 }
 
 /// `CancelExecution`: `signal` now, SIGKILL after `grace`.
+/// Deadline of one `CancelExecution` call. The daemon answers it at once
+/// (it signals and returns; the program ends later), so an unanswered
+/// cancel means a dead connection, most often one left over from a
+/// partition that has already healed. A short deadline retires it sooner,
+/// which also reopens the streams on it, so the stop goes out again and its
+/// result comes back well inside `kill_timeout` + 10 s (found by the
+/// simulation: random-faults seeds 2000255 and 2000371).
+const CANCEL_CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
 async fn cancel_execution(
     link: &DaemonLink,
     session_id: &str,
@@ -1047,10 +1056,9 @@ async fn cancel_execution(
         signal: signal.to_owned(),
         grace: Some(elide_proto::duration_to_proto(grace)),
     };
-    link.unary(
-        request,
-        |mut c, r| async move { c.cancel_execution(r).await },
-    )
+    link.unary_within(CANCEL_CALL_TIMEOUT, request, |mut c, r| async move {
+        c.cancel_execution(r).await
+    })
     .await
     .map(drop)
 }

@@ -242,6 +242,7 @@ impl OutputForwarder {
             follow: true,
             heartbeat_interval: heartbeat::requested_interval(),
         };
+        let watchdog_on = Watchdog::on(&self.link);
         let mut stream = match self
             .link
             .open_stream(request, |mut c, r| async move { c.stream_output(r).await })
@@ -255,10 +256,15 @@ impl OutputForwarder {
             }
         };
         backoff.reset();
-        let mut watchdog = Watchdog::default();
+        let mut watchdog = watchdog_on;
         loop {
             let next = match watchdog.next(&mut stream).await {
                 Next::Item(next) => next,
+                Next::Retired => {
+                    tracing::info!(execution_id = %self.execution_id, "the connection under the output stream was retired; reconnecting");
+                    self.persist(*offsets);
+                    return None;
+                }
                 Next::Silent => {
                     tracing::info!(execution_id = %self.execution_id, silent_for = ?heartbeat::HEARTBEAT_TIMEOUT, "output stream went silent; reconnecting");
                     self.link.retire_connection();

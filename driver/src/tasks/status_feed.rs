@@ -321,6 +321,7 @@ pub async fn watch_session(link: DaemonLink, hub: Arc<StatusHub>, session_id: St
             heartbeat_interval: heartbeat::requested_interval(),
         };
         let asked = hub.epoch();
+        let watchdog_on = Watchdog::on(&link);
         let opened = link
             .open_stream(request, |mut c, r| async move { c.watch_session(r).await })
             .await;
@@ -339,11 +340,18 @@ pub async fn watch_session(link: DaemonLink, hub: Arc<StatusHub>, session_id: St
                 continue;
             }
         };
-        let mut watchdog = Watchdog::default();
+        let mut watchdog = watchdog_on;
         loop {
             let message = match watchdog.next(&mut stream).await {
                 Next::Item(Some(message)) => message,
                 Next::Item(None) => break,
+                Next::Retired => {
+                    tracing::info!(
+                        session_id,
+                        "the connection under WatchSession was retired; reconnecting"
+                    );
+                    break;
+                }
                 Next::Silent => {
                     tracing::info!(session_id, silent_for = ?heartbeat::HEARTBEAT_TIMEOUT, "WatchSession went silent; reconnecting");
                     link.retire_connection();
