@@ -196,7 +196,8 @@ async fn cancel_ends_a_sleeping_snippet_and_its_children_within_the_grace(
     let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
-    let marker = format!("child-marker-{}", std::process::id());
+    // The warm and cold cases run in parallel in this process: one marker each.
+    let marker = format!("child-marker-{}-{start:?}", std::process::id());
     let code = format!(
         "import subprocess, time\nsubprocess.Popen(['python3', '-c', 'import time; time.sleep(60)', '{marker}'])\n\
          print('ready', flush=True)\ntime.sleep(60)\n"

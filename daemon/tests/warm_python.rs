@@ -338,7 +338,8 @@ async fn processes_a_snippet_forks_or_execs_die_with_it_and_are_reaped(
     let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
-    let marker = format!("elide-leftover-{}", std::process::id());
+    // The warm and cold cases run in parallel in this process: one marker each.
+    let marker = format!("elide-leftover-{}-{start:?}", std::process::id());
     // A plain child, and a grandchild whose parent exits at once (the
     // classic first half of daemonizing), both left running.
     let code = format!(
