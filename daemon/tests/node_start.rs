@@ -11,38 +11,13 @@ use elide_proto::elide::daemon::v1 as pb;
 use pb::ExecutionState as S;
 use rstest::rstest;
 use support::*;
-use tokio_stream::StreamExt;
 
 /// Follows stdout until it holds a full line; returns that line.
 async fn first_line(c: &mut Client, session: &str, id: &str) -> String {
-    let mut stream = c
-        .stream_output(pb::StreamOutputRequest {
-            session_id: session.into(),
-            execution_id: id.into(),
-            follow: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut seen = Vec::new();
-    while let Some(ev) = tokio::time::timeout(Duration::from_secs(30), stream.next())
-        .await
-        .expect("no output within 30 s")
-    {
-        if let Some(pb::output_event::Event::Chunk(ch)) = ev.unwrap().event {
-            if ch.stream() == pb::OutputStream::Stdout {
-                seen.extend(ch.data);
-                if let Some(end) = seen.iter().position(|&b| b == b'\n') {
-                    return String::from_utf8_lossy(&seen[..end]).into_owned();
-                }
-            }
-        }
-    }
-    panic!(
-        "stdout ended before a line: {:?}",
-        String::from_utf8_lossy(&seen)
-    );
+    let seen =
+        follow_stdout_until(c, session, id, "a full line", |seen| seen.contains(&b'\n')).await;
+    let end = seen.iter().position(|&b| b == b'\n').unwrap();
+    String::from_utf8_lossy(&seen[..end]).into_owned()
 }
 
 /// Waits until `check` holds, for at most 30 s.

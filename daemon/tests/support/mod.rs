@@ -452,8 +452,15 @@ pub async fn run_to_end(
     )
 }
 
-/// Streams stdout (following) until it contains `needle`.
-pub async fn wait_for_stdout(client: &mut Client, session: &str, id: &str, needle: &str) {
+/// Follows stdout until what it has seen satisfies `done` (within 30 s
+/// per chunk); returns everything seen. `what` names the wait in panics.
+pub async fn follow_stdout_until(
+    client: &mut Client,
+    session: &str,
+    id: &str,
+    what: &str,
+    done: impl Fn(&[u8]) -> bool,
+) -> Vec<u8> {
     let mut stream = client
         .stream_output(pb::StreamOutputRequest {
             session_id: session.into(),
@@ -467,19 +474,27 @@ pub async fn wait_for_stdout(client: &mut Client, session: &str, id: &str, needl
     let mut seen = Vec::new();
     while let Some(ev) = tokio::time::timeout(Duration::from_secs(30), stream.next())
         .await
-        .expect("no output")
+        .unwrap_or_else(|_| panic!("no output within 30 s while waiting for {what}"))
     {
         if let Some(pb::output_event::Event::Chunk(c)) = ev.unwrap().event {
             if c.stream() == pb::OutputStream::Stdout {
                 seen.extend(c.data);
-                if String::from_utf8_lossy(&seen).contains(needle) {
-                    return;
+                if done(&seen) {
+                    return seen;
                 }
             }
         }
     }
     panic!(
-        "stdout ended without {needle:?}: {:?}",
+        "stdout ended without {what}: {:?}",
         String::from_utf8_lossy(&seen)
     );
+}
+
+/// Streams stdout (following) until it contains `needle`.
+pub async fn wait_for_stdout(client: &mut Client, session: &str, id: &str, needle: &str) {
+    follow_stdout_until(client, session, id, &format!("{needle:?}"), |seen| {
+        String::from_utf8_lossy(seen).contains(needle)
+    })
+    .await;
 }
