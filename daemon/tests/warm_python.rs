@@ -88,6 +88,8 @@ async fn a_warm_run_sees_exactly_what_a_cold_run_sees() {
 #[rstest]
 #[case::exit_code("import sys\nsys.exit(3)", S::Exited, Some(3), "", "")]
 #[case::exit_message("import sys\nsys.exit('no way')", S::Exited, Some(1), "", "no way\n")]
+#[case::exit_code_wraps("import sys\nsys.exit(257)", S::Exited, Some(1), "", "")]
+#[case::exit_none("import sys\nsys.exit(None)", S::Exited, Some(0), "", "")]
 #[case::uncaught(
     "def f():\n    raise ValueError('boom')\nf()\n",
     S::Exited,
@@ -293,10 +295,9 @@ async fn killing_the_zygote_mid_run_loses_no_result_and_a_new_one_takes_over() {
     assert_eq!(zombies_under(d.pid() as i32), Vec::<i32>::new());
 }
 
-/// Zombie processes among `root`'s descendants.
-fn zombies_under(root: i32) -> Vec<i32> {
-    let mut parents = BTreeMap::new();
-    let mut states = BTreeMap::new();
+/// Every process: pid -> (parent pid, state letter).
+fn process_table() -> BTreeMap<i32, (i32, String)> {
+    let mut table = BTreeMap::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
@@ -309,13 +310,18 @@ fn zombies_under(root: i32) -> Vec<i32> {
             continue;
         };
         let mut fields = rest.split_whitespace();
-        let state = fields.next().unwrap_or("");
+        let state = fields.next().unwrap_or("").to_string();
         let ppid: i32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-        parents.insert(pid, ppid);
-        states.insert(pid, state.to_string());
+        table.insert(pid, (ppid, state));
     }
+    table
+}
+
+/// Zombie processes among `root`'s descendants.
+fn zombies_under(root: i32) -> Vec<i32> {
+    let table = process_table();
     let under = |mut pid: i32| {
-        while let Some(&ppid) = parents.get(&pid) {
+        while let Some(&(ppid, _)) = table.get(&pid) {
             if ppid == root {
                 return true;
             }
@@ -323,11 +329,98 @@ fn zombies_under(root: i32) -> Vec<i32> {
         }
         false
     };
-    states
+    table
         .iter()
-        .filter(|(pid, state)| state.as_str() == "Z" && under(**pid))
+        .filter(|(pid, (_, state))| state.as_str() == "Z" && under(**pid))
         .map(|(pid, _)| *pid)
         .collect()
+}
+
+/// The live children of `parent`.
+fn children_of(parent: i32) -> Vec<i32> {
+    process_table()
+        .into_iter()
+        .filter(|(_, (ppid, state))| *ppid == parent && state.as_str() != "Z")
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_spare_child_killed_while_it_waits_is_replaced_and_the_next_run_is_warm() {
+    let d = Daemon::start_as(Start::Warm, &[]).await;
+    let mut c = d.client().await;
+    create_session(&mut c, "s", Default::default()).await;
+    let (status, stdout, _) = run_raw(
+        &mut c,
+        snippet("s", "first", "python", "import os\nprint(os.getppid())"),
+    )
+    .await;
+    assert_eq!(status.exit_code, Some(0), "{status:?}");
+    let zygote: i32 = String::from_utf8_lossy(&stdout).trim().parse().unwrap();
+    // With nothing running, the zygote's children are spares, forked ahead
+    // of the next request.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let spares = loop {
+        let spares = children_of(zygote);
+        if !spares.is_empty() {
+            break spares;
+        }
+        assert!(Instant::now() < deadline, "the zygote forked no spare");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for pid in &spares {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+
+    let before = daemon_stats(&mut c).await;
+    let (status, stdout, stderr) = run_raw(
+        &mut c,
+        snippet("s", "next", "python", "import os\nprint('parent', os.getppid())"),
+    )
+    .await;
+    assert_eq!(
+        (status.state(), status.exit_code),
+        (S::Exited, Some(0)),
+        "{status:?} {stderr}"
+    );
+    assert_eq!(String::from_utf8_lossy(&stdout), format!("parent {zygote}\n"));
+    let after = daemon_stats(&mut c).await;
+    assert_eq!(
+        count(&after.warm_starts, "python"),
+        count(&before.warm_starts, "python") + 1,
+        "the run after the spare died was not warm"
+    );
+    assert_eq!(after.zygote_restarts, 0, "the zygote itself was replaced");
+    assert_eq!(zombies_under(d.pid() as i32), Vec::<i32>::new());
+}
+
+#[rstest]
+#[tokio::test]
+async fn a_scripts_own_objects_are_released_at_its_end(
+    #[values(Start::Warm, Start::Cold)] start: Start,
+) {
+    let d = Daemon::start_as(start, &[]).await;
+    let mut c = d.client().await;
+    create_session(&mut c, "s", Default::default()).await;
+    let kept = d.dir.path().join(format!("unclosed-{start:?}.txt"));
+    // A file never closed, and an object whose __del__ writes: python
+    // flushes the one and runs the other when the script's globals go.
+    let code = format!(
+        "class Noisy:\n    def __del__(self):\n        print('del ran')\n\
+         noisy = Noisy()\nf = open({kept:?}, 'w')\nf.write('all of it ' * 1000)\n\
+         print('main done')\n"
+    );
+    let (status, stdout, stderr) = run_raw(&mut c, snippet("s", "e", "python", &code)).await;
+    assert_eq!(status.exit_code, Some(0), "{status:?} {stderr}");
+    assert_eq!(String::from_utf8_lossy(&stdout), "main done\ndel ran\n");
+    assert_eq!(
+        std::fs::read_to_string(&kept).unwrap(),
+        "all of it ".repeat(1000)
+    );
 }
 
 #[rstest]

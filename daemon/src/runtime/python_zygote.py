@@ -18,6 +18,14 @@
 # A child blocks on go_r until the daemon writes a byte: the daemon does so
 # only once it knows the child's pid, so a child whose pid never reached the
 # daemon (the zygote died first) exits 127 without running anything.
+#
+# The zygote forks each child one request ahead: a spare child, forked and
+# through python's after-fork hooks and its first copy-on-write faults,
+# waits on a socketpair for the request the zygote will forward to it. A
+# request is then answered with the spare's pid at once, and the next spare
+# is forked after the reply. A spare that is gone (killed) when a request
+# comes is replaced on the spot. A spare never runs user code before its
+# request, and ends when its socketpair closes (the zygote died).
 
 import os
 import select
@@ -52,16 +60,18 @@ import threading  # noqa: E402
 import atexit  # noqa: E402
 import types  # noqa: E402
 import importlib.machinery  # noqa: E402
+import gc  # noqa: E402
 
 wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 signal.set_wakeup_fd(wake_w)
 signal.signal(signal.SIGCHLD, lambda *_: None)
 children = set()
+spare = None  # (pid, socket) of the child forked ahead of its request
 
 
 def kill_children_and_exit(*_):
     # PDEATHSIG: the daemon is gone. Nothing of ours may run unsupervised.
-    for pid in list(children):
+    for pid in list(children) + ([spare[0]] if spare else []):
         try:
             os.killpg(pid, signal.SIGKILL)
         except OSError:
@@ -75,10 +85,10 @@ if os.getppid() == 1:
     kill_children_and_exit()
 
 
-def recv_exact(n):
+def recv_exact(sock, n):
     data = b""
     while len(data) < n:
-        chunk = control.recv(n - len(data))
+        chunk = sock.recv(n - len(data))
         if not chunk:
             raise EOFError
         data += chunk
@@ -107,7 +117,13 @@ def report_ended():
 
 
 def serve():
+    # Everything imported so far is the zygote's: moved out of the collector's
+    # reach, a child's collections neither walk nor touch (and so copy) it.
+    gc.freeze()
     send_line({"ready": True, "pid": os.getpid()})
+    waiting = fork_spare()
+    if waiting is not None:
+        return run_spare(waiting)
     while True:
         report_ended()
         try:
@@ -129,31 +145,69 @@ def serve():
         if not header:
             os._exit(0)  # the daemon closed the socket
         if len(header) < 8:
-            header += recv_exact(8 - len(header))
+            header += recv_exact(control, 8 - len(header))
         (length,) = struct.unpack(">Q", header)
-        request = json.loads(recv_exact(length))
+        body = recv_exact(control, length)
         if len(fds) != 3:
             for fd in fds:
                 os.close(fd)
             send_line({"error": "expected 3 file descriptors, got %d" % len(fds)})
             continue
-        pid = os.fork()
-        if pid == 0:
-            return run_child(request, fds)
-        try:
-            os.setpgid(pid, pid)
-        except OSError:
-            pass  # the child did it first
+        pid = None
+        while pid is None:
+            if spare is None:
+                waiting = fork_spare()
+                if waiting is not None:
+                    return run_spare(waiting)
+            pid = hand_to_spare(header, body, fds)
         children.add(pid)
         for fd in fds:
             os.close(fd)
         send_line({"pid": pid})
+        waiting = fork_spare()
+        if waiting is not None:
+            return run_spare(waiting)
 
 
-def run_child(request, fds):
-    """In the forked child: become the execution, then run its script."""
+def fork_spare():
+    """Forks the next child ahead of its request. In the zygote: records it
+    as the spare and returns None; in the child: returns its end of the
+    socketpair the request will come on."""
+    global spare
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:
+        ours.close()
+        return theirs
+    theirs.close()
+    try:
+        os.setpgid(pid, pid)
+    except OSError:
+        pass  # the child did it first
+    spare = (pid, ours)
+    return None
+
+
+def hand_to_spare(header, body, fds):
+    """Forwards a request to the spare; its pid, or None if the spare was
+    gone (it is reaped like any orphan; the caller forks another)."""
+    global spare
+    pid, sock = spare
+    spare = None
+    try:
+        socket.send_fds(sock, [header], fds)
+        sock.sendall(body)
+    except OSError:
+        return None
+    finally:
+        sock.close()
+    return pid
+
+
+def run_spare(sock):
+    """In a spare child: leave the zygote's state, warm up, then wait for the
+    request and become that execution."""
     os.setpgid(0, 0)
-    stdout_w, stderr_w, go_r = fds
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGCHLD, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
@@ -161,6 +215,36 @@ def run_child(request, fds):
     for fd in (wake_r, wake_w, REPORT_FD):
         os.close(fd)
     control.close()
+    warm_up()
+    try:
+        header, fds, _, _ = socket.recv_fds(sock, 8, 3)
+        if not header:
+            os._exit(0)  # the zygote is gone: this spare was never handed out
+        if len(header) < 8:
+            header += recv_exact(sock, 8 - len(header))
+        (length,) = struct.unpack(">Q", header)
+        request = json.loads(recv_exact(sock, length))
+    except (OSError, EOFError, ValueError):
+        os._exit(0)
+    sock.close()
+    return run_child(request, fds)
+
+
+def warm_up():
+    """Walks the steps every execution takes, with values of its own, so the
+    copy-on-write faults they cause are taken before the request, not after."""
+    set_locale_as_python_startup_does()
+    os.environ.clear()
+    _text_out(1, "utf-8", "strict")
+    open(0, "r", closefd=False, encoding="utf-8", errors="strict")
+    types.ModuleType("__main__")
+    compile(b"pass\n", "<warm-up>", "exec")
+
+
+def run_child(request, fds):
+    """In a spare child given its request: become the execution, then run its
+    script."""
+    stdout_w, stderr_w, go_r = fds
     if os.read(go_r, 1) != b"g":
         os._exit(127)
     os.close(go_r)
@@ -192,8 +276,6 @@ def run_child(request, fds):
     sys.argv = list(request["argv"])
     show_command_line([sys.executable, "-u"] + sys.argv)
     sys.path[0] = os.path.dirname(path)
-    if "random" in sys.modules:
-        sys.modules["random"].seed()
 
     main = types.ModuleType("__main__")
     main.__file__ = path
@@ -227,20 +309,31 @@ def run_child(request, fds):
     return 0
 
 
+def command_line_memory():
+    """Where our argv strings live (fields 48 and 49 of /proc/self/stat,
+    arg_start and arg_end), or None; a forked child has the same addresses."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        # Index 0 here is field 3.
+        return int(fields[45]), int(fields[46])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+COMMAND_LINE = command_line_memory()
+
+
 def show_command_line(argv):
     """Rewrites our argv memory, so /proc/PID/cmdline (and ps) show the
     command a cold run has, `python3 -u FILE ARGS`, truncated to the room the
     zygote's own command line left (it holds this source, several KiB)."""
-    try:
-        with open("/proc/self/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        # Fields 48 and 49 (arg_start, arg_end); index 0 here is field 3.
-        start, end = int(fields[45]), int(fields[46])
-        size = end - start
-        title = b"".join(os.fsencode(a) + b"\0" for a in argv)[:size - 1]
-        ctypes.memmove(start, title.ljust(size, b"\0"), size)
-    except (OSError, ValueError, IndexError):
-        pass
+    if COMMAND_LINE is None:
+        return
+    start, end = COMMAND_LINE
+    size = end - start
+    title = b"".join(os.fsencode(a) + b"\0" for a in argv)[:size - 1]
+    ctypes.memmove(start, title.ljust(size, b"\0"), size)
 
 
 def set_locale_as_python_startup_does():
@@ -269,10 +362,42 @@ def _text_out(fd, enc, errors):
     return io.TextIOWrapper(raw, encoding=enc or "utf-8", errors=errors, write_through=True)
 
 
-outcome = serve()
-# Only a forked child gets here; it ends as `python3 script.py` would, with
-# the interpreter's own finalization (threads joined, atexit, flush).
-del serve, run_child
-if isinstance(outcome, SystemExit):
-    raise outcome
-sys.exit(outcome)
+def end_child(outcome):
+    """Ends a forked child as `python3 script.py` ends, without tearing the
+    zygote's interpreter down: a full finalization walks every preloaded
+    module and costs more CPU than the whole warm start. What a script can
+    observe of its ending is kept, in python's order: the SystemExit message,
+    non-daemon threads joined, atexit handlers, the script's own objects
+    released (so their files flush and `__del__` runs), stdio flushed (exit
+    120 if that fails, as python does). Not kept: the teardown of modules
+    other than `__main__`, which python itself does not promise."""
+    if isinstance(outcome, SystemExit):
+        code = outcome.code
+        if code is None:
+            status = 0
+        elif isinstance(code, int):
+            status = code
+        else:
+            try:
+                sys.stderr.write(str(code) + "\n")
+            except Exception:  # noqa: BLE001
+                pass
+            status = 1
+    else:
+        status = outcome
+    threading._shutdown()
+    atexit._run_exitfuncs()
+    main = sys.modules.get("__main__")
+    if main is not None:
+        main.__dict__.clear()
+    gc.collect()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001
+            status = 120
+    os._exit(status & 0xFF)
+
+
+# Only a forked child gets here.
+end_child(serve())
