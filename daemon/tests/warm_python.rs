@@ -379,7 +379,12 @@ async fn a_spare_child_killed_while_it_waits_is_replaced_and_the_next_run_is_war
     let before = daemon_stats(&mut c).await;
     let (status, stdout, stderr) = run_raw(
         &mut c,
-        snippet("s", "next", "python", "import os\nprint('parent', os.getppid())"),
+        snippet(
+            "s",
+            "next",
+            "python",
+            "import os\nprint('parent', os.getppid())",
+        ),
     )
     .await;
     assert_eq!(
@@ -387,7 +392,10 @@ async fn a_spare_child_killed_while_it_waits_is_replaced_and_the_next_run_is_war
         (S::Exited, Some(0)),
         "{status:?} {stderr}"
     );
-    assert_eq!(String::from_utf8_lossy(&stdout), format!("parent {zygote}\n"));
+    assert_eq!(
+        String::from_utf8_lossy(&stdout),
+        format!("parent {zygote}\n")
+    );
     let after = daemon_stats(&mut c).await;
     assert_eq!(
         count(&after.warm_starts, "python"),
