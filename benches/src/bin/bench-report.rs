@@ -374,6 +374,21 @@ fn main() -> Result<()> {
             missed.push("python-density");
         }
     }
+    if let Some(row) = read_json(&counted.join("throughput.json"))
+        .ok()
+        .as_ref()
+        .and_then(Value::as_array)
+        .and_then(|rows| rows.first())
+    {
+        let n = row["snippets"].as_u64().unwrap_or(0);
+        let warm = row["warm_per_second"].as_f64().unwrap_or(0.0);
+        let cold = row["cold_per_second"].as_f64().unwrap_or(0.0);
+        writeln!(
+            md,
+            "| throughput: {n} short python snippets through the plugin and daemon, warm against cold | {warm:.1}/s against {cold:.1}/s: {:.1}× | (none) |",
+            warm / cold.max(f64::MIN_POSITIVE)
+        )?;
+    }
     // Warm node starts: javascript has the same target as warm python;
     // typescript is javascript plus the in-daemon transpile, reported
     // without a target.
