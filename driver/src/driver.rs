@@ -2,9 +2,7 @@
 //! configuration, the daemon health source and the task-event feed. The
 //! Nomad-facing services in [`crate::grpc`] only translate to and from it.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use tokio::sync::{broadcast, watch};
 
@@ -15,29 +13,10 @@ use crate::plugin_config::{DaemonEndpoint, PluginConfig};
 use crate::probe::{DaemonHealth, DaemonProbe};
 use crate::supervision::{LaunchPlan, Launcher, ProcessLauncher, Supervisor, SupervisorState};
 use crate::tasks::TaskManager;
+use crate::tasks::{TaskEvent, NOT_CONFIGURED};
 
 /// The name jobs use (`driver = "elide"`) and the node attribute prefix.
 pub const DRIVER_NAME: &str = "elide";
-
-/// Description reported before the first successful `SetConfig`.
-pub const NOT_CONFIGURED: &str = "plugin not configured yet (SetConfig has not been called)";
-
-/// An event about a task, shown by Nomad as a "Driver" task event.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TaskEvent {
-    /// Nomad's task id (`<alloc>/<task>/<random>`).
-    pub task_id: String,
-    /// Allocation id; with `task_name`, what Nomad routes the event by.
-    pub alloc_id: String,
-    /// Task name.
-    pub task_name: String,
-    /// When it happened.
-    pub timestamp: SystemTime,
-    /// Human-readable message.
-    pub message: String,
-    /// Extra details.
-    pub annotations: BTreeMap<String, String>,
-}
 
 /// Shared driver state. Cheap to share behind an `Arc`; every method may be
 /// called concurrently.
@@ -175,6 +154,7 @@ mod tests {
     use super::*;
     use crate::plugin_config::DaemonEndpoint;
     use futures::future::BoxFuture;
+    use std::collections::BTreeMap;
 
     struct AlwaysHealthy;
 

@@ -32,11 +32,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use crate::driver::{ElideDriver, TaskEvent};
+use crate::driver::ElideDriver;
 use crate::plugin_config::PluginConfig;
 use crate::probe::{AttributeValue, DaemonHealth};
 use crate::status;
 use crate::task_config;
+use crate::tasks::TaskEvent;
 use crate::tasks::{ExitOutcome, ResourceSample, TaskError};
 
 /// How often the fingerprint is re-sent when nothing changed (Go drivers
@@ -131,7 +132,7 @@ impl DriverService {
     fn configured(&self) -> Result<Arc<PluginConfig>, Status> {
         self.driver
             .config()
-            .ok_or_else(|| Status::failed_precondition(crate::driver::NOT_CONFIGURED))
+            .ok_or_else(|| Status::failed_precondition(crate::tasks::NOT_CONFIGURED))
     }
 }
 

@@ -1,0 +1,414 @@
+//! `StopTask`: the stop request, its fallbacks when the daemon refuses it,
+//! stops of tasks not in the table, and the wait for the exit.
+
+use std::time::Duration;
+
+use elide_proto::elide::daemon::v1 as pb;
+use tokio::sync::watch;
+
+use crate::daemon_link::{identity, CallError, DaemonLink};
+use crate::plugin_config::PluginConfig;
+
+use super::intents::StopRequest;
+use super::{
+    daemon_error, ExitOutcome, Task, TaskError, TaskManager, DEFAULT_STOP_SIGNAL, MAX_STOP_GRACE,
+    STOP_WAIT_MARGIN,
+};
+
+impl TaskManager {
+    /// `StopTask`: `signal` (SIGINT when empty), SIGKILL after `timeout`;
+    /// returns once the task has exited or, failing that, once the kill is
+    /// irrevocably under way. Unknown or exited tasks are fine.
+    ///
+    /// An error makes Nomad retry `StopTask` for minutes ("failed to kill
+    /// task") and then wait for `WaitTask` with no time limit, so errors are
+    /// kept for the one case a retry can fix: the daemon could not be told
+    /// to stop the program at all. A signal name or grace the daemon refuses
+    /// falls back to what it accepts rather than leaving the task running.
+    ///
+    /// A task this plugin does not know may still run on the daemon: after
+    /// a plugin restart Nomad's kill path can call `StopTask` before its
+    /// wait path has called `RecoverTask`. Its execution id follows from the
+    /// task id, so with `config` the execution is cancelled anyway; a stop
+    /// is never lost.
+    pub async fn stop(
+        &self,
+        config: Option<&PluginConfig>,
+        task_id: &str,
+        timeout: Duration,
+        signal: &str,
+    ) -> Result<(), TaskError> {
+        let signal = if signal.is_empty() {
+            DEFAULT_STOP_SIGNAL
+        } else {
+            signal
+        };
+        let grace = timeout.min(MAX_STOP_GRACE);
+        let Ok(task) = self.task(task_id) else {
+            let delivered = match config {
+                Some(config) => self.stop_unknown(config, task_id, signal, grace).await,
+                None => false,
+            };
+            if !delivered {
+                self.remember_stop(task_id, signal, grace);
+            }
+            return Ok(());
+        };
+        if task.outcome().is_some() {
+            return Ok(());
+        }
+        // Recorded first, so a plugin restarted before the daemon confirms
+        // still applies it when the task is recovered.
+        task.stop_file(&self.host.files)
+            .write(&StopRequest::new(signal, grace));
+        let link = &task.session.link;
+        let mut cancelled = cancel(&task, signal, grace).await;
+        let mut refusals = 0;
+        loop {
+            match (
+                next_stop_step(refusals, CancelOutcome::of(&cancelled)),
+                &cancelled,
+            ) {
+                (StopStep::RetryWithAllowedGrace, Err(e)) => {
+                    // Most likely a grace above the daemon's max_cancel_grace
+                    // (an operator may set Nomad's max_kill_timeout higher):
+                    // ask for the longest grace the daemon allows.
+                    let allowed = max_cancel_grace(link).await.unwrap_or(Duration::ZERO);
+                    tracing::warn!(task_id, signal, ?grace, ?allowed, error = %e, "daemon refused the stop request; retrying with the grace it allows");
+                    cancelled = cancel(&task, signal, grace.min(allowed)).await;
+                }
+                (StopStep::Kill, _) => {
+                    tracing::warn!(
+                        task_id,
+                        signal,
+                        "daemon refused the stop signal; killing the task instead"
+                    );
+                    cancelled = cancel(&task, "SIGKILL", Duration::ZERO).await;
+                }
+                (StopStep::MarkLost, Err(e)) => {
+                    task.session
+                        .hub
+                        .mark_lost(&task.state.execution_id, &e.to_string());
+                    break;
+                }
+                (StopStep::Fail { keep_stopping }, Err(e)) => {
+                    // Nomad retries a failed stop only a few times, then
+                    // waits for the exit with no limit: keep asking in the
+                    // background.
+                    if keep_stopping {
+                        task.keep_stopping(&self.host.files, StopRequest::new(signal, grace));
+                    }
+                    return Err(daemon_error(
+                        &format!("stopping task {task_id:?}"),
+                        link.target(),
+                        e,
+                    ));
+                }
+                // Accepted (every other step comes only from an error).
+                _ => break,
+            }
+            refusals += 1;
+        }
+        tracing::info!(task_id, signal, ?grace, "stopping task");
+        let limit = timeout + STOP_WAIT_MARGIN;
+        let end = await_stop(task.exit.clone(), limit, STOP_WAIT_MARGIN, || async {
+            tracing::warn!(task_id, "task did not exit in time after its stop signal; sending SIGKILL");
+            if let Err(e) = cancel(&task, "SIGKILL", Duration::ZERO).await {
+                tracing::warn!(task_id, error = %e, "could not send SIGKILL; the daemon kills the task when its grace ends");
+            }
+        })
+        .await;
+        if end == StopEnd::NotYetExited {
+            tracing::warn!(task_id, "task is not reported exited yet; the kill is under way and WaitTask will report the exit");
+        }
+        Ok(())
+    }
+
+    /// `StopTask` for a task not in the table: cancels the execution its id
+    /// maps to, if the daemon has it. False if the daemon could not be
+    /// asked (the stop is then applied if the task is recovered).
+    async fn stop_unknown(
+        &self,
+        config: &PluginConfig,
+        task_id: &str,
+        signal: &str,
+        grace: Duration,
+    ) -> bool {
+        let link = DaemonLink::to_endpoint(&self.dialers, &config.daemon);
+        let cancelled = cancel_execution(
+            &link,
+            &self.session_id_for(config),
+            &identity::execution_id(task_id),
+            signal,
+            grace,
+        )
+        .await;
+        match cancelled {
+            Ok(_) => {
+                tracing::info!(task_id, signal, "StopTask for a task not recovered yet: its execution was cancelled on the daemon");
+                true
+            }
+            Err(e) if e.is_transport() => false,
+            // Not on the daemon (any more), or already finished: nothing runs.
+            Err(e) => {
+                tracing::debug!(task_id, error = %e, "StopTask for an unknown task");
+                true
+            }
+        }
+    }
+
+    /// Remembers a stop that could not be delivered to a task not in the
+    /// table (up to [`MAX_PENDING_STOPS`]).
+    fn remember_stop(&self, task_id: &str, signal: &str, grace: Duration) {
+        self.pending_stops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remember(task_id, StopRequest::new(signal, grace));
+        tracing::debug!(
+            task_id,
+            signal,
+            "StopTask for an unknown task; applied if it is recovered"
+        );
+    }
+}
+
+/// How one `CancelExecution` call went, as the stop ladder sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CancelOutcome {
+    /// The daemon accepted: the signal is on its way.
+    Accepted,
+    /// `InvalidArgument`: the grace or the signal is not acceptable.
+    Refused,
+    /// The execution is not on the daemon (any more).
+    NotFound,
+    /// The daemon could not be reached.
+    Unreachable,
+    /// Any other failure.
+    Failed,
+}
+
+impl CancelOutcome {
+    fn of(result: &Result<(), CallError>) -> Self {
+        match result {
+            Ok(()) => CancelOutcome::Accepted,
+            Err(e) if e.code() == tonic::Code::InvalidArgument => CancelOutcome::Refused,
+            Err(e) if e.is_not_found() => CancelOutcome::NotFound,
+            Err(e) if e.is_transport() => CancelOutcome::Unreachable,
+            Err(_) => CancelOutcome::Failed,
+        }
+    }
+}
+
+/// What `StopTask` does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StopStep {
+    /// Wait for the exit (the stop was accepted).
+    AwaitExit,
+    /// Cancel again with the longest grace the daemon allows.
+    RetryWithAllowedGrace,
+    /// Cancel with SIGKILL and no grace: the daemon does not take the signal.
+    Kill,
+    /// The execution is gone: report the task lost.
+    MarkLost,
+    /// Fail `StopTask`; with `keep_stopping`, keep asking in the background.
+    Fail {
+        /// The daemon was unreachable, so the stop may still get through.
+        keep_stopping: bool,
+    },
+}
+
+/// The stop fallback ladder: the step after a cancel that went `outcome`,
+/// when `refusals` earlier cancels of this stop were refused. A refused
+/// stop is first retried with the daemon's longest grace (the operator's
+/// `kill_timeout` may be above the daemon's `max_cancel_grace`), then as
+/// SIGKILL (the signal name is unknown to the daemon); a refused SIGKILL
+/// fails the stop.
+pub(super) fn next_stop_step(refusals: usize, outcome: CancelOutcome) -> StopStep {
+    match outcome {
+        CancelOutcome::Accepted => StopStep::AwaitExit,
+        CancelOutcome::Refused if refusals == 0 => StopStep::RetryWithAllowedGrace,
+        CancelOutcome::Refused if refusals == 1 => StopStep::Kill,
+        CancelOutcome::Refused | CancelOutcome::Failed => StopStep::Fail {
+            keep_stopping: false,
+        },
+        CancelOutcome::NotFound => StopStep::MarkLost,
+        CancelOutcome::Unreachable => StopStep::Fail {
+            keep_stopping: true,
+        },
+    }
+}
+
+/// `CancelExecution` of a task's execution.
+pub(super) async fn cancel(task: &Task, signal: &str, grace: Duration) -> Result<(), CallError> {
+    cancel_execution(
+        &task.session.link,
+        &task.state.session_id,
+        &task.state.execution_id,
+        signal,
+        grace,
+    )
+    .await
+}
+
+/// `CancelExecution`: `signal` now, SIGKILL after `grace`.
+/// Deadline of one `CancelExecution` call. The daemon answers it at once
+/// (it signals and returns; the program ends later), so an unanswered
+/// cancel means a dead connection, most often one left over from a
+/// partition that has already healed. A short deadline retires it sooner,
+/// which also reopens the streams on it, so the stop goes out again and its
+/// result comes back well inside `kill_timeout` + 10 s (found by the
+/// simulation: random-faults seeds 2000255 and 2000371).
+const CANCEL_CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub(super) async fn cancel_execution(
+    link: &DaemonLink,
+    session_id: &str,
+    execution_id: &str,
+    signal: &str,
+    grace: Duration,
+) -> Result<(), CallError> {
+    let request = pb::CancelExecutionRequest {
+        session_id: session_id.to_owned(),
+        execution_id: execution_id.to_owned(),
+        signal: signal.to_owned(),
+        grace: Some(elide_proto::duration_to_proto(grace)),
+    };
+    link.unary_within(CANCEL_CALL_TIMEOUT, request, |mut c, r| async move {
+        c.cancel_execution(r).await
+    })
+    .await
+    .map(drop)
+}
+
+/// The daemon's `max_cancel_grace`, if it says.
+async fn max_cancel_grace(link: &DaemonLink) -> Option<Duration> {
+    let capabilities = link
+        .unary(pb::GetCapabilitiesRequest {}, |mut c, r| async move {
+            c.get_capabilities(r).await
+        })
+        .await
+        .ok()?;
+    let grace = capabilities.limits?.max_cancel_grace?;
+    Some(Duration::new(
+        grace.seconds.max(0) as u64,
+        grace.nanos.max(0) as u32,
+    ))
+}
+
+/// How the wait after a stop request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopEnd {
+    /// The task exited within the stop timeout.
+    Exited,
+    /// It exited only after the force kill.
+    ExitedAfterForceKill,
+    /// Not reported exited even after the force kill (e.g. the daemon is
+    /// unreachable): the kill is under way, `WaitTask` reports the exit.
+    NotYetExited,
+}
+
+/// After the stop signal was accepted: waits up to `limit` for the exit;
+/// if it has not come, runs `force_kill` once and waits up to `after_kill`
+/// more. Never fails, never waits longer.
+pub async fn await_stop<F, Fut>(
+    exit: watch::Receiver<Option<ExitOutcome>>,
+    limit: Duration,
+    after_kill: Duration,
+    force_kill: F,
+) -> StopEnd
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let exited = |limit: Duration| {
+        let mut exit = exit.clone();
+        async move {
+            // A closed channel means the task was destroyed: nothing runs.
+            tokio::time::timeout(limit, exit.wait_for(Option::is_some))
+                .await
+                .is_ok()
+        }
+    };
+    if exited(limit).await {
+        return StopEnd::Exited;
+    }
+    force_kill().await;
+    if exited(after_kill).await {
+        StopEnd::ExitedAfterForceKill
+    } else {
+        StopEnd::NotYetExited
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Stands in for the stop timeout and margin; the outcomes below do not
+    /// depend on how long it is.
+    const SHORT: Duration = Duration::from_millis(20);
+
+    #[tokio::test]
+    async fn a_task_that_does_not_exit_is_force_killed_and_stop_still_returns() {
+        let (_exit_tx, exit_rx) = watch::channel(None::<ExitOutcome>);
+        let kills = AtomicUsize::new(0);
+        let end = await_stop(exit_rx, SHORT, SHORT, || async {
+            kills.fetch_add(1, Ordering::SeqCst);
+        })
+        .await;
+        assert_eq!(end, StopEnd::NotYetExited);
+        assert_eq!(kills.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn exit_after_the_force_kill_is_reported() {
+        let (exit_tx, exit_rx) = watch::channel(None::<ExitOutcome>);
+        let end = await_stop(exit_rx, SHORT, SHORT, || async {
+            exit_tx.send_replace(Some(ExitOutcome::default()));
+        })
+        .await;
+        assert_eq!(end, StopEnd::ExitedAfterForceKill);
+    }
+
+    #[tokio::test]
+    async fn exit_in_time_needs_no_force_kill() {
+        let (exit_tx, exit_rx) = watch::channel(None::<ExitOutcome>);
+        exit_tx.send_replace(Some(ExitOutcome::default()));
+        let end = await_stop(exit_rx, SHORT, SHORT, || async {
+            panic!("no force kill for a task that exited");
+        })
+        .await;
+        assert_eq!(end, StopEnd::Exited);
+    }
+
+    #[test]
+    fn the_stop_ladder_retries_a_refused_stop_with_the_allowed_grace_then_kills() {
+        use CancelOutcome::*;
+        assert_eq!(next_stop_step(0, Refused), StopStep::RetryWithAllowedGrace);
+        assert_eq!(next_stop_step(1, Refused), StopStep::Kill);
+        assert_eq!(
+            next_stop_step(2, Refused),
+            StopStep::Fail {
+                keep_stopping: false
+            }
+        );
+        for refusals in 0..3 {
+            assert_eq!(next_stop_step(refusals, Accepted), StopStep::AwaitExit);
+            assert_eq!(next_stop_step(refusals, NotFound), StopStep::MarkLost);
+            assert_eq!(
+                next_stop_step(refusals, Unreachable),
+                StopStep::Fail {
+                    keep_stopping: true
+                },
+                "an unreachable daemon keeps being asked in the background"
+            );
+            assert_eq!(
+                next_stop_step(refusals, Failed),
+                StopStep::Fail {
+                    keep_stopping: false
+                }
+            );
+        }
+    }
+}
