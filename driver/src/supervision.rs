@@ -27,11 +27,12 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::plugin_config::DaemonCommand;
 use crate::tasks::backoff::Backoff;
@@ -651,6 +652,58 @@ mod tests {
         }
         assert_eq!(delays, [1, 2, 4, 8, 16, 30]);
         assert_eq!(launcher.spawn_count(), 7);
+    }
+
+    /// Kills the running daemon; the delay the supervisor then waits.
+    async fn kill_and_read_delay(
+        launcher: &FakeLauncher,
+        state: &mut watch::Receiver<SupervisorState>,
+    ) -> Duration {
+        launcher.kill_last();
+        let restarting = wait_for(state, |s| matches!(s, SupervisorState::Restarting { .. })).await;
+        let SupervisorState::Restarting { delay, .. } = restarting else {
+            unreachable!()
+        };
+        delay
+    }
+
+    /// On a paused tokio clock, with the production delays: the back-off
+    /// doubles while the daemon keeps dying young and starts over once a
+    /// daemon has run for [`STABLE_RUN`].
+    #[tokio::test(start_paused = true)]
+    async fn the_backoff_starts_over_after_a_stable_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let launcher = Arc::new(FakeLauncher {
+            listens: true,
+            ..FakeLauncher::default()
+        });
+        let (tx, mut state) = watch::channel(SupervisorState::Starting);
+        let _supervisor =
+            Supervisor::with_timing(plan(dir.path()), launcher.clone(), tx, Timing::default());
+        let mut pid = 1001;
+        let running = |pid: u32| SupervisorState::Running {
+            pid,
+            listening: true,
+        };
+        wait_for(&mut state, |s| *s == running(pid)).await;
+        assert_eq!(
+            kill_and_read_delay(&launcher, &mut state).await,
+            FIRST_RESTART_DELAY
+        );
+        pid += 1;
+        wait_for(&mut state, |s| *s == running(pid)).await;
+        assert_eq!(
+            kill_and_read_delay(&launcher, &mut state).await,
+            FIRST_RESTART_DELAY * 2
+        );
+        pid += 1;
+        wait_for(&mut state, |s| *s == running(pid)).await;
+        tokio::time::sleep(STABLE_RUN).await;
+        assert_eq!(
+            kill_and_read_delay(&launcher, &mut state).await,
+            FIRST_RESTART_DELAY,
+            "a daemon that ran {STABLE_RUN:?} resets the back-off"
+        );
     }
 
     #[tokio::test]
