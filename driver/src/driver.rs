@@ -58,12 +58,6 @@ impl ElideDriver {
         }
     }
 
-    /// Replaces how daemons are started (tests).
-    pub fn with_launcher(mut self, launcher: Arc<dyn Launcher>) -> Self {
-        self.launcher = launcher;
-        self
-    }
-
     /// The task table and lifecycle operations.
     pub fn tasks(&self) -> &TaskManager {
         &self.tasks
@@ -140,12 +134,6 @@ impl ElideDriver {
     /// A receiver of every task event published from now on.
     pub fn subscribe_events(&self) -> broadcast::Receiver<TaskEvent> {
         self.events.subscribe()
-    }
-
-    /// Publishes a task event to every open `TaskEvents` stream.
-    pub fn publish_event(&self, event: TaskEvent) {
-        // No subscriber is not an error: Nomad re-opens the stream later.
-        let _ = self.events.send(event);
     }
 }
 

@@ -97,16 +97,8 @@ impl<T> Drop for AbortOnDrop<T> {
 /// One daemon session the driver uses: its link and its status feed.
 pub struct SessionContext {
     link: DaemonLink,
-    session_id: String,
     hub: Arc<StatusHub>,
     _feed: AbortOnDrop<()>,
-}
-
-impl SessionContext {
-    /// The session id.
-    pub fn session_id(&self) -> &str {
-        &self.session_id
-    }
 }
 
 /// Whether a task is still running, as `InspectTask` reports it.
@@ -126,7 +118,6 @@ pub struct TaskSnapshot {
 struct Task {
     id: String,
     name: String,
-    alloc_id: String,
     state: DriverState,
     session: Arc<SessionContext>,
     started_at: SystemTime,
@@ -255,21 +246,11 @@ impl TaskManager {
         tracing::info!(session_id, daemon = %link.target(), mode = config.status_mode.name(), "following daemon session");
         let context = Arc::new(SessionContext {
             link,
-            session_id: session_id.to_owned(),
             hub,
             _feed: AbortOnDrop(feed),
         });
         contexts.insert(key, context.clone());
         context
-    }
-
-    /// Creates this client's session on the daemon if it does not exist
-    /// (idempotent for the same id and config; never deletes anything).
-    pub async fn ensure_session(&self, config: &PluginConfig) -> Result<String, TaskError> {
-        let session_id = self.session_id_for(config);
-        let link = DaemonLink::to_endpoint(&self.dialers, &config.daemon);
-        self.create_session(&link, config, &session_id).await?;
-        Ok(session_id)
     }
 
     async fn create_session(
@@ -340,17 +321,5 @@ impl TaskManager {
             started_at: task.started_at,
             outcome: task.outcome(),
         })
-    }
-
-    /// Ids of every task in the table.
-    pub fn task_ids(&self) -> Vec<String> {
-        self.table().keys().cloned().collect()
-    }
-
-    /// The alloc id and name of a task (for events).
-    pub fn task_identity(&self, task_id: &str) -> Option<(String, String)> {
-        self.table()
-            .get(task_id)
-            .map(|t| (t.alloc_id.clone(), t.name.clone()))
     }
 }

@@ -177,7 +177,6 @@ impl TaskManager {
         let entry = Arc::new(Task {
             id: task.id.clone(),
             name: task.name.clone(),
-            alloc_id: task.alloc_id.clone(),
             state,
             session: context,
             started_at: self.host.clock.now(),
