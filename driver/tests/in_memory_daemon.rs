@@ -76,25 +76,18 @@ fn switchable(dialers: &DialerFactory, up: &Arc<AtomicBool>) -> DialerFactory {
     })
 }
 
-/// A task config `{code = code, language = "python"}` with every other
-/// key nil, as Nomad encodes it.
+/// A task config `{code = code, language = "python"}` as Nomad sends it:
+/// encoded with the driver's own task schema.
 fn python_task(code: &str) -> Vec<u8> {
-    let value = rmpv::Value::Map(
-        [
-            ("args", None),
-            ("code", Some(code)),
-            ("elide_opts", None),
-            ("env", None),
-            ("language", Some("python")),
-            ("script", None),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.into(), v.map_or(rmpv::Value::Nil, rmpv::Value::from)))
-        .collect(),
-    );
-    let mut bytes = Vec::new();
-    rmpv::encode::write_value(&mut bytes, &value).unwrap();
-    bytes
+    elide_e2e::cty::encode(
+        &elide_driver::task_config::schema(),
+        &elide_e2e::cty::TaskConfig::code("python", code).body(),
+    )
+}
+
+/// A plugin `config {}` block as the agent sends it.
+fn plugin_config(body: &hcl::Body) -> Vec<u8> {
+    elide_e2e::cty::encode(&elide_driver::plugin_config::schema(), body)
 }
 
 fn in_memory_daemon(state: &std::path::Path) -> DialerFactory {
@@ -129,7 +122,9 @@ fn plugin_with(dialers: &DialerFactory) -> ElideDriver {
         Arc::new(ApiProbe::with_dialers(dialers.clone())),
         dialers.clone(),
     );
-    driver.set_config(&[]).unwrap();
+    driver
+        .set_config(&plugin_config(&hcl::Body::default()))
+        .unwrap();
     driver
 }
 
@@ -296,15 +291,7 @@ async fn recovery_finds_the_daemon_the_task_was_started_on() {
     let handle = start_then_lose_the_plugin(&dialers, &task).await;
 
     let second = plugin_with(&dialers);
-    let moved = {
-        let value = rmpv::Value::Map(vec![(
-            "daemon_socket".into(),
-            "/run/elide/other.sock".into(),
-        )]);
-        let mut bytes = Vec::new();
-        rmpv::encode::write_value(&mut bytes, &value).unwrap();
-        bytes
-    };
+    let moved = plugin_config(&hcl::body!({ daemon_socket = "/run/elide/other.sock" }));
     second.set_config(&moved).unwrap();
     second
         .tasks()

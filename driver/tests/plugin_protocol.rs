@@ -18,7 +18,6 @@ use elide_proto::hashicorp::nomad::plugins::drivers::proto::{
 };
 use elide_proto::hashicorp::nomad::plugins::shared::hclspec::spec::Block as SpecKind;
 use elide_proto::plugin::{grpc_controller_client::GrpcControllerClient, Empty};
-use rmpv::Value;
 use support::nomad_client::{run_by_hand, PluginProcess, COOKIE};
 use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
@@ -26,35 +25,10 @@ use tonic_health::pb::{
 
 const BINARY: &str = env!("CARGO_BIN_EXE_nomad-driver-elide");
 
-/// A plugin config object as Nomad's cty msgpack encoder writes it: keys
-/// sorted, every attribute present.
-fn plugin_config(daemon_socket: Value, session_config: Value) -> Vec<u8> {
-    let value = Value::Map(vec![
-        (Value::from("daemon_address"), Value::Nil),
-        (Value::from("daemon_socket"), daemon_socket),
-        (Value::from("session_config"), session_config),
-    ]);
-    let mut bytes = Vec::new();
-    rmpv::encode::write_value(&mut bytes, &value).unwrap();
-    bytes
-}
-
-fn session(key: &str, value: Value) -> Value {
-    let keys = [
-        "context_pool_size",
-        "enable_ai",
-        "enabled_intrinsics",
-        "enabled_languages",
-        "memory_limit_mb",
-    ];
-    Value::Map(
-        keys.iter()
-            .map(|k| {
-                let v = if *k == key { value.clone() } else { Value::Nil };
-                (Value::from(*k), v)
-            })
-            .collect(),
-    )
+/// A plugin `config {}` block as the agent sends it: encoded with the
+/// plugin's own schema.
+fn plugin_config(body: &hcl::Body) -> Vec<u8> {
+    elide_e2e::cty::encode(&elide_driver::plugin_config::schema(), body)
 }
 
 fn set_config(msgpack: Vec<u8>) -> SetConfigRequest {
@@ -132,38 +106,36 @@ async fn plugin_speaks_the_nomad_plugin_protocol() {
     // plugin keeps serving.
     let bad = [
         (
-            plugin_config(Value::Nil, session("memory_limit_mb", Value::from(0))),
+            hcl::body!({ session_config { memory_limit_mb = 0 } }),
             "session_config.memory_limit_mb",
         ),
         (
-            plugin_config(Value::Nil, session("context_pool_size", Value::from(-2))),
+            hcl::body!({ session_config { context_pool_size = (-2) } }),
             "session_config.context_pool_size",
         ),
         (
-            plugin_config(
-                Value::Nil,
-                Value::Array(vec![session(
-                    "enabled_languages",
-                    Value::Array(vec![Value::from("cobol")]),
-                )]),
-            ),
+            hcl::body!({ session_config { enabled_languages = ["cobol"] } }),
             "session_config.enabled_languages",
         ),
-        (plugin_config(Value::from(""), Value::Nil), "daemon_socket"),
+        (hcl::body!({ daemon_socket = "" }), "daemon_socket"),
     ];
-    for (msgpack, field) in bad {
-        let err = base.set_config(set_config(msgpack)).await.unwrap_err();
+    for (body, field) in bad {
+        let err = base
+            .set_config(set_config(plugin_config(&body)))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.message().contains(field), "{field}: {}", err.message());
     }
 
     // Good config, twice (as the validation process does), with the daemon
-    // socket absent. The memory limit arrives as a decimal string.
+    // socket absent.
     let daemon_socket = dir.path().join("no-daemon.sock");
-    let good = plugin_config(
-        Value::from(daemon_socket.to_str().unwrap()),
-        Value::Array(vec![session("memory_limit_mb", Value::from("512"))]),
-    );
+    let daemon_socket = daemon_socket.to_str().unwrap();
+    let good = plugin_config(&hcl::body!({
+        daemon_socket = (daemon_socket)
+        session_config { memory_limit_mb = 512 }
+    }));
     for _ in 0..2 {
         base.set_config(set_config(good.clone())).await.unwrap();
     }
@@ -208,10 +180,9 @@ async fn plugin_speaks_the_nomad_plugin_protocol() {
         .expect("stream does not end");
     assert_eq!(first.health(), HealthState::Unhealthy);
     assert!(
-        first.health_description.starts_with(&format!(
-            "daemon not reachable at {}",
-            daemon_socket.display()
-        )),
+        first
+            .health_description
+            .starts_with(&format!("daemon not reachable at {}", daemon_socket)),
         "{}",
         first.health_description
     );

@@ -1,29 +1,76 @@
-//! Configuration bytes as Nomad sends them: go-cty's msgpack encoding of an
-//! HCL-decoded object (keys sorted, every attribute present, absent ones
-//! as nil; a block is a map or nil).
+//! Configuration bytes as Nomad sends them: the plugin's and the task's
+//! `config {}` blocks, written as HCL and encoded with the plugin's own
+//! `ConfigSchema` / `TaskConfigSchema` (asked of the plugin binary, as the
+//! agent does when it loads a plugin) by the one cty encoder
+//! (`elide_runner::cty`). Nothing here knows the schema's keys or order:
+//! a field the plugin adds (or a default it sets) reaches the plugin as
+//! Nomad would send it.
 
-use rmpv::Value;
+use std::sync::OnceLock;
 
-/// An object with keys sorted the way go-cty writes them.
-pub fn object(entries: Vec<(&str, Value)>) -> Value {
-    let mut entries: Vec<(Value, Value)> = entries
-        .into_iter()
-        .map(|(k, v)| (Value::from(k), v))
-        .collect();
-    entries.sort_by(|a, b| a.0.as_str().cmp(&b.0.as_str()));
-    Value::Map(entries)
+use elide_proto::hashicorp::nomad::plugins::base::proto::base_plugin_client::BasePluginClient;
+use elide_proto::hashicorp::nomad::plugins::base::proto::ConfigSchemaRequest;
+use elide_proto::hashicorp::nomad::plugins::drivers::proto::driver_client::DriverClient;
+use elide_proto::hashicorp::nomad::plugins::drivers::proto::TaskConfigSchemaRequest;
+use elide_proto::hashicorp::nomad::plugins::shared::hclspec::Spec;
+use hcl::{Block, Body, Expression};
+
+use crate::binaries::{binary, PLUGIN};
+use crate::nomad_client::PluginProcess;
+
+/// The plugin binary's own schemas.
+struct PluginSchemas {
+    config: Spec,
+    task: Spec,
 }
 
-/// A list of strings.
-pub fn strings(items: &[&str]) -> Value {
-    Value::Array(items.iter().map(|s| Value::from(*s)).collect())
+/// Asks the plugin binary for its schemas once per test process: a plugin
+/// launched through the real handshake, on a runtime of its own (callers
+/// may be inside another runtime or none).
+fn plugin_schemas() -> &'static PluginSchemas {
+    static SCHEMAS: OnceLock<PluginSchemas> = OnceLock::new();
+    SCHEMAS.get_or_init(|| {
+        std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the schema requests");
+            rt.block_on(async {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let plugin = PluginProcess::launch(&binary(PLUGIN), dir.path());
+                let channel = plugin.channel().await;
+                let config = BasePluginClient::new(channel.clone())
+                    .config_schema(ConfigSchemaRequest {})
+                    .await
+                    .expect("ConfigSchema")
+                    .into_inner()
+                    .spec
+                    .expect("the plugin has a config schema");
+                let task = DriverClient::new(channel)
+                    .task_config_schema(TaskConfigSchemaRequest {})
+                    .await
+                    .expect("TaskConfigSchema")
+                    .into_inner()
+                    .spec
+                    .expect("the plugin has a task config schema");
+                PluginSchemas { config, task }
+            })
+        })
+        .join()
+        .expect("asking the plugin for its schemas")
+    })
 }
 
-/// Encodes a value.
-pub fn encode(value: &Value) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    rmpv::encode::write_value(&mut bytes, value).expect("encoding to memory");
-    bytes
+/// Encodes `body` with `spec`, as the agent encodes a `config {}` block
+/// (for tests that hold the schema themselves, e.g. the driver's own).
+pub fn encode(spec: &Spec, body: &Body) -> Vec<u8> {
+    let ctx = hcl::eval::Context::new();
+    let value = elide_runner::cty::body_to_value(body, &ctx, "config").expect("config body");
+    elide_runner::cty::encode(spec, &value, "config").expect("encoding with the plugin's schema")
+}
+
+fn strings(items: &[String]) -> Expression {
+    Expression::from(items.to_vec())
 }
 
 /// The plugin's `config {}` block.
@@ -71,45 +118,44 @@ impl PluginConfig {
         }
     }
 
-    /// The msgpack bytes.
+    /// The block as HCL.
+    pub fn body(&self) -> Body {
+        let mut body = Body::builder();
+        for (key, value) in [
+            ("daemon_socket", &self.daemon_socket),
+            ("status_mode", &self.status_mode),
+            ("poll_interval", &self.poll_interval),
+            ("driver_state_dir", &self.driver_state_dir),
+        ] {
+            if let Some(value) = value {
+                body = body.add_attribute((key, value.as_str()));
+            }
+        }
+        if self.enabled_languages.is_some() || self.enabled_intrinsics.is_some() {
+            let mut session = Block::builder("session_config");
+            if let Some(languages) = &self.enabled_languages {
+                session = session.add_attribute(("enabled_languages", strings(languages)));
+            }
+            if let Some(intrinsics) = &self.enabled_intrinsics {
+                session = session.add_attribute(("enabled_intrinsics", strings(intrinsics)));
+            }
+            body = body.add_block(session.build());
+        }
+        if let Some(daemon) = &self.daemon {
+            body = body.add_block(
+                Block::builder("daemon")
+                    .add_attribute(("command", daemon.command.as_str()))
+                    .add_attribute(("args", strings(&daemon.args)))
+                    .add_attribute(("state_dir", daemon.state_dir.as_str()))
+                    .build(),
+            );
+        }
+        body.build()
+    }
+
+    /// The msgpack bytes Nomad sends in `SetConfig`.
     pub fn encode(&self) -> Vec<u8> {
-        let text = |v: &Option<String>| v.as_deref().map_or(Value::Nil, Value::from);
-        let list = |v: &Option<Vec<String>>| {
-            v.as_ref().map_or(Value::Nil, |l| {
-                Value::Array(l.iter().map(|s| Value::from(s.as_str())).collect())
-            })
-        };
-        let session = if self.enabled_languages.is_some() || self.enabled_intrinsics.is_some() {
-            object(vec![
-                ("context_pool_size", Value::Nil),
-                ("enable_ai", Value::Nil),
-                ("enabled_intrinsics", list(&self.enabled_intrinsics)),
-                ("enabled_languages", list(&self.enabled_languages)),
-                ("memory_limit_mb", Value::Nil),
-            ])
-        } else {
-            Value::Nil
-        };
-        // As the agent's HCL2 decoding of a Block: a map, nil when absent.
-        let daemon = self.daemon.as_ref().map_or(Value::Nil, |block| {
-            object(vec![
-                (
-                    "args",
-                    Value::Array(block.args.iter().map(|a| Value::from(a.as_str())).collect()),
-                ),
-                ("command", Value::from(block.command.as_str())),
-                ("state_dir", Value::from(block.state_dir.as_str())),
-            ])
-        });
-        encode(&object(vec![
-            ("daemon", daemon),
-            ("daemon_address", Value::Nil),
-            ("daemon_socket", text(&self.daemon_socket)),
-            ("driver_state_dir", text(&self.driver_state_dir)),
-            ("poll_interval", text(&self.poll_interval)),
-            ("session_config", session),
-            ("status_mode", text(&self.status_mode)),
-        ]))
+        encode(&plugin_schemas().config, &self.body())
     }
 }
 
@@ -124,7 +170,7 @@ pub struct TaskConfig {
     pub language: Option<String>,
     /// `args`.
     pub args: Option<Vec<String>>,
-    /// `env` (one map, sent as a one-element list as the jobspec does).
+    /// `env`.
     pub env: Option<Vec<(String, String)>>,
     /// `elide_opts.memory_limit` (MiB).
     pub memory_limit: Option<i64>,
@@ -150,40 +196,44 @@ impl TaskConfig {
         }
     }
 
-    /// The msgpack bytes.
+    /// The block as HCL. Values are literal strings, never templates: a
+    /// snippet's `${...}` reaches the plugin as written.
+    pub fn body(&self) -> Body {
+        let mut body = Body::builder();
+        for (key, value) in [
+            ("script", &self.script),
+            ("code", &self.code),
+            ("language", &self.language),
+        ] {
+            if let Some(value) = value {
+                body = body.add_attribute((key, value.as_str()));
+            }
+        }
+        if let Some(args) = &self.args {
+            body = body.add_attribute(("args", strings(args)));
+        }
+        if let Some(env) = &self.env {
+            let map: hcl::Map<String, hcl::Value> = env
+                .iter()
+                .map(|(k, v)| (k.clone(), hcl::Value::from(v.as_str())))
+                .collect();
+            body = body.add_attribute(("env", Expression::from(hcl::Value::Object(map))));
+        }
+        if self.memory_limit.is_some() || self.timeout.is_some() {
+            let mut opts = Block::builder("elide_opts");
+            if let Some(limit) = self.memory_limit {
+                opts = opts.add_attribute(("memory_limit", hcl::Number::from(limit)));
+            }
+            if let Some(timeout) = &self.timeout {
+                opts = opts.add_attribute(("timeout", timeout.as_str()));
+            }
+            body = body.add_block(opts.build());
+        }
+        body.build()
+    }
+
+    /// The msgpack bytes Nomad sends as the task's driver config.
     pub fn encode(&self) -> Vec<u8> {
-        let text = |v: &Option<String>| v.as_deref().map_or(Value::Nil, Value::from);
-        let opts = if self.memory_limit.is_some() || self.timeout.is_some() {
-            object(vec![
-                ("enable_ai", Value::Nil),
-                ("intrinsics", Value::Nil),
-                (
-                    "memory_limit",
-                    self.memory_limit.map_or(Value::Nil, Value::from),
-                ),
-                ("timeout", text(&self.timeout)),
-            ])
-        } else {
-            Value::Nil
-        };
-        let env = self.env.as_ref().map_or(Value::Nil, |pairs| {
-            Value::Array(vec![Value::Map(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str())))
-                    .collect(),
-            )])
-        });
-        let args = self.args.as_ref().map_or(Value::Nil, |a| {
-            Value::Array(a.iter().map(|s| Value::from(s.as_str())).collect())
-        });
-        encode(&object(vec![
-            ("args", args),
-            ("code", text(&self.code)),
-            ("elide_opts", opts),
-            ("env", env),
-            ("language", text(&self.language)),
-            ("script", text(&self.script)),
-        ]))
+        encode(&plugin_schemas().task, &self.body())
     }
 }

@@ -14,8 +14,6 @@ use elide_proto::hashicorp::nomad::plugins::base::proto::ConfigSchemaRequest;
 use elide_proto::hashicorp::nomad::plugins::drivers::proto::{
     fingerprint_response::HealthState, TaskConfigSchemaRequest,
 };
-use elide_proto::hashicorp::nomad::plugins::shared::hclspec::Spec;
-use hcl::eval::Context;
 use tonic::Code;
 
 /// Upper bound for anything a test waits for.
@@ -27,12 +25,6 @@ fn original_agent_config() -> String {
         "/../examples/original/nomad-agent.hcl"
     );
     std::fs::read_to_string(path).expect("examples/original/nomad-agent.hcl")
-}
-
-/// cty msgpack of an HCL body under `spec`, as Nomad encodes it.
-fn encode(spec: &Spec, body: &hcl::Body, path: &str) -> Vec<u8> {
-    let value = elide_runner::cty::body_to_value(body, &Context::new(), path).expect("body");
-    elide_runner::cty::encode(spec, &value, path).expect("encoding")
 }
 
 /// The original agent file with its daemon socket pointed at `daemon` and
@@ -55,7 +47,7 @@ async fn plugin_config(host: &mut NomadHost, daemon: &Daemon, replace: (&str, &s
         .into_inner()
         .spec
         .expect("a schema");
-    encode(&schema, &block.config, "config")
+    elide_e2e::cty::encode(&schema, &block.config)
 }
 
 /// A task `config { … }` in HCL, encoded with the plugin's `TaskConfigSchema`.
@@ -69,7 +61,7 @@ async fn task_config(host: &mut NomadHost, hcl_text: &str) -> Vec<u8> {
         .spec
         .expect("a schema");
     let body: hcl::Body = hcl::parse(hcl_text).expect("task config");
-    encode(&schema, &body, "config")
+    elide_e2e::cty::encode(&schema, &body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
