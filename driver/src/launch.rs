@@ -8,15 +8,10 @@ use std::path::{Path, PathBuf};
 
 use nix::unistd::{Gid, Group};
 
-/// Environment variable holding Nomad's magic cookie.
-pub const MAGIC_COOKIE_KEY: &str = "NOMAD_PLUGIN_MAGIC_COOKIE";
-/// Nomad's magic cookie value (`plugins/base/plugin.go`).
-pub const MAGIC_COOKIE_VALUE: &str =
-    "e4327c2e01eabfd75a8a67adb114fb34a757d57eee7728d857a8cec6e91a7255";
-/// go-plugin's core protocol version.
-pub const CORE_PROTOCOL_VERSION: u32 = 1;
-/// Nomad's plugin (application) protocol version.
-pub const APP_PROTOCOL_VERSION: u32 = 2;
+pub use elide_proto::handshake::{
+    handshake_line, APP_PROTOCOL_VERSION, CORE_PROTOCOL_VERSION, MAGIC_COOKIE_KEY,
+    MAGIC_COOKIE_VALUE,
+};
 
 /// Why the process was not started the way a Nomad client starts plugins.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,15 +47,6 @@ pub fn check_environment(env: impl Fn(&str) -> Option<String>) -> Result<(), Lau
         return Err(LaunchError::UnsupportedProtocol { offered });
     }
     Ok(())
-}
-
-/// The handshake line for a unix socket, newline included. The empty sixth
-/// field is the (absent) AutoMTLS certificate, as Go plugins print it.
-pub fn handshake_line(socket: &Path) -> String {
-    format!(
-        "{CORE_PROTOCOL_VERSION}|{APP_PROTOCOL_VERSION}|unix|{}|grpc|\n",
-        socket.display()
-    )
 }
 
 /// The directory for the plugin socket: `PLUGIN_UNIX_SOCKET_DIR`, else
@@ -214,14 +200,6 @@ mod tests {
                 ("PLUGIN_PROTOCOL_VERSIONS", "1, 2")
             ])),
             Ok(())
-        );
-    }
-
-    #[test]
-    fn handshake_line_has_the_go_plugin_shape() {
-        assert_eq!(
-            handshake_line(Path::new("/tmp/plugin42")),
-            "1|2|unix|/tmp/plugin42|grpc|\n"
         );
     }
 

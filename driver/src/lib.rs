@@ -30,7 +30,6 @@ pub mod plugin_config;
 pub mod probe;
 pub mod script;
 pub mod shutdown;
-pub mod status;
 pub mod supervision;
 pub mod task_config;
 pub mod tasks;

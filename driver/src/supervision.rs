@@ -95,7 +95,7 @@ impl Default for Timing {
 /// Environment variables of the go-plugin contract, which are the plugin's
 /// business and must not leak into the daemon.
 const PLUGIN_ENV: [&str; 6] = [
-    "NOMAD_PLUGIN_MAGIC_COOKIE",
+    crate::launch::MAGIC_COOKIE_KEY,
     "PLUGIN_PROTOCOL_VERSIONS",
     "PLUGIN_MIN_PORT",
     "PLUGIN_MAX_PORT",

@@ -9,6 +9,11 @@
 //! * [`plugin`]: go-plugin's own services (controller, stdio, broker).
 //! * [`Language`]: the snippet languages, by the names the API uses;
 //!   [`intrinsics`]: the host capabilities a session may grant.
+//! * [`handshake`]: go-plugin's process contract (magic cookie, protocol
+//!   versions, the handshake line and its parser), for the plugin and every
+//!   client of it.
+//! * [`recoverable`]: Nomad's `RecoverableError` status detail, written
+//!   and read.
 //! * [`duration_to_proto`] / [`duration_from_proto`]: the one conversion
 //!   between std and protobuf durations every crate uses.
 //!
@@ -16,8 +21,10 @@
 //! code refers to other packages through relative `super::` paths.
 
 mod duration;
+pub mod handshake;
 pub mod intrinsics;
 mod language;
+pub mod recoverable;
 pub use duration::{duration_from_proto, duration_to_proto};
 pub use language::Language;
 

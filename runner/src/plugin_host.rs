@@ -17,8 +17,8 @@ use elide_proto::plugin::grpc_controller_client::GrpcControllerClient;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-/// Nomad's magic cookie (`plugins/base/plugin.go`).
-pub const MAGIC_COOKIE: &str = "e4327c2e01eabfd75a8a67adb114fb34a757d57eee7728d857a8cec6e91a7255";
+use elide_proto::handshake::{parse_handshake, MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE};
+
 /// How long the handshake line may take (go-plugin's `StartTimeout` is 1 min).
 pub const HANDSHAKE_LIMIT: Duration = Duration::from_secs(30);
 /// How long dialing the socket and the health check may take.
@@ -67,7 +67,7 @@ impl PluginHost {
     /// Launches `binary` with its socket in `socket_dir` and connects.
     pub async fn launch(binary: &Path, socket_dir: &Path) -> Result<PluginHost, PluginError> {
         let mut child = Command::new(binary)
-            .env("NOMAD_PLUGIN_MAGIC_COOKIE", MAGIC_COOKIE)
+            .env(MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE)
             .env("PLUGIN_PROTOCOL_VERSIONS", "2")
             .env("PLUGIN_MIN_PORT", "10000")
             .env("PLUGIN_MAX_PORT", "25000")
@@ -116,7 +116,7 @@ impl PluginHost {
                 )))
             }
         };
-        let socket = parse_handshake(&line).map_err(PluginError::Handshake)?;
+        let socket = parse_handshake(&line).map_err(|e| PluginError::Handshake(e.to_string()))?;
         let connect = |problem: String| PluginError::Connect {
             socket: socket.clone(),
             problem,
@@ -224,44 +224,6 @@ async fn dial(socket: PathBuf) -> Result<Channel, tonic::transport::Error> {
         .await
 }
 
-/// Validates a handshake line as go-plugin's client does and returns the
-/// socket path: `1|2|unix|<path>|grpc[|<empty cert>]`.
-pub fn parse_handshake(line: &str) -> Result<PathBuf, String> {
-    let line = line.trim();
-    let parts: Vec<&str> = line.split('|').collect();
-    if parts.len() < 5 {
-        return Err(format!(
-            "expected at least 5 |-separated fields, got {line:?}"
-        ));
-    }
-    if parts[0] != "1" {
-        return Err(format!(
-            "incompatible core API version {:?} (want 1)",
-            parts[0]
-        ));
-    }
-    if parts[1] != "2" {
-        return Err(format!("incompatible API version {:?} (want 2)", parts[1]));
-    }
-    if parts[2] != "unix" {
-        return Err(format!("unsupported network {:?} (want unix)", parts[2]));
-    }
-    if parts[4] != "grpc" {
-        return Err(format!(
-            "unsupported plugin protocol {:?} (want grpc)",
-            parts[4]
-        ));
-    }
-    if parts.get(5).is_some_and(|cert| !cert.is_empty()) {
-        return Err("the plugin sent an AutoMTLS certificate, which Nomad never requests".into());
-    }
-    let socket = PathBuf::from(parts[3]);
-    if !socket.is_absolute() {
-        return Err(format!("socket path {:?} is not absolute", parts[3]));
-    }
-    Ok(socket)
-}
-
 /// Re-logs the plugin's hclog JSON lines through tracing (target
 /// `plugin`), keeping the last 50 messages for error reports.
 fn relay_stderr(
@@ -304,33 +266,4 @@ fn relay_stderr(
             }
         }
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn handshake_lines_are_checked_like_go_plugin() {
-        assert_eq!(
-            parse_handshake("1|2|unix|/tmp/plugin1|grpc|\n").unwrap(),
-            PathBuf::from("/tmp/plugin1")
-        );
-        assert!(parse_handshake("1|2|unix|/tmp/p|grpc").is_ok());
-        assert!(parse_handshake("1|1|unix|/tmp/p|grpc")
-            .unwrap_err()
-            .contains("API version"));
-        assert!(parse_handshake("1|2|unix|/tmp/p")
-            .unwrap_err()
-            .contains("5"));
-        assert!(parse_handshake("1|2|unix|/tmp/p|netrpc")
-            .unwrap_err()
-            .contains("protocol"));
-        assert!(parse_handshake("1|2|unix|rel|grpc")
-            .unwrap_err()
-            .contains("absolute"));
-        assert!(parse_handshake("1|2|unix|/p|grpc|MIIB")
-            .unwrap_err()
-            .contains("AutoMTLS"));
-    }
 }

@@ -722,7 +722,7 @@ impl TaskRun {
 /// Whether the driver marked a `StartTask` error as worth retrying.
 fn recoverable(status: &tonic::Status) -> bool {
     status.code() != Code::InvalidArgument
-        && elide_driver::status::recoverable_flag(status).unwrap_or(true)
+        && elide_proto::recoverable::recoverable_flag(status).unwrap_or(true)
 }
 
 /// Nomad's `killTask` for one plugin: `StopTask`, retried after

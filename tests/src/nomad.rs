@@ -13,10 +13,8 @@ use elide_proto::hashicorp::nomad::plugins::drivers::proto::{
     DestroyTaskRequest, FingerprintRequest, FingerprintResponse, RecoverTaskRequest, Resources,
     StartTaskRequest, StopTaskRequest, TaskConfig, TaskHandle, WaitTaskRequest, WaitTaskResponse,
 };
-use elide_proto::hashicorp::nomad::plugins::shared::structs::RecoverableError;
 use elide_proto::plugin::{grpc_controller_client::GrpcControllerClient, Empty};
 use futures::StreamExt;
-use prost::Message;
 use tonic::transport::Channel;
 
 use crate::binaries::{binary, PLUGIN};
@@ -318,24 +316,4 @@ fn counter() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// The `RecoverableError` flag of a status, read as Nomad's client does
-/// (`None` without a matching detail).
-pub fn recoverable_flag(status: &tonic::Status) -> Option<bool> {
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct RpcStatus {
-        #[prost(int32, tag = "1")]
-        code: i32,
-        #[prost(string, tag = "2")]
-        message: String,
-        #[prost(message, repeated, tag = "3")]
-        details: Vec<prost_types::Any>,
-    }
-    let body = RpcStatus::decode(status.details()).ok()?;
-    if body.code != status.code() as i32 {
-        return None;
-    }
-    let detail = body.details.first()?;
-    RecoverableError::decode(detail.value.as_slice())
-        .ok()
-        .map(|e| e.recoverable)
-}
+pub use elide_proto::recoverable::recoverable_flag;

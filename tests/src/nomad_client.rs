@@ -16,7 +16,7 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Nomad's magic cookie.
-pub const COOKIE: &str = "e4327c2e01eabfd75a8a67adb114fb34a757d57eee7728d857a8cec6e91a7255";
+pub use elide_proto::handshake::MAGIC_COOKIE_VALUE as COOKIE;
 
 /// A running plugin process.
 pub struct PluginProcess {
@@ -35,7 +35,7 @@ impl PluginProcess {
     /// waits for a valid handshake line.
     pub fn launch(binary: &Path, socket_dir: &Path) -> PluginProcess {
         let mut child = Command::new(binary)
-            .env("NOMAD_PLUGIN_MAGIC_COOKIE", COOKIE)
+            .env(elide_proto::handshake::MAGIC_COOKIE_KEY, COOKIE)
             .env("PLUGIN_PROTOCOL_VERSIONS", "2")
             .env("PLUGIN_MIN_PORT", "10000")
             .env("PLUGIN_MAX_PORT", "25000")
@@ -59,7 +59,8 @@ impl PluginProcess {
             "handshake must end with a newline: {handshake:?}"
         );
         let handshake = handshake.trim().to_owned();
-        let socket = parse_handshake(&handshake);
+        let socket = elide_proto::handshake::parse_handshake(&handshake)
+            .unwrap_or_else(|e| panic!("handshake {handshake:?}: {e}"));
         // Like go-plugin: keep draining stdout (it should be at EOF now,
         // because the plugin pointed fd 1 at /dev/null).
         let stdout_drain = std::thread::spawn(move || {
@@ -159,30 +160,6 @@ fn collect_lines(stderr: ChildStderr, into: Arc<Mutex<Vec<String>>>) -> JoinHand
             }
         }
     })
-}
-
-/// Validates a handshake line as go-plugin's client does (plus the checks
-/// that keep Nomad alive) and returns the socket path.
-pub fn parse_handshake(line: &str) -> PathBuf {
-    let parts: Vec<&str> = line.split('|').collect();
-    assert!(
-        parts.len() >= 5,
-        "handshake needs at least 5 fields: {line:?}"
-    );
-    assert_eq!(parts[0], "1", "core protocol version");
-    assert_eq!(parts[1], "2", "app protocol version");
-    assert_eq!(parts[2], "unix", "network");
-    assert_eq!(parts[4], "grpc", "protocol");
-    if let Some(cert) = parts.get(5) {
-        assert!(
-            cert.is_empty(),
-            "no AutoMTLS certificate may be sent: {cert:?}"
-        );
-    }
-    assert!(parts.len() <= 6, "no mux field: {line:?}");
-    let socket = PathBuf::from(parts[3]);
-    assert!(socket.is_absolute(), "socket path {socket:?}");
-    socket
 }
 
 /// Runs `binary` with `env` only (no cookie unless given) and returns its

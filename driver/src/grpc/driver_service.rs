@@ -35,10 +35,10 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use crate::driver::ElideDriver;
 use crate::plugin_config::PluginConfig;
 use crate::probe::{AttributeValue, DaemonHealth};
-use crate::status;
 use crate::task_config;
 use crate::tasks::TaskEvent;
 use crate::tasks::{ExitOutcome, ResourceSample, TaskError};
+use elide_proto::recoverable;
 
 /// How often the fingerprint is re-sent when nothing changed (Go drivers
 /// use 30 s; duplicates are cheap for the client).
@@ -144,13 +144,13 @@ fn task_status(error: TaskError) -> Status {
     match error {
         TaskError::NotConfigured => Status::failed_precondition(message),
         TaskError::InvalidConfig(_) => {
-            status::with_recoverable(Code::InvalidArgument, message, false)
+            recoverable::with_recoverable(Code::InvalidArgument, message, false)
         }
         TaskError::Daemon { recoverable, .. } => {
-            status::with_recoverable(Code::FailedPrecondition, message, recoverable)
+            recoverable::with_recoverable(Code::FailedPrecondition, message, recoverable)
         }
         TaskError::AlreadyStarted(_) => {
-            status::with_recoverable(Code::FailedPrecondition, message, false)
+            recoverable::with_recoverable(Code::FailedPrecondition, message, false)
         }
         TaskError::NotFound(_) => Status::not_found(message),
         TaskError::Precondition(_) => Status::failed_precondition(message),
@@ -566,7 +566,7 @@ mod tests {
         let err = service.start_task(start(msgpack)).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
         assert!(err.message().contains("`language`"), "{}", err.message());
-        assert_eq!(status::recoverable_flag(&err), Some(false));
+        assert_eq!(recoverable::recoverable_flag(&err), Some(false));
     }
 
     #[tokio::test]

@@ -1,11 +1,15 @@
 //! gRPC error statuses carrying Nomad's `RecoverableError` detail, the only
-//! structured error the Nomad client understands (StartTask, TaskStats).
+//! structured error the Nomad client understands (StartTask, TaskStats),
+//! written once for both ends: the plugin writes it with
+//! [`with_recoverable`], and every client here (`elide-run`, the end-to-end
+//! harness, the simulation's fake agent) reads it with [`recoverable_flag`]
+//! as Nomad's client does (`plugins/drivers/utils.go`).
 //!
 //! The detail travels as an encoded `google.rpc.Status` in the
 //! `grpc-status-details-bin` trailer. Its `code` must equal the gRPC status
 //! code: grpc-go replaces a mismatch with INTERNAL and drops the detail.
 
-use elide_proto::hashicorp::nomad::plugins::shared::structs::RecoverableError;
+use crate::hashicorp::nomad::plugins::shared::structs::RecoverableError;
 use prost::Message;
 
 /// Type URL of the `RecoverableError` detail, as Nomad's client expects it.
