@@ -2,7 +2,8 @@
 //! JavaScript snippets in the node's shared Elide execution daemon.
 //!
 //! Layout:
-//! * process contract: [`launch`] (environment, socket, handshake),
+//! * process contract: [`launch`] (environment, socket; the handshake line
+//!   is `elide_proto::handshake`),
 //!   [`logging`] (hclog JSON on stderr), [`shutdown`];
 //! * configuration: [`plugin_config`] (agent `plugin` block),
 //!   [`task_config`] (task `config` block), [`script`] (loading a task's
@@ -13,7 +14,8 @@
 //!   when configured, the daemon started and restarted by [`supervision`];
 //! * the daemon: [`daemon_link`] (transport seam, deadlines, keepalive,
 //!   session and execution naming) and [`tasks`] (the task lifecycle);
-//! * Nomad-facing gRPC: [`grpc`], with error details from [`status`].
+//! * Nomad-facing gRPC: [`grpc`], with Nomad's error details from
+//!   `elide_proto::recoverable`.
 
 #![warn(missing_docs)]
 
