@@ -60,7 +60,7 @@ pub fn schema() -> Spec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskSource {
     /// A script file, as written in the config (resolved against the task
-    /// directory by [`crate::script::resolve`]).
+    /// directory by [`crate::script::load`]).
     Script(String),
     /// Inline source code.
     Code(String),

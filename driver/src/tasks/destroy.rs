@@ -17,8 +17,8 @@ impl TaskManager {
     ///
     /// Nomad calls it once and ignores its errors, so failing while the
     /// daemon is unreachable would only orphan the execution. Instead the
-    /// delete is journaled ([`DeleteJournal`]), the task is forgotten at
-    /// once and a background [`reap`] keeps deleting the execution, with
+    /// delete is journaled ([`super::intents::DeleteJournal`]), the task is forgotten at
+    /// once and a background reaper (`intents::reap`) keeps deleting the execution, with
     /// back-off, until the daemon confirms it is gone; a plugin restarted
     /// meanwhile resumes it from the journal ([`TaskManager::resume`]).
     /// The call waits up to [`DESTROY_WAIT_LIMIT`] for that confirmation,
