@@ -19,19 +19,19 @@
 
 #![warn(missing_docs)]
 
-pub mod cty;
+mod cty;
 pub mod daemon_link;
 pub mod driver;
-pub mod duration;
+mod duration;
 pub mod grpc;
-pub mod hclspec;
+mod hclspec;
 pub mod host;
 pub mod launch;
 pub mod logging;
 pub mod plugin_config;
 pub mod probe;
-pub mod script;
+mod script;
 pub mod shutdown;
-pub mod supervision;
+mod supervision;
 pub mod task_config;
 pub mod tasks;

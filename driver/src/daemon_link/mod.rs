@@ -9,7 +9,7 @@
 //! dead without either side being told, as after a network partition), and
 //! HTTP/2 keepalive, so a hung daemon is noticed even on long streams.
 
-pub mod heartbeat;
+pub(crate) mod heartbeat;
 pub mod identity;
 
 use std::fmt;

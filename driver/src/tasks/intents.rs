@@ -185,11 +185,6 @@ impl DeleteJournal {
         }
     }
 
-    /// Whether a delete of `execution_id` is pending.
-    pub fn contains(&self, execution_id: &str) -> bool {
-        self.lock().entries.contains_key(execution_id)
-    }
-
     fn save(&self, state: &JournalState) {
         let Some(path) = &state.path else { return };
         let bytes = serde_json::to_vec(&state.entries).unwrap_or_default();

@@ -10,21 +10,21 @@
 //!   output has reached Nomad's FIFOs; the outcome is published exactly
 //!   once on a `watch` channel, which any number of `WaitTask` calls read.
 
-pub mod backoff;
+pub(crate) mod backoff;
 mod destroy;
-pub mod driver_state;
+mod driver_state;
 mod error;
 mod events;
-pub mod exit;
-pub mod intents;
-pub mod output;
+mod exit;
+mod intents;
+mod output;
 mod pending_stops;
 mod recover;
-pub mod request;
+mod request;
 mod start;
-pub mod stats;
+mod stats;
 mod stats_stream;
-pub mod status_feed;
+mod status_feed;
 mod stop;
 
 use std::collections::{BTreeMap, BTreeSet};
