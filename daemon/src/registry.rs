@@ -2,9 +2,13 @@
 //! of one daemon, and the operations of the API on them.
 //!
 //! All state sits behind one mutex that is never held across an `.await` or
-//! a slow write, so status changes and their event sequence numbers are
-//! always in the same order. Programs are run by [`crate::supervisor`]; the
-//! gRPC layer ([`crate::service`]) only translates.
+//! a store write, so status changes and their event sequence numbers are
+//! always in the same order. Every change follows the same three steps:
+//! change the state in one lock section, persist what must be durable with
+//! the lock released, and only then publish (wake watchers, wake waiters,
+//! start a supervisor). A watcher therefore never sees an execution, or a
+//! final status, that a crash could take back. Programs are run by
+//! [`crate::supervisor`]; the gRPC layer ([`crate::service`]) only translates.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -27,13 +31,18 @@ use crate::output::OutputLog;
 use crate::runtime::{Metrics, ProgramControl, Runtime, StartMode};
 use crate::session::{check_ai_available, execution_policy, ExecutionPolicy, SessionPolicy};
 use crate::store::{ExecutionRecord, SessionRecord, StateStore};
-use crate::supervisor::{self, StopRequest};
+use crate::supervisor::{self, Ending, ExecutionReport, StopRequest};
 use crate::time::{proto_timestamp, Clock};
 use elide_proto::duration_to_proto;
 
 /// Sequence numbers reserved (and persisted) at a time, so a restarted
 /// daemon never reuses one.
 const SEQ_BLOCK: u64 = 1024;
+
+/// A new block is reserved (outside the lock) once fewer than this many
+/// durably reserved numbers are left, so an event normally never waits for
+/// the write.
+const SEQ_LOW_WATER: u64 = SEQ_BLOCK / 2;
 
 /// What the registry is built from.
 pub struct RegistryDeps {
@@ -62,8 +71,19 @@ struct Entry {
     output: Arc<OutputLog>,
     control: Option<Arc<dyn ProgramControl>>,
     stop: Option<mpsc::UnboundedSender<StopRequest>>,
-    done: watch::Sender<bool>,
+    /// Set once the execution ended and its final record is persisted (or
+    /// it was forgotten); shared so it can be set after the lock is released.
+    done: Arc<watch::Sender<bool>>,
     delete_when_done: bool,
+}
+
+/// An execution accepted under the lock but not yet durable: invisible to
+/// every reader until its QUEUED record is written.
+struct Pending {
+    fingerprint: Vec<u8>,
+    /// Dropped when the acceptance settles (published or undone); a retry
+    /// of the same request waits for that.
+    settled: watch::Sender<()>,
 }
 
 impl Entry {
@@ -88,15 +108,60 @@ struct Session {
     record: SessionRecord,
     policy: SessionPolicy,
     executions: BTreeMap<String, Entry>,
+    /// Executions being persisted before they are published.
+    pending: BTreeMap<String, Pending>,
     /// Terminal executions, oldest first, for retention.
     finished: VecDeque<String>,
     events: EventLog,
-    changed: watch::Sender<u64>,
+    /// `record.seq_reserved` as last written to the store: every sequence
+    /// number handed out is below it (see [`SessionRegistry::lock_with_seq_room`]).
+    durable_seq: u64,
+    /// The newest published seq; shared so it can be sent after the lock is
+    /// released.
+    changed: Arc<watch::Sender<u64>>,
     last_active: Instant,
     watchers: u32,
 }
 
 impl Session {
+    /// A session as created or restored, with `record` already written.
+    fn new(record: SessionRecord, policy: SessionPolicy, events: EventLog) -> Self {
+        Session {
+            durable_seq: record.seq_reserved,
+            record,
+            policy,
+            executions: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            finished: VecDeque::new(),
+            events,
+            changed: Arc::new(watch::Sender::new(0)),
+            last_active: Instant::now(),
+            watchers: 0,
+        }
+    }
+
+    /// Whether the next sequence number is not yet durably reserved.
+    fn needs_seqs(&self) -> bool {
+        self.events.last_seq() + 1 >= self.durable_seq
+    }
+
+    /// Whether a new block should be reserved soon.
+    fn wants_seqs(&self) -> bool {
+        self.events.last_seq() + 1 + SEQ_LOW_WATER >= self.record.seq_reserved
+    }
+
+    /// Appends `status` as the next event; the caller holds the lock taken
+    /// by [`SessionRegistry::lock_with_seq_room`], so the seq is durable.
+    fn push_event(&mut self, status: pb::ExecutionStatus) -> Published {
+        debug_assert!(!self.needs_seqs());
+        let seq = self.events.push(status);
+        Published {
+            seq,
+            changed: self.changed.clone(),
+            wants_seqs: self.wants_seqs(),
+        }
+    }
+
     fn info(&self) -> pb::SessionInfo {
         let mut info = self.record.info.clone().unwrap_or_default();
         info.running_executions = self
@@ -108,6 +173,15 @@ impl Session {
         info.last_seq = self.events.last_seq();
         info
     }
+}
+
+/// An event appended under the lock, to announce once the lock is released
+/// (and what it changed is persisted).
+struct Published {
+    seq: u64,
+    changed: Arc<watch::Sender<u64>>,
+    /// The session should reserve a new block of sequence numbers.
+    wants_seqs: bool,
 }
 
 #[derive(Default)]
@@ -130,23 +204,21 @@ pub struct SessionRegistry {
     scratch_dir: PathBuf,
     run_slots: Arc<Semaphore>,
     inner: Mutex<Inner>,
+    /// Serializes sequence-reservation writes (never held with `inner`
+    /// across a write), so a later reservation is never overwritten by an
+    /// earlier one.
+    reservations: Mutex<()>,
 }
 
-/// How an execution ended, as the supervisor saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ending {
-    /// The program ended by itself.
-    Exited(crate::runtime::ExitInfo),
-    /// Stopped by a cancel; with how the program finally ended, if it ran.
-    Cancelled(String, Option<crate::runtime::ExitInfo>),
-    /// Stopped after its timeout.
-    TimedOut(Duration, crate::runtime::ExitInfo),
-    /// Killed over its memory limit.
-    MemoryExceeded(String, crate::runtime::ExitInfo),
-    /// Could not start.
-    SpawnFailed(String),
-    /// The runtime stopped reporting without an exit.
-    Lost(String),
+/// What [`SessionRegistry::reserve_execution`] found or reserved.
+enum Reservation {
+    /// The same request was accepted before: its current status.
+    Existing(pb::ExecutionStatus),
+    /// The same request is being accepted right now: settles when it is
+    /// published or undone.
+    InFlight(watch::Receiver<()>),
+    /// Reserved as pending: its QUEUED status (no seq yet) and its policy.
+    New(pb::ExecutionStatus, ExecutionPolicy),
 }
 
 impl SessionRegistry {
@@ -167,6 +239,7 @@ impl SessionRegistry {
             started: Instant::now(),
             scratch_dir: deps.scratch_dir,
             inner: Mutex::default(),
+            reservations: Mutex::default(),
         });
         reg.restore()?;
         Ok(reg)
@@ -176,6 +249,7 @@ impl SessionRegistry {
         let stored = self.store.load()?;
         let now = self.clock.now();
         let mut writes = Vec::new();
+        let mut reservations = Vec::new();
         let mut inner = self.lock();
         for (id, (mut record, execs)) in stored.sessions {
             let config = record
@@ -191,27 +265,26 @@ impl SessionRegistry {
                 }
             };
             let first_seq = record.seq_reserved.max(1);
-            record.seq_reserved = first_seq + SEQ_BLOCK;
-            self.store.put_session(&id, &record)?;
+            // Covers the events pushed below for executions the restart
+            // ended, plus a fresh block; written before the registry is
+            // handed out, so before any of these numbers is seen.
+            let restarted = execs
+                .values()
+                .filter(|r| !r.status.as_ref().is_some_and(|s| is_terminal(s.state())))
+                .count() as u64;
+            record.seq_reserved = first_seq + restarted + SEQ_BLOCK;
+            reservations.push((id.clone(), record.clone()));
             let history: Vec<pb::ExecutionStatus> = execs
                 .values()
                 .filter_map(|r| r.status.clone())
                 .filter(|s| is_terminal(s.state()))
                 .collect();
-            let mut session = Session {
-                record,
-                policy,
-                executions: BTreeMap::new(),
-                finished: VecDeque::new(),
-                events: EventLog::with_history(
-                    self.limits.max_events_retained_per_session as usize,
-                    first_seq,
-                    history,
-                ),
-                changed: watch::Sender::new(0),
-                last_active: Instant::now(),
-                watchers: 0,
-            };
+            let events = EventLog::with_history(
+                self.limits.max_events_retained_per_session as usize,
+                first_seq,
+                history,
+            );
+            let mut session = Session::new(record, policy, events);
             let mut execs: Vec<(String, ExecutionRecord)> = execs.into_iter().collect();
             execs.sort_by_key(|(_, r)| r.status.as_ref().map_or(0, |s| s.seq));
             for (exec_id, rec) in execs {
@@ -254,7 +327,7 @@ impl SessionRegistry {
                         output,
                         control: None,
                         stop: None,
-                        done: watch::Sender::new(true),
+                        done: Arc::new(watch::Sender::new(true)),
                         delete_when_done: false,
                     },
                 );
@@ -262,6 +335,9 @@ impl SessionRegistry {
             inner.sessions.insert(id, session);
         }
         drop(inner);
+        for (sid, record) in reservations {
+            self.store.put_session(&sid, &record)?;
+        }
         for (sid, eid, rec) in writes {
             self.store.put_execution(&sid, &eid, &rec)?;
         }
@@ -282,6 +358,11 @@ impl SessionRegistry {
     /// Limits in force.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The runtime that starts programs.
+    pub(crate) fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.runtime
     }
 
     /// Health report.
@@ -401,19 +482,10 @@ impl SessionRegistry {
                 }),
                 seq_reserved: 1 + SEQ_BLOCK,
             };
-            inner.sessions.insert(
-                id.clone(),
-                Session {
-                    record: record.clone(),
-                    policy,
-                    executions: BTreeMap::new(),
-                    finished: VecDeque::new(),
-                    events: EventLog::new(self.limits.max_events_retained_per_session as usize, 1),
-                    changed: watch::Sender::new(0),
-                    last_active: Instant::now(),
-                    watchers: 0,
-                },
-            );
+            let events = EventLog::new(self.limits.max_events_retained_per_session as usize, 1);
+            inner
+                .sessions
+                .insert(id.clone(), Session::new(record.clone(), policy, events));
             record
         };
         if let Err(e) = self.store.put_session(&id, &record) {
@@ -509,7 +581,14 @@ impl SessionRegistry {
     // ------------------------------------------------------------ executions
 
     /// Accepts an execution (idempotently) and starts supervising it.
-    pub fn execute(
+    ///
+    /// The QUEUED record is written before anything is published: until
+    /// then the execution is pending, invisible to every reader, and a store
+    /// failure undoes it without a trace. A retry of the same request while
+    /// it is pending waits for the outcome and then answers as for any retry
+    /// (the same execution, `created` false), or accepts it itself if the
+    /// first attempt was undone.
+    pub async fn execute(
         self: &Arc<Self>,
         req: pb::ExecuteSnippetRequest,
     ) -> Result<(pb::ExecutionStatus, bool)> {
@@ -523,111 +602,85 @@ impl SessionRegistry {
         let fingerprint = sha2::Sha256::digest(req.encode_to_vec()).to_vec();
         let session_id = req.session_id.clone();
 
-        let (status, policy, output, stops) = {
-            let mut inner = self.lock();
-            let draining = inner.draining;
-            let queued = inner.queued;
-            let session = session_mut(&mut inner, &session_id)?;
-            if let Some(existing) = session.executions.get(&execution_id) {
-                if existing.fingerprint == fingerprint {
-                    return Ok((existing.snapshot(), false));
+        let (status, policy) = loop {
+            match self.reserve_execution(&req, &session_id, &execution_id, &fingerprint)? {
+                Reservation::Existing(status) => return Ok((status, false)),
+                Reservation::InFlight(mut settled) => {
+                    // Err once the first attempt settles (its sender is dropped).
+                    let _ = settled.changed().await;
                 }
-                return Err(DaemonError::AlreadyExists(format!(
-                    "execution {execution_id} already exists in session {session_id} with a different request"
-                )));
+                Reservation::New(status, policy) => break (status, policy),
             }
-            if draining {
-                return Err(shutting_down());
-            }
-            let policy = execution_policy(
-                &session_id,
-                &session.policy,
-                &req,
-                &self.limits,
-                self.ai_available(),
-            )?;
-            let serving = self
-                .runtime
-                .languages()
-                .into_iter()
-                .find(|l| l.language == policy.language);
-            if let Some(reason) = serving.as_ref().and_then(|l| l.unavailable_reason.clone()) {
-                return Err(DaemonError::FailedPrecondition(format!(
-                    "no runtime for {} on this daemon: {reason}",
-                    policy.language
-                )));
-            }
-            // Only the `elide` runtime has polyglot calls and `elide:` modules.
-            let runtime = serving.map(|l| l.runtime).unwrap_or_default();
-            if runtime != "elide" {
-                if let Some(refusal) = elide_apis::refusal(policy.language, &req.code, &runtime) {
-                    return Err(DaemonError::FailedPrecondition(refusal));
-                }
-            }
-            if let Err(reason) = self.runtime.check_working_dir(&req.working_dir) {
-                return Err(DaemonError::InvalidArgument(format!(
-                    "working_dir: {reason}"
-                )));
-            }
-            if queued >= self.limits.max_queued_executions {
-                return Err(DaemonError::ResourceExhausted(format!(
-                    "{queued} executions are already waiting for a run slot, the daemon's limit"
-                )));
-            }
-            let status = pb::ExecutionStatus {
-                session_id: session_id.clone(),
-                execution_id: execution_id.clone(),
-                state: pb::ExecutionState::Queued as i32,
-                created_at: Some(proto_timestamp(self.clock.now())),
-                daemon_instance_id: self.instance_id.clone(),
-                language: policy.language.name().into(),
-                memory_limit_mb: policy.memory_limit_mb.unwrap_or(0),
-                timeout: policy.timeout.map(duration_to_proto),
-                labels: req.labels.clone(),
-                ..Default::default()
-            };
-            let (stop_tx, stop_rx) = mpsc::unbounded_channel();
-            let output = Arc::new(OutputLog::new(
-                self.limits.output_retention_bytes_per_stream,
-            ));
-            session.events.push(status.clone());
-            let mut status = status;
-            status.seq = session.events.last_seq();
-            session.executions.insert(
-                execution_id.clone(),
-                Entry {
-                    status: status.clone(),
-                    fingerprint: fingerprint.clone(),
-                    output: output.clone(),
-                    control: None,
-                    stop: Some(stop_tx),
-                    done: watch::Sender::new(false),
-                    delete_when_done: false,
-                },
-            );
-            session.last_active = Instant::now();
-            self.bump_seq_reservation(&session_id, session);
-            session.changed.send_replace(session.events.last_seq());
-            inner.queued += 1;
-            (status, policy, output, stop_rx)
         };
         let record = ExecutionRecord {
             status: Some(status.clone()),
-            fingerprint,
+            fingerprint: fingerprint.clone(),
             ..Default::default()
         };
         if let Err(e) = self
             .store
             .put_execution(&session_id, &execution_id, &record)
         {
-            // Not durable, so not accepted: undo.
+            // Not durable, so not accepted: undo what nobody has seen.
             let mut inner = self.lock();
-            inner.queued -= 1;
+            inner.queued = inner.queued.saturating_sub(1);
             if let Some(s) = inner.sessions.get_mut(&session_id) {
-                s.executions.remove(&execution_id);
+                s.pending.remove(&execution_id);
             }
             return Err(e.into());
         }
+
+        let (status, output, stops, published) = {
+            let mut inner = self.lock_with_seq_room(&session_id);
+            let draining = inner.draining;
+            let session = inner
+                .sessions
+                .get_mut(&session_id)
+                .filter(|s| s.pending.contains_key(&execution_id));
+            match session {
+                Some(session) if !draining => {
+                    session.pending.remove(&execution_id);
+                    let published = session.push_event(status.clone());
+                    let mut status = status;
+                    status.seq = published.seq;
+                    let (stop_tx, stop_rx) = mpsc::unbounded_channel();
+                    let output = Arc::new(OutputLog::new(
+                        self.limits.output_retention_bytes_per_stream,
+                    ));
+                    session.executions.insert(
+                        execution_id.clone(),
+                        Entry {
+                            status: status.clone(),
+                            fingerprint,
+                            output: output.clone(),
+                            control: None,
+                            stop: Some(stop_tx),
+                            done: Arc::new(watch::Sender::new(false)),
+                            delete_when_done: false,
+                        },
+                    );
+                    session.last_active = Instant::now();
+                    (status, output, stop_rx, published)
+                }
+                // Deleted, or the daemon began draining, while the record
+                // was written: the execution was never published, so it is
+                // simply not accepted.
+                session => {
+                    if let Some(session) = session {
+                        session.pending.remove(&execution_id);
+                    }
+                    inner.queued = inner.queued.saturating_sub(1);
+                    drop(inner);
+                    let _ = self.store.remove_execution(&session_id, &execution_id);
+                    return Err(if draining {
+                        shutting_down()
+                    } else {
+                        no_session(&session_id)
+                    });
+                }
+            }
+        };
+        self.announce(&session_id, published);
         let spec = self.program_spec(&req, &session_id, &execution_id, &policy);
         tracing::info!(%session_id, %execution_id, language = %policy.language, "execution accepted");
         tokio::spawn(supervisor::supervise(
@@ -640,6 +693,104 @@ impl SessionRegistry {
             stops,
         ));
         Ok((status, true))
+    }
+
+    /// The checks and the reservation of [`execute`](Self::execute), in one
+    /// lock section.
+    fn reserve_execution(
+        &self,
+        req: &pb::ExecuteSnippetRequest,
+        session_id: &str,
+        execution_id: &str,
+        fingerprint: &[u8],
+    ) -> Result<Reservation> {
+        let mut inner = self.lock();
+        let draining = inner.draining;
+        let queued = inner.queued;
+        let session = session_mut(&mut inner, session_id)?;
+        let existing = session
+            .executions
+            .get(execution_id)
+            .map(|e| (&e.fingerprint, Some(e)))
+            .or_else(|| {
+                session
+                    .pending
+                    .get(execution_id)
+                    .map(|p| (&p.fingerprint, None))
+            });
+        if let Some((existing_fingerprint, entry)) = existing {
+            if existing_fingerprint.as_slice() != fingerprint {
+                return Err(DaemonError::AlreadyExists(format!(
+                    "execution {execution_id} already exists in session {session_id} with a different request"
+                )));
+            }
+            return Ok(match entry {
+                Some(e) => Reservation::Existing(e.snapshot()),
+                None => Reservation::InFlight(session.pending[execution_id].settled.subscribe()),
+            });
+        }
+        if draining {
+            return Err(shutting_down());
+        }
+        let policy = execution_policy(
+            session_id,
+            &session.policy,
+            req,
+            &self.limits,
+            self.ai_available(),
+        )?;
+        let serving = self
+            .runtime
+            .languages()
+            .into_iter()
+            .find(|l| l.language == policy.language);
+        if let Some(reason) = serving.as_ref().and_then(|l| l.unavailable_reason.clone()) {
+            return Err(DaemonError::FailedPrecondition(format!(
+                "no runtime for {} on this daemon: {reason}",
+                policy.language
+            )));
+        }
+        // Only the `elide` runtime has polyglot calls and `elide:` modules.
+        let runtime = serving.map(|l| l.runtime).unwrap_or_default();
+        if runtime != "elide" {
+            if let Some(refusal) = elide_apis::refusal(policy.language, &req.code, &runtime) {
+                return Err(DaemonError::FailedPrecondition(refusal));
+            }
+        }
+        if let Err(reason) = self.runtime.check_working_dir(&req.working_dir) {
+            return Err(DaemonError::InvalidArgument(format!(
+                "working_dir: {reason}"
+            )));
+        }
+        if queued >= self.limits.max_queued_executions {
+            return Err(DaemonError::ResourceExhausted(format!(
+                "{queued} executions are already waiting for a run slot, the daemon's limit"
+            )));
+        }
+        // The seq is given when the execution is published; the QUEUED
+        // record is written without one (a restart renumbers it anyway).
+        let status = pb::ExecutionStatus {
+            session_id: session_id.to_string(),
+            execution_id: execution_id.to_string(),
+            state: pb::ExecutionState::Queued as i32,
+            created_at: Some(proto_timestamp(self.clock.now())),
+            daemon_instance_id: self.instance_id.clone(),
+            language: policy.language.name().into(),
+            memory_limit_mb: policy.memory_limit_mb.unwrap_or(0),
+            timeout: policy.timeout.map(duration_to_proto),
+            labels: req.labels.clone(),
+            ..Default::default()
+        };
+        session.pending.insert(
+            execution_id.to_string(),
+            Pending {
+                fingerprint: fingerprint.to_vec(),
+                settled: watch::Sender::new(()),
+            },
+        );
+        session.last_active = Instant::now();
+        inner.queued += 1;
+        Ok(Reservation::New(status, policy))
     }
 
     fn program_spec(
@@ -676,13 +827,66 @@ impl SessionRegistry {
         }
     }
 
-    /// Persists a new block of sequence numbers when the current one runs out.
-    fn bump_seq_reservation(&self, session_id: &str, session: &mut Session) {
-        if session.events.last_seq() + 1 >= session.record.seq_reserved {
-            session.record.seq_reserved = session.events.last_seq() + 1 + SEQ_BLOCK;
-            if let Err(e) = self.store.put_session(session_id, &session.record) {
-                tracing::error!(session_id, error = %e, "persisting the sequence reservation failed");
+    /// Takes the lock with the next sequence number of `session_id` durably
+    /// reserved, writing a new reservation first (lock released) if needed.
+    ///
+    /// Why a restarted daemon never reuses a sequence number: a number is
+    /// handed out only by [`Session::push_event`], under this lock, and only
+    /// while it is below `durable_seq`; `durable_seq` only grows, and only
+    /// after the store returned from writing `seq_reserved` at least that
+    /// high; a restart starts numbering at the stored `seq_reserved`.
+    fn lock_with_seq_room(&self, session_id: &str) -> MutexGuard<'_, Inner> {
+        loop {
+            let inner = self.lock();
+            if !inner
+                .sessions
+                .get(session_id)
+                .is_some_and(Session::needs_seqs)
+            {
+                return inner;
             }
+            drop(inner);
+            self.reserve_seqs(session_id);
+        }
+    }
+
+    /// Writes a new block of sequence numbers for `session_id` when it is
+    /// running low (or out), with the registry lock released.
+    fn reserve_seqs(&self, session_id: &str) {
+        let _serial = self.reservations.lock().unwrap_or_else(|p| p.into_inner());
+        let record = {
+            let mut inner = self.lock();
+            let Some(session) = inner.sessions.get_mut(session_id) else {
+                return;
+            };
+            if !session.wants_seqs() && !session.needs_seqs() {
+                return;
+            }
+            session.record.seq_reserved = session.events.last_seq() + 1 + SEQ_BLOCK;
+            session.record.clone()
+        };
+        if let Err(e) = self.store.put_session(session_id, &record) {
+            // As before this reservation was taken outside the lock: a store
+            // that cannot write loses the guarantee, not the daemon's
+            // progress.
+            tracing::error!(session_id, error = %e, "persisting the sequence reservation failed");
+        }
+        let mut inner = self.lock();
+        if let Some(session) = inner.sessions.get_mut(session_id) {
+            session.durable_seq = session.durable_seq.max(record.seq_reserved);
+        }
+    }
+
+    /// Announces an event appended under the lock: wakes the session's
+    /// watchers, and reserves more sequence numbers if they run low. Called
+    /// with the lock released, after what the event reports is persisted.
+    fn announce(&self, session_id: &str, published: Published) {
+        // Announcements may arrive out of order; the newest seq wins.
+        published
+            .changed
+            .send_modify(|seq| *seq = (*seq).max(published.seq));
+        if published.wants_seqs {
+            self.reserve_seqs(session_id);
         }
     }
 
@@ -904,182 +1108,187 @@ impl SessionRegistry {
         let all = futures::future::join_all(waits.iter_mut().map(|w| w.wait_for(|d| *d)));
         let _ = tokio::time::timeout(grace + Duration::from_secs(1), all).await;
     }
+}
 
-    // ------------------------------------------------------------ supervisor callbacks
-
-    /// The runtime that starts programs.
-    pub(crate) fn runtime(&self) -> &Arc<dyn Runtime> {
+/// What the supervisors report; see [`crate::supervisor::ExecutionReport`].
+impl ExecutionReport for SessionRegistry {
+    fn runtime(&self) -> &Arc<dyn Runtime> {
         &self.runtime
     }
 
-    /// A run slot for one execution (waits while all are taken).
-    pub(crate) fn run_slots(&self) -> Arc<Semaphore> {
+    fn run_slots(&self) -> Arc<Semaphore> {
         self.run_slots.clone()
     }
 
-    /// The execution left the queue (started or cancelled while queued).
-    pub(crate) fn dequeued(&self) {
+    fn timeout_grace(&self) -> Duration {
+        self.limits.timeout_grace
+    }
+
+    fn dequeued(&self) {
         let mut inner = self.lock();
         inner.queued = inner.queued.saturating_sub(1);
     }
 
-    /// The program started.
-    pub(crate) fn mark_running(
-        &self,
-        session_id: &str,
-        execution_id: &str,
-        control: Arc<dyn ProgramControl>,
-    ) {
+    fn mark_running(&self, session_id: &str, execution_id: &str, control: Arc<dyn ProgramControl>) {
         let now = proto_timestamp(self.clock.now());
-        self.transition(session_id, execution_id, |e| {
+        let published = {
+            let mut inner = self.lock_with_seq_room(session_id);
+            let Some(session) = inner.sessions.get_mut(session_id) else {
+                return;
+            };
+            let Some(e) = session.executions.get_mut(execution_id) else {
+                return;
+            };
             e.control = Some(control);
             e.status.set_state(pb::ExecutionState::Running);
             e.status.started_at = Some(now);
-        });
+            let snapshot = e.snapshot();
+            let published = session.push_event(snapshot);
+            if let Some(e) = session.executions.get_mut(execution_id) {
+                e.status.seq = published.seq;
+            }
+            published
+        };
+        // RUNNING is not persisted (one write per execution is enough).
+        self.announce(session_id, published);
     }
 
-    /// The execution ended: record the final status, persist it with its
-    /// output, and apply retention.
-    pub(crate) fn finish(&self, session_id: &str, execution_id: &str, ending: Ending) {
-        use crate::runtime::ExitInfo;
-        use pb::ExecutionState as S;
+    /// One lock section records the final status, its event, retention and
+    /// a forced delete; then, with the lock released, the final record is
+    /// persisted (or removed); only then are watchers and waiters woken.
+    fn finish(&self, session_id: &str, execution_id: &str, ending: Ending) {
         let now = proto_timestamp(self.clock.now());
-        let set_exit = |s: &mut pb::ExecutionStatus, info: &ExitInfo| match info {
-            ExitInfo::Code(c) => s.exit_code = Some(*c),
-            ExitInfo::Signal(sig) => s.signal = sig.as_str().to_string(),
-        };
-        let mut delete = false;
-        let mut evict = Vec::new();
-        let mut forgotten = None;
-        let record = self.transition(session_id, execution_id, |e| {
-            let s = &mut e.status;
-            s.finished_at = Some(now);
-            match &ending {
-                Ending::Exited(info) => {
-                    s.set_state(S::Exited);
-                    set_exit(s, info);
-                }
-                Ending::Cancelled(msg, info) => {
-                    s.set_state(S::Cancelled);
-                    s.message = msg.clone();
-                    if let Some(info) = info {
-                        set_exit(s, info);
-                    }
-                }
-                Ending::TimedOut(after, info) => {
-                    s.set_state(S::TimedOut);
-                    s.message = format!("timed out after {after:?}");
-                    set_exit(s, info);
-                }
-                Ending::MemoryExceeded(msg, info) => {
-                    s.set_state(S::Failed);
-                    s.set_failure(pb::FailureReason::MemoryLimitExceeded);
-                    s.message = msg.clone();
-                    set_exit(s, info);
-                }
-                Ending::SpawnFailed(msg) => {
-                    s.set_state(S::Failed);
-                    s.set_failure(pb::FailureReason::SpawnFailed);
-                    s.message = msg.clone();
-                }
-                Ending::Lost(msg) => {
-                    s.set_state(S::Failed);
-                    s.set_failure(pb::FailureReason::InternalError);
-                    s.message = msg.clone();
-                }
-            }
+        let ended = {
+            let mut inner = self.lock_with_seq_room(session_id);
+            let Some(session) = inner.sessions.get_mut(session_id) else {
+                return;
+            };
+            let Some(e) = session.executions.get_mut(execution_id) else {
+                return;
+            };
+            e.status.finished_at = Some(now);
+            apply_ending(&mut e.status, &ending);
             e.stop = None;
             // Closed only now, with the terminal state already set, so a
             // reader that sees the end of output also sees the final state.
             e.output.close();
-            delete = e.delete_when_done;
-            let [(_, out), (_, err)] = e.output.tails();
-            (e.fingerprint.clone(), out, err)
-        });
-        let record =
-            record.map(
-                |((fingerprint, stdout_tail, stderr_tail), status)| ExecutionRecord {
-                    status: Some(status),
-                    fingerprint,
-                    stdout_tail,
-                    stderr_tail,
-                },
-            );
-        {
-            let mut inner = self.lock();
-            if let Some(session) = inner.sessions.get_mut(session_id) {
-                if delete {
-                    forgotten = session.executions.remove(execution_id);
-                } else {
-                    session.finished.push_back(execution_id.to_string());
-                }
-                while session.finished.len()
-                    > self.limits.max_retained_executions_per_session as usize
-                {
-                    if let Some(old) = session.finished.pop_front() {
-                        session.executions.remove(&old);
-                        evict.push(old);
-                    }
-                }
-            }
-        }
-        if let Some(record) = record {
-            tracing::info!(
-                session_id,
-                execution_id,
-                state = record.status.as_ref().map(|s| s.state().as_str_name()),
-                "execution ended"
-            );
-            let stored = if delete {
-                self.store.remove_execution(session_id, execution_id)
+            let delete = e.delete_when_done;
+            let [(_, stdout_tail), (_, stderr_tail)] = e.output.tails();
+            let fingerprint = e.fingerprint.clone();
+            let done = e.done.clone();
+            let snapshot = e.snapshot();
+            let published = session.push_event(snapshot);
+            let mut status = None;
+            if delete {
+                session.executions.remove(execution_id);
             } else {
-                self.store.put_execution(session_id, execution_id, &record)
-            };
-            if let Err(e) = stored {
-                tracing::error!(session_id, execution_id, error = %e, "persisting the final status failed");
+                session.finished.push_back(execution_id.to_string());
+                if let Some(e) = session.executions.get_mut(execution_id) {
+                    e.status.seq = published.seq;
+                    status = Some(e.snapshot());
+                }
             }
+            let mut evicted = Vec::new();
+            while session.finished.len() > self.limits.max_retained_executions_per_session as usize
+            {
+                if let Some(old) = session.finished.pop_front() {
+                    session.executions.remove(&old);
+                    evicted.push(old);
+                }
+            }
+            let record = status.map(|status| ExecutionRecord {
+                status: Some(status),
+                fingerprint,
+                stdout_tail,
+                stderr_tail,
+            });
+            Ended {
+                record,
+                evicted,
+                done,
+                published,
+            }
+        };
+        tracing::info!(
+            session_id,
+            execution_id,
+            state = ended
+                .record
+                .as_ref()
+                .and_then(|r| r.status.as_ref())
+                .map(|s| s.state().as_str_name()),
+            deleted = ended.record.is_none(),
+            "execution ended"
+        );
+        let stored = match &ended.record {
+            Some(record) => self.store.put_execution(session_id, execution_id, record),
+            None => self.store.remove_execution(session_id, execution_id),
+        };
+        if let Err(e) = stored {
+            tracing::error!(session_id, execution_id, error = %e, "persisting the final status failed");
         }
-        for old in evict {
-            let _ = self.store.remove_execution(session_id, &old);
+        for old in &ended.evicted {
+            let _ = self.store.remove_execution(session_id, old);
         }
         // Waiters wake only now, when the execution is persisted or
         // forgotten: a forced delete returns with the execution gone.
-        match forgotten {
-            Some(e) => {
-                e.done.send_replace(true);
-            }
-            None => {
-                let mut inner = self.lock();
-                if let Some(e) = inner
-                    .sessions
-                    .get_mut(session_id)
-                    .and_then(|s| s.executions.get(execution_id))
-                {
-                    e.done.send_replace(true);
-                }
+        self.announce(session_id, ended.published);
+        ended.done.send_replace(true);
+    }
+}
+
+/// What [`SessionRegistry::finish`] decided under the lock, to carry out
+/// after it.
+struct Ended {
+    /// The final record to persist; `None`: the execution was deleted.
+    record: Option<ExecutionRecord>,
+    /// Executions dropped by retention.
+    evicted: Vec<String>,
+    done: Arc<watch::Sender<bool>>,
+    published: Published,
+}
+
+/// Sets the terminal state, failure, message and exit of `s` for `ending`.
+fn apply_ending(s: &mut pb::ExecutionStatus, ending: &Ending) {
+    use crate::runtime::ExitInfo;
+    use pb::ExecutionState as S;
+    let set_exit = |s: &mut pb::ExecutionStatus, info: &ExitInfo| match info {
+        ExitInfo::Code(c) => s.exit_code = Some(*c),
+        ExitInfo::Signal(sig) => s.signal = sig.as_str().to_string(),
+    };
+    match ending {
+        Ending::Exited(info) => {
+            s.set_state(S::Exited);
+            set_exit(s, info);
+        }
+        Ending::Cancelled(msg, info) => {
+            s.set_state(S::Cancelled);
+            s.message = msg.clone();
+            if let Some(info) = info {
+                set_exit(s, info);
             }
         }
-    }
-
-    /// Applies `f` to an execution, records the resulting status as a
-    /// session event and wakes watchers. Returns `f`'s result and the new
-    /// status; `None` when the session or the execution is gone.
-    fn transition<T>(
-        &self,
-        session_id: &str,
-        execution_id: &str,
-        f: impl FnOnce(&mut Entry) -> T,
-    ) -> Option<(T, pb::ExecutionStatus)> {
-        let mut inner = self.lock();
-        let session = inner.sessions.get_mut(session_id)?;
-        let e = session.executions.get_mut(execution_id)?;
-        let out = f(e);
-        let seq = session.events.push(e.snapshot());
-        e.status.seq = seq;
-        let status = e.snapshot();
-        self.bump_seq_reservation(session_id, session);
-        session.changed.send_replace(seq);
-        Some((out, status))
+        Ending::TimedOut(after, info) => {
+            s.set_state(S::TimedOut);
+            s.message = format!("timed out after {after:?}");
+            set_exit(s, info);
+        }
+        Ending::MemoryExceeded(msg, info) => {
+            s.set_state(S::Failed);
+            s.set_failure(pb::FailureReason::MemoryLimitExceeded);
+            s.message = msg.clone();
+            set_exit(s, info);
+        }
+        Ending::SpawnFailed(msg) => {
+            s.set_state(S::Failed);
+            s.set_failure(pb::FailureReason::SpawnFailed);
+            s.message = msg.clone();
+        }
+        Ending::Lost(msg) => {
+            s.set_state(S::Failed);
+            s.set_failure(pb::FailureReason::InternalError);
+            s.message = msg.clone();
+        }
     }
 }
 
@@ -1130,3 +1339,6 @@ impl Drop for WatchGuard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
