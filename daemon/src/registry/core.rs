@@ -243,3 +243,116 @@ pub(super) fn entry<'a>(
         .get(execution_id)
         .ok_or_else(|| no_execution(session_id, execution_id))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::Limits;
+    use crate::runtime::ExitInfo;
+    use nix::sys::signal::Signal;
+    use pb::{ExecutionState as S, FailureReason as F};
+    use std::time::Duration;
+
+    fn session() -> Session {
+        let policy = SessionPolicy::from_config(&Default::default(), &Limits::default()).unwrap();
+        let record = SessionRecord {
+            info: None,
+            seq_reserved: 1 + SEQ_BLOCK,
+        };
+        Session::new(record, policy, EventLog::new(16, 1))
+    }
+
+    #[test]
+    fn every_ending_sets_its_terminal_state_failure_message_and_exit() {
+        let killed = ExitInfo::Signal(Signal::SIGKILL);
+        let table = [
+            (
+                Ending::Exited(ExitInfo::Code(3)),
+                S::Exited,
+                F::Unspecified,
+                "",
+                Some(3),
+                "",
+            ),
+            (
+                Ending::Cancelled("cancelled with SIGTERM".into(), None),
+                S::Cancelled,
+                F::Unspecified,
+                "cancelled with SIGTERM",
+                None,
+                "",
+            ),
+            (
+                Ending::TimedOut(Duration::from_secs(2), killed),
+                S::TimedOut,
+                F::Unspecified,
+                "timed out after 2s",
+                None,
+                "SIGKILL",
+            ),
+            (
+                Ending::MemoryExceeded("over".into(), killed),
+                S::Failed,
+                F::MemoryLimitExceeded,
+                "over",
+                None,
+                "SIGKILL",
+            ),
+            (
+                Ending::SpawnFailed("no python".into()),
+                S::Failed,
+                F::SpawnFailed,
+                "no python",
+                None,
+                "",
+            ),
+            (
+                Ending::Lost("gone".into()),
+                S::Failed,
+                F::InternalError,
+                "gone",
+                None,
+                "",
+            ),
+        ];
+        for (ending, state, failure, message, exit_code, signal) in table {
+            let mut s = pb::ExecutionStatus::default();
+            apply_ending(&mut s, &ending);
+            assert!(is_terminal(s.state()), "{ending:?}");
+            assert_eq!(
+                (
+                    s.state(),
+                    s.failure(),
+                    s.message.as_str(),
+                    s.exit_code,
+                    s.signal.as_str()
+                ),
+                (state, failure, message, exit_code, signal),
+                "{ending:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_session_asks_for_seqs_at_half_a_block_and_needs_them_at_the_end() {
+        let mut s = session();
+        assert!(!s.wants_seqs() && !s.needs_seqs());
+        let mut last = None;
+        while !s.wants_seqs() {
+            last = Some(s.push_event(pb::ExecutionStatus::default()));
+        }
+        let published = last.unwrap();
+        assert_eq!(published.seq, SEQ_BLOCK - SEQ_LOW_WATER);
+        assert!(published.wants_seqs);
+        assert!(!s.needs_seqs());
+        while s.events.last_seq() + 1 < SEQ_BLOCK + 1 {
+            s.push_event(pb::ExecutionStatus::default());
+        }
+        // Seq SEQ_BLOCK + 1 would not be durable: the shell must write a
+        // reservation before the next event.
+        assert_eq!(s.events.last_seq(), SEQ_BLOCK);
+        assert!(s.needs_seqs());
+        s.durable_seq = 1 + 2 * SEQ_BLOCK;
+        assert!(!s.needs_seqs());
+    }
+}
