@@ -250,7 +250,7 @@ impl ElideDaemon for DaemonService {
         req: Request<pb::ExecuteSnippetRequest>,
     ) -> Result<Response<pb::ExecuteSnippetResponse>, Status> {
         self.count("ExecuteSnippet");
-        let (status, created) = self.registry.execute(req.into_inner())?;
+        let (status, created) = self.registry.execute(req.into_inner()).await?;
         Ok(Response::new(pb::ExecuteSnippetResponse {
             status: Some(status),
             created,

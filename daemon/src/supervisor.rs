@@ -12,12 +12,46 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::time::{sleep_until, Instant};
 
 use crate::output::OutputLog;
-use crate::registry::{Ending, SessionRegistry};
-use crate::runtime::{ProgramEvent, ProgramSpec};
+use crate::runtime::{ExitInfo, ProgramControl, ProgramEvent, ProgramSpec, Runtime};
+
+/// What a supervisor needs from the daemon and tells it: the narrow
+/// interface the registry implements, so the supervisor does not know the
+/// registry.
+pub trait ExecutionReport: Send + Sync + 'static {
+    /// The runtime that starts programs.
+    fn runtime(&self) -> &Arc<dyn Runtime>;
+    /// Run slots shared by all executions (waits while all are taken).
+    fn run_slots(&self) -> Arc<Semaphore>;
+    /// Time between SIGTERM and SIGKILL when an execution times out.
+    fn timeout_grace(&self) -> Duration;
+    /// The execution left the queue (started or cancelled while queued).
+    fn dequeued(&self);
+    /// The program started.
+    fn mark_running(&self, session_id: &str, execution_id: &str, control: Arc<dyn ProgramControl>);
+    /// The execution ended.
+    fn finish(&self, session_id: &str, execution_id: &str, ending: Ending);
+}
+
+/// How an execution ended, as the supervisor saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The program ended by itself.
+    Exited(ExitInfo),
+    /// Stopped by a cancel; with how the program finally ended, if it ran.
+    Cancelled(String, Option<ExitInfo>),
+    /// Stopped after its timeout.
+    TimedOut(Duration, ExitInfo),
+    /// Killed over its memory limit.
+    MemoryExceeded(String, ExitInfo),
+    /// Could not start.
+    SpawnFailed(String),
+    /// The runtime stopped reporting without an exit.
+    Lost(String),
+}
 
 /// A request to stop an execution: `signal` now, SIGKILL after `grace`.
 #[derive(Debug, Clone)]
@@ -39,7 +73,7 @@ enum Cause {
 
 /// Supervises one execution until it reaches a terminal state.
 pub async fn supervise(
-    registry: Arc<SessionRegistry>,
+    registry: Arc<dyn ExecutionReport>,
     session_id: String,
     spec: ProgramSpec,
     timeout: Option<Duration>,
@@ -133,7 +167,7 @@ pub async fn supervise(
                 let after = timeout.unwrap_or_default();
                 cause = Some(Cause::Timeout(after));
                 send(&*control, Signal::SIGTERM);
-                kill_at = Some(Instant::now() + registry.limits().timeout_grace);
+                kill_at = Some(Instant::now() + registry.timeout_grace());
             }
             _ = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() => {
                 send(&*control, Signal::SIGKILL);

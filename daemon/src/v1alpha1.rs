@@ -253,16 +253,19 @@ impl ExecutionApi for ExecutionApiService {
         let req = req.into_inner();
         required(&req.session_id, "session_id")?;
         required(&req.execution_id, "execution_id")?;
-        let (status, _created) = self.registry.execute(pb::ExecuteSnippetRequest {
-            session_id: req.session_id,
-            execution_id: req.execution_id,
-            language: req.language,
-            code: req.code,
-            args: req.args,
-            env: req.env,
-            labels: labels(),
-            ..Default::default()
-        })?;
+        let (status, _created) = self
+            .registry
+            .execute(pb::ExecuteSnippetRequest {
+                session_id: req.session_id,
+                execution_id: req.execution_id,
+                language: req.language,
+                code: req.code,
+                args: req.args,
+                env: req.env,
+                labels: labels(),
+                ..Default::default()
+            })
+            .await?;
         let (state, _) = execution_state(&status);
         Ok(Response::new(alpha::ExecuteSnippetResponse {
             execution_id: status.execution_id,

@@ -38,7 +38,12 @@ fn session(reg: &SessionRegistry, id: &str, config: pb::SessionConfig) {
     .unwrap();
 }
 
-fn run(reg: &Arc<SessionRegistry>, session: &str, id: &str, code: &str) -> pb::ExecutionStatus {
+async fn run(
+    reg: &Arc<SessionRegistry>,
+    session: &str,
+    id: &str,
+    code: &str,
+) -> pb::ExecutionStatus {
     reg.execute(pb::ExecuteSnippetRequest {
         session_id: session.into(),
         execution_id: id.into(),
@@ -46,6 +51,7 @@ fn run(reg: &Arc<SessionRegistry>, session: &str, id: &str, code: &str) -> pb::E
         code: code.into(),
         ..Default::default()
     })
+    .await
     .unwrap()
     .0
 }
@@ -70,8 +76,8 @@ async fn executions_queue_for_run_slots_in_order() {
         "i",
     );
     session(&reg, "s", Default::default());
-    run(&reg, "s", "a", "sleep 5s\nexit 1");
-    run(&reg, "s", "b", "print b");
+    run(&reg, "s", "a", "sleep 5s\nexit 1").await;
+    run(&reg, "s", "b", "print b").await;
     advance(Duration::from_secs(1)).await;
     assert_eq!(status(&reg, "s", "a").state(), S::Running);
     assert_eq!(status(&reg, "s", "b").state(), S::Queued);
@@ -107,9 +113,9 @@ async fn a_queued_execution_can_be_cancelled_and_the_queue_is_bounded() {
     };
     let reg = open(Arc::default(), limits, "i");
     session(&reg, "s", Default::default());
-    run(&reg, "s", "a", "sleep 60s");
+    run(&reg, "s", "a", "sleep 60s").await;
     advance(Duration::from_millis(10)).await;
-    run(&reg, "s", "b", "print never");
+    run(&reg, "s", "b", "print never").await;
     let err = reg
         .execute(pb::ExecuteSnippetRequest {
             session_id: "s".into(),
@@ -118,6 +124,7 @@ async fn a_queued_execution_can_be_cancelled_and_the_queue_is_bounded() {
             code: "print c".into(),
             ..Default::default()
         })
+        .await
         .unwrap_err();
     assert!(matches!(err, DaemonError::ResourceExhausted(_)), "{err:?}");
     reg.cancel("s", "b", Signal::SIGTERM, None).unwrap();
@@ -148,8 +155,8 @@ async fn timeouts_send_sigterm_then_sigkill() {
             ..Default::default()
         },
     );
-    run(&reg, "s", "polite", "trap TERM 1s 7\nsleep 60s");
-    run(&reg, "s", "stubborn", "ignore TERM\nsleep 60s");
+    run(&reg, "s", "polite", "trap TERM 1s 7\nsleep 60s").await;
+    run(&reg, "s", "stubborn", "ignore TERM\nsleep 60s").await;
     advance(Duration::from_millis(11_500)).await;
     let polite = status(&reg, "s", "polite");
     assert_eq!((polite.state(), polite.exit_code), (S::TimedOut, Some(7)));
@@ -182,7 +189,8 @@ async fn going_over_the_memory_limit_fails_the_execution() {
         "s",
         "hog",
         "memory 5MiB\nsleep 1s\nmemory 50MiB\nsleep 60s",
-    );
+    )
+    .await;
     advance(Duration::from_secs(2)).await;
     let hog = status(&reg, "s", "hog");
     assert_eq!(
@@ -224,7 +232,7 @@ async fn idle_sessions_expire_unless_watched_and_their_executions_are_cancelled(
             ..Default::default()
         },
     );
-    run(&reg, "gone", "e", "sleep 600s");
+    run(&reg, "gone", "e", "sleep 600s").await;
     let guard = reg.watch_session("watched").unwrap();
     advance(Duration::from_secs(20)).await;
     assert!(reg.expire_idle_sessions().is_empty());
@@ -254,7 +262,7 @@ async fn finished_executions_beyond_retention_are_forgotten_oldest_first() {
     let reg = open(store.clone(), limits, "i");
     session(&reg, "s", Default::default());
     for id in ["one", "two", "three"] {
-        run(&reg, "s", id, "print x");
+        run(&reg, "s", id, "print x").await;
         advance(Duration::from_millis(10)).await;
     }
     assert!(matches!(
@@ -273,8 +281,8 @@ async fn a_restarted_registry_reports_lost_executions_and_keeps_finished_ones() 
     let store = Arc::new(MemoryStore::default());
     let first = open(store.clone(), Limits::default(), "first");
     session(&first, "s", Default::default());
-    run(&first, "s", "done", "print bye\nexit 3");
-    run(&first, "s", "running", "sleep 600s");
+    run(&first, "s", "done", "print bye\nexit 3").await;
+    run(&first, "s", "running", "sleep 600s").await;
     advance(Duration::from_secs(1)).await;
     let last_seq = first.get_session("s").unwrap().last_seq;
     let old_instance = first.instance_id().to_string();
@@ -304,7 +312,7 @@ async fn a_forced_delete_returns_only_once_the_execution_is_gone() {
     let store = Arc::new(MemoryStore::default());
     let reg = open(store.clone(), Limits::default(), "i");
     session(&reg, "s", Default::default());
-    run(&reg, "s", "e", "ignore TERM\nsleep 600s");
+    run(&reg, "s", "e", "ignore TERM\nsleep 600s").await;
     advance(Duration::from_millis(10)).await;
     reg.delete_execution("s", "e", true, Duration::from_secs(10))
         .await
@@ -334,6 +342,7 @@ async fn backpressure_holds_a_flood_without_a_reader_and_a_stop_lifts_it() {
         output_backpressure: true,
         ..Default::default()
     })
+    .await
     .unwrap();
     advance(Duration::from_secs(5)).await;
     let held = status(&reg, "s", "flood");
