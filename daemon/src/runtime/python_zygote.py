@@ -22,10 +22,11 @@
 # The zygote forks each child one request ahead: a spare child, forked and
 # through python's after-fork hooks and its first copy-on-write faults,
 # waits on a socketpair for the request the zygote will forward to it. A
-# request is then answered with the spare's pid at once, and the next spare
-# is forked after the reply. A spare that is gone (killed) when a request
-# comes is replaced on the spot. A spare never runs user code before its
-# request, and ends when its socketpair closes (the zygote died).
+# request is then answered with the spare's pid as soon as the spare has
+# acknowledged it ("k"), and the next spare is forked after the reply. A
+# spare that is gone (killed) when a request comes is replaced on the spot.
+# A spare never runs user code before its request, and ends when its
+# socketpair closes (the zygote died).
 
 import os
 import select
@@ -67,6 +68,7 @@ signal.set_wakeup_fd(wake_w)
 signal.signal(signal.SIGCHLD, lambda *_: None)
 children = set()
 spare = None  # (pid, socket) of the child forked ahead of its request
+SPARE_ACK_LIMIT = 5.0  # seconds a spare may take to acknowledge a request
 
 
 def kill_children_and_exit(*_):
@@ -189,15 +191,25 @@ def fork_spare():
 
 
 def hand_to_spare(header, body, fds):
-    """Forwards a request to the spare; its pid, or None if the spare was
-    gone (it is reaped like any orphan; the caller forks another)."""
+    """Forwards a request to the spare; its pid once the spare has said it
+    took the request, or None if the spare was gone (then it is killed and
+    reaped like any orphan, and the caller forks another). The
+    acknowledgement matters: a spare killed a moment before (the OOM killer,
+    an operator) may still accept the bytes while it is being torn down."""
     global spare
     pid, sock = spare
     spare = None
     try:
+        sock.settimeout(SPARE_ACK_LIMIT)
         socket.send_fds(sock, [header], fds)
         sock.sendall(body)
+        if sock.recv(1) != b"k":
+            raise ConnectionError("the spare ended before taking the request")
     except OSError:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
         return None
     finally:
         sock.close()
@@ -224,6 +236,7 @@ def run_spare(sock):
             header += recv_exact(sock, 8 - len(header))
         (length,) = struct.unpack(">Q", header)
         request = json.loads(recv_exact(sock, length))
+        sock.sendall(b"k")
     except (OSError, EOFError, ValueError):
         os._exit(0)
     sock.close()
