@@ -84,8 +84,13 @@ impl Daemon {
 
     /// A client of the daemon API.
     pub async fn client(&self) -> ElideDaemonClient<Channel> {
+        ElideDaemonClient::new(self.channel().await)
+    }
+
+    /// A gRPC channel to the daemon's socket, for any of the APIs it serves.
+    pub async fn channel(&self) -> Channel {
         let socket = self.socket.clone();
-        let channel = Endpoint::from_static("http://daemon.invalid")
+        Endpoint::from_static("http://daemon.invalid")
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let socket = socket.clone();
                 async move {
@@ -95,8 +100,7 @@ impl Daemon {
                 }
             }))
             .await
-            .expect("dial the daemon");
-        ElideDaemonClient::new(channel)
+            .expect("dial the daemon")
     }
 
     /// Every execution of every session.

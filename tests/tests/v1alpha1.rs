@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 
 use elide_e2e::daemon::Daemon;
 use elide_proto::elide::daemon::v1alpha1 as pb;
-use hyper_util::rt::TokioIo;
 use pb::execution_api_client::ExecutionApiClient;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use tonic::Code;
 
 /// Upper bound for anything a test waits for.
@@ -20,19 +19,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 type Client = ExecutionApiClient<Channel>;
 
 async fn client(daemon: &Daemon) -> Client {
-    let socket = daemon.socket.clone();
-    let channel = Endpoint::from_static("http://daemon.invalid")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                tokio::net::UnixStream::connect(socket)
-                    .await
-                    .map(TokioIo::new)
-            }
-        }))
-        .await
-        .expect("dial the daemon");
-    ExecutionApiClient::new(channel)
+    ExecutionApiClient::new(daemon.channel().await)
 }
 
 /// The original test client's session config.
