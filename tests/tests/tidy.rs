@@ -1,0 +1,129 @@
+//! Workspace rules checked on the source (ARCHITECTURE.md, "Invariants"),
+//! so a change that breaks one fails here rather than in review.
+
+use std::path::{Path, PathBuf};
+
+/// Most production lines a source file may have.
+const MAX_PRODUCTION_LINES: usize = 700;
+
+/// Files still over the limit, each with the ceiling it may not grow past.
+/// The list may only shrink: a file brought under the limit must leave it.
+const OVER_THE_LIMIT: &[(&str, usize)] = &[
+    ("runner/src/run.rs", 866),
+    ("sim/src/nomad.rs", 853),
+    ("daemon/src/runtime/process.rs", 808),
+];
+
+/// Where wall-clock time may be read: the clock seams the simulation
+/// replaces.
+const WALL_CLOCK_SEAMS: &[&str] = &["driver/src/host/mod.rs", "daemon/src/time.rs"];
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate is inside the workspace")
+        .to_path_buf()
+}
+
+/// Every `.rs` file below `dir`, relative to the workspace, sorted.
+fn sources(dir: &str) -> Vec<(String, String)> {
+    let root = workspace();
+    let mut found = Vec::new();
+    let mut pending = vec![root.join(dir)];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("source dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("source file");
+                let relative = path
+                    .strip_prefix(&root)
+                    .expect("inside the workspace")
+                    .display()
+                    .to_string();
+                found.push((relative, text));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Lines before the file's first `#[cfg(test)]`.
+fn production_lines(text: &str) -> usize {
+    text.lines()
+        .take_while(|l| !l.trim_start().starts_with("#[cfg(test)]"))
+        .count()
+}
+
+const CRATES: &[&str] = &[
+    "proto/src",
+    "daemon/src",
+    "driver/src",
+    "runner/src",
+    "sim/src",
+    "tests/src",
+    "benches/src",
+];
+
+#[test]
+fn no_production_file_is_over_the_line_limit() {
+    let mut over = Vec::new();
+    for dir in CRATES {
+        for (path, text) in sources(dir) {
+            let lines = production_lines(&text);
+            let ceiling = OVER_THE_LIMIT
+                .iter()
+                .find(|(p, _)| *p == path)
+                .map_or(MAX_PRODUCTION_LINES, |(_, c)| *c);
+            if lines > ceiling {
+                over.push(format!("{path}: {lines} lines (at most {ceiling})"));
+            }
+        }
+    }
+    assert_eq!(over, Vec::<String>::new(), "files over their line limit");
+}
+
+#[test]
+fn the_known_offenders_are_still_over_the_limit() {
+    for (path, _) in OVER_THE_LIMIT {
+        let text = std::fs::read_to_string(workspace().join(path)).expect(path);
+        assert!(
+            production_lines(&text) > MAX_PRODUCTION_LINES,
+            "{path} is under {MAX_PRODUCTION_LINES} lines now: take it off OVER_THE_LIMIT"
+        );
+    }
+}
+
+/// Whether `code` names std's `Instant` (`std::time::Instant`, or
+/// `Instant` inside a `use std::time::{…}` group).
+fn uses_std_instant(code: &str) -> bool {
+    code.contains("std::time::Instant")
+        || code.match_indices("std::time::{").any(|(at, _)| {
+            let group = &code[at..];
+            let group = &group[..group.find('}').unwrap_or(group.len())];
+            group
+                .split(|c: char| !c.is_alphanumeric() && c != '_')
+                .any(|word| word == "Instant")
+        })
+}
+
+#[test]
+fn driver_and_daemon_read_time_only_through_their_seams() {
+    let mut found = Vec::new();
+    for dir in ["driver/src", "daemon/src"] {
+        for (path, text) in sources(dir) {
+            let code = &text[..text.find("#[cfg(test)]").unwrap_or(text.len())];
+            // The simulation runs this code on tokio's clock: std's
+            // monotonic clock would not follow it.
+            if uses_std_instant(code) {
+                found.push(format!("{path}: std::time::Instant"));
+            }
+            if code.contains("SystemTime::now") && !WALL_CLOCK_SEAMS.contains(&path.as_str()) {
+                found.push(format!("{path}: SystemTime::now outside a clock seam"));
+            }
+        }
+    }
+    assert_eq!(found, Vec::<String>::new());
+}
