@@ -2,9 +2,12 @@
 //! in-memory transport: no socket anywhere, only the [`Dialer`] seam a
 //! simulation will use. (Programs still run as real interpreters.)
 
+mod support;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use support::plugin_config;
 
 use elide_daemon::ids::RandomIds;
 use elide_daemon::limits::Limits;
@@ -83,11 +86,6 @@ fn python_task(code: &str) -> Vec<u8> {
         &elide_driver::task_config::schema(),
         &elide_e2e::cty::TaskConfig::code("python", code).body(),
     )
-}
-
-/// A plugin `config {}` block as the agent sends it.
-fn plugin_config(body: &hcl::Body) -> Vec<u8> {
-    elide_e2e::cty::encode(&elide_driver::plugin_config::schema(), body)
 }
 
 fn in_memory_daemon(state: &std::path::Path) -> DialerFactory {

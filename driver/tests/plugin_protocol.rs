@@ -19,17 +19,12 @@ use elide_proto::hashicorp::nomad::plugins::drivers::proto::{
 use elide_proto::hashicorp::nomad::plugins::shared::hclspec::spec::Block as SpecKind;
 use elide_proto::plugin::{grpc_controller_client::GrpcControllerClient, Empty};
 use support::nomad_client::{run_by_hand, PluginProcess, COOKIE};
+use support::plugin_config;
 use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
 };
 
 const BINARY: &str = env!("CARGO_BIN_EXE_nomad-driver-elide");
-
-/// A plugin `config {}` block as the agent sends it: encoded with the
-/// plugin's own schema.
-fn plugin_config(body: &hcl::Body) -> Vec<u8> {
-    elide_e2e::cty::encode(&elide_driver::plugin_config::schema(), body)
-}
 
 fn set_config(msgpack: Vec<u8>) -> SetConfigRequest {
     SetConfigRequest {
