@@ -118,9 +118,66 @@ fn tree(root: u32) -> Vec<u32> {
     found
 }
 
-/// Total PSS of a daemon and its descendants with `n` sleeping python
-/// snippets started through it.
-async fn daemon_python_pss(n: usize, flags: &[&str]) -> u64 {
+/// Where the PSS of a daemon's process tree goes.
+#[derive(Default)]
+struct TreePss {
+    /// Daemon, zygote, forked children and node workers together.
+    total: u64,
+    /// The daemon process alone.
+    daemon: u64,
+    /// Pooled node workers (a fixed cost, however many python snippets run).
+    node_pool: u64,
+    /// Python processes started by the daemon itself: the zygote, or each
+    /// cold `python3`.
+    daemon_children_python: u64,
+    /// Processes forked by a zygote: the running snippets and one spare.
+    forked: u64,
+    forked_count: usize,
+}
+
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn parent(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn tree_pss(root: u32) -> TreePss {
+    let mut t = TreePss::default();
+    for pid in tree(root) {
+        let p = pss(pid);
+        t.total += p;
+        let parent = parent(pid);
+        if pid == root {
+            t.daemon += p;
+        } else if comm(pid) == "node" {
+            t.node_pool += p;
+        } else if parent == root {
+            t.daemon_children_python += p;
+        } else if comm(parent).starts_with("python") {
+            t.forked += p;
+            t.forked_count += 1;
+        } else {
+            // Anything a snippet started itself counts with the snippets.
+            t.forked += p;
+        }
+    }
+    t
+}
+
+/// PSS of a daemon's tree with `n` sleeping python snippets started
+/// through it.
+async fn daemon_python_pss(n: usize, flags: &[&str]) -> TreePss {
     use elide_proto::elide::daemon::v1 as pb;
     use tokio_stream::StreamExt;
     let daemon = Daemon::start_with(flags).await;
@@ -164,7 +221,7 @@ async fn daemon_python_pss(n: usize, flags: &[&str]) -> u64 {
             }
         }
     }
-    tree(daemon.pid()).into_iter().map(pss).sum()
+    tree_pss(daemon.pid())
 }
 
 /// Total PSS of `n` sleeping `python3` processes spawned directly.
@@ -198,9 +255,12 @@ fn direct_python_pss(n: usize) -> u64 {
 }
 
 fn python_density(rt: &tokio::runtime::Runtime, n: usize, full: bool) {
-    let warm = rt.block_on(daemon_python_pss(n, &[]));
-    let cold = rt.block_on(daemon_python_pss(n, &["--python-warm=false"]));
+    let warm_tree = rt.block_on(daemon_python_pss(n, &[]));
+    let cold = rt
+        .block_on(daemon_python_pss(n, &["--python-warm=false"]))
+        .total;
     let direct = direct_python_pss(n);
+    let warm = warm_tree.total;
     let mib = |b: u64| b as f64 / 1024.0 / 1024.0;
     println!("python density: total PSS with {n} sleeping snippets");
     println!(
@@ -210,12 +270,32 @@ fn python_density(rt: &tokio::runtime::Runtime, n: usize, full: bool) {
         mib(direct),
         warm as f64 / direct.max(1) as f64
     );
+    // The fixed costs against the cost of one more snippet: a forked child
+    // against one directly spawned python3.
+    let per_child = warm_tree.forked as f64 / warm_tree.forked_count.max(1) as f64;
+    let per_direct = direct as f64 / n.max(1) as f64;
+    println!(
+        "  warm: daemon {:.1} MiB, node pool {:.1} MiB, zygote {:.1} MiB, {} forked children {:.1} MiB ({:.2} MiB each against {:.2} MiB per direct python3: {:.2})",
+        mib(warm_tree.daemon),
+        mib(warm_tree.node_pool),
+        mib(warm_tree.daemon_children_python),
+        warm_tree.forked_count,
+        mib(warm_tree.forked),
+        per_child / 1024.0 / 1024.0,
+        per_direct / 1024.0 / 1024.0,
+        per_child / per_direct.max(1.0)
+    );
     if full {
         elide_benches::write_counted(
             &elide_e2e::binaries::profile_dir(),
             "python_density",
             &[format!(
-                "{{\"snippets\":{n},\"warm_daemon_pss_bytes\":{warm},\"cold_daemon_pss_bytes\":{cold},\"direct_pss_bytes\":{direct}}}"
+                "{{\"snippets\":{n},\"warm_daemon_pss_bytes\":{warm},\"cold_daemon_pss_bytes\":{cold},\"direct_pss_bytes\":{direct},\"warm_daemon_self_pss_bytes\":{},\"warm_node_pool_pss_bytes\":{},\"warm_zygote_pss_bytes\":{},\"warm_forked_pss_bytes\":{},\"warm_forked_count\":{}}}",
+                warm_tree.daemon,
+                warm_tree.node_pool,
+                warm_tree.daemon_children_python,
+                warm_tree.forked,
+                warm_tree.forked_count
             )],
         );
     }

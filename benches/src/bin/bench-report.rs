@@ -373,6 +373,22 @@ fn main() -> Result<()> {
         if ratio > 1.0 / 3.0 {
             missed.push("python-density");
         }
+        let forked = row["warm_forked_pss_bytes"].as_f64().unwrap_or(0.0);
+        let forked_count = row["warm_forked_count"].as_f64().unwrap_or(0.0);
+        if forked_count > 0.0 && n > 0 {
+            let per_child = forked / forked_count;
+            let per_direct = direct / n as f64;
+            writeln!(
+                md,
+                "| python density, where it goes: daemon {:.1} MiB, node pool {:.1} MiB, zygote {:.1} MiB, then per forked child against per direct python3 (no target) | {:.2} MiB against {:.2} MiB: {:.2} | — |",
+                mib(row["warm_daemon_self_pss_bytes"].as_f64().unwrap_or(0.0)),
+                mib(row["warm_node_pool_pss_bytes"].as_f64().unwrap_or(0.0)),
+                mib(row["warm_zygote_pss_bytes"].as_f64().unwrap_or(0.0)),
+                mib(per_child),
+                mib(per_direct),
+                per_child / per_direct.max(1.0)
+            )?;
+        }
     }
     if let Some(row) = read_json(&counted.join("throughput.json"))
         .ok()
