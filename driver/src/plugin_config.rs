@@ -33,8 +33,8 @@ use std::time::Duration;
 use elide_proto::hashicorp::nomad::plugins::shared::hclspec::Spec;
 
 use crate::cty::{self, ConfigError, CtyObject};
-use crate::duration;
 use crate::hclspec::{attr, block, object};
+use elide_proto::go_duration;
 use elide_proto::{intrinsics, Language};
 
 /// Where the daemon listens when the configuration names no endpoint.
@@ -324,8 +324,8 @@ fn poll_interval(configured: Option<String>) -> Result<Duration, ConfigError> {
     let Some(text) = configured else {
         return Ok(DEFAULT_POLL_INTERVAL);
     };
-    let interval =
-        duration::parse(&text).map_err(|e| ConfigError::invalid("poll_interval", e.to_string()))?;
+    let interval = go_duration::parse(&text)
+        .map_err(|e| ConfigError::invalid("poll_interval", e.to_string()))?;
     if !(MIN_POLL_INTERVAL..=MAX_POLL_INTERVAL).contains(&interval) {
         return Err(ConfigError::invalid(
             "poll_interval",
@@ -421,7 +421,7 @@ fn session_config(session: &CtyObject<'_>) -> Result<SessionConfig, ConfigError>
         idle_timeout: session
             .string("idle_timeout")?
             .map(|text| {
-                duration::parse(&text).map_err(|e| {
+                go_duration::parse(&text).map_err(|e| {
                     ConfigError::invalid(session.field_path("idle_timeout"), e.to_string())
                 })
             })

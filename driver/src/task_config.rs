@@ -28,9 +28,9 @@ use std::time::Duration;
 use elide_proto::hashicorp::nomad::plugins::shared::hclspec::Spec;
 
 use crate::cty::{self, ConfigError, CtyObject};
-use crate::duration;
 use crate::hclspec::{attr, block, object};
 use crate::plugin_config::{intrinsics, languages, positive_mib};
+use elide_proto::go_duration;
 use elide_proto::Language;
 
 /// The schema of a task's `config { … }` block.
@@ -166,8 +166,8 @@ fn elide_opts(opts: &CtyObject<'_>) -> Result<ElideOpts, ConfigError> {
         None => None,
         Some(text) => {
             let field = opts.field_path("timeout");
-            let parsed =
-                duration::parse(&text).map_err(|e| ConfigError::invalid(&field, e.to_string()))?;
+            let parsed = go_duration::parse(&text)
+                .map_err(|e| ConfigError::invalid(&field, e.to_string()))?;
             if parsed.is_zero() {
                 return Err(ConfigError::invalid(field, "must be greater than zero"));
             }

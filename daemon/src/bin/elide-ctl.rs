@@ -68,7 +68,7 @@ enum Command {
         #[arg(long)]
         id: Option<String>,
         /// Run-time limit, e.g. 30s.
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = elide_proto::go_duration::parse)]
         timeout: Option<Duration>,
         /// Memory limit in MiB.
         #[arg(long, default_value_t = 0)]
@@ -91,7 +91,7 @@ enum Command {
         #[arg(long, default_value = "SIGTERM")]
         signal: String,
         /// Grace before SIGKILL, e.g. 5s.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+        #[arg(long, value_parser = elide_proto::go_duration::parse, default_value = "5s")]
         grace: Duration,
     },
 }

@@ -101,7 +101,7 @@ pub fn parse_program(source: &str) -> Result<Vec<Instruction>, String> {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("bad duration {s:?}: {e}"))
+    elide_proto::go_duration::parse(s).map_err(|e| format!("bad duration: {e}"))
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
