@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{broadcast, watch};
 
-use crate::cty::ConfigError;
 use crate::daemon_link::DialerFactory;
 use crate::host::Host;
 use crate::plugin_config::{DaemonEndpoint, PluginConfig};
@@ -14,6 +13,7 @@ use crate::probe::{DaemonHealth, DaemonProbe};
 use crate::supervision::{LaunchPlan, Launcher, ProcessLauncher, Supervisor, SupervisorState};
 use crate::tasks::TaskManager;
 use crate::tasks::{TaskEvent, NOT_CONFIGURED};
+use elide_cty::ConfigError;
 
 /// The name jobs use (`driver = "elide"`) and the node attribute prefix.
 pub const DRIVER_NAME: &str = "elide";

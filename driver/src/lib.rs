@@ -7,7 +7,7 @@
 //!   [`logging`] (hclog JSON on stderr), [`shutdown`];
 //! * configuration: [`plugin_config`] (agent `plugin` block),
 //!   [`task_config`] (task `config` block), [`script`] (loading a task's
-//!   script safely), built on [`cty`] (Nomad's msgpack encoding),
+//!   script safely), built on `elide_cty` (Nomad's msgpack encoding),
 //!   [`hclspec`] (schema builders); durations, the languages and the
 //!   intrinsics it knows come from `elide_proto`, shared with the daemon;
 //! * driver state: [`driver`], with daemon health from [`probe`] and,
@@ -19,7 +19,6 @@
 
 #![warn(missing_docs)]
 
-mod cty;
 pub mod daemon_link;
 pub mod driver;
 pub mod grpc;

@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use elide_proto::hashicorp::nomad::plugins::shared::hclspec::Spec;
 
-use crate::cty::{self, ConfigError, CtyObject};
 use crate::hclspec::{attr, block, object};
+use elide_cty::{ConfigError, CtyObject};
 use elide_proto::go_duration;
 use elide_proto::{intrinsics, Language};
 
@@ -223,7 +223,7 @@ impl PluginConfig {
     /// Decodes and validates `SetConfigRequest.msgpack_config`. Empty bytes
     /// (a plugin block without `config`) give the defaults.
     pub fn decode(msgpack: &[u8]) -> Result<Self, ConfigError> {
-        let value = cty::decode(msgpack)?;
+        let value = elide_cty::decode(msgpack)?;
         let root = CtyObject::root(&value)?;
         let daemon = daemon_endpoint(&root)?;
         let supervised_daemon = root
@@ -503,7 +503,7 @@ mod tests {
         assert_eq!(DaemonEndpoint::parse("/run/elide/daemon.sock"), None);
     }
     use super::*;
-    use crate::cty::encode::{bytes, object, strings};
+    use elide_cty::value::{bytes, object, strings};
     use elide_proto::hashicorp::nomad::plugins::shared::hclspec::spec::Block as SpecKind;
     use rmpv::Value;
 
@@ -814,7 +814,7 @@ mod tests {
 #[cfg(test)]
 mod daemon_block_tests {
     use super::*;
-    use crate::cty::encode::{bytes, object, strings};
+    use elide_cty::value::{bytes, object, strings};
     use rmpv::Value;
 
     fn with_block(address: Value, block: Value) -> Vec<u8> {

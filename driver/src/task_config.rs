@@ -27,9 +27,9 @@ use std::time::Duration;
 
 use elide_proto::hashicorp::nomad::plugins::shared::hclspec::Spec;
 
-use crate::cty::{self, ConfigError, CtyObject};
 use crate::hclspec::{attr, block, object};
 use crate::plugin_config::{intrinsics, languages, positive_mib};
+use elide_cty::{ConfigError, CtyObject};
 use elide_proto::go_duration;
 use elide_proto::Language;
 
@@ -97,7 +97,7 @@ pub struct ElideTaskConfig {
 impl ElideTaskConfig {
     /// Decodes and validates `TaskConfig.msgpack_driver_config`.
     pub fn decode(msgpack: &[u8]) -> Result<Self, ConfigError> {
-        let value = cty::decode(msgpack)?;
+        let value = elide_cty::decode(msgpack)?;
         let root = CtyObject::root(&value)?;
         let source = match (root.string("script")?, root.string("code")?) {
             (Some(_), Some(_)) => {
@@ -191,7 +191,7 @@ fn elide_opts(opts: &CtyObject<'_>) -> Result<ElideOpts, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cty::encode::{bytes, object, strings};
+    use elide_cty::value::{bytes, object, strings};
     use elide_proto::hashicorp::nomad::plugins::shared::hclspec::spec::Block as SpecKind;
     use rmpv::Value;
 

@@ -2,7 +2,7 @@
 //! `config {}` blocks, written as HCL and encoded with the plugin's own
 //! `ConfigSchema` / `TaskConfigSchema` (asked of the plugin binary, as the
 //! agent does when it loads a plugin) by the one cty encoder
-//! (`elide_runner::cty`). Nothing here knows the schema's keys or order:
+//! (`elide_cty`). Nothing here knows the schema's keys or order:
 //! a field the plugin adds (or a default it sets) reaches the plugin as
 //! Nomad would send it.
 
@@ -65,8 +65,8 @@ fn plugin_schemas() -> &'static PluginSchemas {
 /// (for tests that hold the schema themselves, e.g. the driver's own).
 pub fn encode(spec: &Spec, body: &Body) -> Vec<u8> {
     let ctx = hcl::eval::Context::new();
-    let value = elide_runner::cty::body_to_value(body, &ctx, "config").expect("config body");
-    elide_runner::cty::encode(spec, &value, "config").expect("encoding with the plugin's schema")
+    let value = elide_cty::body_to_value(body, &ctx, "config").expect("config body");
+    elide_cty::encode(spec, &value, "config").expect("encoding with the plugin's schema")
 }
 
 fn strings(items: &[String]) -> Expression {

@@ -8,10 +8,10 @@ use elide_proto::elide::daemon::v1 as pb;
 use elide_proto::hashicorp::nomad::plugins::drivers::proto::TaskConfig;
 use elide_proto::intrinsics;
 
-use crate::cty::ConfigError;
 use crate::plugin_config::PluginConfig;
 use crate::script;
 use crate::task_config::{ElideTaskConfig, TaskSource};
+use elide_cty::ConfigError;
 
 const MIB: i64 = 1024 * 1024;
 

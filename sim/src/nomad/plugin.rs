@@ -155,9 +155,9 @@ use ConfigureError::{Fatal, Retry};
 /// Encodes an HCL body against a plugin schema, as Nomad does.
 pub(super) fn encode(schema: &Spec, hcl_text: &str) -> Result<Vec<u8>, String> {
     let body: hcl::Body = hcl::parse(hcl_text).map_err(|e| format!("bad HCL: {e}"))?;
-    let value = elide_runner::cty::body_to_value(&body, &hcl::eval::Context::new(), "config")
+    let value = elide_cty::body_to_value(&body, &hcl::eval::Context::new(), "config")
         .map_err(|e| e.to_string())?;
-    elide_runner::cty::encode(schema, &value, "config").map_err(|e| e.to_string())
+    elide_cty::encode(schema, &value, "config").map_err(|e| e.to_string())
 }
 
 /// Records the driver's task events (re-subscribing after plugin restarts).
