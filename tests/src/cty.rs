@@ -78,6 +78,8 @@ fn strings(items: &[String]) -> Expression {
 pub struct PluginConfig {
     /// `daemon_socket`.
     pub daemon_socket: Option<String>,
+    /// `daemon_address` (a daemon on TCP).
+    pub daemon_address: Option<String>,
     /// `status_mode`.
     pub status_mode: Option<String>,
     /// `poll_interval`.
@@ -118,11 +120,22 @@ impl PluginConfig {
         }
     }
 
+    /// A config pointing at a daemon on TCP `address` (`host:port`),
+    /// keeping the plugin's own state in `state_dir`.
+    pub fn for_address(address: &str, state_dir: &std::path::Path) -> Self {
+        PluginConfig {
+            daemon_address: Some(address.to_owned()),
+            driver_state_dir: Some(state_dir.display().to_string()),
+            ..PluginConfig::default()
+        }
+    }
+
     /// The block as HCL.
     pub fn body(&self) -> Body {
         let mut body = Body::builder();
         for (key, value) in [
             ("daemon_socket", &self.daemon_socket),
+            ("daemon_address", &self.daemon_address),
             ("status_mode", &self.status_mode),
             ("poll_interval", &self.poll_interval),
             ("driver_state_dir", &self.driver_state_dir),

@@ -104,29 +104,25 @@ impl NomadHost {
         first
     }
 
-    /// Reads the fingerprint stream until a message with `health` arrives,
-    /// for at most `limit`; `None` if none did.
+    /// Opens a fingerprint stream, which the client keeps for the plugin's
+    /// whole life.
+    pub async fn fingerprint_stream(&mut self) -> tonic::Streaming<FingerprintResponse> {
+        self.driver
+            .fingerprint(FingerprintRequest {})
+            .await
+            .expect("Fingerprint")
+            .into_inner()
+    }
+
+    /// Reads a new fingerprint stream until a message with `health`
+    /// arrives, for at most `limit`; `None` if none did.
     pub async fn fingerprint_until(
         &mut self,
         health: HealthState,
         limit: Duration,
     ) -> Option<FingerprintResponse> {
-        let mut stream = self
-            .driver
-            .fingerprint(FingerprintRequest {})
-            .await
-            .expect("Fingerprint")
-            .into_inner();
-        let wanted = async {
-            while let Some(message) = stream.next().await {
-                let message = message.expect("fingerprint message");
-                if message.health() == health {
-                    return Some(message);
-                }
-            }
-            None
-        };
-        tokio::time::timeout(limit, wanted).await.ok().flatten()
+        let mut stream = self.fingerprint_stream().await;
+        next_with_health(&mut stream, health, limit).await
     }
 
     /// go-plugin's `Client.Kill` first step: `GRPCController/Shutdown`.
@@ -215,6 +211,25 @@ impl NomadHost {
     }
 }
 
+/// Reads `stream` until a message with `health` arrives, for at most
+/// `limit`; `None` if none did (or the stream ended).
+pub async fn next_with_health(
+    stream: &mut tonic::Streaming<FingerprintResponse>,
+    health: HealthState,
+    limit: Duration,
+) -> Option<FingerprintResponse> {
+    let wanted = async {
+        while let Some(message) = stream.next().await {
+            let message = message.expect("fingerprint message");
+            if message.health() == health {
+                return Some(message);
+            }
+        }
+        None
+    };
+    tokio::time::timeout(limit, wanted).await.ok().flatten()
+}
+
 /// An allocation directory with one task: task dir (`local/`,
 /// `secrets/`, `tmp/`, `private/`), shared `alloc/logs/` and the task's
 /// two log FIFOs with their readers.
@@ -265,6 +280,32 @@ impl Alloc {
     /// `<alloc_dir>/<task>`.
     pub fn task_dir(&self) -> PathBuf {
         self.alloc_dir().join(&self.task)
+    }
+
+    /// Waits until the driver's offsets record
+    /// (`<task_dir>/private/elide-output-<execution>.json`) says `stdout`
+    /// bytes were written: a plugin killed after that repeats nothing (the
+    /// forwarder records its offsets right after each write, so a crash in
+    /// between would repeat one chunk).
+    pub async fn wait_for_recorded_stdout(&self, stdout: usize, limit: Duration) {
+        let wanted = format!("\"stdout\":{stdout}");
+        let recorded = || {
+            std::fs::read_dir(self.task_dir().join("private"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(&wanted)))
+        };
+        let deadline = std::time::Instant::now() + limit;
+        while !recorded() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "offsets {wanted} never recorded"
+            );
+            // A file has no change notification short of inotify.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Writes a file into the task directory.
