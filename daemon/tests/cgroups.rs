@@ -114,6 +114,10 @@ async fn the_program_runs_in_its_own_cgroup_which_is_removed_after(
     #[case] start: Start,
     #[case] language: &str,
 ) {
+    // A protected daemon (as under the shipped unit's OOMScoreAdjust):
+    // its programs must not inherit the protection.
+    std::fs::write("/proc/self/oom_score_adj", "-200")
+        .expect("lowering oom_score_adj needs root (CAP_SYS_RESOURCE)");
     let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
     require_cgroups(&mut c).await;
@@ -161,8 +165,9 @@ async fn the_program_runs_in_its_own_cgroup_which_is_removed_after(
         "pid {pid} not in {}",
         cgroup.display()
     );
-    let adj = read(Path::new(&format!("/proc/{pid}/oom_score_adj")));
-    assert_eq!(adj, "0");
+    let adj = |pid: i32| read(Path::new(&format!("/proc/{pid}/oom_score_adj")));
+    assert_eq!(adj(d.pid() as i32), "-200");
+    assert_eq!(adj(pid), "0");
 
     c.cancel_execution(pb::CancelExecutionRequest {
         session_id: "s".into(),

@@ -111,29 +111,7 @@ impl Cgroups {
                 _ => {}
             }
         }
-        let written = (|| -> Result<(), CgroupError> {
-            let memory = cgroup
-                .memory
-                .as_deref()
-                .ok_or_else(|| CgroupError::Layout("no memory cgroup for the execution".into()))?;
-            v1::write_memory_limit(
-                memory,
-                memory_limit,
-                nomad.and_then(|n| n.memory_soft_bytes),
-            )?;
-            if let Some(pids) = &cgroup.pids {
-                v1::write_pids_limit(pids, self.pids_limit)?;
-            }
-            if let Some(nomad) = nomad {
-                if let Some(cpu) = nomad_dirs.get("cpu") {
-                    write(cpu, "cpu.shares", &nomad.cpu_shares.max(2).to_string())?;
-                }
-                if !nomad.cpuset_cpus.is_empty() {
-                    write(&nomad.path, "cpuset.cpus", &nomad.cpuset_cpus)?;
-                }
-            }
-            Ok(())
-        })();
+        let written = self.write_v1_limits(&cgroup, memory_limit, nomad, &nomad_dirs);
         if let Err(e) = written {
             cgroup.remove();
             return Err(e);
@@ -185,36 +163,76 @@ impl Cgroups {
         if has("pids") {
             cgroup.pids = Some(dir.clone());
         }
-        let written = (|| -> Result<(), CgroupError> {
-            if memory_limit.is_some() && !has("memory") {
-                return Err(CgroupError::Layout(format!(
-                    "{} has no memory controller enabled (its parent's cgroup.subtree_control lacks memory)",
-                    dir.display()
-                )));
-            }
-            v2::write_memory_limit(&dir, memory_limit, nomad.and_then(|n| n.memory_soft_bytes))?;
-            if cgroup.pids.is_some() {
-                v2::write_pids_limit(&dir, self.pids_limit)?;
-            }
-            if let Some(nomad) = nomad {
-                if has("cpu") {
-                    write(
-                        &dir,
-                        "cpu.weight",
-                        &v2::cpu_weight(nomad.cpu_shares).to_string(),
-                    )?;
-                }
-                if !nomad.cpuset_cpus.is_empty() {
-                    write(&dir, "cpuset.cpus", &nomad.cpuset_cpus)?;
-                }
-            }
-            Ok(())
-        })();
+        let written = self.write_v2_limits(&cgroup, &dir, &enabled, memory_limit, nomad);
         if let Err(e) = written {
             cgroup.remove();
             return Err(e);
         }
         Ok(cgroup)
+    }
+
+    fn write_v1_limits(
+        &self,
+        cgroup: &ExecutionCgroup,
+        memory_limit: Option<u64>,
+        nomad: Option<&NomadCgroup>,
+        nomad_dirs: &BTreeMap<&str, PathBuf>,
+    ) -> Result<(), CgroupError> {
+        let memory = cgroup
+            .memory
+            .as_deref()
+            .ok_or_else(|| CgroupError::Layout("no memory cgroup for the execution".into()))?;
+        v1::write_memory_limit(
+            memory,
+            memory_limit,
+            nomad.and_then(|n| n.memory_soft_bytes),
+        )?;
+        if let Some(pids) = &cgroup.pids {
+            v1::write_pids_limit(pids, self.pids_limit)?;
+        }
+        if let Some(nomad) = nomad {
+            if let Some(cpu) = nomad_dirs.get("cpu") {
+                write(cpu, "cpu.shares", &nomad.cpu_shares.max(2).to_string())?;
+            }
+            if !nomad.cpuset_cpus.is_empty() {
+                write(&nomad.path, "cpuset.cpus", &nomad.cpuset_cpus)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_v2_limits(
+        &self,
+        cgroup: &ExecutionCgroup,
+        dir: &Path,
+        enabled: &str,
+        memory_limit: Option<u64>,
+        nomad: Option<&NomadCgroup>,
+    ) -> Result<(), CgroupError> {
+        let has = |controller: &str| enabled.split_whitespace().any(|c| c == controller);
+        if memory_limit.is_some() && !has("memory") {
+            return Err(CgroupError::Layout(format!(
+                "{} has no memory controller enabled (its parent's cgroup.subtree_control lacks memory)",
+                dir.display()
+            )));
+        }
+        v2::write_memory_limit(dir, memory_limit, nomad.and_then(|n| n.memory_soft_bytes))?;
+        if cgroup.pids.is_some() {
+            v2::write_pids_limit(dir, self.pids_limit)?;
+        }
+        if let Some(nomad) = nomad {
+            if has("cpu") {
+                write(
+                    dir,
+                    "cpu.weight",
+                    &v2::cpu_weight(nomad.cpu_shares).to_string(),
+                )?;
+            }
+            if !nomad.cpuset_cpus.is_empty() {
+                write(dir, "cpuset.cpus", &nomad.cpuset_cpus)?;
+            }
+        }
+        Ok(())
     }
 }
 
