@@ -114,10 +114,6 @@ async fn the_program_runs_in_its_own_cgroup_which_is_removed_after(
     #[case] start: Start,
     #[case] language: &str,
 ) {
-    // A protected daemon (as under the shipped unit's OOMScoreAdjust):
-    // its programs must not inherit the protection.
-    std::fs::write("/proc/self/oom_score_adj", "-200")
-        .expect("lowering oom_score_adj needs root (CAP_SYS_RESOURCE)");
     let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
     require_cgroups(&mut c).await;
@@ -166,8 +162,9 @@ async fn the_program_runs_in_its_own_cgroup_which_is_removed_after(
         cgroup.display()
     );
     let adj = |pid: i32| read(Path::new(&format!("/proc/{pid}/oom_score_adj")));
-    assert_eq!(adj(d.pid() as i32), "-200");
-    assert_eq!(adj(pid), "0");
+    // The program, not the daemon, is the OOM killer's choice.
+    assert_eq!(adj(pid), "500");
+    assert!(adj(d.pid() as i32).parse::<i32>().unwrap() < 500);
 
     c.cancel_execution(pb::CancelExecutionRequest {
         session_id: "s".into(),

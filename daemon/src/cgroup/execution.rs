@@ -159,7 +159,11 @@ impl Cgroups {
                 .join("cgroup.subtree_control"),
         )
         .unwrap_or_default();
-        let has = |controller: &str| enabled.split_whitespace().any(|c| c == controller);
+        let has = |controller: &str| {
+            enabled
+                .split_whitespace()
+                .any(|c| c.trim_start_matches('+') == controller)
+        };
         if has("pids") {
             cgroup.pids = Some(dir.clone());
         }
@@ -209,7 +213,11 @@ impl Cgroups {
         memory_limit: Option<u64>,
         nomad: Option<&NomadCgroup>,
     ) -> Result<(), CgroupError> {
-        let has = |controller: &str| enabled.split_whitespace().any(|c| c == controller);
+        let has = |controller: &str| {
+            enabled
+                .split_whitespace()
+                .any(|c| c.trim_start_matches('+') == controller)
+        };
         if memory_limit.is_some() && !has("memory") {
             return Err(CgroupError::Layout(format!(
                 "{} has no memory controller enabled (its parent's cgroup.subtree_control lacks memory)",

@@ -10,18 +10,22 @@
 //! * pooled node worker: the daemon moves the worker in before it hands it
 //!   the program.
 //!
-//! Each also gets its `oom_score_adj` reset to 0: the daemon itself may run
-//! protected (the shipped systemd unit sets `OOMScoreAdjust=-500`), and a
-//! child would inherit that, so the kernel would pick the daemon over a
-//! runaway snippet.
+//! Each also gets its `oom_score_adj` raised to [`OOM_SCORE_ADJ`]: a child
+//! would otherwise inherit the daemon's (the shipped systemd unit protects
+//! the daemon with `OOMScoreAdjust=-500`), and when the host runs short of
+//! memory the kernel must pick a runaway snippet, never the daemon that
+//! supervises every tenant. Raising needs no privilege (lowering needs
+//! `CAP_SYS_RESOURCE`), so this holds for a daemon without it too.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::cgroup::{CgroupError, ExecutionCgroup};
 
-/// What every execution's `oom_score_adj` is set to (the kernel's default).
-pub const OOM_SCORE_ADJ: &str = "0";
+/// What every execution's `oom_score_adj` is set to: above the kernel's
+/// default (0) and the daemon's, so snippets are the OOM killer's first
+/// choice host-wide; within its own cgroup's limit it is the only choice.
+pub const OOM_SCORE_ADJ: &str = "500";
 
 /// Where one execution's processes go.
 #[derive(Debug, Clone, Default)]
@@ -48,8 +52,8 @@ impl Placement {
         if let Some(cgroup) = &self.cgroup {
             cgroup.place(pid)?;
         }
-        // Best effort: lowering a positive score needs CAP_SYS_RESOURCE,
-        // and the process is no less limited for keeping it.
+        // Best effort: a daemon whose own score is above it would have to
+        // lower it (CAP_SYS_RESOURCE); the child keeps the higher one.
         if let Err(e) = std::fs::write(format!("/proc/{pid}/oom_score_adj"), OOM_SCORE_ADJ) {
             tracing::debug!(pid, error = %e, "could not reset oom_score_adj");
         }
