@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use elide_proto::hashicorp::nomad::plugins::base::proto::{
-    base_plugin_client::BasePluginClient, NomadConfig, NomadDriverConfig, SetConfigRequest,
+    base_plugin_client::BasePluginClient, ClientTopology, NomadConfig, NomadDriverConfig,
+    SetConfigRequest,
 };
 use elide_proto::hashicorp::nomad::plugins::drivers::proto::fingerprint_response::HealthState;
 use elide_proto::hashicorp::nomad::plugins::drivers::proto::{
@@ -67,6 +68,26 @@ impl NomadHost {
     /// `SetConfig` with config bytes encoded elsewhere (for example from
     /// HCL with the plugin's own schema); the plugin's answer.
     pub async fn set_config_bytes(&mut self, msgpack: Vec<u8>) -> Result<(), tonic::Status> {
+        self.set_config_on(msgpack, None).await
+    }
+
+    /// `SetConfig` carrying the node's CPU `topology`, as a client that
+    /// fingerprinted it sends.
+    pub async fn set_config_with_topology(
+        &mut self,
+        config: &crate::cty::PluginConfig,
+        topology: ClientTopology,
+    ) {
+        self.set_config_on(config.encode(), Some(topology))
+            .await
+            .expect("SetConfig");
+    }
+
+    async fn set_config_on(
+        &mut self,
+        msgpack: Vec<u8>,
+        topology: Option<ClientTopology>,
+    ) -> Result<(), tonic::Status> {
         self.base
             .set_config(SetConfigRequest {
                 msgpack_config: msgpack,
@@ -74,7 +95,7 @@ impl NomadHost {
                     driver: Some(NomadDriverConfig {
                         client_max_port: 14512,
                         client_min_port: 14000,
-                        topology: None,
+                        topology,
                     }),
                 }),
                 plugin_api_version: "v0.1.0".into(),

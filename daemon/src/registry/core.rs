@@ -209,6 +209,18 @@ pub(super) fn apply_ending(s: &mut pb::ExecutionStatus, ending: &Ending) {
             s.message = msg.clone();
             set_exit(s, info);
         }
+        Ending::OomKilled(msg, info) => {
+            s.set_state(S::Failed);
+            s.set_failure(pb::FailureReason::MemoryLimitExceeded);
+            s.oom_killed = true;
+            s.message = msg.clone();
+            set_exit(s, info);
+        }
+        Ending::ExitedAtLimit(msg, info) => {
+            s.set_state(S::Exited);
+            s.message = msg.clone();
+            set_exit(s, info);
+        }
         Ending::SpawnFailed(msg) => {
             s.set_state(S::Failed);
             s.set_failure(pb::FailureReason::SpawnFailed);

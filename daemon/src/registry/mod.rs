@@ -172,6 +172,10 @@ impl SessionRegistry {
     /// What this daemon can run.
     pub fn capabilities(&self) -> pb::GetCapabilitiesResponse {
         let enforced = self.runtime.enforces_intrinsics();
+        let (memory_limits, memory_limits_detail) = match self.runtime.memory_enforcement() {
+            crate::runtime::MemoryEnforcement::Enforced(detail) => ("enforced", detail),
+            crate::runtime::MemoryEnforcement::Sampled(detail) => ("sampled", detail),
+        };
         pb::GetCapabilitiesResponse {
             daemon_version: self.version.clone(),
             instance_id: self.instance_id.clone(),
@@ -205,6 +209,8 @@ impl SessionRegistry {
             .into_iter()
             .map(String::from)
             .collect(),
+            memory_limits: memory_limits.into(),
+            memory_limits_detail,
         }
     }
 
@@ -578,6 +584,9 @@ impl SessionRegistry {
             memory_peak_bytes: m.peak_rss_bytes,
             process_count: m.process_count,
             live: m.live,
+            memory_cache_bytes: m.cache_bytes,
+            memory_usage_bytes: m.usage_bytes,
+            measured: m.measured.iter().map(|n| n.to_string()).collect(),
         })
     }
 

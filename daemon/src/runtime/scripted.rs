@@ -156,6 +156,7 @@ impl Runtime for ScriptedRuntime {
             state: Mutex::new(Metrics {
                 live: true,
                 process_count: 1,
+                measured: crate::runtime::measured::PROCFS,
                 ..Metrics::default()
             }),
             started: Instant::now(),
@@ -386,6 +387,7 @@ mod tests {
             working_dir: "/".into(),
             scratch_dir: "/".into(),
             memory_limit_bytes: None,
+            nomad_cgroup: None,
             intrinsics: vec![],
             enable_ai: false,
         };
@@ -403,7 +405,7 @@ mod tests {
             match p.events.recv().await.unwrap() {
                 ProgramEvent::Output(Stream::Stdout, d) => out.extend(d),
                 ProgramEvent::Output(Stream::Stderr, d) => err.extend(d),
-                ProgramEvent::MemoryExceeded { .. } => {}
+                ProgramEvent::MemoryExceeded { .. } | ProgramEvent::KernelLimit(_) => {}
                 ProgramEvent::Exited(info) => return (out, err, info, start.elapsed()),
             }
         }

@@ -66,7 +66,11 @@ pub fn outcome_of(status: &pb::ExecutionStatus, now: SystemTime) -> ExitOutcome 
         S::Cancelled => format!("cancelled before it started: {}", status.message),
         S::TimedOut => non_empty(&status.message, "timed out"),
         S::Failed => {
-            outcome.oom_killed = status.failure() == pb::FailureReason::MemoryLimitExceeded;
+            // The kernel's OOM kill at the cgroup limit, or the daemon's kill
+            // over the limit where it can only sample: Nomad shows both as
+            // "OOM Killed".
+            outcome.oom_killed =
+                status.oom_killed || status.failure() == pb::FailureReason::MemoryLimitExceeded;
             let reason = status.failure().as_str_name().to_ascii_lowercase();
             format!(
                 "execution failed ({reason}): {}",
