@@ -293,7 +293,8 @@ while not os.path.exists({go:?}):\n    time.sleep(0.05)\nprint('second')\n",
     .await
     .unwrap();
     assert_eq!(rest.0, "second\n");
-    assert_eq!(rest.1, "on stderr\n");
+    // The snippet's stderr, then elide-ctl's own line saying how it ended.
+    assert_eq!(rest.1, "on stderr\n[elide-ctl] exited exit_code=0\n");
     assert_eq!(rest.2.code(), Some(0));
 }
 
