@@ -126,6 +126,7 @@ async fn stats_until(
         .into_inner();
     let deadline = tokio::time::Instant::now() + LIMIT;
     let mut n = 0;
+    let mut last_taken: Option<std::time::SystemTime> = None;
     loop {
         let sample = tokio::time::timeout_at(deadline, stream.next())
             .await
@@ -133,7 +134,22 @@ async fn stats_until(
             .expect("a sample")
             .expect("stats");
         n += 1;
-        let usage = sample.stats.unwrap().agg_resource_usage.unwrap();
+        let stats = sample.stats.unwrap();
+        // Each sample is stamped with when it was taken: the wall clock
+        // (Nomad plots it), later than the sample before.
+        let taken = std::time::SystemTime::try_from(stats.timestamp.expect("a timestamp"))
+            .expect("a valid timestamp");
+        let now = std::time::SystemTime::now();
+        let skew = now.duration_since(taken).unwrap_or_else(|e| e.duration());
+        assert!(
+            skew < Duration::from_secs(60),
+            "sample stamped {taken:?} at {now:?}"
+        );
+        if let Some(before) = last_taken {
+            assert!(taken > before, "sample stamped {taken:?} after {before:?}");
+        }
+        last_taken = Some(taken);
+        let usage = stats.agg_resource_usage.unwrap();
         if enough(&usage, n) {
             return usage;
         }
