@@ -260,6 +260,14 @@ pub async fn run(opts: &RunOptions, interrupt: watch::Receiver<bool>) -> Result<
         .prefix("elide-run-")
         .tempdir()
         .map_err(RunError::TempDir)?;
+    // As a Nomad client's data dir: tasks run as their own users (the
+    // daemon's default is `nobody`) and must pass through to their task
+    // directory and the private daemon's scratch directory.
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .map_err(RunError::TempDir)?;
     let mut session = Session {
         plugin: None,
         daemon: None,

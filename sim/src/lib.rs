@@ -22,6 +22,7 @@ pub mod plan;
 pub mod plugin_host;
 pub mod scenario;
 pub mod trace;
+pub mod users;
 pub mod truth;
 pub mod world;
 

@@ -1,6 +1,6 @@
 //! `elide-daemon`: the reference Elide execution daemon.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use elide_daemon::ids::RandomIds;
 use elide_daemon::limits::Limits;
 use elide_daemon::registry::{RegistryDeps, SessionRegistry};
 use elide_daemon::runtime::process::{ProcessRuntime, ProcessRuntimeConfig, TypeScriptRunner};
-use elide_daemon::runtime::python_zygote;
+use elide_daemon::runtime::{python_zygote, run_as};
 use elide_daemon::server::{serve, ListenOptions};
 use elide_daemon::service::DaemonService;
 use elide_daemon::store::FsStore;
@@ -93,6 +93,11 @@ struct Args {
     /// A module that cannot be imported stops the daemon at start.
     #[arg(long, value_delimiter = ',', default_values_t = python_zygote::DEFAULT_PRELOAD.iter().map(|m| m.to_string()))]
     python_preload: Vec<String>,
+    /// Who programs run as when their request names no user
+    /// (`run_as_user`), when the daemon runs as root. A daemon that is not
+    /// root runs every program as itself.
+    #[arg(long, default_value = "nobody")]
+    default_user: String,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -153,8 +158,10 @@ async fn main() -> anyhow::Result<()> {
         .validate()
         .map_err(anyhow::Error::msg)
         .context("checking the limits")?;
+    let scratch_dir = args.state_dir.join("scratch");
     let runtime: Arc<dyn elide_daemon::runtime::Runtime> = match args.runtime {
         RuntimeKind::Process => {
+            prepare_shared_dirs(&args.state_dir, &scratch_dir)?;
             let runtime = ProcessRuntime::discover(&ProcessRuntimeConfig {
                 python: args.python.clone(),
                 node: args.node.clone(),
@@ -166,6 +173,7 @@ async fn main() -> anyhow::Result<()> {
                     TypeScriptKind::Builtin => TypeScriptRunner::Builtin,
                     TypeScriptKind::Elide => TypeScriptRunner::Elide,
                 },
+                default_user: args.default_user.clone(),
             });
             let runtime = if args.python_warm {
                 let preload = args
@@ -193,7 +201,7 @@ async fn main() -> anyhow::Result<()> {
         clock: Arc::new(SystemClock),
         ids: Arc::new(RandomIds),
         limits,
-        scratch_dir: args.state_dir.join("scratch"),
+        scratch_dir,
         version: env!("CARGO_PKG_VERSION").to_string(),
     })
     .context("restoring daemon state")?;
@@ -226,6 +234,29 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("serving")?;
     tracing::info!("daemon stopped");
+    Ok(())
+}
+
+/// The scratch and runtime directories are where programs running as other
+/// users than the daemon's find their files: when the daemon can switch
+/// users (root), every directory down to them must let others pass (warned
+/// about at start when one does not).
+fn prepare_shared_dirs(state_dir: &Path, scratch_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    for dir in [scratch_dir.to_path_buf(), state_dir.join("runtime")] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        if nix::unistd::Uid::effective().is_root() {
+            // Not fatal: programs running as the daemon's own user (root by
+            // request) still work; the others fail naming the directory.
+            if let Err(problem) = run_as::check_reachable_by_all(&dir) {
+                tracing::warn!("{problem}");
+            }
+        }
+    }
     Ok(())
 }
 

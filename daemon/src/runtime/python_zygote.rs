@@ -41,6 +41,7 @@ use nix::unistd::Pid;
 use tokio::sync::oneshot;
 
 use super::child_reaper;
+use super::run_as::Identity;
 use super::{ExitInfo, ProgramSpec, StartCounters};
 use crate::language::Language;
 
@@ -226,14 +227,21 @@ impl PythonZygote {
     }
 
     /// Forks an execution running `file` (the snippet, already written).
-    pub fn fork(&self, spec: &ProgramSpec, file: &Path) -> Result<WarmChild, ZygoteError> {
+    /// The child drops to `identity` (when given) before it runs anything
+    /// of the request.
+    pub fn fork(
+        &self,
+        spec: &ProgramSpec,
+        file: &Path,
+        identity: Option<&Identity>,
+    ) -> Result<WarmChild, ZygoteError> {
         if let Some(name) = spec.env.keys().find(|k| read_at_startup(k)) {
             return Err(ZygoteError::NeedsCold(format!(
                 "{name} is read by python at start-up"
             )));
         }
         let generation = self.shared.ready().ok_or(ZygoteError::Down)?;
-        let result = generation.fork(spec, file);
+        let result = generation.fork(spec, file, identity);
         if let Err(e) = &result {
             // A zygote that fails a request is not trusted again: kill it,
             // its monitor adopts its children and boots a new one.
@@ -415,7 +423,12 @@ fn read_ready(stream: &UnixStream) -> Result<(), String> {
 }
 
 impl Generation {
-    fn fork(&self, spec: &ProgramSpec, file: &Path) -> Result<WarmChild, ZygoteError> {
+    fn fork(
+        &self,
+        spec: &ProgramSpec,
+        file: &Path,
+        identity: Option<&Identity>,
+    ) -> Result<WarmChild, ZygoteError> {
         let request_err =
             |what: &str, e: &dyn std::fmt::Display| ZygoteError::Request(format!("{what}: {e}"));
         let pipe =
@@ -430,6 +443,7 @@ impl Generation {
             "env": spec.env,
             "cwd": spec.working_dir,
             "file": file,
+            "user": identity,
         }))
         .map_err(|e| request_err("encoding the request", &e))?;
 

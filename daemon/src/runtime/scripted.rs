@@ -384,6 +384,7 @@ mod tests {
             args: vec![],
             env: Default::default(),
             working_dir: "/".into(),
+            run_as_user: String::new(),
             scratch_dir: "/".into(),
             memory_limit_bytes: None,
             intrinsics: vec![],
