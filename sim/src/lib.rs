@@ -22,8 +22,8 @@ pub mod plan;
 pub mod plugin_host;
 pub mod scenario;
 pub mod trace;
-pub mod users;
 pub mod truth;
+pub mod users;
 pub mod world;
 
 use std::time::{Duration, SystemTime};

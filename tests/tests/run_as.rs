@@ -54,12 +54,7 @@ fn expected(name: &str) -> String {
     groups.sort_unstable();
     groups.dedup();
     let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
-    format!(
-        "{} {} {} {name}\n",
-        user.uid,
-        user.gid,
-        groups.join(",")
-    )
+    format!("{} {} {} {name}\n", user.uid, user.gid, groups.join(","))
 }
 
 async fn daemon(start: Start) -> Daemon {
@@ -191,7 +186,10 @@ async fn an_unknown_user_is_refused_naming_it() {
         err.message(),
         "task \"ghost\": invalid `user`: no user \"no-such-user-e2e\" on this client"
     );
-    assert!(daemon.executions().await.is_empty(), "nothing was submitted");
+    assert!(
+        daemon.executions().await.is_empty(),
+        "nothing was submitted"
+    );
 }
 
 #[rstest]

@@ -279,7 +279,9 @@ fn run_as_refused(refusal: &crate::runtime::run_as::UserRefusal) -> DaemonError 
         UserRefusal::CannotSwitch { .. } => {
             DaemonError::FailedPrecondition(format!("run_as_user: {refusal}"))
         }
-        UserRefusal::CannotEnter(_) => DaemonError::InvalidArgument(format!("working_dir: {refusal}")),
+        UserRefusal::CannotEnter(_) => {
+            DaemonError::InvalidArgument(format!("working_dir: {refusal}"))
+        }
         UserRefusal::Unknown(_) | UserRefusal::Lookup { .. } => {
             DaemonError::InvalidArgument(format!("run_as_user: {refusal}"))
         }

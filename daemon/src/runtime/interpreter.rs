@@ -15,22 +15,59 @@ pub struct Interpreter {
     pub version: String,
 }
 
-/// Finds `program` on the daemon's own PATH (a name with a `/` is taken as
-/// is). Resolved once, so the interpreter that runs snippets is the one whose
-/// version was reported, whatever PATH a snippet's environment sets.
-fn resolve(program: &str) -> Result<PathBuf, String> {
+/// Every candidate for `program` on the daemon's own PATH, in order (a
+/// name with a `/` is taken as is). Resolved once, so the interpreter that
+/// runs snippets is the one whose version was reported, whatever PATH a
+/// snippet's environment sets.
+fn candidates(program: &str) -> Result<Vec<PathBuf>, String> {
     if program.contains('/') {
-        return Ok(PathBuf::from(program));
+        return Ok(vec![PathBuf::from(program)]);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
+    let found: Vec<PathBuf> = std::env::split_paths(&path)
         .map(|dir| dir.join(program))
-        .find(|candidate| {
+        .filter(|candidate| {
             use std::os::unix::fs::PermissionsExt;
             std::fs::metadata(candidate)
                 .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
-        .ok_or_else(|| format!("{program} not found on PATH"))
+        .collect();
+    if found.is_empty() {
+        return Err(format!("{program} not found on PATH"));
+    }
+    Ok(found)
+}
+
+/// Resolves `program` and learns its real path and version. With
+/// `for_other_users` (a root daemon whose programs run as other users),
+/// an interpreter those users cannot reach is passed over for the next one
+/// on PATH: pyenv under `/root`, say, before `/usr/bin/python3`. When none
+/// is reachable the error says why, naming the directory in the way.
+pub fn probe(
+    program: &str,
+    language: Language,
+    for_other_users: bool,
+) -> Result<Interpreter, String> {
+    let mut passed_over = Vec::new();
+    for path in candidates(program)? {
+        let interpreter = probe_at(program, path, language)?;
+        if !for_other_users {
+            return Ok(interpreter);
+        }
+        match super::run_as::check_reachable_by_all(&interpreter.path) {
+            Ok(()) => {
+                for problem in &passed_over {
+                    tracing::info!(%problem, chosen = %interpreter.path.display(), "passed over an interpreter other users cannot run");
+                }
+                return Ok(interpreter);
+            }
+            Err(problem) => passed_over.push(problem),
+        }
+    }
+    Err(format!(
+        "no {program} on PATH that the users programs run as can run: {}",
+        passed_over.join("; ")
+    ))
 }
 
 /// How to ask an interpreter for its real executable and its version (two
@@ -47,9 +84,8 @@ fn self_report(language: Language) -> &'static [&'static str] {
     }
 }
 
-/// Resolves `program` and learns its real path and version.
-pub fn probe(program: &str, language: Language) -> Result<Interpreter, String> {
-    let path = resolve(program)?;
+/// Learns the real path and version of `program` found at `path`.
+fn probe_at(program: &str, path: PathBuf, language: Language) -> Result<Interpreter, String> {
     let out = std::process::Command::new(&path)
         .args(self_report(language))
         .stdin(Stdio::null())

@@ -28,9 +28,9 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
-use super::node_pool::{self, Job, NodePool, NodePoolConfig};
-pub use super::interpreter::Interpreter;
 use super::interpreter::probe;
+pub use super::interpreter::Interpreter;
+use super::node_pool::{self, Job, NodePool, NodePoolConfig};
 use super::python_zygote::{PythonZygote, WarmChild, ZygoteError};
 use super::run_as::{self, Identity, RunAsPolicy, UserRefusal};
 use super::{
@@ -114,8 +114,9 @@ impl ProcessRuntime {
     /// Starts the node pool when one is configured and node was found.
     pub fn discover(config: &ProcessRuntimeConfig) -> Self {
         let counters = Arc::<StartCounters>::default();
-        let node = probe(&config.node, Language::JavaScript);
         let run_as = RunAsPolicy::new(&config.default_user);
+        let others = run_as.switches_users();
+        let node = probe(&config.node, Language::JavaScript, others);
         // Workers boot as the default user; programs of other users start cold.
         let pool_user = match run_as.resolve("") {
             Ok(user) => Some(user),
@@ -126,29 +127,31 @@ impl ProcessRuntime {
             Err(_) => None,
         };
         let node_pool = match (&node, pool_user) {
-            (Ok(interp), Some(user)) if config.node_pool_size > 0 => match NodePool::new(NodePoolConfig {
-                size: config.node_pool_size,
-                node: interp.path.clone(),
-                script_dir: config.runtime_dir.clone(),
-                counters: counters.clone(),
-                user,
-            }) {
-                Ok(pool) => {
-                    pool.ensure_refilling();
-                    Some(pool)
+            (Ok(interp), Some(user)) if config.node_pool_size > 0 => {
+                match NodePool::new(NodePoolConfig {
+                    size: config.node_pool_size,
+                    node: interp.path.clone(),
+                    script_dir: config.runtime_dir.clone(),
+                    counters: counters.clone(),
+                    user,
+                }) {
+                    Ok(pool) => {
+                        pool.ensure_refilling();
+                        Some(pool)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, dir = %config.runtime_dir.display(), "no node pool: writing its worker script failed; javascript starts cold");
+                        None
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, dir = %config.runtime_dir.display(), "no node pool: writing its worker script failed; javascript starts cold");
-                    None
-                }
-            },
+            }
             _ => None,
         };
         ProcessRuntime {
-            python: probe(&config.python, Language::Python),
+            python: probe(&config.python, Language::Python, others),
             node,
             elide: match config.typescript {
-                TypeScriptRunner::Elide => probe(&config.elide, Language::TypeScript),
+                TypeScriptRunner::Elide => probe(&config.elide, Language::TypeScript, others),
                 TypeScriptRunner::Builtin => {
                     Err("not used: typescript is transpiled in the daemon".into())
                 }

@@ -59,7 +59,9 @@ pub enum UserRefusal {
         reason: String,
     },
     /// The daemon is not root, so it can only run programs as itself.
-    #[error("the daemon runs as uid {daemon_uid}, not root, and cannot run programs as user {name:?}")]
+    #[error(
+        "the daemon runs as uid {daemon_uid}, not root, and cannot run programs as user {name:?}"
+    )]
     CannotSwitch {
         /// The user asked for.
         name: String,

@@ -14,8 +14,8 @@ use crate::task_config::ElideTaskConfig;
 
 use super::output::{OffsetsFile, OutputForwarder};
 use super::{
-    daemon_error, exit, request, task_user, AbortOnDrop, DriverState, Observed, SessionContext, Started, Task,
-    TaskError, TaskEvent, TaskManager, DRIVER_STATE_VERSION, OUTPUT_FLUSH_LIMIT,
+    daemon_error, exit, request, task_user, AbortOnDrop, DriverState, Observed, SessionContext,
+    Started, Task, TaskError, TaskEvent, TaskManager, DRIVER_STATE_VERSION, OUTPUT_FLUSH_LIMIT,
 };
 
 impl TaskManager {
@@ -39,8 +39,8 @@ impl TaskManager {
         let mut request =
             request::execute_request(&task, &task_config, config, &session_id, &execution_id)
                 .map_err(invalid)?;
-        let user = task_user::resolve(&task.user, &config.users, &*self.host.users)
-            .map_err(invalid)?;
+        let user =
+            task_user::resolve(&task.user, &config.users, &*self.host.users).map_err(invalid)?;
         let task_dir = request::task_dir(&task);
         self.host
             .users
