@@ -863,9 +863,12 @@ mod tests {
         assert_eq!(
             keys,
             [
+                "allow_root",
                 "daemon",
                 "daemon_address",
                 "daemon_socket",
+                "default_user",
+                "denied_users",
                 "driver_state_dir",
                 "poll_interval",
                 "session_config",
