@@ -258,16 +258,9 @@ pub async fn run(opts: &RunOptions, interrupt: watch::Receiver<bool>) -> Result<
     };
     let work = tempfile::Builder::new()
         .prefix("elide-run-")
-        .tempdir()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o711))
+        .tempdir() // 0711: tasks run as `nobody` and pass through to their dirs
         .map_err(RunError::TempDir)?;
-    // As a Nomad client's data dir: tasks run as their own users (the
-    // daemon's default is `nobody`) and must pass through to their task
-    // directory and the private daemon's scratch directory.
-    std::fs::set_permissions(
-        work.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o711),
-    )
-    .map_err(RunError::TempDir)?;
     let mut session = Session {
         plugin: None,
         daemon: None,
@@ -295,7 +288,6 @@ pub async fn run(opts: &RunOptions, interrupt: watch::Receiver<bool>) -> Result<
     };
     result.map(|tasks| Outcome { tasks, kept })
 }
-
 /// Processes to stop on every exit path.
 struct Session {
     plugin: Option<PluginHost>,
