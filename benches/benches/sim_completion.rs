@@ -12,8 +12,9 @@
 
 use std::time::Duration;
 
+use elide_sim::evidence::Latency;
 use elide_sim::scenario::Scenario;
-use elide_sim::world::{self, Latency};
+use elide_sim::world;
 
 fn scenario(tasks: usize, mode: &str) -> Scenario {
     let text = format!(

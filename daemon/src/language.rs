@@ -3,20 +3,25 @@
 
 pub use elide_proto::Language;
 
-use crate::error::DaemonError;
+/// A language name the daemon does not know. A leaf error: the caller
+/// says which field held it (`DaemonError` maps it to `InvalidArgument`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LanguageError {
+    #[error("language is empty")]
+    Empty,
+    #[error("unknown language {0:?}: expected one of {known}", known = Language::known_names())]
+    Unknown(String),
+}
 
 /// Parses a canonical name or a common alias ("py", "python3", "js",
 /// "node", "ts"), case-insensitively.
-pub fn parse(name: &str) -> Result<Language, DaemonError> {
+pub fn parse(name: &str) -> Result<Language, LanguageError> {
     match name.trim().to_ascii_lowercase().as_str() {
         "python" | "py" | "python3" => Ok(Language::Python),
         "javascript" | "js" | "node" => Ok(Language::JavaScript),
         "typescript" | "ts" => Ok(Language::TypeScript),
-        "" => Err(DaemonError::InvalidArgument("language is empty".into())),
-        _ => Err(DaemonError::InvalidArgument(format!(
-            "unknown language {name:?}: expected one of {}",
-            Language::known_names()
-        ))),
+        "" => Err(LanguageError::Empty),
+        _ => Err(LanguageError::Unknown(name.to_owned())),
     }
 }
 
@@ -34,6 +39,6 @@ mod tests {
             err.contains("cobol") && err.contains("python, javascript, typescript"),
             "{err}"
         );
-        assert!(parse("").is_err());
+        assert_eq!(parse(""), Err(LanguageError::Empty));
     }
 }

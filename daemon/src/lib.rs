@@ -7,7 +7,7 @@
 //! * [`registry`]: sessions, executions, events and the API operations;
 //! * [`supervisor`]: drives one execution (slots, timeout, stop, memory);
 //! * [`runtime`]: the seam that starts programs ([`runtime::process`] is the
-//!   real one);
+//!   real one); [`cgroup`]: its per-execution cgroups (v1 and v2);
 //! * [`store`]: durable state; [`output`], [`events`]: retained output and
 //!   status logs; [`session`]: the narrowing rules;
 //! * [`service`]: the gRPC translation; [`v1alpha1`]: the original
@@ -16,6 +16,7 @@
 //!   in.
 
 pub mod authority;
+pub mod cgroup;
 pub mod client;
 pub mod elide_apis;
 pub mod error;

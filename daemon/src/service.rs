@@ -202,7 +202,7 @@ impl ElideDaemon for DaemonService {
         req: Request<pb::CreateSessionRequest>,
     ) -> Result<Response<pb::CreateSessionResponse>, Status> {
         self.count("CreateSession");
-        let (session, created) = self.registry.create_session(req.into_inner())?;
+        let (session, created) = self.registry.create_session(req.into_inner()).await?;
         Ok(Response::new(pb::CreateSessionResponse {
             session: Some(session),
             created,

@@ -120,7 +120,8 @@ pub fn execution_policy(
     ai_available: bool,
 ) -> Result<ExecutionPolicy, DaemonError> {
     let invalid = DaemonError::InvalidArgument;
-    let language = crate::language::parse(&req.language)?;
+    let language = crate::language::parse(&req.language)
+        .map_err(|e| DaemonError::InvalidArgument(format!("language: {e}")))?;
     if !session.languages.contains(&language) {
         let enabled: Vec<&str> = session.languages.iter().map(|l| l.name()).collect();
         return Err(invalid(format!(

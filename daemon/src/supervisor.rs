@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::time::{sleep_until, Instant};
 
 use crate::output::OutputLog;
-use crate::runtime::{ExitInfo, ProgramControl, ProgramEvent, ProgramSpec, Runtime};
+use crate::runtime::{ExitInfo, KernelLimit, ProgramControl, ProgramEvent, ProgramSpec, Runtime};
 
 /// What a supervisor needs from the daemon and tells it: the narrow
 /// interface the registry implements, so the supervisor does not know the
@@ -45,8 +45,13 @@ pub enum Ending {
     Cancelled(String, Option<ExitInfo>),
     /// Stopped after its timeout.
     TimedOut(Duration, ExitInfo),
-    /// Killed over its memory limit.
+    /// Killed over its memory limit by the daemon's sampler.
     MemoryExceeded(String, ExitInfo),
+    /// Killed by the kernel's OOM killer at its cgroup memory limit.
+    OomKilled(String, ExitInfo),
+    /// Ended by itself, after the kernel enforced a limit on it (refused
+    /// forks at the process limit, an OOM kill of one of its processes).
+    ExitedAtLimit(String, ExitInfo),
     /// Could not start.
     SpawnFailed(String),
     /// The runtime stopped reporting without an exit.
@@ -129,6 +134,9 @@ pub async fn supervise(
     let mut cause: Option<Cause> = None;
     let mut kill_at: Option<Instant> = None;
     let mut stops_open = true;
+    // What the kernel enforced: an OOM kill, refused forks.
+    let mut oom: Option<String> = None;
+    let mut limit_note: Option<String> = None;
     let mut progress = output.subscribe_progress();
     let exit = loop {
         // Seen before checking, so progress made after the check wakes us.
@@ -150,6 +158,21 @@ pub async fn supervise(
                     }
                     send(&*control, Signal::SIGKILL);
                 }
+                Some(ProgramEvent::KernelLimit(limit)) => match limit {
+                    KernelLimit::OomKilled { kills, limit_bytes, peak_bytes, cgroup } => {
+                        let mib = |b: u64| b / (1024 * 1024);
+                        let peak = peak_bytes.map(|p| format!(", peak {} MiB", mib(p))).unwrap_or_default();
+                        oom = Some(format!(
+                            "killed by the kernel's OOM killer at the memory limit: limit {} MiB{peak} ({cgroup}, {kills} process(es) killed)",
+                            limit_bytes.map_or(limit_mb, mib)
+                        ));
+                    }
+                    KernelLimit::ProcessLimit { limit, refused } => {
+                        limit_note = Some(format!(
+                            "reached the process limit of {limit} ({refused} fork(s) refused)"
+                        ));
+                    }
+                },
                 None => break None,
             },
             stop = stops.recv(), if stops_open => match stop {
@@ -178,7 +201,15 @@ pub async fn supervise(
     };
     let ending = match (exit, cause) {
         (None, _) => Ending::Lost("the runtime stopped reporting on the program".into()),
-        (Some(info), None) => Ending::Exited(info),
+        // The kernel's kill is the cause only when it took the program
+        // itself; an OOM-killed child is a note on an ordinary exit.
+        (Some(info @ ExitInfo::Signal(Signal::SIGKILL)), None) if oom.is_some() => {
+            Ending::OomKilled(oom.unwrap_or_default(), info)
+        }
+        (Some(info), None) => match oom.or(limit_note) {
+            Some(note) => Ending::ExitedAtLimit(note, info),
+            None => Ending::Exited(info),
+        },
         (Some(info), Some(Cause::Stop(why))) => Ending::Cancelled(why, Some(info)),
         (Some(info), Some(Cause::Timeout(after))) => Ending::TimedOut(after, info),
         (Some(info), Some(Cause::Memory(msg))) => Ending::MemoryExceeded(msg, info),

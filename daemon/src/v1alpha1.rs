@@ -206,11 +206,14 @@ impl ExecutionApi for ExecutionApiService {
         let config = req.config.unwrap_or_default();
         // `enable_ai` without local AI is refused by the registry's session
         // rules (FAILED_PRECONDITION naming `config.enable_ai`), as on v1.
-        let (info, _created) = self.registry.create_session(pb::CreateSessionRequest {
-            session_id: req.session_id,
-            config: Some(session_config_to_v1(&config)),
-            labels: labels(),
-        })?;
+        let (info, _created) = self
+            .registry
+            .create_session(pb::CreateSessionRequest {
+                session_id: req.session_id,
+                config: Some(session_config_to_v1(&config)),
+                labels: labels(),
+            })
+            .await?;
         Ok(Response::new(alpha::CreateSessionResponse {
             session_id: info.session_id,
             status: alpha::SessionStatus::Active as i32,

@@ -37,3 +37,27 @@ fn the_supervisor_reports_through_its_trait_not_the_registry() {
         "daemon/src/supervisor.rs uses these"
     );
 }
+
+/// The runtime and the language list sit below the daemon's request
+/// errors (`error.rs` wraps `RuntimeError`): they return leaf errors of
+/// their own, so `error -> runtime -> language -> error` cannot come back.
+#[test]
+fn the_runtime_and_language_parsing_do_not_use_the_request_error() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = vec![src.join("language.rs")];
+    for entry in std::fs::read_dir(src.join("runtime")).expect("daemon/src/runtime") {
+        let path = entry.expect("runtime entry").path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    let offenders: Vec<String> = files
+        .iter()
+        .filter(|path| {
+            let text = std::fs::read_to_string(path).expect("source file");
+            text.contains("crate::error") || text.contains("DaemonError::")
+        })
+        .map(|path| path.display().to_string())
+        .collect();
+    assert_eq!(offenders, Vec::<String>::new(), "these use crate::error");
+}

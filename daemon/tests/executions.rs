@@ -149,8 +149,24 @@ async fn with_backpressure_a_program_waits_for_its_reader_instead_of_losing_outp
     let mut req = snippet("s", "bp", "python", code);
     req.output_backpressure = true;
     execute(&mut c, req).await;
-    // Nobody reads yet: the program is held back near half the retention.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Nobody reads yet: the program runs up to the hold point, half the
+    // retention (64 KiB)...
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = status_of(&mut c, "s", "bp").await;
+        if status.stdout_bytes >= 65536 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline
+                && matches!(status.state(), S::Queued | S::Running),
+            "the program did not reach the hold point: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...and stays there: unheld, it would write its 2 MiB in far less
+    // than this pause (which no assertion's truth depends on).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let held = status_of(&mut c, "s", "bp").await;
     assert_eq!(
         held.state(),
@@ -215,7 +231,6 @@ async fn cancel_ends_a_sleeping_snippet_and_its_children_within_the_grace(
         1,
         "the child should be running"
     );
-    let started = Instant::now();
     c.cancel_execution(pb::CancelExecutionRequest {
         session_id: "s".into(),
         execution_id: "sleepy".into(),
@@ -227,11 +242,6 @@ async fn cancel_ends_a_sleeping_snippet_and_its_children_within_the_grace(
     let status = wait_terminal(&mut c, "s", "sleepy").await;
     assert_eq!(status.state(), S::Cancelled, "{status:?}");
     assert_eq!(status.signal, "SIGTERM");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "took {:?}",
-        started.elapsed()
-    );
     assert!(
         processes_with(&marker).is_empty(),
         "a child outlived the execution"
@@ -365,13 +375,13 @@ async fn a_timeout_ends_the_execution_as_timed_out(
         timeout: secs(1.0),
         ..Default::default()
     });
-    let started = Instant::now();
     let accepted = execute(&mut c, req).await;
     assert_eq!(accepted.timeout.unwrap().seconds, 1);
     let status = wait_terminal(&mut c, "s", "slow").await;
     assert_eq!(status.state(), S::TimedOut, "{status:?}");
     assert!(status.message.contains("timed out"), "{}", status.message);
-    assert!(started.elapsed() < Duration::from_secs(15));
+    // Cut short by the timeout's SIGTERM, not run to its end.
+    assert_eq!(status.signal, "SIGTERM", "{status:?}");
 }
 
 #[rstest]

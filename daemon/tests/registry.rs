@@ -29,12 +29,13 @@ fn open(store: Arc<MemoryStore>, limits: Limits, ids: &str) -> Arc<SessionRegist
     .unwrap()
 }
 
-fn session(reg: &SessionRegistry, id: &str, config: pb::SessionConfig) {
+async fn session(reg: &SessionRegistry, id: &str, config: pb::SessionConfig) {
     reg.create_session(pb::CreateSessionRequest {
         session_id: id.into(),
         config: Some(config),
         ..Default::default()
     })
+    .await
     .unwrap();
 }
 
@@ -75,7 +76,7 @@ async fn executions_queue_for_run_slots_in_order() {
         },
         "i",
     );
-    session(&reg, "s", Default::default());
+    session(&reg, "s", Default::default()).await;
     run(&reg, "s", "a", "sleep 5s\nexit 1").await;
     run(&reg, "s", "b", "print b").await;
     advance(Duration::from_secs(1)).await;
@@ -112,7 +113,7 @@ async fn a_queued_execution_can_be_cancelled_and_the_queue_is_bounded() {
         ..Limits::default()
     };
     let reg = open(Arc::default(), limits, "i");
-    session(&reg, "s", Default::default());
+    session(&reg, "s", Default::default()).await;
     run(&reg, "s", "a", "sleep 60s").await;
     advance(Duration::from_millis(10)).await;
     run(&reg, "s", "b", "print never").await;
@@ -154,7 +155,8 @@ async fn timeouts_send_sigterm_then_sigkill() {
             }),
             ..Default::default()
         },
-    );
+    )
+    .await;
     run(&reg, "s", "polite", "trap TERM 1s 7\nsleep 60s").await;
     run(&reg, "s", "stubborn", "ignore TERM\nsleep 60s").await;
     advance(Duration::from_millis(11_500)).await;
@@ -183,7 +185,8 @@ async fn going_over_the_memory_limit_fails_the_execution() {
             memory_limit_mb: 10,
             ..Default::default()
         },
-    );
+    )
+    .await;
     run(
         &reg,
         "s",
@@ -215,7 +218,8 @@ async fn idle_sessions_expire_unless_watched_and_their_executions_are_cancelled(
             idle_timeout: idle,
             ..Default::default()
         },
-    );
+    )
+    .await;
     session(
         &reg,
         "watched",
@@ -223,7 +227,8 @@ async fn idle_sessions_expire_unless_watched_and_their_executions_are_cancelled(
             idle_timeout: idle,
             ..Default::default()
         },
-    );
+    )
+    .await;
     session(
         &reg,
         "forever",
@@ -231,7 +236,8 @@ async fn idle_sessions_expire_unless_watched_and_their_executions_are_cancelled(
             idle_timeout: Some(Default::default()),
             ..Default::default()
         },
-    );
+    )
+    .await;
     run(&reg, "gone", "e", "sleep 600s").await;
     let guard = reg.watch_session("watched").unwrap();
     advance(Duration::from_secs(20)).await;
@@ -260,7 +266,7 @@ async fn finished_executions_beyond_retention_are_forgotten_oldest_first() {
         ..Limits::default()
     };
     let reg = open(store.clone(), limits, "i");
-    session(&reg, "s", Default::default());
+    session(&reg, "s", Default::default()).await;
     for id in ["one", "two", "three"] {
         run(&reg, "s", id, "print x").await;
         advance(Duration::from_millis(10)).await;
@@ -280,7 +286,7 @@ async fn finished_executions_beyond_retention_are_forgotten_oldest_first() {
 async fn a_restarted_registry_reports_lost_executions_and_keeps_finished_ones() {
     let store = Arc::new(MemoryStore::default());
     let first = open(store.clone(), Limits::default(), "first");
-    session(&first, "s", Default::default());
+    session(&first, "s", Default::default()).await;
     run(&first, "s", "done", "print bye\nexit 3").await;
     run(&first, "s", "running", "sleep 600s").await;
     advance(Duration::from_secs(1)).await;
@@ -311,7 +317,7 @@ async fn a_restarted_registry_reports_lost_executions_and_keeps_finished_ones() 
 async fn a_forced_delete_returns_only_once_the_execution_is_gone() {
     let store = Arc::new(MemoryStore::default());
     let reg = open(store.clone(), Limits::default(), "i");
-    session(&reg, "s", Default::default());
+    session(&reg, "s", Default::default()).await;
     run(&reg, "s", "e", "ignore TERM\nsleep 600s").await;
     advance(Duration::from_millis(10)).await;
     reg.delete_execution("s", "e", true, Duration::from_secs(10))
@@ -333,7 +339,7 @@ async fn backpressure_holds_a_flood_without_a_reader_and_a_stop_lifts_it() {
         ..Limits::default()
     };
     let reg = open(Arc::default(), limits, "i");
-    session(&reg, "s", Default::default());
+    session(&reg, "s", Default::default()).await;
     reg.execute(pb::ExecuteSnippetRequest {
         session_id: "s".into(),
         execution_id: "flood".into(),

@@ -6,14 +6,14 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{broadcast, watch};
 
-use crate::cty::ConfigError;
 use crate::daemon_link::DialerFactory;
 use crate::host::Host;
 use crate::plugin_config::{DaemonEndpoint, PluginConfig};
 use crate::probe::{DaemonHealth, DaemonProbe};
 use crate::supervision::{LaunchPlan, Launcher, ProcessLauncher, Supervisor, SupervisorState};
 use crate::tasks::TaskManager;
-use crate::tasks::{TaskEvent, NOT_CONFIGURED};
+use crate::tasks::{NodeCompute, TaskEvent, NOT_CONFIGURED};
+use elide_cty::ConfigError;
 
 /// The name jobs use (`driver = "elide"`) and the node attribute prefix.
 pub const DRIVER_NAME: &str = "elide";
@@ -28,6 +28,8 @@ pub struct ElideDriver {
     launcher: Arc<dyn Launcher>,
     supervisor: Mutex<Option<Supervisor>>,
     supervision: watch::Sender<SupervisorState>,
+    /// The node's CPU, from the topology in Nomad's `SetConfig`.
+    node_compute: Mutex<Option<NodeCompute>>,
 }
 
 impl ElideDriver {
@@ -55,6 +57,7 @@ impl ElideDriver {
             launcher: Arc::new(ProcessLauncher),
             supervisor: Mutex::new(None),
             supervision: watch::Sender::new(SupervisorState::Starting),
+            node_compute: Mutex::new(None),
         }
     }
 
@@ -77,6 +80,17 @@ impl ElideDriver {
             }
         });
         Ok(new)
+    }
+
+    /// Records the node's CPU as Nomad detected it (`SetConfig`'s
+    /// `nomad_config.driver.Topology`), for `total_ticks` in task stats.
+    pub fn set_node_compute(&self, compute: Option<NodeCompute>) {
+        *self.node_compute.lock().unwrap_or_else(|p| p.into_inner()) = compute;
+    }
+
+    /// The node's CPU, if Nomad sent its topology.
+    pub fn node_compute(&self) -> Option<NodeCompute> {
+        *self.node_compute.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The current configuration, if `SetConfig` succeeded at least once.

@@ -7,8 +7,8 @@
 //!   [`logging`] (hclog JSON on stderr), [`shutdown`];
 //! * configuration: [`plugin_config`] (agent `plugin` block),
 //!   [`task_config`] (task `config` block), [`script`] (loading a task's
-//!   script safely), built on [`cty`] (Nomad's msgpack encoding),
-//!   [`hclspec`] (schema builders) and [`duration`]; the languages and
+//!   script safely), built on `elide_cty` (Nomad's msgpack encoding),
+//!   [`hclspec`] (schema builders); durations, the languages and the
 //!   intrinsics it knows come from `elide_proto`, shared with the daemon;
 //! * driver state: [`driver`], with daemon health from [`probe`] and,
 //!   when configured, the daemon started and restarted by [`supervision`];
@@ -19,10 +19,8 @@
 
 #![warn(missing_docs)]
 
-mod cty;
 pub mod daemon_link;
 pub mod driver;
-mod duration;
 pub mod grpc;
 mod hclspec;
 pub mod host;

@@ -167,11 +167,14 @@ mod tests {
     use std::io;
     use std::sync::{Arc, Mutex};
 
-    /// A writer that always fails, like stderr after the agent died.
-    struct BrokenPipe;
+    /// A writer that always fails, like stderr after the agent died, and
+    /// counts the writes it was asked for.
+    #[derive(Clone, Default)]
+    struct BrokenPipe(Arc<std::sync::atomic::AtomicUsize>);
 
     impl Write for BrokenPipe {
         fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Err(io::Error::from(io::ErrorKind::BrokenPipe))
         }
         fn flush(&mut self) -> io::Result<()> {
@@ -222,11 +225,20 @@ mod tests {
 
     #[test]
     fn write_errors_are_swallowed() {
+        let pipe = BrokenPipe::default();
+        let writer = pipe.clone();
         let subscriber =
-            tracing_subscriber::registry().with(HclogLayer::new("elide", || BrokenPipe));
+            tracing_subscriber::registry().with(HclogLayer::new("elide", move || writer.clone()));
         tracing::subscriber::with_default(subscriber, || {
             tracing::error!("nobody is listening");
+            // The failed write neither panicked nor stopped logging.
+            tracing::error!("still nobody");
         });
+        assert_eq!(
+            pipe.0.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "each event was offered to the writer once"
+        );
     }
 
     #[test]

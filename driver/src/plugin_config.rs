@@ -35,9 +35,9 @@ use std::time::Duration;
 
 use elide_proto::hashicorp::nomad::plugins::shared::hclspec::Spec;
 
-use crate::cty::{self, ConfigError, CtyObject};
-use crate::duration;
 use crate::hclspec::{attr, block, object};
+use elide_cty::{ConfigError, CtyObject};
+use elide_proto::go_duration;
 use elide_proto::{intrinsics, Language};
 
 /// Where the daemon listens when the configuration names no endpoint.
@@ -256,7 +256,7 @@ impl PluginConfig {
     /// Decodes and validates `SetConfigRequest.msgpack_config`. Empty bytes
     /// (a plugin block without `config`) give the defaults.
     pub fn decode(msgpack: &[u8]) -> Result<Self, ConfigError> {
-        let value = cty::decode(msgpack)?;
+        let value = elide_cty::decode(msgpack)?;
         let root = CtyObject::root(&value)?;
         let daemon = daemon_endpoint(&root)?;
         let supervised_daemon = root
@@ -400,8 +400,8 @@ fn poll_interval(configured: Option<String>) -> Result<Duration, ConfigError> {
     let Some(text) = configured else {
         return Ok(DEFAULT_POLL_INTERVAL);
     };
-    let interval =
-        duration::parse(&text).map_err(|e| ConfigError::invalid("poll_interval", e.to_string()))?;
+    let interval = go_duration::parse(&text)
+        .map_err(|e| ConfigError::invalid("poll_interval", e.to_string()))?;
     if !(MIN_POLL_INTERVAL..=MAX_POLL_INTERVAL).contains(&interval) {
         return Err(ConfigError::invalid(
             "poll_interval",
@@ -497,7 +497,7 @@ fn session_config(session: &CtyObject<'_>) -> Result<SessionConfig, ConfigError>
         idle_timeout: session
             .string("idle_timeout")?
             .map(|text| {
-                duration::parse(&text).map_err(|e| {
+                go_duration::parse(&text).map_err(|e| {
                     ConfigError::invalid(session.field_path("idle_timeout"), e.to_string())
                 })
             })
@@ -579,7 +579,7 @@ mod tests {
         assert_eq!(DaemonEndpoint::parse("/run/elide/daemon.sock"), None);
     }
     use super::*;
-    use crate::cty::encode::{bytes, object, strings};
+    use elide_cty::value::{bytes, object, strings};
     use elide_proto::hashicorp::nomad::plugins::shared::hclspec::spec::Block as SpecKind;
     use rmpv::Value;
 
@@ -893,7 +893,7 @@ mod tests {
 #[cfg(test)]
 mod daemon_block_tests {
     use super::*;
-    use crate::cty::encode::{bytes, object, strings};
+    use elide_cty::value::{bytes, object, strings};
     use rmpv::Value;
 
     fn with_block(address: Value, block: Value) -> Vec<u8> {

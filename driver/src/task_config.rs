@@ -27,10 +27,10 @@ use std::time::Duration;
 
 use elide_proto::hashicorp::nomad::plugins::shared::hclspec::Spec;
 
-use crate::cty::{self, ConfigError, CtyObject};
-use crate::duration;
 use crate::hclspec::{attr, block, object};
 use crate::plugin_config::{intrinsics, languages, positive_mib};
+use elide_cty::{ConfigError, CtyObject};
+use elide_proto::go_duration;
 use elide_proto::Language;
 
 /// The schema of a task's `config { … }` block.
@@ -97,7 +97,7 @@ pub struct ElideTaskConfig {
 impl ElideTaskConfig {
     /// Decodes and validates `TaskConfig.msgpack_driver_config`.
     pub fn decode(msgpack: &[u8]) -> Result<Self, ConfigError> {
-        let value = cty::decode(msgpack)?;
+        let value = elide_cty::decode(msgpack)?;
         let root = CtyObject::root(&value)?;
         let source = match (root.string("script")?, root.string("code")?) {
             (Some(_), Some(_)) => {
@@ -166,8 +166,8 @@ fn elide_opts(opts: &CtyObject<'_>) -> Result<ElideOpts, ConfigError> {
         None => None,
         Some(text) => {
             let field = opts.field_path("timeout");
-            let parsed =
-                duration::parse(&text).map_err(|e| ConfigError::invalid(&field, e.to_string()))?;
+            let parsed = go_duration::parse(&text)
+                .map_err(|e| ConfigError::invalid(&field, e.to_string()))?;
             if parsed.is_zero() {
                 return Err(ConfigError::invalid(field, "must be greater than zero"));
             }
@@ -191,7 +191,7 @@ fn elide_opts(opts: &CtyObject<'_>) -> Result<ElideOpts, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cty::encode::{bytes, object, strings};
+    use elide_cty::value::{bytes, object, strings};
     use elide_proto::hashicorp::nomad::plugins::shared::hclspec::spec::Block as SpecKind;
     use rmpv::Value;
 

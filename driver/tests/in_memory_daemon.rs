@@ -20,6 +20,7 @@ use elide_driver::daemon_link::{BoxedIo, Dialer, DialerFactory};
 use elide_driver::driver::ElideDriver;
 use elide_driver::plugin_config::{DaemonEndpoint, DEFAULT_DAEMON_SOCKET};
 use elide_driver::probe::{ApiProbe, AttributeValue, DaemonHealth};
+use elide_driver::tasks::TaskError;
 use elide_proto::hashicorp::nomad::plugins::drivers::proto::{TaskConfig, TaskHandle};
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
@@ -189,9 +190,15 @@ async fn lifecycle_runs_over_an_injected_transport() {
         .unwrap();
     assert_eq!((outcome.exit_code, outcome.err.as_str()), (4, ""));
     // A retried StartTask for a live id is refused; after destroy, unknown.
-    assert!(driver.tasks().start(&plugin, task.clone()).await.is_err());
+    assert!(matches!(
+        driver.tasks().start(&plugin, task.clone()).await,
+        Err(TaskError::AlreadyStarted(id)) if id == task.id
+    ));
     driver.tasks().destroy(None, &task.id, true).await.unwrap();
-    assert!(driver.tasks().wait(&task.id).await.is_err());
+    assert!(matches!(
+        driver.tasks().wait(&task.id).await,
+        Err(TaskError::NotFound(_))
+    ));
 }
 
 /// After a plugin restart, Nomad recovers tasks before anything else; a
@@ -401,12 +408,10 @@ async fn a_delete_left_unconfirmed_by_a_dead_plugin_is_resumed_by_the_next() {
     let gone = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             let probe = plugin_with(&dialers);
-            if probe
-                .tasks()
-                .recover(&config, handle.clone())
-                .await
-                .is_err()
-                && journal() == "{}"
+            if matches!(
+                probe.tasks().recover(&config, handle.clone()).await,
+                Err(TaskError::NotFound(_))
+            ) && journal() == "{}"
             {
                 return;
             }

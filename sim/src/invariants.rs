@@ -23,10 +23,10 @@ use std::time::Duration;
 
 use elide_daemon::runtime::ExitInfo;
 
+use crate::evidence::{Evidence, Latency};
 use crate::plan::daemon_host;
 use crate::scenario::TaskExpect;
 use crate::truth::ProgramRun;
-use crate::world::{Evidence, Latency};
 
 /// Slack over `kill_timeout` for a stopped task's result to reach Nomad.
 pub const STOP_BOUND: Duration = Duration::from_secs(10);

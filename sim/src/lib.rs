@@ -12,6 +12,7 @@
 //! truth. Same seed, same [`trace`], byte for byte.
 
 pub mod daemon_host;
+pub mod evidence;
 pub mod files;
 pub mod invariants;
 pub mod logs;

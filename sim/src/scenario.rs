@@ -14,9 +14,9 @@ pub struct Span(pub Duration);
 impl<'de> Deserialize<'de> for Span {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text)
+        elide_proto::go_duration::parse(&text)
             .map(Span)
-            .map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))
+            .map_err(serde::de::Error::custom)
     }
 }
 

@@ -143,7 +143,7 @@ impl Runtime for RecordingRuntime {
                         r.exit = Some(*exit);
                         r.ended_at = Some(turmoil::sim_elapsed().unwrap_or_default());
                     }),
-                    ProgramEvent::MemoryExceeded { .. } => {}
+                    ProgramEvent::MemoryExceeded { .. } | ProgramEvent::KernelLimit(_) => {}
                 }
                 if sender.send(event).await.is_err() {
                     break;

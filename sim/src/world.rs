@@ -10,6 +10,7 @@ use elide_proto::elide::daemon::v1 as pb;
 use pb::elide_daemon_client::ElideDaemonClient;
 
 use crate::daemon_host::DaemonHost;
+use crate::evidence::{Evidence, Held};
 use crate::files::MemoryFiles;
 use crate::invariants::{self, Violation};
 use crate::logs::LogBook;
@@ -30,54 +31,6 @@ pub const SETTLE: Duration = Duration::from_secs(
         + elide_driver::tasks::FORCE_DELETE_TIMEOUT.as_secs()
         + 15,
 );
-
-/// Everything a finished run left for the invariants.
-pub struct Evidence<'a> {
-    /// The scenario.
-    pub scenario: &'a Scenario,
-    /// Its plan for this seed.
-    pub plan: &'a Plan,
-    /// What the agents saw.
-    pub seen: &'a Observations,
-    /// What the programs did.
-    pub truth: &'a GroundTruth,
-    /// What logmon received.
-    pub logs: &'a BTreeMap<u32, LogBook>,
-    /// Per client: its daemon's boot count, and whether it runs at the end.
-    pub daemons: BTreeMap<u32, (u64, bool)>,
-    /// Per client: what its daemon held at the end (`None`: not
-    /// reachable).
-    pub held: BTreeMap<u32, Option<Held>>,
-    /// Why the run stopped early, if it did.
-    pub aborted: Option<String>,
-}
-
-/// What a daemon held at the end of a run.
-#[derive(Debug, Clone, Default)]
-pub struct Held {
-    /// Its sessions.
-    pub sessions: Vec<String>,
-    /// The executions of all of them.
-    pub executions: BTreeSet<String>,
-}
-
-/// Completion latency: the program's exit to Nomad's `WaitTask` result.
-#[derive(Debug, Clone, Default)]
-pub struct Latency {
-    /// Samples, sorted.
-    pub samples: Vec<Duration>,
-}
-
-impl Latency {
-    /// The `q` quantile (0..=1), zero without samples.
-    pub fn quantile(&self, q: f64) -> Duration {
-        if self.samples.is_empty() {
-            return Duration::ZERO;
-        }
-        let i = ((self.samples.len() - 1) as f64 * q).round() as usize;
-        self.samples[i]
-    }
-}
 
 /// The outcome of one run.
 pub struct RunReport {
@@ -172,7 +125,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
     let last_action = plan.actions.last().map(|a| a.0).unwrap_or_default();
     let mut settle = SETTLE;
     if !departed.is_empty() {
-        let idle = humantime::parse_duration(&cluster.idle_timeout).unwrap_or_default();
+        let idle = elide_proto::go_duration::parse(&cluster.idle_timeout).unwrap_or_default();
         settle = settle.max(idle + SETTLE);
     }
     let held: Arc<Mutex<BTreeMap<u32, Option<Held>>>> = Arc::default();

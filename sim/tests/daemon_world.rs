@@ -228,11 +228,3 @@ fn a_daemon_crash_loses_nothing_silently_and_replays_identically() {
     let other = crash_scenario(8);
     assert_ne!(first.hash(), other.hash(), "the seed must matter");
 }
-
-#[test]
-#[ignore = "prints a trace for reading; run with --ignored --nocapture"]
-fn print_crash_trace() {
-    for line in crash_scenario(7).lines() {
-        println!("{line}");
-    }
-}

@@ -8,6 +8,8 @@ use std::sync::OnceLock;
 pub const PLUGIN: &str = "nomad-driver-elide";
 /// The daemon binary's name.
 pub const DAEMON: &str = "elide-daemon";
+/// The daemon's command-line client.
+pub const CTL: &str = "elide-ctl";
 
 /// `target/<profile>/` of the running test executable
 /// (`target/<profile>/deps/<test>-<hash>`).
@@ -17,7 +19,7 @@ pub fn profile_dir() -> PathBuf {
     deps.parent().expect("profile directory").to_owned()
 }
 
-/// Builds both binaries once per test process. `cargo build` is a no-op
+/// Builds the binaries once per test process. `cargo build` is a no-op
 /// when they are fresh, and guarantees the tests never run stale ones.
 fn build_once() {
     static BUILT: OnceLock<()> = OnceLock::new();
@@ -32,7 +34,7 @@ fn build_once() {
         command
             .current_dir(workspace)
             .args(["build", "-p", "elide-driver", "-p", "elide-daemon"])
-            .args(["--bin", PLUGIN, "--bin", DAEMON])
+            .args(["--bin", PLUGIN, "--bin", DAEMON, "--bin", CTL])
             .arg("--target-dir")
             .arg(target_dir);
         if profile_dir.file_name().is_some_and(|n| n == "release") {

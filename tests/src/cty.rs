@@ -2,7 +2,7 @@
 //! `config {}` blocks, written as HCL and encoded with the plugin's own
 //! `ConfigSchema` / `TaskConfigSchema` (asked of the plugin binary, as the
 //! agent does when it loads a plugin) by the one cty encoder
-//! (`elide_runner::cty`). Nothing here knows the schema's keys or order:
+//! (`elide_cty`). Nothing here knows the schema's keys or order:
 //! a field the plugin adds (or a default it sets) reaches the plugin as
 //! Nomad would send it.
 
@@ -65,8 +65,8 @@ fn plugin_schemas() -> &'static PluginSchemas {
 /// (for tests that hold the schema themselves, e.g. the driver's own).
 pub fn encode(spec: &Spec, body: &Body) -> Vec<u8> {
     let ctx = hcl::eval::Context::new();
-    let value = elide_runner::cty::body_to_value(body, &ctx, "config").expect("config body");
-    elide_runner::cty::encode(spec, &value, "config").expect("encoding with the plugin's schema")
+    let value = elide_cty::body_to_value(body, &ctx, "config").expect("config body");
+    elide_cty::encode(spec, &value, "config").expect("encoding with the plugin's schema")
 }
 
 fn strings(items: &[String]) -> Expression {
@@ -78,6 +78,8 @@ fn strings(items: &[String]) -> Expression {
 pub struct PluginConfig {
     /// `daemon_socket`.
     pub daemon_socket: Option<String>,
+    /// `daemon_address` (a daemon on TCP).
+    pub daemon_address: Option<String>,
     /// `status_mode`.
     pub status_mode: Option<String>,
     /// `poll_interval`.
@@ -124,11 +126,22 @@ impl PluginConfig {
         }
     }
 
+    /// A config pointing at a daemon on TCP `address` (`host:port`),
+    /// keeping the plugin's own state in `state_dir`.
+    pub fn for_address(address: &str, state_dir: &std::path::Path) -> Self {
+        PluginConfig {
+            daemon_address: Some(address.to_owned()),
+            driver_state_dir: Some(state_dir.display().to_string()),
+            ..PluginConfig::default()
+        }
+    }
+
     /// The block as HCL.
     pub fn body(&self) -> Body {
         let mut body = Body::builder();
         for (key, value) in [
             ("daemon_socket", &self.daemon_socket),
+            ("daemon_address", &self.daemon_address),
             ("status_mode", &self.status_mode),
             ("poll_interval", &self.poll_interval),
             ("driver_state_dir", &self.driver_state_dir),

@@ -1,7 +1,7 @@
 //! A real `elide-daemon` in a temporary directory.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use elide_proto::elide::daemon::v1 as pb;
@@ -37,22 +37,81 @@ impl Daemon {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         std::fs::write(dir.path().join("extra-args"), extra.join("\n")).expect("daemon args");
         let child = spawn(dir.path(), &socket);
-        let daemon = Daemon { dir, socket, child };
+        let mut daemon = Daemon { dir, socket, child };
         daemon.wait_listening().await;
         daemon
     }
 
-    async fn wait_listening(&self) {
+    /// Starts a daemon that also listens on TCP (`--listen`) at a free
+    /// loopback port; waits until both listeners accept connections and
+    /// returns the daemon and its `host:port`.
+    pub async fn start_with_tcp(extra: &[&str]) -> (Daemon, String) {
+        let address = free_loopback_address();
+        let mut args = vec!["--listen", address.as_str()];
+        args.extend_from_slice(extra);
+        let daemon = Daemon::start_with(&args).await;
         let deadline = Instant::now() + START_LIMIT;
-        while tokio::net::UnixStream::connect(&self.socket).await.is_err() {
+        while tokio::net::TcpStream::connect(&address).await.is_err() {
             assert!(
                 Instant::now() < deadline,
-                "daemon did not listen; log:\n{}",
-                self.log()
+                "daemon did not listen on {address}; log:\n{}",
+                daemon.log()
             );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (daemon, address)
+    }
+
+    async fn wait_listening(&mut self) {
+        if let Err((status, log)) = self.try_wait_listening().await {
+            panic!("daemon did not listen ({status:?}); log:\n{log}");
+        }
+    }
+
+    /// Waits until the daemon accepts connections; `Err` with its exit
+    /// status (`None`: still running) and log if it exited or did not
+    /// listen within the start limit.
+    async fn try_wait_listening(&mut self) -> Result<(), (Option<ExitStatus>, String)> {
+        let deadline = Instant::now() + START_LIMIT;
+        while tokio::net::UnixStream::connect(&self.socket).await.is_err() {
+            let exited = self.child.try_wait().expect("try_wait");
+            if exited.is_some() || Instant::now() >= deadline {
+                return Err((exited, self.log()));
+            }
             // The daemon offers no readiness signal other than its socket.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        Ok(())
+    }
+
+    /// Starts the daemon again on the same socket and state directory and
+    /// reports whether it came up: `Err` with its exit status and log when
+    /// it refused to start (for example over a corrupted state file).
+    pub async fn try_restart(&mut self) -> Result<(), (Option<ExitStatus>, String)> {
+        self.child = spawn(self.dir.path(), &self.socket);
+        self.try_wait_listening().await
+    }
+
+    /// Sends SIGTERM (an orderly stop, as systemd does) and waits up to
+    /// `limit` for the daemon to exit; its exit status, `None` if it was
+    /// still running at the limit.
+    pub fn terminate(&mut self, limit: Duration) -> Option<ExitStatus> {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's `--state-dir`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
     }
 
     /// Kills the daemon with SIGKILL (a crash) and waits for it to be gone.
@@ -126,6 +185,13 @@ impl Daemon {
         }
         all
     }
+}
+
+/// A loopback `host:port` that nothing listened on a moment ago (the port
+/// the kernel handed out for an ephemeral bind, released again).
+pub fn free_loopback_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address").to_string()
 }
 
 /// Launches `elide-daemon` with its socket and state under `dir`; its log

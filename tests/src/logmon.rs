@@ -16,6 +16,12 @@ struct Captured {
     bytes: Vec<u8>,
     opens: usize,
     eofs: usize,
+    /// Asked to close its read end and stay away ([`FifoReader::go_away`]).
+    away: bool,
+    /// Its read end is closed because it was asked to go away.
+    closed: bool,
+    /// Reads no more after the next EOF ([`FifoReader::retire`]).
+    retired: bool,
 }
 
 /// One FIFO and what was read from it.
@@ -46,19 +52,40 @@ impl FifoReader {
                 changed.notify_all();
             }
             let mut buffer = [0u8; 8192];
-            loop {
+            let went_away = loop {
                 match fifo.read(&mut buffer) {
-                    Ok(0) | Err(_) => break,
+                    Ok(0) | Err(_) => break false,
                     Ok(n) => {
                         let (lock, changed) = &*shared;
-                        lock.lock().unwrap().bytes.extend_from_slice(&buffer[..n]);
+                        let mut captured = lock.lock().unwrap();
+                        captured.bytes.extend_from_slice(&buffer[..n]);
                         changed.notify_all();
+                        if captured.away {
+                            break true;
+                        }
                     }
                 }
-            }
+            };
             let (lock, changed) = &*shared;
-            lock.lock().unwrap().eofs += 1;
+            if went_away {
+                // A logmon that died: the read end closes mid-stream, and
+                // opens again only once it is asked back.
+                drop(fifo);
+                let mut captured = lock.lock().unwrap();
+                captured.closed = true;
+                changed.notify_all();
+                while captured.away {
+                    captured = changed.wait(captured).unwrap();
+                }
+                captured.closed = false;
+                continue;
+            }
+            let mut captured = lock.lock().unwrap();
+            captured.eofs += 1;
             changed.notify_all();
+            if captured.retired {
+                return;
+            }
         });
         reader
     }
@@ -71,6 +98,49 @@ impl FifoReader {
     /// Everything read so far, as text.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.shared.0.lock().unwrap().bytes).into_owned()
+    }
+
+    /// Everything read so far, as bytes.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.shared.0.lock().unwrap().bytes.clone()
+    }
+
+    /// Closes the read end at the next byte read (the task must be
+    /// writing) and keeps it closed until [`FifoReader::come_back`], like
+    /// a logmon that died mid-task; returns once it is closed, with how
+    /// many bytes were read until then.
+    pub fn go_away(&self, limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        let (lock, changed) = &*self.shared;
+        let mut captured = lock.lock().unwrap();
+        captured.away = true;
+        while !captured.closed {
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "{}: the reader did not get a byte to leave on within {limit:?}",
+                self.path.display()
+            );
+            captured = changed.wait_timeout(captured, deadline - now).unwrap().0;
+        }
+        captured.bytes.len()
+    }
+
+    /// Opens the read end again after [`FifoReader::go_away`], like a
+    /// restarted logmon.
+    pub fn come_back(&self) {
+        let (lock, changed) = &*self.shared;
+        lock.lock().unwrap().away = false;
+        changed.notify_all();
+    }
+
+    /// Waits for the writers' `eofs`-th close, then deletes the FIFO and
+    /// stops reading, as when the allocation's log directory is cleaned up
+    /// while no logmon runs (a new reader may then create the path again).
+    pub fn retire(&self, eofs: usize, limit: Duration) {
+        self.shared.0.lock().unwrap().retired = true;
+        self.wait_for_eofs(eofs, limit);
+        std::fs::remove_file(&self.path).expect("removing the FIFO");
     }
 
     /// How many bytes were read so far.

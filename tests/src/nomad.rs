@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use elide_proto::hashicorp::nomad::plugins::base::proto::{
-    base_plugin_client::BasePluginClient, NomadConfig, NomadDriverConfig, SetConfigRequest,
+    base_plugin_client::BasePluginClient, ClientTopology, NomadConfig, NomadDriverConfig,
+    SetConfigRequest,
 };
 use elide_proto::hashicorp::nomad::plugins::drivers::proto::fingerprint_response::HealthState;
 use elide_proto::hashicorp::nomad::plugins::drivers::proto::{
@@ -67,6 +68,26 @@ impl NomadHost {
     /// `SetConfig` with config bytes encoded elsewhere (for example from
     /// HCL with the plugin's own schema); the plugin's answer.
     pub async fn set_config_bytes(&mut self, msgpack: Vec<u8>) -> Result<(), tonic::Status> {
+        self.set_config_on(msgpack, None).await
+    }
+
+    /// `SetConfig` carrying the node's CPU `topology`, as a client that
+    /// fingerprinted it sends.
+    pub async fn set_config_with_topology(
+        &mut self,
+        config: &crate::cty::PluginConfig,
+        topology: ClientTopology,
+    ) {
+        self.set_config_on(config.encode(), Some(topology))
+            .await
+            .expect("SetConfig");
+    }
+
+    async fn set_config_on(
+        &mut self,
+        msgpack: Vec<u8>,
+        topology: Option<ClientTopology>,
+    ) -> Result<(), tonic::Status> {
         self.base
             .set_config(SetConfigRequest {
                 msgpack_config: msgpack,
@@ -74,7 +95,7 @@ impl NomadHost {
                     driver: Some(NomadDriverConfig {
                         client_max_port: 14512,
                         client_min_port: 14000,
-                        topology: None,
+                        topology,
                     }),
                 }),
                 plugin_api_version: "v0.1.0".into(),
@@ -104,29 +125,25 @@ impl NomadHost {
         first
     }
 
-    /// Reads the fingerprint stream until a message with `health` arrives,
-    /// for at most `limit`; `None` if none did.
+    /// Opens a fingerprint stream, which the client keeps for the plugin's
+    /// whole life.
+    pub async fn fingerprint_stream(&mut self) -> tonic::Streaming<FingerprintResponse> {
+        self.driver
+            .fingerprint(FingerprintRequest {})
+            .await
+            .expect("Fingerprint")
+            .into_inner()
+    }
+
+    /// Reads a new fingerprint stream until a message with `health`
+    /// arrives, for at most `limit`; `None` if none did.
     pub async fn fingerprint_until(
         &mut self,
         health: HealthState,
         limit: Duration,
     ) -> Option<FingerprintResponse> {
-        let mut stream = self
-            .driver
-            .fingerprint(FingerprintRequest {})
-            .await
-            .expect("Fingerprint")
-            .into_inner();
-        let wanted = async {
-            while let Some(message) = stream.next().await {
-                let message = message.expect("fingerprint message");
-                if message.health() == health {
-                    return Some(message);
-                }
-            }
-            None
-        };
-        tokio::time::timeout(limit, wanted).await.ok().flatten()
+        let mut stream = self.fingerprint_stream().await;
+        next_with_health(&mut stream, health, limit).await
     }
 
     /// go-plugin's `Client.Kill` first step: `GRPCController/Shutdown`.
@@ -215,6 +232,25 @@ impl NomadHost {
     }
 }
 
+/// Reads `stream` until a message with `health` arrives, for at most
+/// `limit`; `None` if none did (or the stream ended).
+pub async fn next_with_health(
+    stream: &mut tonic::Streaming<FingerprintResponse>,
+    health: HealthState,
+    limit: Duration,
+) -> Option<FingerprintResponse> {
+    let wanted = async {
+        while let Some(message) = stream.next().await {
+            let message = message.expect("fingerprint message");
+            if message.health() == health {
+                return Some(message);
+            }
+        }
+        None
+    };
+    tokio::time::timeout(limit, wanted).await.ok().flatten()
+}
+
 /// An allocation directory with one task: task dir (`local/`,
 /// `secrets/`, `tmp/`, `private/`), shared `alloc/logs/` and the task's
 /// two log FIFOs with their readers.
@@ -265,6 +301,32 @@ impl Alloc {
     /// `<alloc_dir>/<task>`.
     pub fn task_dir(&self) -> PathBuf {
         self.alloc_dir().join(&self.task)
+    }
+
+    /// Waits until the driver's offsets record
+    /// (`<task_dir>/private/elide-output-<execution>.json`) says `stdout`
+    /// bytes were written: a plugin killed after that repeats nothing (the
+    /// forwarder records its offsets right after each write, so a crash in
+    /// between would repeat one chunk).
+    pub async fn wait_for_recorded_stdout(&self, stdout: usize, limit: Duration) {
+        let wanted = format!("\"stdout\":{stdout}");
+        let recorded = || {
+            std::fs::read_dir(self.task_dir().join("private"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(&wanted)))
+        };
+        let deadline = std::time::Instant::now() + limit;
+        while !recorded() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "offsets {wanted} never recorded"
+            );
+            // A file has no change notification short of inotify.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Writes a file into the task directory.

@@ -10,8 +10,7 @@ const MAX_PRODUCTION_LINES: usize = 700;
 /// The list may only shrink: a file brought under the limit must leave it.
 const OVER_THE_LIMIT: &[(&str, usize)] = &[
     ("runner/src/run.rs", 866),
-    ("sim/src/nomad.rs", 853),
-    ("daemon/src/runtime/process.rs", 808),
+    ("daemon/src/runtime/process.rs", 797),
 ];
 
 /// Where wall-clock time may be read: the clock seams the simulation
@@ -59,6 +58,7 @@ fn production_lines(text: &str) -> usize {
 
 const CRATES: &[&str] = &[
     "proto/src",
+    "cty/src",
     "daemon/src",
     "driver/src",
     "runner/src",

@@ -68,7 +68,7 @@ enum Command {
         #[arg(long)]
         id: Option<String>,
         /// Run-time limit, e.g. 30s.
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = elide_proto::go_duration::parse)]
         timeout: Option<Duration>,
         /// Memory limit in MiB.
         #[arg(long, default_value_t = 0)]
@@ -95,7 +95,7 @@ enum Command {
         #[arg(long, default_value = "SIGTERM")]
         signal: String,
         /// Grace before SIGKILL, e.g. 5s.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+        #[arg(long, value_parser = elide_proto::go_duration::parse, default_value = "5s")]
         grace: Duration,
     },
 }
@@ -164,6 +164,10 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
             println!("  ai available: {}", c.ai_available);
+            println!(
+                "  memory limits: {} ({})",
+                c.memory_limits, c.memory_limits_detail
+            );
             println!("  limits: {:?}", c.limits.unwrap_or_default());
         }
         Command::Stats => {
@@ -362,20 +366,18 @@ async fn run(
         .status
         .unwrap_or_default();
     use pb::ExecutionState as S;
+    // How it ended, on stderr so stdout stays the program's own.
+    eprintln!("[elide-ctl] {}", describe(&status));
     Ok(match status.state() {
         S::Exited | S::Cancelled => match (status.exit_code, signal_number(&status.signal)) {
             (Some(code), _) => code,
             (None, Some(sig)) => 128 + sig,
             (None, None) => 1,
         },
-        S::TimedOut => {
-            eprintln!("[elide-ctl] {}", describe(&status));
-            124
-        }
-        _ => {
-            eprintln!("[elide-ctl] {}", describe(&status));
-            1
-        }
+        S::TimedOut => 124,
+        // Killed at its memory limit: the shell's code for SIGKILL.
+        S::Failed if status.oom_killed => 137,
+        _ => 1,
     })
 }
 
@@ -392,6 +394,9 @@ fn describe(s: &pb::ExecutionStatus) -> String {
     }
     if !s.signal.is_empty() {
         out.push_str(&format!(" signal={}", s.signal));
+    }
+    if s.oom_killed {
+        out.push_str(" oom_killed");
     }
     if !s.message.is_empty() {
         out.push_str(&format!(": {}", s.message));

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use elide_daemon::cgroup::Cgroups;
 use elide_daemon::ids::RandomIds;
 use elide_daemon::limits::Limits;
 use elide_daemon::registry::{RegistryDeps, SessionRegistry};
@@ -98,6 +99,16 @@ struct Args {
     /// root runs every program as itself.
     #[arg(long, default_value = "nobody")]
     default_user: String,
+    /// Per-execution cgroups: `auto` (cgroup v2 where the unified
+    /// hierarchy has the memory controller, else the v1 controllers; where
+    /// neither can be used, memory is sampled and `GetCapabilities` says
+    /// so) or `off` (always sample).
+    #[arg(long, value_enum, default_value = "auto")]
+    cgroups: CgroupMode,
+    /// Most processes (and threads) one execution may have at once, enforced
+    /// by its pids cgroup: a fork bomb stops there.
+    #[arg(long, default_value_t = 512)]
+    pids_limit: u64,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -107,6 +118,12 @@ struct Args {
 enum RuntimeKind {
     Process,
     Scripted,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum CgroupMode {
+    Auto,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -159,9 +176,32 @@ async fn main() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)
         .context("checking the limits")?;
     let scratch_dir = args.state_dir.join("scratch");
+    anyhow::ensure!(args.pids_limit > 0, "--pids-limit must be at least 1");
+    if let RuntimeKind::Process = args.runtime {
+        // First, so the state dir is made with its mode (0711).
+        prepare_shared_dirs(&args.state_dir, &scratch_dir)?;
+    }
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
+    let mut cgroups_in_use = None;
     let runtime: Arc<dyn elide_daemon::runtime::Runtime> = match args.runtime {
         RuntimeKind::Process => {
-            prepare_shared_dirs(&args.state_dir, &scratch_dir)?;
+            let cgroups = match args.cgroups {
+                CgroupMode::Off => Cgroups::disabled("turned off (--cgroups off)"),
+                CgroupMode::Auto => {
+                    // Keyed by the state dir: a restart finds what its
+                    // predecessor left.
+                    let state = std::fs::canonicalize(&args.state_dir)
+                        .unwrap_or_else(|_| args.state_dir.clone());
+                    Cgroups::detect(&state.display().to_string(), args.pids_limit)
+                }
+            };
+            let stale = cgroups.clean_stale();
+            if stale > 0 {
+                tracing::info!(removed = stale, "removed cgroups left by an earlier daemon");
+            }
+            let cgroups = Arc::new(cgroups);
+            cgroups_in_use = Some(cgroups.clone());
             let runtime = ProcessRuntime::discover(&ProcessRuntimeConfig {
                 python: args.python.clone(),
                 node: args.node.clone(),
@@ -174,6 +214,7 @@ async fn main() -> anyhow::Result<()> {
                     TypeScriptKind::Elide => TypeScriptRunner::Elide,
                 },
                 default_user: args.default_user.clone(),
+                cgroups,
             });
             let runtime = if args.python_warm {
                 let preload = args
@@ -192,8 +233,6 @@ async fn main() -> anyhow::Result<()> {
         }
         RuntimeKind::Scripted => Arc::new(elide_daemon::runtime::scripted::ScriptedRuntime),
     };
-    std::fs::create_dir_all(&args.state_dir)
-        .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
     let store = FsStore::open(&args.state_dir).context("opening the state store")?;
     let registry = SessionRegistry::open(RegistryDeps {
         runtime,
@@ -233,6 +272,9 @@ async fn main() -> anyhow::Result<()> {
     serve(DaemonService::new(registry), &opts, shutdown)
         .await
         .context("serving")?;
+    if let Some(cgroups) = cgroups_in_use {
+        cgroups.remove_parents();
+    }
     tracing::info!("daemon stopped");
     Ok(())
 }

@@ -204,6 +204,14 @@ impl SessionRegistry {
         {
             return Err(run_as_refused(&refusal));
         }
+        if let Some(cgroup) = &req.nomad_cgroup {
+            if !cgroup.path.starts_with('/') || cgroup.path.split('/').any(|c| c == "..") {
+                return Err(DaemonError::InvalidArgument(format!(
+                    "nomad_cgroup.path: {:?} is not an absolute path without \"..\"",
+                    cgroup.path
+                )));
+            }
+        }
         if queued >= self.limits.max_queued_executions {
             return Err(DaemonError::ResourceExhausted(format!(
                 "{queued} executions are already waiting for a run slot, the daemon's limit"
@@ -265,6 +273,16 @@ impl SessionRegistry {
             run_as_user: req.run_as_user.clone(),
             scratch_dir: scratch,
             memory_limit_bytes: policy.memory_limit_mb.map(|mb| mb * 1024 * 1024),
+            nomad_cgroup: req
+                .nomad_cgroup
+                .as_ref()
+                .map(|c| crate::cgroup::NomadCgroup {
+                    path: c.path.clone().into(),
+                    cpu_shares: c.cpu_shares,
+                    cpuset_cpus: c.cpuset_cpus.clone(),
+                    memory_soft_bytes: (c.memory_soft_mb > 0)
+                        .then(|| c.memory_soft_mb * 1024 * 1024),
+                }),
             intrinsics: policy.intrinsics.clone(),
             enable_ai: policy.enable_ai,
         }

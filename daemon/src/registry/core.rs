@@ -151,8 +151,20 @@ pub(super) struct Published {
 #[derive(Default)]
 pub(super) struct Inner {
     pub(super) sessions: BTreeMap<String, Session>,
+    /// Sessions being persisted before they are published: invisible to
+    /// every reader, but holding their id and a place under `max_sessions`.
+    pub(super) pending_sessions: BTreeMap<String, PendingSession>,
     pub(super) queued: u32,
     pub(super) draining: bool,
+}
+
+/// A session accepted under the lock but not yet durable.
+pub(super) struct PendingSession {
+    pub(super) config: pb::SessionConfig,
+    pub(super) labels: BTreeMap<String, String>,
+    /// Dropped when the creation settles (published or undone); the same
+    /// request made meanwhile waits for that.
+    pub(super) settled: watch::Sender<()>,
 }
 
 /// What [`SessionRegistry::finish`] decided under the lock, to carry out
@@ -194,6 +206,18 @@ pub(super) fn apply_ending(s: &mut pb::ExecutionStatus, ending: &Ending) {
         Ending::MemoryExceeded(msg, info) => {
             s.set_state(S::Failed);
             s.set_failure(pb::FailureReason::MemoryLimitExceeded);
+            s.message = msg.clone();
+            set_exit(s, info);
+        }
+        Ending::OomKilled(msg, info) => {
+            s.set_state(S::Failed);
+            s.set_failure(pb::FailureReason::MemoryLimitExceeded);
+            s.oom_killed = true;
+            s.message = msg.clone();
+            set_exit(s, info);
+        }
+        Ending::ExitedAtLimit(msg, info) => {
+            s.set_state(S::Exited);
             s.message = msg.clone();
             set_exit(s, info);
         }

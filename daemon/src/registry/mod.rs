@@ -48,6 +48,17 @@ mod restore;
 pub use self::core::is_terminal;
 use self::core::*;
 
+/// What [`SessionRegistry::reserve_session`] found or reserved.
+enum SessionReservation {
+    /// The same request was served before: the session's info.
+    Existing(pb::SessionInfo),
+    /// The same request is being served right now: settles when the
+    /// session is published or undone.
+    InFlight(watch::Receiver<()>),
+    /// Reserved as pending: the record to write.
+    New(SessionRecord),
+}
+
 /// What the registry is built from.
 pub struct RegistryDeps {
     /// Runs programs.
@@ -161,6 +172,10 @@ impl SessionRegistry {
     /// What this daemon can run.
     pub fn capabilities(&self) -> pb::GetCapabilitiesResponse {
         let enforced = self.runtime.enforces_intrinsics();
+        let (memory_limits, memory_limits_detail) = match self.runtime.memory_enforcement() {
+            crate::runtime::MemoryEnforcement::Enforced(detail) => ("enforced", detail),
+            crate::runtime::MemoryEnforcement::Sampled(detail) => ("sampled", detail),
+        };
         pb::GetCapabilitiesResponse {
             daemon_version: self.version.clone(),
             instance_id: self.instance_id.clone(),
@@ -194,6 +209,8 @@ impl SessionRegistry {
             .into_iter()
             .map(String::from)
             .collect(),
+            memory_limits: memory_limits.into(),
+            memory_limits_detail,
         }
     }
 
@@ -204,8 +221,18 @@ impl SessionRegistry {
 
     // ------------------------------------------------------------ sessions
 
-    /// Creates a session, or returns the existing one when id and config match.
-    pub fn create_session(&self, req: pb::CreateSessionRequest) -> Result<(pb::SessionInfo, bool)> {
+    /// Creates a session (idempotently: the same id, config and labels
+    /// again answer `created` false).
+    ///
+    /// Its record is written before it is published: until then the
+    /// session is pending, invisible to every reader (so no execution can
+    /// be accepted into a session a crash could take back), and a store
+    /// failure undoes it without a trace. The same request made while it
+    /// is pending waits for the outcome.
+    pub async fn create_session(
+        &self,
+        req: pb::CreateSessionRequest,
+    ) -> Result<(pb::SessionInfo, bool)> {
         let id = if req.session_id.is_empty() {
             self.ids.new_id()
         } else {
@@ -215,51 +242,100 @@ impl SessionRegistry {
         let config = req.config.unwrap_or_default();
         let policy = SessionPolicy::from_config(&config, &self.limits)?;
         check_ai_available(&config, self.ai_available())?;
-        let record = {
+        let record = loop {
+            match self.reserve_session(&id, &config, &req.labels)? {
+                SessionReservation::Existing(info) => return Ok((info, false)),
+                SessionReservation::InFlight(mut settled) => {
+                    // Err once the first attempt settles (its sender is dropped).
+                    let _ = settled.changed().await;
+                }
+                SessionReservation::New(record) => break record,
+            }
+        };
+        if let Err(e) = self.store.put_session(&id, &record) {
+            // Not durable, so not created: undo what nobody has seen.
+            self.lock().pending_sessions.remove(&id);
+            return Err(e.into());
+        }
+        {
             let mut inner = self.lock();
+            inner.pending_sessions.remove(&id);
             if inner.draining {
+                drop(inner);
+                let _ = self.store.remove_session(&id);
                 return Err(shutting_down());
             }
-            if let Some(existing) = inner.sessions.get_mut(&id) {
-                let info = existing.record.info.as_ref();
-                if info.and_then(|i| i.config.as_ref()) == Some(&config)
-                    && info.map(|i| &i.labels) == Some(&req.labels)
-                {
-                    existing.last_active = Instant::now();
-                    return Ok((existing.info(), false));
-                }
-                return Err(DaemonError::AlreadyExists(format!(
-                    "session {id} already exists with a different config or labels; delete it first or pick another id"
-                )));
-            }
-            if inner.sessions.len() >= self.limits.max_sessions as usize {
-                return Err(DaemonError::ResourceExhausted(format!(
-                    "the daemon already has {} sessions, its limit",
-                    self.limits.max_sessions
-                )));
-            }
-            let record = SessionRecord {
-                info: Some(pb::SessionInfo {
-                    session_id: id.clone(),
-                    config: Some(config),
-                    created_at: Some(proto_timestamp(self.clock.now())),
-                    labels: req.labels,
-                    ..Default::default()
-                }),
-                seq_reserved: 1 + SEQ_BLOCK,
-            };
             let events = EventLog::new(self.limits.max_events_retained_per_session as usize, 1);
             inner
                 .sessions
-                .insert(id.clone(), Session::new(record.clone(), policy, events));
-            record
-        };
-        if let Err(e) = self.store.put_session(&id, &record) {
-            self.lock().sessions.remove(&id);
-            return Err(e.into());
+                .insert(id.clone(), Session::new(record, policy, events));
         }
         tracing::info!(session_id = %id, "session created");
         Ok((self.get_session(&id)?, true))
+    }
+
+    /// The lock section of [`Self::create_session`]: the existing session
+    /// the request repeats, one being created by the same request, or a
+    /// new pending reservation with the record to write.
+    fn reserve_session(
+        &self,
+        id: &str,
+        config: &pb::SessionConfig,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<SessionReservation> {
+        let same = |c: &pb::SessionConfig, l: &std::collections::BTreeMap<String, String>| {
+            c == config && l == labels
+        };
+        let exists = || {
+            DaemonError::AlreadyExists(format!(
+                "session {id} already exists with a different config or labels; delete it first or pick another id"
+            ))
+        };
+        let mut inner = self.lock();
+        if inner.draining {
+            return Err(shutting_down());
+        }
+        if let Some(existing) = inner.sessions.get_mut(id) {
+            let info = existing.record.info.as_ref();
+            if info.and_then(|i| i.config.as_ref()) == Some(config)
+                && info.map(|i| &i.labels) == Some(labels)
+            {
+                existing.last_active = Instant::now();
+                return Ok(SessionReservation::Existing(existing.info()));
+            }
+            return Err(exists());
+        }
+        if let Some(pending) = inner.pending_sessions.get(id) {
+            if same(&pending.config, &pending.labels) {
+                return Ok(SessionReservation::InFlight(pending.settled.subscribe()));
+            }
+            return Err(exists());
+        }
+        if inner.sessions.len() + inner.pending_sessions.len() >= self.limits.max_sessions as usize
+        {
+            return Err(DaemonError::ResourceExhausted(format!(
+                "the daemon already has {} sessions, its limit",
+                self.limits.max_sessions
+            )));
+        }
+        inner.pending_sessions.insert(
+            id.to_owned(),
+            PendingSession {
+                config: config.clone(),
+                labels: labels.clone(),
+                settled: watch::Sender::new(()),
+            },
+        );
+        Ok(SessionReservation::New(SessionRecord {
+            info: Some(pb::SessionInfo {
+                session_id: id.to_owned(),
+                config: Some(config.clone()),
+                created_at: Some(proto_timestamp(self.clock.now())),
+                labels: labels.clone(),
+                ..Default::default()
+            }),
+            seq_reserved: 1 + SEQ_BLOCK,
+        }))
     }
 
     /// One session's info.
@@ -508,6 +584,9 @@ impl SessionRegistry {
             memory_peak_bytes: m.peak_rss_bytes,
             process_count: m.process_count,
             live: m.live,
+            memory_cache_bytes: m.cache_bytes,
+            memory_usage_bytes: m.usage_bytes,
+            measured: m.measured.iter().map(|n| n.to_string()).collect(),
         })
     }
 

@@ -26,6 +26,7 @@ struct ProbeStore {
     registry: OnceLock<Weak<SessionRegistry>>,
     gate: Mutex<Option<Gate>>,
     fail_queued: AtomicBool,
+    fail_sessions: AtomicBool,
     /// Whether a write while the registry lock is held counts as a
     /// violation (only meaningful on one thread: elsewhere another thread
     /// may hold it for its own reasons).
@@ -64,6 +65,20 @@ impl StateStore for ProbeStore {
 
     fn put_session(&self, session_id: &str, record: &SessionRecord) -> Result<(), StoreError> {
         self.check_unlocked("put_session");
+        let first = !self.reserved.lock().unwrap().contains_key(session_id);
+        if let Some(reg) = self.registry() {
+            if first && reg.get_session(session_id).is_ok() {
+                self.violation(format!(
+                    "session {session_id} visible before its record was written"
+                ));
+            }
+        }
+        if first && self.fail_sessions.load(Ordering::SeqCst) {
+            return Err(StoreError::Io {
+                path: "test-disk".into(),
+                source: std::io::Error::other("disk full"),
+            });
+        }
         self.reserved
             .lock()
             .unwrap()
@@ -166,11 +181,12 @@ fn request(execution_id: &str, code: &str) -> pb::ExecuteSnippetRequest {
     }
 }
 
-fn with_session(reg: &SessionRegistry) {
+async fn with_session(reg: &SessionRegistry) {
     reg.create_session(pb::CreateSessionRequest {
         session_id: "s".into(),
         ..Default::default()
     })
+    .await
     .unwrap();
 }
 
@@ -178,7 +194,7 @@ fn with_session(reg: &SessionRegistry) {
 async fn a_queued_execution_is_invisible_until_durable_and_a_retry_gets_the_same_one() {
     let store = Arc::new(ProbeStore::default());
     let reg = open(&store);
-    with_session(&reg);
+    with_session(&reg).await;
     let guard = reg.watch_session("s").unwrap();
     let (entered_tx, entered) = std_mpsc::channel();
     let (release, release_rx) = std_mpsc::channel();
@@ -240,7 +256,7 @@ async fn a_queued_execution_is_invisible_until_durable_and_a_retry_gets_the_same
 async fn a_failed_queued_write_publishes_nothing_and_leaves_the_id_free() {
     let store = Arc::new(ProbeStore::default());
     let reg = open(&store);
-    with_session(&reg);
+    with_session(&reg).await;
     let guard = reg.watch_session("s").unwrap();
     store.fail_queued.store(true, Ordering::SeqCst);
 
@@ -269,7 +285,7 @@ async fn writes_happen_unlocked_sequence_numbers_are_reserved_first_and_endings_
     let store = Arc::new(ProbeStore::default());
     store.check_lock.store(true, Ordering::SeqCst);
     let reg = open(&store);
-    with_session(&reg);
+    with_session(&reg).await;
     // Three events each (QUEUED, RUNNING, EXITED): past the first block.
     let executions = SEQ_BLOCK / 3 + 50;
     for batch in 0..executions / 10 {
@@ -311,4 +327,29 @@ async fn writes_happen_unlocked_sequence_numbers_are_reserved_first_and_endings_
     let reg = open(&again);
     let (status, _) = reg.execute(request("after", "print y")).await.unwrap();
     assert!(status.seq > last_seq, "{} after {last_seq}", status.seq);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_is_published_only_once_durable_and_a_failed_write_leaves_nothing() {
+    let store = Arc::new(ProbeStore::default());
+    let reg = open(&store);
+    store.fail_sessions.store(true, Ordering::SeqCst);
+    let err = reg
+        .create_session(pb::CreateSessionRequest {
+            session_id: "s".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DaemonError::Store(_)), "{err:?}");
+    assert!(matches!(
+        reg.get_session("s"),
+        Err(DaemonError::NotFound(_))
+    ));
+    assert_eq!(reg.list_sessions().len(), 0);
+    // The id and its place under max_sessions are free again.
+    store.fail_sessions.store(false, Ordering::SeqCst);
+    with_session(&reg).await;
+    assert_eq!(reg.get_session("s").unwrap().session_id, "s");
+    assert_eq!(store.violations(), Vec::<String>::new());
 }

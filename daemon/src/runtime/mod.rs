@@ -8,7 +8,9 @@
 pub mod child_reaper;
 pub mod interpreter;
 pub mod node_pool;
+pub mod placement;
 pub mod process;
+mod program_control;
 pub mod python_zygote;
 pub mod run_as;
 pub mod scripted;
@@ -53,6 +55,9 @@ pub struct ProgramSpec {
     pub scratch_dir: PathBuf,
     /// Memory limit in bytes, if any.
     pub memory_limit_bytes: Option<u64>,
+    /// The cgroup Nomad made for the task, to run the program in (instead
+    /// of a cgroup of the daemon's own).
+    pub nomad_cgroup: Option<crate::cgroup::NomadCgroup>,
     /// Intrinsics granted to the program.
     pub intrinsics: Vec<String>,
     /// Whether local AI is enabled.
@@ -78,8 +83,34 @@ pub enum ProgramEvent {
         /// Resident memory observed, in bytes.
         rss_bytes: u64,
     },
+    /// The kernel enforced one of its limits (reported just before
+    /// [`ProgramEvent::Exited`]).
+    KernelLimit(KernelLimit),
     /// It ended. Always the last event, after all output.
     Exited(ExitInfo),
+}
+
+/// A limit the kernel enforced on a program's cgroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelLimit {
+    /// The OOM killer killed processes of it at its memory limit.
+    OomKilled {
+        /// Processes killed.
+        kills: u64,
+        /// The limit, bytes.
+        limit_bytes: Option<u64>,
+        /// Its highest memory use, bytes, where the kernel reports it.
+        peak_bytes: Option<u64>,
+        /// "cgroup v1" or "cgroup v2".
+        cgroup: String,
+    },
+    /// Forks were refused at its process limit.
+    ProcessLimit {
+        /// The limit.
+        limit: u64,
+        /// Forks refused.
+        refused: u64,
+    },
 }
 
 /// Resource use of a program, summed over its processes.
@@ -93,11 +124,52 @@ pub struct Metrics {
     pub rss_bytes: u64,
     /// Highest resident memory seen, in bytes.
     pub peak_rss_bytes: u64,
+    /// Page cache charged to it, bytes (cgroups only).
+    pub cache_bytes: u64,
+    /// All memory charged to it, bytes (cgroups only).
+    pub usage_bytes: u64,
     /// Number of processes.
     pub process_count: u32,
+    /// Which figures were really measured (names in
+    /// [`measured`]); the others are zero.
+    pub measured: &'static [&'static str],
     /// Whether these figures were sampled while the program ran (false: the
     /// last sample before it ended).
     pub live: bool,
+}
+
+/// Names of the figures of [`Metrics`], for [`Metrics::measured`].
+pub mod measured {
+    /// Sampled from `/proc` over the process tree: CPU, resident memory and
+    /// the highest resident memory among the samples.
+    pub const PROCFS: &[&str] = &["cpu_user", "cpu_system", "memory_rss", "memory_peak"];
+    /// From the kernel's cgroup accounting, peak included.
+    pub const CGROUP: &[&str] = &[
+        "cpu_user",
+        "cpu_system",
+        "memory_rss",
+        "memory_cache",
+        "memory_usage",
+        "memory_peak",
+    ];
+    /// From a cgroup whose kernel keeps no peak (cgroup v2 before 5.19).
+    pub const CGROUP_NO_PEAK: &[&str] = &[
+        "cpu_user",
+        "cpu_system",
+        "memory_rss",
+        "memory_cache",
+        "memory_usage",
+    ];
+}
+
+/// How memory limits are applied on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemoryEnforcement {
+    /// By the kernel, in a cgroup per execution (the detail says which).
+    Enforced(String),
+    /// By sampling resident memory and killing over the limit (the detail
+    /// says why no cgroup is used).
+    Sampled(String),
 }
 
 /// Controls a running program.
@@ -194,6 +266,10 @@ pub trait Runtime: Send + Sync + 'static {
     fn check_run_as(&self, user: &str, working_dir: &str) -> Result<(), run_as::UserRefusal> {
         let _ = (user, working_dir);
         Ok(())
+    }
+    /// How memory limits are applied.
+    fn memory_enforcement(&self) -> MemoryEnforcement {
+        MemoryEnforcement::Sampled("this runtime has no cgroups".into())
     }
     /// Starts a program.
     fn spawn(&self, spec: ProgramSpec) -> Result<Program, RuntimeError>;

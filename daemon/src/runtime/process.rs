@@ -12,31 +12,34 @@
 //!   process it left in its group is killed, so nothing outlives an
 //!   execution. Children also get `PR_SET_PDEATHSIG=SIGKILL`, so they die
 //!   with the daemon instead of running on unsupervised.
-//! * Resource use is sampled from `/proc` over the process tree, on demand and
-//!   every `sample_interval`; a sample over the memory limit is reported as
-//!   [`ProgramEvent::MemoryExceeded`].
+//! * Each execution gets a cgroup ([`crate::cgroup`]) with its memory and
+//!   process limits, entered before its first line of user code on every
+//!   start path ([`Placement`]); the kernel's OOM kills and refused forks
+//!   are reported as [`ProgramEvent::KernelLimit`]. Without cgroups,
+//!   resource use is sampled from `/proc` ([`program_control`]).
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
 use super::interpreter::probe;
 pub use super::interpreter::Interpreter;
 use super::node_pool::{self, Job, NodePool, NodePoolConfig};
+use super::placement::Placement;
+use super::program_control::{self, ProcessControl};
 use super::python_zygote::{PythonZygote, WarmChild, ZygoteError};
 use super::run_as::{self, Identity, RunAsPolicy, UserRefusal};
 use super::{
-    child_reaper, typescript, ExitInfo, LanguageRuntime, Metrics, Program, ProgramControl,
+    child_reaper, typescript, ExitInfo, KernelLimit, LanguageRuntime, MemoryEnforcement, Program,
     ProgramEvent, ProgramSpec, Runtime, RuntimeError, StartCounters, StartMode, StartStats,
 };
+use crate::cgroup::Cgroups;
 use crate::language::Language;
 use crate::output::Stream;
 
@@ -67,6 +70,8 @@ pub struct ProcessRuntimeConfig {
     /// Who programs run as when their request names nobody (a root daemon
     /// only; see [`run_as`]).
     pub default_user: String,
+    /// Per-execution cgroups (detected by the caller).
+    pub cgroups: Arc<Cgroups>,
 }
 
 /// What runs typescript.
@@ -90,6 +95,7 @@ impl Default for ProcessRuntimeConfig {
             runtime_dir: std::env::temp_dir().join("elide-daemon"),
             typescript: TypeScriptRunner::Builtin,
             default_user: "nobody".into(),
+            cgroups: Arc::new(Cgroups::disabled("not configured")),
         }
     }
 }
@@ -107,6 +113,7 @@ pub struct ProcessRuntime {
     python_zygote: Option<PythonZygote>,
     counters: Arc<StartCounters>,
     run_as: RunAsPolicy,
+    cgroups: Arc<Cgroups>,
 }
 
 impl ProcessRuntime {
@@ -162,6 +169,7 @@ impl ProcessRuntime {
             python_zygote: None,
             counters,
             run_as,
+            cgroups: config.cgroups.clone(),
         }
     }
 
@@ -236,16 +244,28 @@ impl ProcessRuntime {
         spec: &ProgramSpec,
         file: &Path,
         user: Option<&Identity>,
-    ) -> Option<tokio::process::Child> {
-        let pool = self
+        placement: &Placement,
+    ) -> Result<Option<tokio::process::Child>, RuntimeError> {
+        let Some(pool) = self
             .node_pool
             .as_ref()
-            .filter(|pool| self.runs_on_node(spec.language) && pool.user() == user)?;
+            .filter(|pool| self.runs_on_node(spec.language) && pool.user() == user)
+        else {
+            return Ok(None);
+        };
         if spec.env.keys().any(|k| node_pool::read_at_boot(k)) {
-            return None;
+            return Ok(None);
         }
-        let worker = pool.take()?;
+        let Some(worker) = pool.take() else {
+            return Ok(None);
+        };
         let pid = worker.pid();
+        // In its cgroup before it has the program (dropping the worker on
+        // failure kills it).
+        placement.place(pid).map_err(|e| RuntimeError::Spawn {
+            what: "the pooled node worker in the execution's cgroup".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
         let job = Job {
             file,
             args: &spec.args,
@@ -253,10 +273,10 @@ impl ProcessRuntime {
             cwd: &spec.working_dir,
         };
         match worker.run(&job) {
-            Ok(child) => Some(child),
+            Ok(child) => Ok(Some(child)),
             Err(e) => {
                 tracing::warn!(execution_id = %spec.execution_id, pid, error = %e, "handing the program to a pooled node worker failed; starting it cold");
-                None
+                Ok(None)
             }
         }
     }
@@ -307,6 +327,13 @@ impl Runtime for ProcessRuntime {
                     .map_err(UserRefusal::CannotEnter)
             }
             _ => Ok(()),
+        }
+    }
+
+    fn memory_enforcement(&self) -> MemoryEnforcement {
+        match self.cgroups.unavailable() {
+            None => MemoryEnforcement::Enforced(self.cgroups.describe()),
+            Some(reason) => MemoryEnforcement::Sampled(reason.to_string()),
         }
     }
 
@@ -364,17 +391,68 @@ impl Runtime for ProcessRuntime {
             .and_then(|()| run_as::give_file(&file, user.as_ref()))
             .map_err(|e| spawn_err("the snippet file", e))?;
 
+        // The scratch dir is unique per session and execution: it names the
+        // cgroup. Never run without the cgroup the host could give.
+        let cgroup = self
+            .cgroups
+            .create(
+                &spec.scratch_dir.display().to_string(),
+                spec.memory_limit_bytes,
+                spec.nomad_cgroup.as_ref(),
+            )
+            .map_err(|e| {
+                spawn_err(
+                    "the execution's cgroup",
+                    std::io::Error::other(e.to_string()),
+                )
+            })?;
+        let placement = Placement::new(cgroup);
+        let started = self.start(interp, &spec, &file, user.as_ref(), &placement);
+        if started.is_err() {
+            if let Some(cgroup) = placement.cgroup() {
+                cgroup.remove();
+            }
+        }
+        started
+    }
+
+    fn start_stats(&self) -> StartStats {
+        self.counters.snapshot()
+    }
+}
+
+impl ProcessRuntime {
+    /// Starts the written snippet `file`: forked from the zygote, on a
+    /// pooled worker or cold, placed by `placement` before it runs.
+    fn start(
+        &self,
+        interp: &Interpreter,
+        spec: &ProgramSpec,
+        file: &Path,
+        user: Option<&Identity>,
+        placement: &Placement,
+    ) -> Result<Program, RuntimeError> {
+        let spawn_err = |what: &str, source| RuntimeError::Spawn {
+            what: what.into(),
+            source,
+        };
         if let (Language::Python, Some(zygote)) = (spec.language, &self.python_zygote) {
-            match zygote.fork(&spec, &file, user.as_ref()) {
+            match zygote.fork(spec, file, user, placement) {
                 // The zygote counts its warm starts.
-                Ok(child) => return self.watch_warm(child, spec),
+                Ok(child) => return self.watch_warm(child, spec, placement),
+                Err(ZygoteError::Placement(e)) => {
+                    return Err(spawn_err(
+                        "the forked python in the execution's cgroup",
+                        std::io::Error::other(e),
+                    ))
+                }
                 // Cold rather than failed: the zygote is being replaced.
                 Err(e) => {
                     tracing::info!(execution_id = %spec.execution_id, reason = %e, "starting cold")
                 }
             }
         }
-        let warm = self.start_warm(&spec, &file, user.as_ref());
+        let warm = self.start_warm(spec, file, user, placement)?;
         if warm.is_some() {
             self.counters.warm_start(spec.language);
         } else {
@@ -394,9 +472,15 @@ impl Runtime for ProcessRuntime {
             None => {
                 // Registered before the orphan scan can see it (tokio waits for it).
                 let mut owned = child_reaper::hold();
-                let on_node = self.runs_on_node(spec.language);
-                let child = start_cold(interp, &spec, &file, on_node, user)
-                    .map_err(|e| spawn_err(&interp.path.display().to_string(), e))?;
+                let child = start_cold(
+                    interp,
+                    spec,
+                    file,
+                    self.runs_on_node(spec.language),
+                    user.cloned(),
+                    placement,
+                )
+                .map_err(|e| spawn_err(&interp.path.display().to_string(), e))?;
                 let pid = child.id().map(|p| p as i32).ok_or_else(|| {
                     spawn_err(
                         "the interpreter",
@@ -427,17 +511,16 @@ impl Runtime for ProcessRuntime {
                 }
             }
         };
-        Ok(self.watch(pid, stdout, stderr, exit, &spec))
+        Ok(self.watch(pid, stdout, stderr, exit, spec, placement))
     }
 
-    fn start_stats(&self) -> StartStats {
-        self.counters.snapshot()
-    }
-}
-
-impl ProcessRuntime {
     /// Follows a forked python execution exactly as a cold one.
-    fn watch_warm(&self, child: WarmChild, spec: ProgramSpec) -> Result<Program, RuntimeError> {
+    fn watch_warm(
+        &self,
+        child: WarmChild,
+        spec: &ProgramSpec,
+        placement: &Placement,
+    ) -> Result<Program, RuntimeError> {
         let pid = child.pid;
         tracing::debug!(execution_id = %spec.execution_id, pid, "program forked from the python zygote");
         let receiver = |fd| {
@@ -455,7 +538,7 @@ impl ProcessRuntime {
                 ExitInfo::Code(-1)
             })
         };
-        Ok(self.watch(pid, Some(stdout), Some(stderr), exit, &spec))
+        Ok(self.watch(pid, Some(stdout), Some(stderr), exit, spec, placement))
     }
 
     /// Copies a started program's output, samples it and reports its exit.
@@ -466,26 +549,33 @@ impl ProcessRuntime {
         stderr: Option<impl AsyncRead + Unpin + Send + 'static>,
         exit: impl std::future::Future<Output = ExitInfo> + Send + 'static,
         spec: &ProgramSpec,
+        placement: &Placement,
     ) -> Program {
         let (tx, rx) = mpsc::channel(64);
-        let control = Arc::new(ProcessControl::new(pid));
+        let cgroup = placement.cgroup().cloned();
+        let control = Arc::new(ProcessControl::new(pid, cgroup.clone()));
         let (exited_tx, exited_rx) = tokio::sync::watch::channel(false);
         let readers = [
             stdout.map(|p| tokio::spawn(pump(p, Stream::Stdout, tx.clone(), exited_rx.clone()))),
             stderr.map(|p| tokio::spawn(pump(p, Stream::Stderr, tx.clone(), exited_rx))),
         ];
-        let sampler = tokio::spawn(sample_loop(
-            control.clone(),
-            self.sample_interval,
-            spec.memory_limit_bytes,
-            tx.clone(),
-        ));
+        // The kernel enforces and accounts for a program with a cgroup.
+        let sampler = cgroup.is_none().then(|| {
+            tokio::spawn(program_control::sample_loop(
+                control.clone(),
+                self.sample_interval,
+                spec.memory_limit_bytes,
+                tx.clone(),
+            ))
+        });
         let waiter_control = control.clone();
         let scratch = spec.scratch_dir.clone();
         tokio::spawn(async move {
             let info = exit.await;
             waiter_control.finish();
-            sampler.abort();
+            if let Some(sampler) = sampler {
+                sampler.abort();
+            }
             let _ = exited_tx.send(true);
             // Every byte is delivered before the exit, however long the
             // consumer takes; `pump` itself bounds waiting on a pipe.
@@ -496,6 +586,13 @@ impl ProcessRuntime {
             if let Err(e) = std::fs::remove_dir_all(&scratch) {
                 tracing::debug!(pid, error = %e, "removing the scratch directory failed");
             }
+            if let Some(cgroup) = cgroup {
+                for limit in kernel_limits(&cgroup) {
+                    let _ = tx.send(ProgramEvent::KernelLimit(limit)).await;
+                }
+                // Removal waits for the kernel to finish the exits.
+                let _ = tokio::task::spawn_blocking(move || cgroup.remove()).await;
+            }
             let _ = tx.send(ProgramEvent::Exited(info)).await;
         });
         Program {
@@ -505,13 +602,36 @@ impl ProcessRuntime {
     }
 }
 
-/// Starts `file` on a fresh interpreter, in a process group of its own.
+/// What the kernel enforced on an ended program's cgroup.
+fn kernel_limits(cgroup: &crate::cgroup::ExecutionCgroup) -> Vec<KernelLimit> {
+    let hits = cgroup.limit_hits();
+    let mut limits = Vec::new();
+    if hits.oom_kills > 0 {
+        limits.push(KernelLimit::OomKilled {
+            kills: hits.oom_kills,
+            limit_bytes: cgroup.memory_limit(),
+            peak_bytes: cgroup.usage().peak,
+            cgroup: cgroup.version().to_string(),
+        });
+    }
+    if let (true, Some(limit)) = (hits.pids_refused > 0, cgroup.pids_limit()) {
+        limits.push(KernelLimit::ProcessLimit {
+            limit,
+            refused: hits.pids_refused,
+        });
+    }
+    limits
+}
+
+/// Starts `file` on a fresh interpreter, in a process group of its own,
+/// placed before it execs.
 fn start_cold(
     interp: &Interpreter,
     spec: &ProgramSpec,
     file: &Path,
     on_node: bool,
     user: Option<Identity>,
+    placement: &Placement,
 ) -> std::io::Result<tokio::process::Child> {
     let mut cmd = tokio::process::Command::new(&interp.path);
     match spec.language {
@@ -520,7 +640,8 @@ fn start_cold(
         }
         _ if on_node => {
             if let Some(limit) = spec.memory_limit_bytes {
-                // A hint to V8's collector; the sampler enforces the limit.
+                // A hint to V8's collector; the cgroup (or the sampler)
+                // enforces the limit.
                 cmd.arg(format!(
                     "--max-old-space-size={}",
                     (limit / (1024 * 1024)).max(16)
@@ -540,6 +661,11 @@ fn start_cold(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    // Into its cgroup first (the closures run in the order added), while
+    // still privileged; then the user's credentials.
+    placement
+        .before_exec(&mut cmd)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     let cwd = run_as::c_path(&spec.working_dir)?;
     // SAFETY: the closure runs between fork and exec and only makes
     // async-signal-safe system calls on memory allocated before the fork.
@@ -635,144 +761,6 @@ async fn pump(
             }
         }
     }
-}
-
-/// Samples resource use periodically and reports a memory overrun once.
-async fn sample_loop(
-    control: Arc<ProcessControl>,
-    every: Duration,
-    limit: Option<u64>,
-    tx: mpsc::Sender<ProgramEvent>,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let m = control.sample();
-        if let Some(limit) = limit {
-            if m.rss_bytes > limit {
-                let _ = tx
-                    .send(ProgramEvent::MemoryExceeded {
-                        rss_bytes: m.rss_bytes,
-                    })
-                    .await;
-                return;
-            }
-        }
-    }
-}
-
-/// Signals and measures one process group.
-#[derive(Debug)]
-struct ProcessControl {
-    pgid: i32,
-    /// Set once the leader was reaped and the group killed: the pgid may be
-    /// reused from then on, so no more signals are sent.
-    done: AtomicBool,
-    last: Mutex<Metrics>,
-}
-
-impl ProcessControl {
-    fn new(pgid: i32) -> Self {
-        ProcessControl {
-            pgid,
-            done: AtomicBool::new(false),
-            last: Mutex::default(),
-        }
-    }
-
-    /// The leader exited: kill whatever it left behind and freeze metrics.
-    fn finish(&self) {
-        // The group id stays reserved while any member lives, so this reaches
-        // exactly the leftovers of this execution.
-        let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
-        self.done.store(true, Ordering::SeqCst);
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        last.live = false;
-        last.rss_bytes = 0;
-        last.process_count = 0;
-    }
-
-    /// Takes a fresh sample over the process tree (while running).
-    fn sample(&self) -> Metrics {
-        if self.done.load(Ordering::SeqCst) {
-            return *self.last.lock().unwrap_or_else(|p| p.into_inner());
-        }
-        let fresh = sample_tree(self.pgid);
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if self.done.load(Ordering::SeqCst) {
-            return *last;
-        }
-        if let Some(fresh) = fresh {
-            let peak = last.peak_rss_bytes.max(fresh.rss_bytes);
-            *last = Metrics {
-                peak_rss_bytes: peak,
-                ..fresh
-            };
-        }
-        *last
-    }
-}
-
-impl ProgramControl for ProcessControl {
-    fn signal(&self, sig: Signal) -> Result<(), RuntimeError> {
-        if self.done.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        match killpg(Pid::from_raw(self.pgid), sig) {
-            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-            Err(e) => Err(RuntimeError::Signal {
-                signal: sig.as_str(),
-                reason: e.to_string(),
-            }),
-        }
-    }
-
-    fn metrics(&self) -> Metrics {
-        self.sample()
-    }
-}
-
-/// Sums CPU and memory over `root` and its descendants; `None` when `root`
-/// is gone.
-fn sample_tree(root: i32) -> Option<Metrics> {
-    let ticks = procfs::ticks_per_second() as f64;
-    let page = procfs::page_size();
-    let mut pending = vec![root];
-    let mut m = Metrics {
-        live: true,
-        ..Metrics::default()
-    };
-    let mut seen_root = false;
-    let (mut user, mut system) = (0u64, 0u64);
-    while let Some(pid) = pending.pop() {
-        let Ok(proc_) = procfs::process::Process::new(pid) else {
-            continue;
-        };
-        let Ok(stat) = proc_.stat() else { continue };
-        seen_root |= pid == root;
-        m.process_count += 1;
-        user += stat.utime;
-        system += stat.stime;
-        m.rss_bytes += stat.rss * page;
-        if let Ok(tasks) = proc_.tasks() {
-            for task in tasks.flatten() {
-                if let Ok(children) = task.children() {
-                    pending.extend(children.into_iter().map(|c| c as i32));
-                }
-            }
-        }
-        if m.process_count > 4096 {
-            break;
-        }
-    }
-    if !seen_root {
-        return None;
-    }
-    m.cpu_user = Duration::from_secs_f64(user as f64 / ticks);
-    m.cpu_system = Duration::from_secs_f64(system as f64 / ticks);
-    m.peak_rss_bytes = m.rss_bytes;
-    Some(m)
 }
 
 #[cfg(test)]

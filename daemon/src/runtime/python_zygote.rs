@@ -41,6 +41,7 @@ use nix::unistd::Pid;
 use tokio::sync::oneshot;
 
 use super::child_reaper;
+use super::placement::Placement;
 use super::run_as::Identity;
 use super::{ExitInfo, ProgramSpec, StartCounters};
 use crate::language::Language;
@@ -110,6 +111,10 @@ pub enum ZygoteError {
     /// A fork request failed; the zygote is being replaced.
     #[error("the python zygote failed a fork request: {0}")]
     Request(String),
+    /// The forked child could not be put in its cgroup; it was not released
+    /// and exits without running anything. The zygote is fine.
+    #[error("{0}")]
+    Placement(String),
 }
 
 /// A forked execution.
@@ -234,6 +239,7 @@ impl PythonZygote {
         spec: &ProgramSpec,
         file: &Path,
         identity: Option<&Identity>,
+        placement: &Placement,
     ) -> Result<WarmChild, ZygoteError> {
         if let Some(name) = spec.env.keys().find(|k| read_at_startup(k)) {
             return Err(ZygoteError::NeedsCold(format!(
@@ -241,15 +247,18 @@ impl PythonZygote {
             )));
         }
         let generation = self.shared.ready().ok_or(ZygoteError::Down)?;
-        let result = generation.fork(spec, file, identity);
-        if let Err(e) = &result {
-            // A zygote that fails a request is not trusted again: kill it,
-            // its monitor adopts its children and boots a new one.
-            tracing::warn!(pid = generation.pid, error = %e, "python zygote failed; replacing it");
-            self.shared.retire(&generation);
-            let _ = nix::sys::signal::kill(Pid::from_raw(generation.pid), Signal::SIGKILL);
-        } else {
-            self.shared.counters.warm_start(Language::Python);
+        let result = generation.fork(spec, file, identity, placement);
+        match &result {
+            Ok(_) => self.shared.counters.warm_start(Language::Python),
+            // The child was refused, not the zygote's fault.
+            Err(ZygoteError::Placement(_)) => {}
+            Err(e) => {
+                // A zygote that fails a request is not trusted again: kill it,
+                // its monitor adopts its children and boots a new one.
+                tracing::warn!(pid = generation.pid, error = %e, "python zygote failed; replacing it");
+                self.shared.retire(&generation);
+                let _ = nix::sys::signal::kill(Pid::from_raw(generation.pid), Signal::SIGKILL);
+            }
         }
         result
     }
@@ -428,6 +437,7 @@ impl Generation {
         spec: &ProgramSpec,
         file: &Path,
         identity: Option<&Identity>,
+        placement: &Placement,
     ) -> Result<WarmChild, ZygoteError> {
         let request_err =
             |what: &str, e: &dyn std::fmt::Display| ZygoteError::Request(format!("{what}: {e}"));
@@ -508,6 +518,11 @@ impl Generation {
                 }
             }
         }
+        // Into its cgroup before it runs a line of the snippet; if that
+        // fails, closing the go pipe unsent makes it exit 127.
+        placement
+            .place(pid)
+            .map_err(|e| ZygoteError::Placement(e.to_string()))?;
         // The child may run now: its pid is known and its exit will be.
         (&std::fs::File::from(go_w))
             .write_all(b"g")

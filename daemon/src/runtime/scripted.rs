@@ -101,7 +101,7 @@ pub fn parse_program(source: &str) -> Result<Vec<Instruction>, String> {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("bad duration {s:?}: {e}"))
+    elide_proto::go_duration::parse(s).map_err(|e| format!("bad duration: {e}"))
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -156,6 +156,7 @@ impl Runtime for ScriptedRuntime {
             state: Mutex::new(Metrics {
                 live: true,
                 process_count: 1,
+                measured: crate::runtime::measured::PROCFS,
                 ..Metrics::default()
             }),
             started: Instant::now(),
@@ -387,6 +388,7 @@ mod tests {
             run_as_user: String::new(),
             scratch_dir: "/".into(),
             memory_limit_bytes: None,
+            nomad_cgroup: None,
             intrinsics: vec![],
             enable_ai: false,
         };
@@ -404,7 +406,7 @@ mod tests {
             match p.events.recv().await.unwrap() {
                 ProgramEvent::Output(Stream::Stdout, d) => out.extend(d),
                 ProgramEvent::Output(Stream::Stderr, d) => err.extend(d),
-                ProgramEvent::MemoryExceeded { .. } => {}
+                ProgramEvent::MemoryExceeded { .. } | ProgramEvent::KernelLimit(_) => {}
                 ProgramEvent::Exited(info) => return (out, err, info, start.elapsed()),
             }
         }

@@ -108,7 +108,7 @@ impl Daemon {
         self.dir.path().join("state")
     }
 
-    async fn launch(&mut self) {
+    pub async fn launch(&mut self) {
         let child = Command::new(env!("CARGO_BIN_EXE_elide-daemon"))
             .arg("--socket")
             .arg(&self.socket)

@@ -55,14 +55,26 @@ impl BasePlugin for BasePluginService {
         request: Request<SetConfigRequest>,
     ) -> Result<Response<SetConfigResponse>, Status> {
         let request = request.into_inner();
-        // nomad_config is unset in the agent's validation process; nothing
-        // here needs it yet.
+        // nomad_config is unset in the agent's validation process; in the
+        // long-lived one it carries the node topology (for total_ticks).
         match self.driver.set_config(&request.msgpack_config) {
             Ok(config) => {
                 // Only the long-lived plugin process (the agent's validation
                 // process gets no nomad_config) resumes unconfirmed deletes.
                 if request.nomad_config.is_some() {
                     self.driver.tasks().resume(&config);
+                }
+                let topology = request
+                    .nomad_config
+                    .as_ref()
+                    .and_then(|n| n.driver.as_ref())
+                    .and_then(|d| d.topology.as_ref());
+                if let Some(topology) = topology {
+                    let compute = crate::tasks::NodeCompute::from_topology(topology);
+                    if compute.is_none() {
+                        tracing::warn!("Nomad's topology lists no core speeds: task stats carry no total_ticks");
+                    }
+                    self.driver.set_node_compute(compute);
                 }
                 tracing::info!(
                     daemon = %config.daemon,

@@ -37,7 +37,7 @@ use crate::plugin_config::PluginConfig;
 use crate::probe::{AttributeValue, DaemonHealth};
 use crate::task_config;
 use crate::tasks::TaskEvent;
-use crate::tasks::{ExitOutcome, ResourceSample, TaskError};
+use crate::tasks::{ExitOutcome, NodeCompute, ResourceSample, TaskError};
 use elide_proto::recoverable;
 
 /// How often the fingerprint is re-sent when nothing changed (Go drivers
@@ -175,37 +175,50 @@ fn go_zero_time() -> Timestamp {
 }
 
 /// A fully populated `TaskStats`: timestamp, aggregate usage with CPU and
-/// memory, `measured_fields`, and an (empty, never null-valued) per-pid map.
-fn task_stats(task_id: &str, sample: &ResourceSample) -> TaskStats {
+/// memory, `measured_fields` listing only what was really measured, and an
+/// (empty, never null-valued) per-pid map. `total_ticks` needs the node's
+/// compute from `SetConfig`; without it, it is 0 and not listed.
+fn task_stats(task_id: &str, sample: &ResourceSample, compute: Option<NodeCompute>) -> TaskStats {
     use cpu_usage::Fields as Cpu;
     use memory_usage::Fields as Memory;
+    let total_ticks = compute.map(|c| c.ticks(sample.percent()));
+    let mut cpu_measured = vec![
+        Cpu::SystemMode as i32,
+        Cpu::UserMode as i32,
+        Cpu::Percent as i32,
+    ];
+    if total_ticks.is_some() {
+        cpu_measured.push(Cpu::TotalTicks as i32);
+    }
+    let memory_measured = [
+        ("memory_rss", Memory::Rss),
+        ("memory_cache", Memory::Cache),
+        ("memory_peak", Memory::MaxUsage),
+        ("memory_usage", Memory::Usage),
+    ]
+    .into_iter()
+    .filter(|(name, _)| sample.measured.iter().any(|m| m == name))
+    .map(|(_, field)| field as i32)
+    .collect();
     let usage = TaskResourceUsage {
         cpu: Some(CpuUsage {
             system_mode: sample.system_percent,
             user_mode: sample.user_percent,
-            total_ticks: 0.0,
+            total_ticks: total_ticks.unwrap_or(0.0),
             throttled_periods: 0,
             throttled_time: 0,
             percent: sample.percent(),
-            measured_fields: vec![
-                Cpu::SystemMode as i32,
-                Cpu::UserMode as i32,
-                Cpu::Percent as i32,
-            ],
+            measured_fields: cpu_measured,
         }),
         memory: Some(MemoryUsage {
             rss: sample.rss_bytes,
-            cache: 0,
+            cache: sample.cache_bytes,
             max_usage: sample.peak_rss_bytes,
             kernel_usage: 0,
             kernel_max_usage: 0,
-            usage: sample.rss_bytes,
+            usage: sample.usage_bytes,
             swap: 0,
-            measured_fields: vec![
-                Memory::Rss as i32,
-                Memory::MaxUsage as i32,
-                Memory::Usage as i32,
-            ],
+            measured_fields: memory_measured,
         }),
     };
     TaskStats {
@@ -451,9 +464,10 @@ impl Driver for DriverService {
             .tasks()
             .stats(&task_id, interval)
             .map_err(task_status)?;
+        let driver = self.driver.clone();
         let stream = samples.map(move |sample| {
             Ok(TaskStatsResponse {
-                stats: Some(task_stats(&task_id, &sample)),
+                stats: Some(task_stats(&task_id, &sample, driver.node_compute())),
             })
         });
         Ok(Response::new(Box::pin(stream)))

@@ -61,10 +61,16 @@ pub fn outcome_of(status: &pb::ExecutionStatus, now: SystemTime) -> ExitOutcome 
     outcome.err = match status.state() {
         S::Exited => unknown_signal.unwrap_or_default(),
         S::Cancelled if ended_by_program => unknown_signal.unwrap_or_default(),
-        S::Cancelled => non_empty(&status.message, "cancelled before it started"),
+        // Cancelled with no exit: it was still queued.
+        S::Cancelled if status.message.is_empty() => "cancelled before it started".to_owned(),
+        S::Cancelled => format!("cancelled before it started: {}", status.message),
         S::TimedOut => non_empty(&status.message, "timed out"),
         S::Failed => {
-            outcome.oom_killed = status.failure() == pb::FailureReason::MemoryLimitExceeded;
+            // The kernel's OOM kill at the cgroup limit, or the daemon's kill
+            // over the limit where it can only sample: Nomad shows both as
+            // "OOM Killed".
+            outcome.oom_killed =
+                status.oom_killed || status.failure() == pb::FailureReason::MemoryLimitExceeded;
             let reason = status.failure().as_str_name().to_ascii_lowercase();
             format!(
                 "execution failed ({reason}): {}",
@@ -78,6 +84,22 @@ pub fn outcome_of(status: &pb::ExecutionStatus, now: SystemTime) -> ExitOutcome 
             )
         }
     };
+    outcome
+}
+
+/// `outcome` of a `CANCELLED` execution that nobody in Nomad asked to stop
+/// (no `StopTask` was recorded for it): the daemon shutting down, its
+/// session deleted behind the driver's back, an operator's `elide-ctl
+/// cancel`. The program may have taken the signal and exited 0, but the run
+/// was cut short, so `err` says so: Nomad must not count an interrupted
+/// task as complete. Every other outcome is returned unchanged.
+pub fn unrequested_cancel(mut outcome: ExitOutcome, status: &pb::ExecutionStatus) -> ExitOutcome {
+    if status.state() == pb::ExecutionState::Cancelled && outcome.err.is_empty() {
+        outcome.err = format!(
+            "stopped outside Nomad: {}",
+            non_empty(&status.message, "the daemon cancelled it")
+        );
+    }
     outcome
 }
 
@@ -149,6 +171,24 @@ mod tests {
             SystemTime::UNIX_EPOCH,
         );
         assert!(!o.err.is_empty());
+    }
+
+    #[test]
+    fn a_cancel_nomad_did_not_ask_for_fails_the_run() {
+        let mut s = status(pb::ExecutionState::Cancelled, Some(0), "");
+        s.message = "the daemon is shutting down".into();
+        let o = unrequested_cancel(outcome_of(&s, SystemTime::UNIX_EPOCH), &s);
+        assert_eq!(
+            (o.exit_code, o.signal, o.err.as_str()),
+            (0, 0, "stopped outside Nomad: the daemon is shutting down")
+        );
+        // Endings that already explain themselves, or are no cancel, stay.
+        let s = status(pb::ExecutionState::Cancelled, None, "");
+        let o = unrequested_cancel(outcome_of(&s, SystemTime::UNIX_EPOCH), &s);
+        assert_eq!(o.err, "cancelled before it started");
+        let s = status(pb::ExecutionState::Exited, Some(0), "");
+        let o = unrequested_cancel(outcome_of(&s, SystemTime::UNIX_EPOCH), &s);
+        assert_eq!(o.err, "");
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub use error::TaskError;
 use error::{daemon_error, unknown_task};
 pub use events::{TaskEvent, NOT_CONFIGURED};
 pub use exit::ExitOutcome;
-pub use stats::ResourceSample;
+pub use stats::{NodeCompute, ResourceSample};
 pub use status_feed::{Observed, StatusHub};
 use stop::cancel_execution;
 pub use stop::{await_stop, StopEnd};

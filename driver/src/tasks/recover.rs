@@ -5,6 +5,7 @@ use elide_proto::hashicorp::nomad::plugins::drivers::proto::TaskHandle;
 
 use crate::plugin_config::{DaemonEndpoint, PluginConfig};
 
+use super::intents::StopFile;
 use super::{DriverState, TaskError, TaskManager, RECOVER_CHECK_TIMEOUT};
 
 impl TaskManager {
@@ -83,17 +84,27 @@ impl TaskManager {
             }
         }
         tracing::info!(task_id = %task.id, execution_id = %state.execution_id, "task recovered");
+        let pending = self
+            .pending_stops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(&task.id);
+        if let Some(stop) = &pending {
+            // Recorded before the task is followed again, so its ending
+            // reads as the stop Nomad asked for (see `exit::unrequested_cancel`).
+            StopFile::of(
+                &state.task_dir,
+                &state.execution_id,
+                self.host.files.clone(),
+            )
+            .write(stop);
+        }
         match self.launch(&task, state, context, observed) {
             // Recovered concurrently by another call: fine.
             Err(TaskError::AlreadyStarted(_)) => return Ok(()),
             Err(e) => return Err(e),
             Ok(()) => {}
         }
-        let pending = self
-            .pending_stops
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take(&task.id);
         let recovered = self.task(&task.id)?;
         // A stop asked of this process before the recovery, or of an
         // earlier one (recorded in the task dir): applied until the daemon

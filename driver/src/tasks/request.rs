@@ -8,10 +8,10 @@ use elide_proto::elide::daemon::v1 as pb;
 use elide_proto::hashicorp::nomad::plugins::drivers::proto::TaskConfig;
 use elide_proto::intrinsics;
 
-use crate::cty::ConfigError;
 use crate::plugin_config::PluginConfig;
 use crate::script;
 use crate::task_config::{ElideTaskConfig, TaskSource};
+use elide_cty::ConfigError;
 
 const MIB: i64 = 1024 * 1024;
 
@@ -124,6 +124,32 @@ pub fn execute_request(
         // Like a program writing to a slow pipe, a task whose logs are not
         // read fast enough is slowed down rather than losing output.
         output_backpressure: true,
+        nomad_cgroup: nomad_cgroup(task),
+    })
+}
+
+/// The cgroup Nomad prepared for the task (`linux_resources.cpuset_cgroup`)
+/// with what Nomad's `raw_exec` executor writes into it: CPU shares,
+/// reserved cores and, when `memory_max` is the hard limit, `memory` as the
+/// soft one. `None` when Nomad manages no cgroups for the task.
+pub fn nomad_cgroup(task: &TaskConfig) -> Option<pb::NomadCgroup> {
+    let resources = task.resources.as_ref()?;
+    let linux = resources.linux_resources.as_ref()?;
+    if linux.cpuset_cgroup.is_empty() {
+        return None;
+    }
+    let memory = resources
+        .allocated_resources
+        .as_ref()
+        .and_then(|a| a.memory.as_ref());
+    let soft = memory
+        .filter(|m| m.memory_max_mb > m.memory_mb && m.memory_mb > 0)
+        .map_or(0, |m| m.memory_mb as u64);
+    Some(pb::NomadCgroup {
+        path: linux.cpuset_cgroup.clone(),
+        cpu_shares: u64::try_from(linux.cpu_shares).unwrap_or(0),
+        cpuset_cpus: linux.cpuset_cpus.clone(),
+        memory_soft_mb: soft,
     })
 }
 

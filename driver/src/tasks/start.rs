@@ -12,6 +12,7 @@ use crate::daemon_link::identity;
 use crate::plugin_config::PluginConfig;
 use crate::task_config::ElideTaskConfig;
 
+use super::intents::StopFile;
 use super::output::{OffsetsFile, OutputForwarder};
 use super::{
     daemon_error, exit, request, task_user, AbortOnDrop, DriverState, Observed, SessionContext,
@@ -33,7 +34,7 @@ impl TaskManager {
             .map_err(|e| TaskError::InvalidConfig(format!("task {:?}: {e}", task.name)))?;
         let session_id = self.session_id_for(config);
         let execution_id = identity::execution_id(&task.id);
-        let invalid = |e: crate::cty::ConfigError| {
+        let invalid = |e: elide_cty::ConfigError| {
             TaskError::InvalidConfig(format!("task {:?}: {e}", task.name))
         };
         let mut request =
@@ -171,11 +172,25 @@ impl TaskManager {
         let (exit_tx, exit_rx) = watch::channel(None);
         let task_id = task.id.clone();
         let clock = self.host.clock.clone();
+        // Written by StopTask before it asks the daemon (and kept across
+        // plugin restarts): whether Nomad asked for the stop.
+        let stop_file = StopFile::of(
+            &state.task_dir,
+            &state.execution_id,
+            self.host.files.clone(),
+        );
         let supervisor = tokio::spawn(async move {
             let mut forwarding = AbortOnDrop(tokio::spawn(forwarder.run()));
             let outcome = match observed.wait_for(Observed::is_final).await {
                 Ok(final_state) => match &*final_state {
-                    Observed::Status(status) => exit::outcome_of(status, clock.now()),
+                    Observed::Status(status) => {
+                        let outcome = exit::outcome_of(status, clock.now());
+                        if stop_file.read().is_some() {
+                            outcome
+                        } else {
+                            exit::unrequested_cancel(outcome, status)
+                        }
+                    }
                     Observed::Lost(why) => exit::lost(why, clock.now()),
                     Observed::Pending => exit::lost("no status", clock.now()),
                 },

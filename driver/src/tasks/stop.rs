@@ -45,13 +45,13 @@ impl TaskManager {
         };
         let grace = timeout.min(MAX_STOP_GRACE);
         let Ok(task) = self.task(task_id) else {
-            let delivered = match config {
-                Some(config) => self.stop_unknown(config, task_id, signal, grace).await,
-                None => false,
-            };
-            if !delivered {
-                self.remember_stop(task_id, signal, grace);
+            if let Some(config) = config {
+                self.stop_unknown(config, task_id, signal, grace).await;
             }
+            // Remembered even when delivered: a later RecoverTask then
+            // records that Nomad asked for this stop (and repeats it, which
+            // is harmless), or applies it if it was not delivered.
+            self.remember_stop(task_id, signal, grace);
             return Ok(());
         };
         if task.outcome().is_some() {
@@ -125,15 +125,15 @@ impl TaskManager {
     }
 
     /// `StopTask` for a task not in the table: cancels the execution its id
-    /// maps to, if the daemon has it. False if the daemon could not be
-    /// asked (the stop is then applied if the task is recovered).
+    /// maps to, if the daemon has it and can be reached (otherwise the
+    /// remembered stop is applied if the task is recovered).
     async fn stop_unknown(
         &self,
         config: &PluginConfig,
         task_id: &str,
         signal: &str,
         grace: Duration,
-    ) -> bool {
+    ) {
         let link = DaemonLink::to_endpoint(&self.dialers, &config.daemon);
         let cancelled = cancel_execution(
             &link,
@@ -146,19 +146,17 @@ impl TaskManager {
         match cancelled {
             Ok(_) => {
                 tracing::info!(task_id, signal, "StopTask for a task not recovered yet: its execution was cancelled on the daemon");
-                true
             }
-            Err(e) if e.is_transport() => false,
+            Err(e) if e.is_transport() => {
+                tracing::debug!(task_id, error = %e, "StopTask for an unknown task: daemon not reachable");
+            }
             // Not on the daemon (any more), or already finished: nothing runs.
-            Err(e) => {
-                tracing::debug!(task_id, error = %e, "StopTask for an unknown task");
-                true
-            }
+            Err(e) => tracing::debug!(task_id, error = %e, "StopTask for an unknown task"),
         }
     }
 
-    /// Remembers a stop that could not be delivered to a task not in the
-    /// table (up to [`MAX_PENDING_STOPS`]).
+    /// Remembers a stop of a task not in the table, for its recovery (up
+    /// to [`MAX_PENDING_STOPS`]).
     fn remember_stop(&self, task_id: &str, signal: &str, grace: Duration) {
         self.pending_stops
             .lock()

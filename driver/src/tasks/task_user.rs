@@ -7,7 +7,7 @@
 //! advertised, so Nomad never sends one; a job naming such a user gets the
 //! unknown-user error.
 
-use crate::cty::ConfigError;
+use elide_cty::ConfigError;
 use crate::host::{HostUser, TaskUsers};
 use crate::plugin_config::UserPolicy;
 

@@ -1,6 +1,8 @@
-//! Parsing durations written the way Nomad users write them (Go's
-//! `time.ParseDuration` syntax): `"30s"`, `"5m"`, `"1h30m"`, `"1.5s"`,
-//! `"250ms"`.
+//! The one duration grammar of the project: durations written the way
+//! Nomad users write them (Go's `time.ParseDuration` syntax): `"30s"`,
+//! `"5m"`, `"1h30m"`, `"1.5s"`, `"250ms"`. The plugin config, task configs,
+//! job files, `elide-ctl` flags and simulation scenarios all read durations
+//! with [`parse`], so a value one accepts the others accept too.
 
 use std::time::Duration;
 

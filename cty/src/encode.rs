@@ -17,7 +17,12 @@ use hcl::eval::Context;
 use hcl::{Body, Value};
 use rmpv::Value as Mp;
 
-use crate::jobspec::eval;
+/// Evaluates an expression; the error text names what failed (for
+/// example an unknown variable).
+fn eval(expr: &hcl::Expression, ctx: &Context<'_>) -> Result<Value, String> {
+    use hcl::eval::Evaluate;
+    expr.evaluate(ctx).map_err(|e| e.to_string())
+}
 
 /// A config value that does not fit the plugin's schema.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

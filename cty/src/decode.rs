@@ -277,38 +277,10 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
-/// Builders for msgpack shaped like Nomad's cty encoding, for tests.
-#[cfg(test)]
-pub(crate) mod encode {
-    use rmpv::Value;
-
-    /// A cty object: keys sorted lexicographically, as go-cty writes them.
-    pub fn object(entries: &[(&str, Value)]) -> Value {
-        let mut entries: Vec<(Value, Value)> = entries
-            .iter()
-            .map(|(k, v)| (Value::from(*k), v.clone()))
-            .collect();
-        entries.sort_by(|a, b| a.0.as_str().cmp(&b.0.as_str()));
-        Value::Map(entries)
-    }
-
-    /// A list of strings.
-    pub fn strings(items: &[&str]) -> Value {
-        Value::Array(items.iter().map(|s| Value::from(*s)).collect())
-    }
-
-    /// Encodes a value to bytes.
-    pub fn bytes(value: &Value) -> Vec<u8> {
-        let mut out = Vec::new();
-        rmpv::encode::write_value(&mut out, value).expect("writing to a Vec cannot fail");
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::encode::*;
     use super::*;
+    use crate::value::*;
 
     #[test]
     fn nil_and_absent_keys_read_as_none() {

@@ -1,0 +1,61 @@
+//! What a finished run leaves for the invariants to judge: the scenario,
+//! its plan, what the agents saw, what the programs really did, and what
+//! the daemons held at the end. Built by [`crate::world`], read by
+//! [`crate::invariants`]; neither depends on the other.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::logs::LogBook;
+use crate::observe::Observations;
+use crate::plan::Plan;
+use crate::scenario::Scenario;
+use crate::truth::GroundTruth;
+
+/// Everything a finished run left for the invariants.
+pub struct Evidence<'a> {
+    /// The scenario.
+    pub scenario: &'a Scenario,
+    /// Its plan for this seed.
+    pub plan: &'a Plan,
+    /// What the agents saw.
+    pub seen: &'a Observations,
+    /// What the programs did.
+    pub truth: &'a GroundTruth,
+    /// What logmon received.
+    pub logs: &'a BTreeMap<u32, LogBook>,
+    /// Per client: its daemon's boot count, and whether it runs at the end.
+    pub daemons: BTreeMap<u32, (u64, bool)>,
+    /// Per client: what its daemon held at the end (`None`: not
+    /// reachable).
+    pub held: BTreeMap<u32, Option<Held>>,
+    /// Why the run stopped early, if it did.
+    pub aborted: Option<String>,
+}
+
+/// What a daemon held at the end of a run.
+#[derive(Debug, Clone, Default)]
+pub struct Held {
+    /// Its sessions.
+    pub sessions: Vec<String>,
+    /// The executions of all of them.
+    pub executions: BTreeSet<String>,
+}
+
+/// Completion latency: the program's exit to Nomad's `WaitTask` result.
+#[derive(Debug, Clone, Default)]
+pub struct Latency {
+    /// Samples, sorted.
+    pub samples: Vec<Duration>,
+}
+
+impl Latency {
+    /// The `q` quantile (0..=1), zero without samples.
+    pub fn quantile(&self, q: f64) -> Duration {
+        if self.samples.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.samples.len() - 1) as f64 * q).round() as usize;
+        self.samples[i]
+    }
+}

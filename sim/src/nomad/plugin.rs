@@ -1,0 +1,190 @@
+//! The agent's connection to the plugin: configuring it as Nomad does
+//! (`PluginInfo`, `ConfigSchema`, `SetConfig` with the body encoded against
+//! the plugin's own schema), reconfiguring after it restarts, and following
+//! its task events.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base::base_plugin_client::BasePluginClient;
+use drivers::driver_client::DriverClient;
+use elide_proto::hashicorp::nomad::plugins::base::proto as base;
+use elide_proto::hashicorp::nomad::plugins::drivers::proto as drivers;
+use elide_proto::hashicorp::nomad::plugins::shared::hclspec::Spec;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic::Code;
+
+use crate::observe::Observations;
+use crate::trace::Trace;
+
+/// The connection to the plugin and what `SetConfig` established.
+pub(super) struct Plugin {
+    pub(super) channel: Channel,
+    pub(super) plugin_config: String,
+    /// Bumped each time the plugin is (re)configured.
+    pub(super) generation: tokio::sync::Mutex<u64>,
+    /// The generation of the last configuration, readable without waiting.
+    pub(super) configured: std::sync::atomic::AtomicU64,
+    pub(super) task_schema: Mutex<Option<Spec>>,
+    pub(super) trace: Trace,
+    pub(super) who: String,
+}
+
+/// Whether a failed plugin call means the plugin is gone (it crashed or
+/// restarts), rather than an answer from it.
+pub(super) fn plugin_gone(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+    )
+}
+
+impl Plugin {
+    pub(super) fn driver(&self) -> DriverClient<Channel> {
+        DriverClient::new(self.channel.clone())
+    }
+
+    /// The generation calls made now are made under.
+    pub(super) fn current(&self) -> u64 {
+        self.configured.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub(super) fn base(&self) -> BasePluginClient<Channel> {
+        BasePluginClient::new(self.channel.clone())
+    }
+
+    /// After the plugin was seen gone at `seen`: waits for it to answer
+    /// and configures it, once per restart however many tasks noticed.
+    /// Returns the new generation.
+    pub(super) async fn reconnect(&self, seen: u64) -> Result<u64, String> {
+        let mut generation = self.generation.lock().await;
+        if *generation != seen {
+            return Ok(*generation);
+        }
+        loop {
+            match self.configure().await {
+                Ok(()) => break,
+                Err(Fatal(problem)) => return Err(problem),
+                Err(Retry) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+        *generation += 1;
+        self.configured
+            .store(*generation, std::sync::atomic::Ordering::SeqCst);
+        self.trace.record(
+            &self.who,
+            format!("plugin configured (generation {})", *generation),
+        );
+        Ok(*generation)
+    }
+
+    pub(super) async fn configure(&self) -> Result<(), ConfigureError> {
+        let info = self
+            .base()
+            .plugin_info(base::PluginInfoRequest {})
+            .await
+            .map_err(|_| Retry)?
+            .into_inner();
+        if info.r#type != base::PluginType::Driver as i32 {
+            return Err(Fatal(format!(
+                "plugin type {} is not a driver",
+                info.r#type
+            )));
+        }
+        let schema = self
+            .base()
+            .config_schema(base::ConfigSchemaRequest {})
+            .await
+            .map_err(|_| Retry)?
+            .into_inner()
+            .spec
+            .unwrap_or_default();
+        let msgpack = encode(&schema, &self.plugin_config).map_err(Fatal)?;
+        let set = self
+            .base()
+            .set_config(base::SetConfigRequest {
+                msgpack_config: msgpack,
+                nomad_config: Some(base::NomadConfig {
+                    driver: Some(base::NomadDriverConfig {
+                        client_max_port: 14512,
+                        client_min_port: 14000,
+                        topology: None,
+                    }),
+                }),
+                plugin_api_version: info
+                    .plugin_api_versions
+                    .first()
+                    .cloned()
+                    .unwrap_or_default(),
+            })
+            .await;
+        match set {
+            Ok(_) => {}
+            Err(status) if plugin_gone(&status) => return Err(Retry),
+            Err(status) => return Err(Fatal(format!("SetConfig refused: {}", status.message()))),
+        }
+        let task_schema = self
+            .driver()
+            .task_config_schema(drivers::TaskConfigSchemaRequest {})
+            .await
+            .map_err(|_| Retry)?
+            .into_inner()
+            .spec
+            .unwrap_or_default();
+        *self.task_schema.lock().unwrap_or_else(|p| p.into_inner()) = Some(task_schema);
+        Ok(())
+    }
+
+    pub(super) fn task_schema(&self) -> Spec {
+        self.task_schema
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_default()
+    }
+}
+
+pub(super) enum ConfigureError {
+    Retry,
+    Fatal(String),
+}
+use ConfigureError::{Fatal, Retry};
+
+/// Encodes an HCL body against a plugin schema, as Nomad does.
+pub(super) fn encode(schema: &Spec, hcl_text: &str) -> Result<Vec<u8>, String> {
+    let body: hcl::Body = hcl::parse(hcl_text).map_err(|e| format!("bad HCL: {e}"))?;
+    let value = elide_cty::body_to_value(&body, &hcl::eval::Context::new(), "config")
+        .map_err(|e| e.to_string())?;
+    elide_cty::encode(schema, &value, "config").map_err(|e| e.to_string())
+}
+
+/// Records the driver's task events (re-subscribing after plugin restarts).
+pub(super) async fn follow_events(plugin: Arc<Plugin>, seen: Observations) {
+    loop {
+        if let Ok(response) = plugin
+            .driver()
+            .task_events(drivers::TaskEventsRequest {})
+            .await
+        {
+            let mut events = response.into_inner();
+            while let Some(Ok(event)) = events.next().await {
+                let dropped = dropped_range(&event.annotations);
+                seen.task(&event.task_id, |t| {
+                    t.events.push(event.message.clone());
+                    t.dropped.extend(dropped);
+                });
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The byte range a "lost output" event reports, from its annotations.
+pub(super) fn dropped_range(annotations: &BTreeMap<String, String>) -> Option<(String, u64, u64)> {
+    let stream = annotations.get("stream")?.clone();
+    let from = annotations.get("from_offset")?.parse().ok()?;
+    let to = annotations.get("to_offset")?.parse().ok()?;
+    Some((stream, from, to))
+}

@@ -1,0 +1,428 @@
+//! One task's life, as Nomad's task runner drives it: start with retries,
+//! wait, recover after restarts, stop and destroy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use drivers::driver_client::DriverClient;
+use drivers::{TaskConfig, TaskHandle};
+use elide_proto::hashicorp::nomad::plugins::drivers::proto as drivers;
+use tonic::transport::Channel;
+use tonic::Code;
+
+use super::kill::{sleep_until_after_start, InterruptRun, Interruption, KillRun};
+use super::plugin::{encode, plugin_gone, Plugin};
+use super::{AgentDisk, START_ATTEMPTS, START_RETRY_DELAY};
+use crate::logs::LogBook;
+use crate::observe::{Observations, TaskResult};
+use crate::plan::TaskPlan;
+use crate::trace::Trace;
+
+/// One task's life, as Nomad's task runner drives it.
+pub(super) struct TaskRun {
+    pub(super) plugin: Arc<Plugin>,
+    pub(super) disk: AgentDisk,
+    pub(super) logs: LogBook,
+    pub(super) seen: Observations,
+    pub(super) trace: Trace,
+    pub(super) who: String,
+    pub(super) plan: TaskPlan,
+    pub(super) generation: u64,
+    /// Set once Nomad decided to kill the task (its kill context is done).
+    pub(super) kill: Arc<tokio::sync::Notify>,
+    pub(super) killing: Arc<std::sync::atomic::AtomicBool>,
+    /// The kill under way ([`KillRun`]).
+    pub(super) killer: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// How a task ended before it could be waited on.
+pub(super) enum Ended {
+    /// A result was recorded (a start or a recovery failed for good).
+    Recorded,
+    /// `StartTask` refused it; nothing ran.
+    Rejected,
+}
+
+impl TaskRun {
+    pub(super) fn label(&self) -> String {
+        format!("{}#{}", self.plan.group, self.plan.index)
+    }
+
+    pub(super) fn note(&self, line: impl AsRef<str>) {
+        self.trace
+            .record(&self.who, format!("{} {}", self.label(), line.as_ref()));
+    }
+
+    pub(super) async fn run(mut self) {
+        let stored = self.disk.get(&self.plan.task_id);
+        if stored.destroyed {
+            return;
+        }
+        let handle = match stored.handle.clone() {
+            Some(handle) if !stored.result => match self.recover(&handle).await {
+                Ok(()) => Some(handle),
+                Err(Ended::Recorded) => None,
+                Err(Ended::Rejected) => return,
+            },
+            Some(handle) => Some(handle),
+            None => {
+                let now = turmoil::sim_elapsed().unwrap_or_default();
+                if self.plan.start_at > now {
+                    tokio::time::sleep(self.plan.start_at - now).await;
+                }
+                match self.start().await {
+                    Ok(handle) => Some(handle),
+                    Err(Ended::Recorded) => None,
+                    Err(Ended::Rejected) => return,
+                }
+            }
+        };
+        if let Some(handle) = handle {
+            if !self.disk.get(&self.plan.task_id).result {
+                let interrupt = |what: Interruption, after: Option<Duration>| {
+                    after.map(|after| {
+                        let run = InterruptRun {
+                            what,
+                            plugin: self.plugin.clone(),
+                            disk: self.disk.clone(),
+                            seen: self.seen.clone(),
+                            trace: self.trace.clone(),
+                            who: self.who.clone(),
+                            plan: self.plan.clone(),
+                        };
+                        tokio::spawn(run.run(after))
+                    })
+                };
+                // The job is stopped after stop_after: Nomad's kill context.
+                let kill_at = self.plan.stop_after.map(|after| {
+                    let (seen, plan) = (self.seen.clone(), self.plan.clone());
+                    let (kill, killing) = (self.kill.clone(), self.killing.clone());
+                    tokio::spawn(async move {
+                        sleep_until_after_start(&seen, &plan, after).await;
+                        killing.store(true, std::sync::atomic::Ordering::SeqCst);
+                        kill.notify_one();
+                    })
+                });
+                let destroyer = interrupt(Interruption::ForceDestroy, self.plan.destroy_after);
+                self.wait(&handle).await;
+                for background in [kill_at, destroyer, self.killer.take()]
+                    .into_iter()
+                    .flatten()
+                {
+                    background.abort();
+                }
+            }
+        }
+        self.destroy().await;
+    }
+
+    pub(super) fn task_config(&self) -> Result<TaskConfig, String> {
+        let plan = &self.plan;
+        let mut text = plan.extra_config.clone();
+        let extra: hcl::Body = hcl::parse(&text).map_err(|e| format!("bad task config: {e}"))?;
+        if !extra.attributes().any(|a| a.key() == "language") {
+            text.push_str("\nlanguage = \"python\"\n");
+        }
+        if !extra.attributes().any(|a| a.key() == "code") {
+            let code = hcl::Body::builder()
+                .add_attribute(("code", plan.program.clone()))
+                .build();
+            text.push('\n');
+            text.push_str(&hcl::to_string(&code).map_err(|e| e.to_string())?);
+        }
+        let msgpack = encode(&self.plugin.task_schema(), &text)?;
+        Ok(TaskConfig {
+            id: plan.task_id.clone(),
+            name: plan.group.clone(),
+            job_name: "sim".into(),
+            job_id: "sim".into(),
+            task_group_name: plan.group.clone(),
+            namespace: "default".into(),
+            alloc_id: plan.alloc_id.clone(),
+            node_name: self.who.clone(),
+            msgpack_driver_config: msgpack,
+            env: [
+                ("NOMAD_TASK_NAME".to_owned(), plan.group.clone()),
+                ("NOMAD_ALLOC_ID".to_owned(), plan.alloc_id.clone()),
+            ]
+            .into(),
+            resources: Some(drivers::Resources {
+                allocated_resources: Some(drivers::AllocatedTaskResources {
+                    memory: Some(drivers::AllocatedMemoryResources {
+                        memory_mb: 256,
+                        memory_max_mb: 0,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            alloc_dir: plan.alloc_dir(),
+            stdout_path: plan.stdout_path(),
+            stderr_path: plan.stderr_path(),
+            ..Default::default()
+        })
+    }
+
+    pub(super) fn record_result(&self, result: TaskResult) {
+        self.note(format!(
+            "result exit_code={} signal={} err={:?}",
+            result.exit_code, result.signal, result.err
+        ));
+        self.seen
+            .task(&self.plan.task_id, |t| t.results.push(result));
+        self.disk.update(&self.plan.task_id, |s| s.result = true);
+    }
+
+    pub(super) fn fail(&self, err: String) {
+        self.record_result(TaskResult {
+            at: turmoil::sim_elapsed().unwrap_or_default(),
+            exit_code: 0,
+            signal: 0,
+            err,
+        });
+    }
+
+    pub(super) async fn start(&mut self) -> Result<TaskHandle, Ended> {
+        // Nomad's prestart: logmon creates the FIFOs.
+        self.logs.create(&self.plan.stdout_path());
+        self.logs.create(&self.plan.stderr_path());
+        let config = match self.task_config() {
+            Ok(config) => config,
+            Err(problem) => {
+                // Nomad would refuse the job at submission.
+                self.note(format!("rejected by the schema: {problem}"));
+                self.seen
+                    .task(&self.plan.task_id, |t| t.rejected = Some(problem));
+                return Err(Ended::Rejected);
+            }
+        };
+        let mut failures = 0;
+        loop {
+            self.note("StartTask");
+            self.seen.task(&self.plan.task_id, |t| t.start_calls += 1);
+            let started = self
+                .driver()
+                .start_task(drivers::StartTaskRequest {
+                    task: Some(config.clone()),
+                })
+                .await;
+            match started {
+                Ok(response) => {
+                    let response = response.into_inner();
+                    let Some(handle) = response.handle else {
+                        self.fail(format!(
+                            "StartTask answered without a handle: {}",
+                            response.driver_error_msg
+                        ));
+                        return Err(Ended::Recorded);
+                    };
+                    // Persisted before anything else, as Nomad does.
+                    self.disk
+                        .update(&self.plan.task_id, |s| s.handle = Some(handle.clone()));
+                    let now = turmoil::sim_elapsed().unwrap_or_default();
+                    self.seen.task(&self.plan.task_id, |t| {
+                        t.started_at.get_or_insert(now);
+                    });
+                    self.note("started");
+                    return Ok(handle);
+                }
+                Err(status) if plugin_gone(&status) => {
+                    self.note(format!("StartTask: plugin gone ({})", status.code()));
+                    self.reconnect().await;
+                }
+                Err(status) if !recoverable(&status) => {
+                    let why = status.message().to_owned();
+                    self.note(format!("StartTask refused: {why}"));
+                    if status.message().contains("already started") {
+                        self.seen.task(&self.plan.task_id, |t| {
+                            t.surprises
+                                .push(format!("StartTask after a plugin restart: {why}"))
+                        });
+                    }
+                    self.seen
+                        .task(&self.plan.task_id, |t| t.rejected = Some(why));
+                    self.disk.update(&self.plan.task_id, |s| s.destroyed = true);
+                    return Err(Ended::Rejected);
+                }
+                Err(status) => {
+                    failures += 1;
+                    self.note(format!(
+                        "StartTask failed ({failures}): {}",
+                        status.message()
+                    ));
+                    if failures >= START_ATTEMPTS {
+                        self.fail(format!("failed to start: {}", status.message()));
+                        return Err(Ended::Recorded);
+                    }
+                    tokio::time::sleep(START_RETRY_DELAY).await;
+                }
+            }
+        }
+    }
+
+    /// A driver client, noting the plugin generation the call is made
+    /// under (so a failure reconnects that generation, not an older one).
+    pub(super) fn driver(&mut self) -> DriverClient<Channel> {
+        self.generation = self.plugin.current();
+        self.plugin.driver()
+    }
+
+    pub(super) async fn reconnect(&mut self) {
+        match self.plugin.reconnect(self.generation).await {
+            Ok(generation) => self.generation = generation,
+            Err(problem) => {
+                self.seen
+                    .task(&self.plan.task_id, |t| t.surprises.push(problem));
+                // Nothing else to do: keep trying, the run's limit ends it.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+
+    /// `RecoverTask` with the persisted handle (after a plugin or agent
+    /// restart). A refusal ends the task with an explicit failure.
+    pub(super) async fn recover(&mut self, handle: &TaskHandle) -> Result<(), Ended> {
+        loop {
+            let recovered = self
+                .driver()
+                .recover_task(drivers::RecoverTaskRequest {
+                    task_id: self.plan.task_id.clone(),
+                    handle: Some(handle.clone()),
+                })
+                .await;
+            match recovered {
+                Ok(_) => {
+                    self.note("recovered");
+                    return Ok(());
+                }
+                Err(status) if plugin_gone(&status) => self.reconnect().await,
+                Err(status) => {
+                    self.note(format!("RecoverTask failed: {}", status.message()));
+                    self.fail(format!("failed to recover task: {}", status.message()));
+                    return Err(Ended::Recorded);
+                }
+            }
+        }
+    }
+
+    /// Nomad's kill (`handleKill` → `killTask`) on the current plugin:
+    /// replaces a kill under way on an earlier one.
+    pub(super) fn start_kill(&mut self) {
+        if let Some(earlier) = self.killer.take() {
+            earlier.abort();
+        }
+        let run = KillRun {
+            plugin: self.plugin.clone(),
+            disk: self.disk.clone(),
+            seen: self.seen.clone(),
+            trace: self.trace.clone(),
+            who: self.who.clone(),
+            plan: self.plan.clone(),
+        };
+        self.killer = Some(tokio::spawn(run.run()));
+    }
+
+    pub(super) async fn wait(&mut self, handle: &TaskHandle) {
+        loop {
+            // As Nomad's wait loop: once the kill context is done (also
+            // again after every recovery on a restarted plugin), kill.
+            if self.killing.load(std::sync::atomic::Ordering::SeqCst) && self.killer.is_none() {
+                self.start_kill();
+            }
+            let task_id = self.plan.task_id.clone();
+            let mut driver = self.driver();
+            let waiting = driver.wait_task(drivers::WaitTaskRequest { task_id });
+            tokio::pin!(waiting);
+            let waited = loop {
+                tokio::select! {
+                    biased;
+                    waited = &mut waiting => break waited,
+                    _ = self.kill.notified(), if self.killer.is_none() => self.start_kill(),
+                }
+            };
+            match waited {
+                Ok(response) => {
+                    let response = response.into_inner();
+                    let Some(result) = response.result else {
+                        self.seen.task(&self.plan.task_id, |t| {
+                            t.surprises.push("WaitTask without a result".into())
+                        });
+                        self.fail(response.err);
+                        return;
+                    };
+                    self.record_result(TaskResult {
+                        at: turmoil::sim_elapsed().unwrap_or_default(),
+                        exit_code: result.exit_code,
+                        signal: result.signal,
+                        err: response.err,
+                    });
+                    return;
+                }
+                Err(status) if plugin_gone(&status) || status.code() == Code::NotFound => {
+                    self.note(format!(
+                        "WaitTask: {} ({})",
+                        status.code(),
+                        status.message()
+                    ));
+                    self.reconnect().await;
+                    if self.recover(handle).await.is_err() {
+                        return;
+                    }
+                    // Nomad's kill on the old plugin ended with the wait;
+                    // a kill requested before goes again on the new one.
+                    if let Some(earlier) = self.killer.take() {
+                        earlier.abort();
+                    }
+                }
+                Err(status) => {
+                    self.seen.task(&self.plan.task_id, |t| {
+                        t.surprises.push(format!("WaitTask failed: {status}"))
+                    });
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// `DestroyTask` after the result. Nomad calls it once and ignores an
+    /// error, so a call that never reached a plugin (it was down) leaks the
+    /// execution record in Nomad too, and no plugin can learn of it; this
+    /// agent calls again on the restarted plugin instead, so that the
+    /// clean-up invariant judges the plugin. A call the plugin received
+    /// before crashing is covered by the plugin's delete journal whether or
+    /// not this retry comes.
+    pub(super) async fn destroy(&mut self) {
+        for _ in 0..20 {
+            let destroyed = self
+                .driver()
+                .destroy_task(drivers::DestroyTaskRequest {
+                    task_id: self.plan.task_id.clone(),
+                    force: true,
+                })
+                .await;
+            match destroyed {
+                Ok(_) => {
+                    let now = turmoil::sim_elapsed().unwrap_or_default();
+                    self.seen
+                        .task(&self.plan.task_id, |t| t.destroyed_at = Some(now));
+                    self.disk.update(&self.plan.task_id, |s| s.destroyed = true);
+                    self.note("destroyed");
+                    return;
+                }
+                Err(status) if plugin_gone(&status) => self.reconnect().await,
+                Err(status) => {
+                    self.seen.task(&self.plan.task_id, |t| {
+                        t.surprises.push(format!("DestroyTask failed: {status}"))
+                    });
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Whether the driver marked a `StartTask` error as worth retrying.
+pub(super) fn recoverable(status: &tonic::Status) -> bool {
+    status.code() != Code::InvalidArgument
+        && elide_proto::recoverable::recoverable_flag(status).unwrap_or(true)
+}
