@@ -59,6 +59,12 @@ async fn measure(tasks: usize, mode: &str, window: Duration) -> (f64, f64) {
     };
     let mut host = NomadHost::configured(&config).await;
     let root = tempfile::tempdir().expect("tempdir");
+    // Tasks run as `nobody` and must reach their task directories.
+    std::fs::set_permissions(
+        root.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .expect("tempdir mode");
     let mut ids = Vec::new();
     for i in 0..tasks {
         let alloc_dir = root.path().join(format!("alloc{i}"));

@@ -50,6 +50,13 @@ impl BenchDaemon {
 
     async fn start_configured(config: ProcessRuntimeConfig, warm_python: bool) -> BenchDaemon {
         let dir = tempfile::tempdir().expect("temp dir");
+        // Programs run as the daemon's default user (`nobody` under root)
+        // and must reach their scratch directory in here.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .expect("temp dir mode");
         let socket = dir.path().join("daemon.sock");
         let state = dir.path().join("state");
         std::fs::create_dir_all(&state).expect("state dir");

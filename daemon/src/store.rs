@@ -158,10 +158,15 @@ impl FsStore {
     /// A store under `state_dir` (created if missing).
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
         let root = state_dir.join("sessions");
-        std::fs::create_dir_all(&root).map_err(|source| StoreError::Io {
-            path: root.clone(),
-            source,
-        })?;
+        // Records hold every execution's code and environment: the daemon's
+        // alone, whoever its programs run as.
+        let private = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700);
+        std::fs::create_dir_all(&root)
+            .and_then(|()| std::fs::set_permissions(&root, private))
+            .map_err(|source| StoreError::Io {
+                path: root.clone(),
+                source,
+            })?;
         Ok(FsStore { root })
     }
 

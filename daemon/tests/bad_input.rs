@@ -86,6 +86,35 @@ async fn each_bad_request_gets_its_own_code_and_the_daemon_keeps_serving() {
     let err = c.execute_snippet(missing_dir).await.unwrap_err();
     assert_status(err, Code::InvalidArgument, &["working_dir"]);
 
+    let mut ghost = snippet("py-only", "e", "python", "print(1)");
+    ghost.run_as_user = "no-such-user-here".into();
+    let err = c.execute_snippet(ghost).await.unwrap_err();
+    assert_status(
+        err,
+        Code::InvalidArgument,
+        &["run_as_user: no user \"no-such-user-here\" on this host"],
+    );
+
+    // A directory only root may enter is no working directory for nobody
+    // (the default user of a root daemon; a daemon that is not root runs
+    // programs as itself).
+    if nix::unistd::Uid::effective().is_root() {
+        let locked = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            locked.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        let mut shut_out = snippet("py-only", "e", "python", "print(1)");
+        shut_out.working_dir = locked.path().display().to_string();
+        let err = c.execute_snippet(shut_out).await.unwrap_err();
+        assert_status(
+            err,
+            Code::InvalidArgument,
+            &["working_dir: user \"nobody\"", "cannot enter"],
+        );
+    }
+
     let err = c
         .create_session(pb::CreateSessionRequest {
             session_id: "x".into(),

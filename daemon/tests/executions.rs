@@ -392,8 +392,7 @@ async fn env_and_args_reach_the_program_and_the_daemon_env_does_not(
     let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
-    let work = d.dir.path().join("work");
-    std::fs::create_dir(&work).unwrap();
+    let work = d.work_dir();
     let code = "import os, sys\nprint(sys.argv[1:])\nprint(os.environ.get('GREETING'))\n\
                 print('RUST_LOG' in os.environ)\nprint(os.getcwd())\n";
     let mut req = snippet("s", "e", "python", code);
@@ -420,8 +419,7 @@ async fn resubmitting_the_same_request_runs_it_once(
     let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
-    let work = d.dir.path().join("work");
-    std::fs::create_dir(&work).unwrap();
+    let work = d.work_dir();
     let mut req = snippet(
         "s",
         "once",

@@ -37,8 +37,7 @@ async fn argv_require_and_the_main_module_are_as_under_node_file(
     let d = Daemon::start_as(path, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
-    let work = d.dir.path().join("work");
-    std::fs::create_dir(&work).unwrap();
+    let work = d.work_dir();
     let code = "const path = require('node:path');\n\
                 console.log(JSON.stringify([process.argv.slice(2), path.basename(process.argv[1]),\n\
                   process.argv[0] === process.execPath, require.main === module,\n\

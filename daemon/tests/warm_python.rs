@@ -41,8 +41,7 @@ async fn a_warm_run_sees_exactly_what_a_cold_run_sees() {
         let d = Daemon::start_as(start, &[]).await;
         let mut c = d.client().await;
         create_session(&mut c, "s", Default::default()).await;
-        let work = d.dir.path().join("work");
-        std::fs::create_dir(&work).unwrap();
+        let work = d.work_dir();
         let mut req = snippet("s", "probe", "python", PROBE);
         req.args = vec!["one".into(), "two words".into()];
         req.env = env(&[("GREETING", "hi there"), ("LANG", "C.UTF-8")]);
@@ -414,7 +413,7 @@ async fn a_scripts_own_objects_are_released_at_its_end(
     let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
-    let kept = d.dir.path().join(format!("unclosed-{start:?}.txt"));
+    let kept = d.work_dir().join(format!("unclosed-{start:?}.txt"));
     // A file never closed, and an object whose __del__ writes: python
     // flushes the one and runs the other when the script's globals go.
     let code = format!(

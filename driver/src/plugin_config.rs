@@ -7,6 +7,9 @@
 //!     status_mode    = "auto"    # "watch" (WatchSession stream), "poll" or "auto"
 //!     poll_interval  = "1s"      # GetExecutionStatus period in "poll" mode
 //!     driver_state_dir = "/var/lib/nomad-driver-elide"  # the plugin's own state (delete journal)
+//!     default_user   = "nobody"  # who a task without `user` runs as
+//!     allow_root     = false     # whether any task may run as root (uid 0)
+//!     denied_users   = ["root"]  # users no task may name (default: root, or none with allow_root)
 //!     daemon {                   # optional: the plugin starts the daemon itself
 //!       command   = "elide-daemon"   # absolute path or a name on PATH
 //!       args      = ["--max-running", "64"]
@@ -55,6 +58,9 @@ pub fn schema() -> Spec {
         ("status_mode", attr("string")),
         ("poll_interval", attr("string")),
         ("driver_state_dir", attr("string")),
+        ("default_user", attr("string")),
+        ("allow_root", attr("bool")),
+        ("denied_users", attr("list(string)")),
         (
             "daemon",
             block(object([
@@ -181,6 +187,30 @@ impl StatusMode {
     }
 }
 
+/// Who tasks may run as: the operator's rules, which a job cannot change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserPolicy {
+    /// Who a task without `user` runs as.
+    pub default_user: String,
+    /// Whether a task may run as uid 0, under any name.
+    pub allow_root: bool,
+    /// Names no task may run as.
+    pub denied_users: Vec<String>,
+}
+
+/// Default `default_user`, as Nomad's `exec` driver.
+pub const DEFAULT_TASK_USER: &str = "nobody";
+
+impl Default for UserPolicy {
+    fn default() -> Self {
+        UserPolicy {
+            default_user: DEFAULT_TASK_USER.to_owned(),
+            allow_root: false,
+            denied_users: vec!["root".to_owned()],
+        }
+    }
+}
+
 /// Default `poll_interval`.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Shortest `poll_interval` accepted (each poll is one call per task).
@@ -204,6 +234,8 @@ pub struct PluginConfig {
     pub supervised_daemon: Option<DaemonCommand>,
     /// The plugin's own state directory (the delete journal).
     pub driver_state_dir: PathBuf,
+    /// Who tasks run as.
+    pub users: UserPolicy,
 }
 
 impl Default for PluginConfig {
@@ -215,6 +247,7 @@ impl Default for PluginConfig {
             poll_interval: DEFAULT_POLL_INTERVAL,
             supervised_daemon: None,
             driver_state_dir: PathBuf::from(DEFAULT_DRIVER_STATE_DIR),
+            users: UserPolicy::default(),
         }
     }
 }
@@ -240,8 +273,51 @@ impl PluginConfig {
             status_mode: status_mode(root.string("status_mode")?)?,
             poll_interval: poll_interval(root.string("poll_interval")?)?,
             driver_state_dir: driver_state_dir(root.string("driver_state_dir")?)?,
+            users: user_policy(&root)?,
         })
     }
+}
+
+fn user_policy(root: &CtyObject<'_>) -> Result<UserPolicy, ConfigError> {
+    let allow_root = root.bool("allow_root")?.unwrap_or(false);
+    let default_user = root
+        .string("default_user")?
+        .unwrap_or_else(|| DEFAULT_TASK_USER.to_owned());
+    let is_name = |name: &str| !name.is_empty() && !name.contains(|c: char| c.is_whitespace());
+    if !is_name(&default_user) {
+        return Err(ConfigError::invalid(
+            "default_user",
+            format!("{default_user:?} is not a user name"),
+        ));
+    }
+    if default_user == "root" && !allow_root {
+        return Err(ConfigError::invalid(
+            "default_user",
+            "\"root\" needs allow_root = true",
+        ));
+    }
+    let denied_users = match root.string_list("denied_users")? {
+        Some(names) => names,
+        None if allow_root => Vec::new(),
+        None => vec!["root".to_owned()],
+    };
+    if let Some(bad) = denied_users.iter().find(|n| !is_name(n)) {
+        return Err(ConfigError::invalid(
+            "denied_users",
+            format!("{bad:?} is not a user name"),
+        ));
+    }
+    if denied_users.contains(&default_user) {
+        return Err(ConfigError::invalid(
+            "default_user",
+            format!("{default_user:?} is in denied_users"),
+        ));
+    }
+    Ok(UserPolicy {
+        default_user,
+        allow_root,
+        denied_users,
+    })
 }
 
 fn driver_state_dir(text: Option<String>) -> Result<PathBuf, ConfigError> {
@@ -787,9 +863,12 @@ mod tests {
         assert_eq!(
             keys,
             [
+                "allow_root",
                 "daemon",
                 "daemon_address",
                 "daemon_socket",
+                "default_user",
+                "denied_users",
                 "driver_state_dir",
                 "poll_interval",
                 "session_config",

@@ -67,6 +67,9 @@ daemon_socket    = "/run/elide/test.sock"
 status_mode      = "poll"
 poll_interval    = "250ms"
 driver_state_dir = "/var/lib/elide-driver-test"
+default_user     = "daemon"
+allow_root       = true
+denied_users     = ["games"]
 daemon {
   command   = "/usr/local/bin/elide-daemon"
   args      = ["--verbose", "--context-pool-size", "4"]
@@ -95,6 +98,14 @@ fn every_plugin_config_field_reaches_the_driver_as_written() {
         DaemonEndpoint::Unix(PathBuf::from("/run/elide/test.sock"))
     );
     assert_eq!(config.status_mode, StatusMode::Poll);
+    assert_eq!(
+        config.users,
+        elide_driver::plugin_config::UserPolicy {
+            default_user: "daemon".into(),
+            allow_root: true,
+            denied_users: vec!["games".into()],
+        }
+    );
     assert_eq!(config.poll_interval, Duration::from_millis(250));
     assert_eq!(
         config.driver_state_dir,

@@ -258,7 +258,8 @@ pub async fn run(opts: &RunOptions, interrupt: watch::Receiver<bool>) -> Result<
     };
     let work = tempfile::Builder::new()
         .prefix("elide-run-")
-        .tempdir()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o711))
+        .tempdir() // 0711: tasks run as `nobody` and pass through to their dirs
         .map_err(RunError::TempDir)?;
     let mut session = Session {
         plugin: None,
@@ -287,7 +288,6 @@ pub async fn run(opts: &RunOptions, interrupt: watch::Receiver<bool>) -> Result<
     };
     result.map(|tasks| Outcome { tasks, kept })
 }
-
 /// Processes to stop on every exit path.
 struct Session {
     plugin: Option<PluginHost>,

@@ -24,6 +24,7 @@ pub mod plugin_host;
 pub mod scenario;
 pub mod trace;
 pub mod truth;
+pub mod users;
 pub mod world;
 
 use std::time::{Duration, SystemTime};

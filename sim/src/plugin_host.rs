@@ -19,6 +19,7 @@ use elide_proto::hashicorp::nomad::plugins::drivers::proto::driver_server::Drive
 use crate::files::MemoryFiles;
 use crate::logs::LogBook;
 use crate::net::{incoming, SimDialer};
+use crate::users::SimUsers;
 
 /// Port the plugin serves Nomad on.
 pub const PLUGIN_PORT: u16 = 4000;
@@ -71,6 +72,7 @@ impl PluginHost {
                     clock: Arc::new(SimClock),
                     logs: Arc::new(plugin.logs.clone()),
                     files: Arc::new(plugin.files.clone()),
+                    users: Arc::new(SimUsers),
                 };
                 let dialers = sim_dialers();
                 let driver = Arc::new(ElideDriver::on_host(

@@ -92,6 +92,12 @@ pub struct PluginConfig {
     pub daemon: Option<DaemonBlock>,
     /// `driver_state_dir` (the plugin's delete journal).
     pub driver_state_dir: Option<String>,
+    /// `default_user`.
+    pub default_user: Option<String>,
+    /// `allow_root`.
+    pub allow_root: Option<bool>,
+    /// `denied_users`.
+    pub denied_users: Option<Vec<String>>,
 }
 
 /// The plugin's `daemon {}` block.
@@ -139,10 +145,17 @@ impl PluginConfig {
             ("status_mode", &self.status_mode),
             ("poll_interval", &self.poll_interval),
             ("driver_state_dir", &self.driver_state_dir),
+            ("default_user", &self.default_user),
         ] {
             if let Some(value) = value {
                 body = body.add_attribute((key, value.as_str()));
             }
+        }
+        if let Some(allow) = self.allow_root {
+            body = body.add_attribute(("allow_root", allow));
+        }
+        if let Some(denied) = &self.denied_users {
+            body = body.add_attribute(("denied_users", strings(denied)));
         }
         if self.enabled_languages.is_some() || self.enabled_intrinsics.is_some() {
             let mut session = Block::builder("session_config");

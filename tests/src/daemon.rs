@@ -32,7 +32,7 @@ impl Daemon {
     /// Starts a daemon with extra command-line flags (for example
     /// `--runtime scripted`).
     pub async fn start_with(extra: &[&str]) -> Daemon {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = crate::passable_tempdir();
         let socket = dir.path().join("daemon.sock");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         std::fs::write(dir.path().join("extra-args"), extra.join("\n")).expect("daemon args");

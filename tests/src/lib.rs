@@ -16,3 +16,17 @@ pub mod logmon;
 pub mod nomad;
 pub mod nomad_client;
 pub mod procs;
+
+/// A temporary directory other users may pass through but not list (mode
+/// 0711), as a Nomad client's data directory: tasks run as their own users
+/// (the plugin's default is `nobody`) and must reach their task directory
+/// and the daemon's scratch directory inside it.
+pub fn passable_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .expect("tempdir mode");
+    dir
+}

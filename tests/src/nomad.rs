@@ -270,7 +270,7 @@ pub struct Alloc {
 impl Alloc {
     /// Lays out an allocation for `task` like Nomad's prestart hooks.
     pub fn new(task: &str) -> Alloc {
-        let root = tempfile::tempdir().expect("tempdir");
+        let root = crate::passable_tempdir();
         let alloc_id = format!(
             "{:08x}-e2e0-4000-8000-{:012x}",
             std::process::id(),

@@ -26,7 +26,7 @@ struct Layout {
 impl Layout {
     fn new() -> Layout {
         Layout {
-            dir: tempfile::tempdir().expect("tempdir"),
+            dir: elide_e2e::passable_tempdir(),
         }
     }
 

@@ -79,6 +79,10 @@ enum Command {
         /// `--session`.
         #[arg(long = "intrinsic")]
         intrinsics: Vec<String>,
+        /// User the snippet runs as (default: the daemon's --default-user,
+        /// `nobody`, when the daemon runs as root).
+        #[arg(long)]
+        user: Option<String>,
     },
     /// Cancels an execution.
     Cancel {
@@ -251,6 +255,7 @@ async fn main() -> anyhow::Result<()> {
             timeout,
             memory_mb,
             intrinsics,
+            user,
         } => {
             let (code, source_name) = match (code, file) {
                 (Some(code), _) => (code, String::new()),
@@ -280,6 +285,7 @@ async fn main() -> anyhow::Result<()> {
                 code,
                 args: prog_args,
                 env: env.into_iter().collect(),
+                run_as_user: user.unwrap_or_default(),
                 source_name,
                 overrides: Some(pb::ExecutionOverrides {
                     memory_limit_mb: memory_mb,

@@ -1,6 +1,6 @@
 //! `elide-daemon`: the reference Elide execution daemon.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use elide_daemon::ids::RandomIds;
 use elide_daemon::limits::Limits;
 use elide_daemon::registry::{RegistryDeps, SessionRegistry};
 use elide_daemon::runtime::process::{ProcessRuntime, ProcessRuntimeConfig, TypeScriptRunner};
-use elide_daemon::runtime::python_zygote;
+use elide_daemon::runtime::{python_zygote, run_as};
 use elide_daemon::server::{serve, ListenOptions};
 use elide_daemon::service::DaemonService;
 use elide_daemon::store::FsStore;
@@ -94,6 +94,11 @@ struct Args {
     /// A module that cannot be imported stops the daemon at start.
     #[arg(long, value_delimiter = ',', default_values_t = python_zygote::DEFAULT_PRELOAD.iter().map(|m| m.to_string()))]
     python_preload: Vec<String>,
+    /// Who programs run as when their request names no user
+    /// (`run_as_user`), when the daemon runs as root. A daemon that is not
+    /// root runs every program as itself.
+    #[arg(long, default_value = "nobody")]
+    default_user: String,
     /// Per-execution cgroups: `auto` (cgroup v2 where the unified
     /// hierarchy has the memory controller, else the v1 controllers; where
     /// neither can be used, memory is sampled and `GetCapabilities` says
@@ -170,7 +175,12 @@ async fn main() -> anyhow::Result<()> {
         .validate()
         .map_err(anyhow::Error::msg)
         .context("checking the limits")?;
+    let scratch_dir = args.state_dir.join("scratch");
     anyhow::ensure!(args.pids_limit > 0, "--pids-limit must be at least 1");
+    if let RuntimeKind::Process = args.runtime {
+        // First, so the state dir is made with its mode (0711).
+        prepare_shared_dirs(&args.state_dir, &scratch_dir)?;
+    }
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
     let mut cgroups_in_use = None;
@@ -203,6 +213,7 @@ async fn main() -> anyhow::Result<()> {
                     TypeScriptKind::Builtin => TypeScriptRunner::Builtin,
                     TypeScriptKind::Elide => TypeScriptRunner::Elide,
                 },
+                default_user: args.default_user.clone(),
                 cgroups,
             });
             let runtime = if args.python_warm {
@@ -229,7 +240,7 @@ async fn main() -> anyhow::Result<()> {
         clock: Arc::new(SystemClock),
         ids: Arc::new(RandomIds),
         limits,
-        scratch_dir: args.state_dir.join("scratch"),
+        scratch_dir,
         version: env!("CARGO_PKG_VERSION").to_string(),
     })
     .context("restoring daemon state")?;
@@ -265,6 +276,29 @@ async fn main() -> anyhow::Result<()> {
         cgroups.remove_parents();
     }
     tracing::info!("daemon stopped");
+    Ok(())
+}
+
+/// The scratch and runtime directories are where programs running as other
+/// users than the daemon's find their files: when the daemon can switch
+/// users (root), every directory down to them must let others pass (warned
+/// about at start when one does not).
+fn prepare_shared_dirs(state_dir: &Path, scratch_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    for dir in [scratch_dir.to_path_buf(), state_dir.join("runtime")] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        if nix::unistd::Uid::effective().is_root() {
+            // Not fatal: programs running as the daemon's own user (root by
+            // request) still work; the others fail naming the directory.
+            if let Err(problem) = run_as::check_reachable_by_all(&dir) {
+                tracing::warn!("{problem}");
+            }
+        }
+    }
     Ok(())
 }
 

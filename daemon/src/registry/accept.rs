@@ -198,6 +198,12 @@ impl SessionRegistry {
                 "working_dir: {reason}"
             )));
         }
+        if let Err(refusal) = self
+            .runtime
+            .check_run_as(&req.run_as_user, &req.working_dir)
+        {
+            return Err(run_as_refused(&refusal));
+        }
         if let Some(cgroup) = &req.nomad_cgroup {
             if !cgroup.path.starts_with('/') || cgroup.path.split('/').any(|c| c == "..") {
                 return Err(DaemonError::InvalidArgument(format!(
@@ -264,6 +270,7 @@ impl SessionRegistry {
             } else {
                 req.working_dir.clone().into()
             },
+            run_as_user: req.run_as_user.clone(),
             scratch_dir: scratch,
             memory_limit_bytes: policy.memory_limit_mb.map(|mb| mb * 1024 * 1024),
             nomad_cgroup: req
@@ -278,6 +285,23 @@ impl SessionRegistry {
                 }),
             intrinsics: policy.intrinsics.clone(),
             enable_ai: policy.enable_ai,
+        }
+    }
+}
+
+/// A program that cannot run as its user, as the client sees it: the field
+/// at fault and the user or directory.
+fn run_as_refused(refusal: &crate::runtime::run_as::UserRefusal) -> DaemonError {
+    use crate::runtime::run_as::UserRefusal;
+    match refusal {
+        UserRefusal::CannotSwitch { .. } => {
+            DaemonError::FailedPrecondition(format!("run_as_user: {refusal}"))
+        }
+        UserRefusal::CannotEnter(_) => {
+            DaemonError::InvalidArgument(format!("working_dir: {refusal}"))
+        }
+        UserRefusal::Unknown(_) | UserRefusal::Lookup { .. } => {
+            DaemonError::InvalidArgument(format!("run_as_user: {refusal}"))
         }
     }
 }

@@ -6,11 +6,13 @@
 //! processes; a simulation supplies its own.
 
 pub mod child_reaper;
+pub mod interpreter;
 pub mod node_pool;
 pub mod placement;
 pub mod process;
 mod program_control;
 pub mod python_zygote;
+pub mod run_as;
 pub mod scripted;
 pub mod start_counters;
 pub mod typescript;
@@ -45,6 +47,9 @@ pub struct ProgramSpec {
     pub env: BTreeMap<String, String>,
     /// Working directory of the program.
     pub working_dir: PathBuf,
+    /// The user it runs as ("" for the runtime's default; see
+    /// [`run_as::RunAsPolicy`]).
+    pub run_as_user: String,
     /// A directory the runtime may use for this execution's files; the
     /// runtime creates it and removes it when the program has ended.
     pub scratch_dir: PathBuf,
@@ -254,6 +259,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// directory); the error says what is wrong with it.
     fn check_working_dir(&self, dir: &str) -> Result<(), String> {
         let _ = dir;
+        Ok(())
+    }
+    /// Checks that a program can run as `user` ("" for the default) in
+    /// `working_dir` ("" for its scratch directory).
+    fn check_run_as(&self, user: &str, working_dir: &str) -> Result<(), run_as::UserRefusal> {
+        let _ = (user, working_dir);
         Ok(())
     }
     /// How memory limits are applied.

@@ -41,6 +41,7 @@ use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 
+use super::run_as::{self, Identity};
 use super::{child_reaper, StartCounters};
 
 /// The worker's bootstrap script.
@@ -79,6 +80,9 @@ pub struct NodePoolConfig {
     pub script_dir: PathBuf,
     /// Where replaced workers are counted.
     pub counters: Arc<StartCounters>,
+    /// Who workers run as (from their spawn, before node boots); `None`:
+    /// the daemon's own user. Only programs of this user get a worker.
+    pub user: Option<Identity>,
 }
 
 /// The job a worker runs, as it reads it on fd 3.
@@ -182,6 +186,11 @@ impl NodePool {
         }))
     }
 
+    /// Who the workers run as (`None`: the daemon's user).
+    pub fn user(&self) -> Option<&Identity> {
+        self.config.user.as_ref()
+    }
+
     /// Workers the pool keeps.
     pub fn size(&self) -> usize {
         self.config.size
@@ -269,6 +278,7 @@ impl NodePool {
     ) -> std::io::Result<(tokio::process::Child, i32, std::os::unix::net::UnixStream)> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         let their_fd = theirs.as_raw_fd();
+        let user = self.config.user.clone();
         let mut cmd = tokio::process::Command::new(&self.config.node);
         cmd.arg(&self.script)
             .env_clear()
@@ -278,7 +288,8 @@ impl NodePool {
             .stderr(Stdio::piped())
             .process_group(0);
         // SAFETY: the closure runs between fork and exec and only makes
-        // async-signal-safe system calls (dup2, fcntl, prctl).
+        // async-signal-safe system calls (dup2, fcntl, setgroups, setgid,
+        // setuid, prctl).
         unsafe {
             cmd.pre_exec(move || {
                 if their_fd == 3 {
@@ -290,6 +301,11 @@ impl NodePool {
                 } else if nix::libc::dup2(their_fd, 3) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                // Node boots as the user: no thread of it ever runs as root.
+                if let Some(user) = &user {
+                    run_as::drop_privileges(user)?;
+                }
+                // After the credential change, which would clear it.
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
             });
         }

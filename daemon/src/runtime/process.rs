@@ -28,10 +28,13 @@ use nix::sys::signal::Signal;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
+use super::interpreter::probe;
+pub use super::interpreter::Interpreter;
 use super::node_pool::{self, Job, NodePool, NodePoolConfig};
 use super::placement::Placement;
 use super::program_control::{self, ProcessControl};
 use super::python_zygote::{PythonZygote, WarmChild, ZygoteError};
+use super::run_as::{self, Identity, RunAsPolicy, UserRefusal};
 use super::{
     child_reaper, typescript, ExitInfo, KernelLimit, LanguageRuntime, MemoryEnforcement, Program,
     ProgramEvent, ProgramSpec, Runtime, RuntimeError, StartCounters, StartMode, StartStats,
@@ -45,15 +48,6 @@ const READ_CHUNK: usize = 64 * 1024;
 /// How long to wait for output pipes to close after the group was killed
 /// (a process that left the group with `setsid` may hold them open).
 const PIPE_DRAIN_LIMIT: Duration = Duration::from_secs(2);
-
-/// An interpreter found on this host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Interpreter {
-    /// Program to run.
-    pub path: PathBuf,
-    /// Version it reported.
-    pub version: String,
-}
 
 /// Where to find interpreters and how often to sample.
 #[derive(Debug, Clone)]
@@ -73,6 +67,9 @@ pub struct ProcessRuntimeConfig {
     pub runtime_dir: PathBuf,
     /// What runs typescript.
     pub typescript: TypeScriptRunner,
+    /// Who programs run as when their request names nobody (a root daemon
+    /// only; see [`run_as`]).
+    pub default_user: String,
     /// Per-execution cgroups (detected by the caller).
     pub cgroups: Arc<Cgroups>,
 }
@@ -97,6 +94,7 @@ impl Default for ProcessRuntimeConfig {
             node_pool_size: 0,
             runtime_dir: std::env::temp_dir().join("elide-daemon"),
             typescript: TypeScriptRunner::Builtin,
+            default_user: "nobody".into(),
             cgroups: Arc::new(Cgroups::disabled("not configured")),
         }
     }
@@ -114,6 +112,7 @@ pub struct ProcessRuntime {
     /// Warm python, when enabled.
     python_zygote: Option<PythonZygote>,
     counters: Arc<StartCounters>,
+    run_as: RunAsPolicy,
     cgroups: Arc<Cgroups>,
 }
 
@@ -122,30 +121,44 @@ impl ProcessRuntime {
     /// Starts the node pool when one is configured and node was found.
     pub fn discover(config: &ProcessRuntimeConfig) -> Self {
         let counters = Arc::<StartCounters>::default();
-        let node = probe(&config.node, Language::JavaScript);
-        let node_pool = match &node {
-            Ok(interp) if config.node_pool_size > 0 => match NodePool::new(NodePoolConfig {
-                size: config.node_pool_size,
-                node: interp.path.clone(),
-                script_dir: config.runtime_dir.clone(),
-                counters: counters.clone(),
-            }) {
-                Ok(pool) => {
-                    pool.ensure_refilling();
-                    Some(pool)
+        let run_as = RunAsPolicy::new(&config.default_user);
+        let others = run_as.switches_users();
+        let node = probe(&config.node, Language::JavaScript, others);
+        // Workers boot as the default user; programs of other users start cold.
+        let pool_user = match run_as.resolve("") {
+            Ok(user) => Some(user),
+            Err(e) if config.node_pool_size > 0 => {
+                tracing::warn!(error = %e, "no node pool: its workers run as the default user");
+                None
+            }
+            Err(_) => None,
+        };
+        let node_pool = match (&node, pool_user) {
+            (Ok(interp), Some(user)) if config.node_pool_size > 0 => {
+                match NodePool::new(NodePoolConfig {
+                    size: config.node_pool_size,
+                    node: interp.path.clone(),
+                    script_dir: config.runtime_dir.clone(),
+                    counters: counters.clone(),
+                    user,
+                }) {
+                    Ok(pool) => {
+                        pool.ensure_refilling();
+                        Some(pool)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, dir = %config.runtime_dir.display(), "no node pool: writing its worker script failed; javascript starts cold");
+                        None
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, dir = %config.runtime_dir.display(), "no node pool: writing its worker script failed; javascript starts cold");
-                    None
-                }
-            },
+            }
             _ => None,
         };
         ProcessRuntime {
-            python: probe(&config.python, Language::Python),
+            python: probe(&config.python, Language::Python, others),
             node,
             elide: match config.typescript {
-                TypeScriptRunner::Elide => probe(&config.elide, Language::TypeScript),
+                TypeScriptRunner::Elide => probe(&config.elide, Language::TypeScript, others),
                 TypeScriptRunner::Builtin => {
                     Err("not used: typescript is transpiled in the daemon".into())
                 }
@@ -155,6 +168,7 @@ impl ProcessRuntime {
             node_pool,
             python_zygote: None,
             counters,
+            run_as,
             cgroups: config.cgroups.clone(),
         }
     }
@@ -223,18 +237,19 @@ impl ProcessRuntime {
         }
     }
 
-    /// Starts `file` on a pooled node worker, if one is waiting and the
-    /// environment sets nothing node reads only while booting.
+    /// Starts `file` on a pooled node worker, if one is waiting, it runs as
+    /// `user` and the environment sets nothing node reads only while booting.
     fn start_warm(
         &self,
         spec: &ProgramSpec,
         file: &Path,
+        user: Option<&Identity>,
         placement: &Placement,
     ) -> Result<Option<tokio::process::Child>, RuntimeError> {
         let Some(pool) = self
             .node_pool
             .as_ref()
-            .filter(|_| self.runs_on_node(spec.language))
+            .filter(|pool| self.runs_on_node(spec.language) && pool.user() == user)
         else {
             return Ok(None);
         };
@@ -265,80 +280,6 @@ impl ProcessRuntime {
             }
         }
     }
-}
-
-/// Finds `program` on the daemon's own PATH (a name with a `/` is taken as
-/// is). Resolved once, so the interpreter that runs snippets is the one whose
-/// version was reported, whatever PATH a snippet's environment sets.
-fn resolve(program: &str) -> Result<PathBuf, String> {
-    if program.contains('/') {
-        return Ok(PathBuf::from(program));
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::metadata(candidate)
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-        .ok_or_else(|| format!("{program} not found on PATH"))
-}
-
-/// How to ask an interpreter for its real executable and its version (two
-/// lines). Wrappers such as pyenv shims need their own environment, which
-/// snippets do not get, so snippets run the real executable directly.
-fn self_report(language: Language) -> &'static [&'static str] {
-    match language {
-        Language::Python => &[
-            "-c",
-            "import sys, platform; print(sys.executable); print(platform.python_version())",
-        ],
-        Language::JavaScript => &["-p", "process.execPath + '\\n' + process.versions.node"],
-        Language::TypeScript => &["--version"],
-    }
-}
-
-/// Resolves `program` and learns its real path and version.
-fn probe(program: &str, language: Language) -> Result<Interpreter, String> {
-    let path = resolve(program)?;
-    let out = std::process::Command::new(&path)
-        .args(self_report(language))
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{program} could not be run: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "`{program}` failed with {} when asked for its version",
-            out.status
-        ));
-    }
-    let text = String::from_utf8_lossy(if out.stdout.is_empty() {
-        &out.stderr
-    } else {
-        &out.stdout
-    })
-    .to_string();
-    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-    let (real, version_text) = match language {
-        Language::TypeScript => (None, text.trim().to_string()),
-        _ => (
-            lines.next().map(PathBuf::from),
-            lines.next().unwrap_or_default().to_string(),
-        ),
-    };
-    let version = version_text
-        .split_whitespace()
-        .find(|w| {
-            w.trim_start_matches('v')
-                .starts_with(|c: char| c.is_ascii_digit())
-        })
-        .map(|w| w.trim_start_matches('v').to_string())
-        .unwrap_or(version_text);
-    let path = real
-        .filter(|p| p.is_absolute() && p.is_file())
-        .unwrap_or(path);
-    Ok(Interpreter { path, version })
 }
 
 impl Runtime for ProcessRuntime {
@@ -379,6 +320,16 @@ impl Runtime for ProcessRuntime {
         false
     }
 
+    fn check_run_as(&self, user: &str, working_dir: &str) -> Result<(), UserRefusal> {
+        match self.run_as.resolve(user)? {
+            Some(identity) if !working_dir.is_empty() => {
+                run_as::check_can_enter(Path::new(working_dir), &identity)
+                    .map_err(UserRefusal::CannotEnter)
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn memory_enforcement(&self) -> MemoryEnforcement {
         match self.cgroups.unavailable() {
             None => MemoryEnforcement::Enforced(self.cgroups.describe()),
@@ -408,8 +359,15 @@ impl Runtime for ProcessRuntime {
             what: what.into(),
             source,
         };
-        std::fs::create_dir_all(&spec.scratch_dir)
+        let user = (self.run_as.resolve(&spec.run_as_user))
+            .map_err(|e| spawn_err("the program as its user", std::io::Error::other(e)))?;
+        run_as::create_scratch(&spec.scratch_dir, user.as_ref())
             .map_err(|e| spawn_err("the scratch directory", e))?;
+        if let Some(user) = &user {
+            run_as::check_can_enter(&spec.working_dir, user).map_err(|problem| {
+                spawn_err("the program as its user", std::io::Error::other(problem))
+            })?;
+        }
         let mut file = spec
             .scratch_dir
             .join(source_file_name(&spec.source_name, spec.language));
@@ -429,7 +387,9 @@ impl Runtime for ProcessRuntime {
                 Err(e) => return Ok(typescript::failed_program(&e, &spec.scratch_dir)),
             }
         }
-        std::fs::write(&file, code.as_bytes()).map_err(|e| spawn_err("the snippet file", e))?;
+        std::fs::write(&file, code.as_bytes())
+            .and_then(|()| run_as::give_file(&file, user.as_ref()))
+            .map_err(|e| spawn_err("the snippet file", e))?;
 
         // The scratch dir is unique per session and execution: it names the
         // cgroup. Never run without the cgroup the host could give.
@@ -447,7 +407,7 @@ impl Runtime for ProcessRuntime {
                 )
             })?;
         let placement = Placement::new(cgroup);
-        let started = self.start(interp, &spec, &file, &placement);
+        let started = self.start(interp, &spec, &file, user.as_ref(), &placement);
         if started.is_err() {
             if let Some(cgroup) = placement.cgroup() {
                 cgroup.remove();
@@ -469,6 +429,7 @@ impl ProcessRuntime {
         interp: &Interpreter,
         spec: &ProgramSpec,
         file: &Path,
+        user: Option<&Identity>,
         placement: &Placement,
     ) -> Result<Program, RuntimeError> {
         let spawn_err = |what: &str, source| RuntimeError::Spawn {
@@ -476,7 +437,7 @@ impl ProcessRuntime {
             source,
         };
         if let (Language::Python, Some(zygote)) = (spec.language, &self.python_zygote) {
-            match zygote.fork(spec, file, placement) {
+            match zygote.fork(spec, file, user, placement) {
                 // The zygote counts its warm starts.
                 Ok(child) => return self.watch_warm(child, spec, placement),
                 Err(ZygoteError::Placement(e)) => {
@@ -491,7 +452,7 @@ impl ProcessRuntime {
                 }
             }
         }
-        let warm = self.start_warm(spec, file, placement)?;
+        let warm = self.start_warm(spec, file, user, placement)?;
         if warm.is_some() {
             self.counters.warm_start(spec.language);
         } else {
@@ -516,6 +477,7 @@ impl ProcessRuntime {
                     spec,
                     file,
                     self.runs_on_node(spec.language),
+                    user.cloned(),
                     placement,
                 )
                 .map_err(|e| spawn_err(&interp.path.display().to_string(), e))?;
@@ -668,6 +630,7 @@ fn start_cold(
     spec: &ProgramSpec,
     file: &Path,
     on_node: bool,
+    user: Option<Identity>,
     placement: &Placement,
 ) -> std::io::Result<tokio::process::Child> {
     let mut cmd = tokio::process::Command::new(&interp.path);
@@ -694,21 +657,26 @@ fn start_cold(
         .args(&spec.args)
         .env_clear()
         .envs(&spec.env)
-        .current_dir(&spec.working_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    // SAFETY: the closure runs between fork and exec and only makes the
-    // async-signal-safe prctl system call.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
-        });
-    }
+    // Into its cgroup first (the closures run in the order added), while
+    // still privileged; then the user's credentials.
     placement
         .before_exec(&mut cmd)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let cwd = run_as::c_path(&spec.working_dir)?;
+    // SAFETY: the closure runs between fork and exec and only makes
+    // async-signal-safe system calls on memory allocated before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            // As the user, so it enters only a directory the user may.
+            run_as::become_user_in(user.as_ref(), &cwd)?;
+            // After the credential change, which would clear it.
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
     cmd.spawn()
 }
 

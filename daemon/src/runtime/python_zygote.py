@@ -8,7 +8,8 @@
 # Control socket (SOCK_STREAM, daemon <-> zygote):
 #   request:  8-byte big-endian body length, sent with SCM_RIGHTS
 #             [stdout_w, stderr_w, go_r], then a JSON body
-#             {"argv": [...], "env": {...}, "cwd": "...", "file": "..."}
+#             {"argv": [...], "env": {...}, "cwd": "...", "file": "...",
+#              "user": null or {"name", "uid", "gid", "groups"}}
 #   reply:    one JSON line: {"pid": N} or {"error": "..."}
 # Report pipe (zygote -> daemon): one line per ended child, "PID exit CODE"
 # or "PID signal SIGNO", written BEFORE the child is reaped, so the status is
@@ -261,6 +262,8 @@ def run_child(request, fds):
     if os.read(go_r, 1) != b"g":
         os._exit(127)
     os.close(go_r)
+    if request.get("user") is not None:
+        become_user(request["user"], stderr_w)
 
     devnull = os.open("/dev/null", os.O_RDONLY)
     os.dup2(devnull, 0)
@@ -320,6 +323,34 @@ def run_child(request, fds):
             os.kill(os.getpid(), signal.SIGINT)
         return 1
     return 0
+
+
+PR_SET_DUMPABLE = 4
+
+
+def become_user(user, stderr_w):
+    """Drops the zygote's root for the execution's user before anything of
+    the request runs: supplementary groups, gid, uid, in that order (after
+    setuid there is no way back to change the groups). Any failure ends the
+    child with 127 and a line on its stderr; nothing of the user's runs."""
+    try:
+        os.setgroups(user["groups"])
+        os.setgid(user["gid"])
+        os.setuid(user["uid"])
+        if user["uid"] != 0:
+            try:
+                os.setuid(0)
+            except PermissionError:
+                pass
+            else:
+                raise OSError("setuid(0) succeeded after dropping privileges")
+        # The credential change made the process non-dumpable, which leaves
+        # its /proc entries root's; an exec would have reset it.
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+    except OSError as e:
+        os.write(stderr_w, ("elide: cannot run as user %r: %s\n"
+                            % (user["name"], e)).encode())
+        os._exit(127)
 
 
 def command_line_memory():

@@ -42,6 +42,7 @@ use tokio::sync::oneshot;
 
 use super::child_reaper;
 use super::placement::Placement;
+use super::run_as::Identity;
 use super::{ExitInfo, ProgramSpec, StartCounters};
 use crate::language::Language;
 
@@ -231,10 +232,13 @@ impl PythonZygote {
     }
 
     /// Forks an execution running `file` (the snippet, already written).
+    /// The child drops to `identity` (when given) before it runs anything
+    /// of the request.
     pub fn fork(
         &self,
         spec: &ProgramSpec,
         file: &Path,
+        identity: Option<&Identity>,
         placement: &Placement,
     ) -> Result<WarmChild, ZygoteError> {
         if let Some(name) = spec.env.keys().find(|k| read_at_startup(k)) {
@@ -243,7 +247,7 @@ impl PythonZygote {
             )));
         }
         let generation = self.shared.ready().ok_or(ZygoteError::Down)?;
-        let result = generation.fork(spec, file, placement);
+        let result = generation.fork(spec, file, identity, placement);
         match &result {
             Ok(_) => self.shared.counters.warm_start(Language::Python),
             // The child was refused, not the zygote's fault.
@@ -432,6 +436,7 @@ impl Generation {
         &self,
         spec: &ProgramSpec,
         file: &Path,
+        identity: Option<&Identity>,
         placement: &Placement,
     ) -> Result<WarmChild, ZygoteError> {
         let request_err =
@@ -448,6 +453,7 @@ impl Generation {
             "env": spec.env,
             "cwd": spec.working_dir,
             "file": file,
+            "user": identity,
         }))
         .map_err(|e| request_err("encoding the request", &e))?;
 

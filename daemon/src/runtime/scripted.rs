@@ -385,6 +385,7 @@ mod tests {
             args: vec![],
             env: Default::default(),
             working_dir: "/".into(),
+            run_as_user: String::new(),
             scratch_dir: "/".into(),
             memory_limit_bytes: None,
             nomad_cgroup: None,

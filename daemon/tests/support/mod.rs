@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -72,6 +73,9 @@ impl Daemon {
     /// Starts a daemon with extra command-line flags.
     pub async fn start(extra_args: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
+        // Programs run as `nobody` (the daemon's default under root) and
+        // must pass through to their scratch directory.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         let socket = dir.path().join("daemon.sock");
         let mut d = Daemon {
             dir,
@@ -81,6 +85,23 @@ impl Daemon {
         };
         d.launch().await;
         d
+    }
+
+    /// A fresh working directory `work/` that programs of the daemon's
+    /// default user may use (theirs, mode 0700), as Nomad hands a task its
+    /// directory.
+    pub fn work_dir(&self) -> PathBuf {
+        let work = self.dir.path().join("work");
+        std::fs::create_dir(&work).unwrap();
+        if nix::unistd::Uid::effective().is_root() {
+            let nobody = nix::unistd::User::from_name("nobody")
+                .unwrap()
+                .expect("user nobody exists");
+            std::os::unix::fs::chown(&work, Some(nobody.uid.as_raw()), Some(nobody.gid.as_raw()))
+                .unwrap();
+        }
+        std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700)).unwrap();
+        work
     }
 
     pub fn state_dir(&self) -> PathBuf {

@@ -1,6 +1,6 @@
 //! What the driver needs from the machine it runs on, besides the daemon:
-//! the wall clock, Nomad's log FIFOs, small files in the task directory and
-//! the machine's identity.
+//! the wall clock, Nomad's log FIFOs, small files in the task directory,
+//! the host's users and the machine's identity.
 //!
 //! The plugin uses [`Host::real`]. A simulation supplies its own parts (a
 //! virtual clock, in-memory log sinks and files, a host name of its
@@ -9,12 +9,14 @@
 
 mod fifo;
 mod files;
+mod users;
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
 pub use fifo::{FifoSinks, LogSinks, LogWriter, FIFO_OPEN_LIMIT};
 pub use files::{LocalFiles, StateFiles};
+pub use users::{HostUser, SystemUsers, TaskUsers};
 
 /// Wall-clock time, for the timestamps Nomad shows (task start and end,
 /// events, stats). Durations and deadlines use `tokio::time` instead.
@@ -45,6 +47,8 @@ pub struct Host {
     pub logs: Arc<dyn LogSinks>,
     /// Where per-task driver files live (output offsets).
     pub files: Arc<dyn StateFiles>,
+    /// Who tasks may run as, and their task directories.
+    pub users: Arc<dyn TaskUsers>,
 }
 
 impl Host {
@@ -55,6 +59,7 @@ impl Host {
             clock: Arc::new(SystemClock),
             logs: Arc::new(FifoSinks),
             files: Arc::new(LocalFiles),
+            users: Arc::new(SystemUsers),
         }
     }
 

@@ -26,6 +26,7 @@ mod stats;
 mod stats_stream;
 mod status_feed;
 mod stop;
+mod task_user;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};

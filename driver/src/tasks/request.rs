@@ -111,6 +111,8 @@ pub fn execute_request(
         args: config.args.clone(),
         env,
         working_dir: dir.display().to_string(),
+        // Set by StartTask once the user is resolved (`task_user`).
+        run_as_user: String::new(),
         overrides: Some(pb::ExecutionOverrides {
             memory_limit_mb: memory_limit_mb.unwrap_or(0),
             timeout: config.opts.timeout.map(elide_proto::duration_to_proto),

@@ -15,8 +15,8 @@ use crate::task_config::ElideTaskConfig;
 use super::intents::StopFile;
 use super::output::{OffsetsFile, OutputForwarder};
 use super::{
-    daemon_error, exit, request, AbortOnDrop, DriverState, Observed, SessionContext, Started, Task,
-    TaskError, TaskEvent, TaskManager, DRIVER_STATE_VERSION, OUTPUT_FLUSH_LIMIT,
+    daemon_error, exit, request, task_user, AbortOnDrop, DriverState, Observed, SessionContext,
+    Started, Task, TaskError, TaskEvent, TaskManager, DRIVER_STATE_VERSION, OUTPUT_FLUSH_LIMIT,
 };
 
 impl TaskManager {
@@ -34,9 +34,27 @@ impl TaskManager {
             .map_err(|e| TaskError::InvalidConfig(format!("task {:?}: {e}", task.name)))?;
         let session_id = self.session_id_for(config);
         let execution_id = identity::execution_id(&task.id);
-        let request =
+        let invalid = |e: elide_cty::ConfigError| {
+            TaskError::InvalidConfig(format!("task {:?}: {e}", task.name))
+        };
+        let mut request =
             request::execute_request(&task, &task_config, config, &session_id, &execution_id)
-                .map_err(|e| TaskError::InvalidConfig(format!("task {:?}: {e}", task.name)))?;
+                .map_err(invalid)?;
+        let user =
+            task_user::resolve(&task.user, &config.users, &*self.host.users).map_err(invalid)?;
+        let task_dir = request::task_dir(&task);
+        self.host
+            .users
+            .prepare_task_dir(&task_dir, &user)
+            .map_err(|e| {
+                TaskError::InvalidConfig(format!(
+                    "task {:?}: handing {} to user {:?}: {e}",
+                    task.name,
+                    task_dir.display(),
+                    user.name
+                ))
+            })?;
+        request.run_as_user = user.name;
 
         let context = self.context(config, &config.daemon, &session_id).await;
         self.create_session(&context.link, config, &session_id)
@@ -75,7 +93,6 @@ impl TaskManager {
             tracing::info!(task_id = %task.id, execution_id, "execution already existed (retried StartTask)");
         }
 
-        let task_dir = request::task_dir(&task);
         let state = DriverState {
             daemon: Some(config.daemon.to_string()),
             session_id: session_id.clone(),
