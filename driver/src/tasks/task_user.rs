@@ -7,9 +7,9 @@
 //! advertised, so Nomad never sends one; a job naming such a user gets the
 //! unknown-user error.
 
-use elide_cty::ConfigError;
 use crate::host::{HostUser, TaskUsers};
 use crate::plugin_config::UserPolicy;
+use elide_cty::ConfigError;
 
 /// The user a task with `user = task_user` ("" for none) runs as; the error
 /// names the `user` field and the user.
