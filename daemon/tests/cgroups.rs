@@ -284,16 +284,7 @@ async fn metrics_come_from_the_cgroup(#[values(Start::Warm, Start::Cold)] start:
     let code = "import time\nblob = b'x' * (100 * 1024 * 1024)\nx = sum(range(3_000_000))\nprint('ready', flush=True)\ntime.sleep(30)\n";
     execute(&mut c, snippet("s", "m", "python", code)).await;
     wait_for_stdout(&mut c, "s", "m", "ready").await;
-    let m = c
-        .get_execution_metrics(pb::GetExecutionMetricsRequest {
-            session_id: "s".into(),
-            execution_id: "m".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .metrics
-        .unwrap();
+    let m = metrics_of(&mut c, "s", "m").await;
     let mib = |b: u64| b / (1024 * 1024);
     assert!(
         (95..=160).contains(&mib(m.memory_rss_bytes)),

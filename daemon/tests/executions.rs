@@ -574,16 +574,7 @@ async fn metrics_report_cpu_and_memory_of_a_running_execution(
                 print('ready', flush=True)\ntime.sleep(30)\n";
     execute(&mut c, snippet("s", "m", "python", code)).await;
     wait_for_stdout(&mut c, "s", "m", "ready").await;
-    let m = c
-        .get_execution_metrics(pb::GetExecutionMetricsRequest {
-            session_id: "s".into(),
-            execution_id: "m".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .metrics
-        .unwrap();
+    let m = metrics_of(&mut c, "s", "m").await;
     assert!(m.live);
     assert!(
         m.memory_rss_bytes > 40 * 1024 * 1024,

@@ -229,6 +229,20 @@ pub async fn status_of(client: &mut Client, session: &str, id: &str) -> pb::Exec
         .expect("status in the reply")
 }
 
+/// An execution's resource metrics (GetExecutionMetrics).
+pub async fn metrics_of(client: &mut Client, session: &str, id: &str) -> pb::ExecutionMetrics {
+    client
+        .get_execution_metrics(pb::GetExecutionMetricsRequest {
+            session_id: session.into(),
+            execution_id: id.into(),
+        })
+        .await
+        .expect("get execution metrics")
+        .into_inner()
+        .metrics
+        .expect("metrics in the reply")
+}
+
 /// Waits (through WatchExecution) for the terminal status.
 pub async fn wait_terminal(client: &mut Client, session: &str, id: &str) -> pb::ExecutionStatus {
     let mut stream = client
