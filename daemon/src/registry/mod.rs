@@ -16,6 +16,7 @@
 //! * `report`: what supervisors report, and sequence-number reservations;
 //! * `restore`: start-up from the store.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -281,11 +282,8 @@ impl SessionRegistry {
         &self,
         id: &str,
         config: &pb::SessionConfig,
-        labels: &std::collections::BTreeMap<String, String>,
+        labels: &BTreeMap<String, String>,
     ) -> Result<SessionReservation> {
-        let same = |c: &pb::SessionConfig, l: &std::collections::BTreeMap<String, String>| {
-            c == config && l == labels
-        };
         let exists = || {
             DaemonError::AlreadyExists(format!(
                 "session {id} already exists with a different config or labels; delete it first or pick another id"
@@ -306,7 +304,7 @@ impl SessionRegistry {
             return Err(exists());
         }
         if let Some(pending) = inner.pending_sessions.get(id) {
-            if same(&pending.config, &pending.labels) {
+            if &pending.config == config && &pending.labels == labels {
                 return Ok(SessionReservation::InFlight(pending.settled.subscribe()));
             }
             return Err(exists());
