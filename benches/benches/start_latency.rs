@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use elide_benches::BenchDaemon;
-use elide_daemon::runtime::process::ProcessRuntimeConfig;
+use elide_daemon::ProcessRuntimeConfig;
 use elide_proto::elide::daemon::v1 as pb;
 use pb::elide_daemon_client::ElideDaemonClient;
 use tokio::io::AsyncReadExt;

@@ -5,16 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use elide_daemon::client::{connect, Target};
-use elide_daemon::ids::RandomIds;
-use elide_daemon::limits::Limits;
-use elide_daemon::registry::{RegistryDeps, SessionRegistry};
-use elide_daemon::runtime::process::{ProcessRuntime, ProcessRuntimeConfig};
-use elide_daemon::runtime::python_zygote;
-use elide_daemon::server::{serve, ListenOptions};
-use elide_daemon::service::DaemonService;
-use elide_daemon::store::FsStore;
-use elide_daemon::time::SystemClock;
+use elide_daemon::{
+    connect, serve, DaemonService, FsStore, Limits, ListenOptions, ProcessRuntime,
+    ProcessRuntimeConfig, RandomIds, RegistryDeps, SessionRegistry, SystemClock, Target,
+    PYTHON_DEFAULT_PRELOAD,
+};
 use elide_proto::elide::daemon::v1 as pb;
 use pb::elide_daemon_client::ElideDaemonClient;
 use tonic::transport::Channel;
@@ -66,7 +61,7 @@ impl BenchDaemon {
         };
         let mut runtime = ProcessRuntime::discover(&config);
         if warm_python {
-            let preload = python_zygote::DEFAULT_PRELOAD
+            let preload = PYTHON_DEFAULT_PRELOAD
                 .iter()
                 .map(|m| m.to_string())
                 .collect();

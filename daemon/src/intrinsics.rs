@@ -6,7 +6,7 @@
 //! ([`elide_proto::intrinsics::resolve`]). Sessions keep the names as
 //! given; the rules compare what they grant.
 
-pub use elide_proto::intrinsics::{Intrinsic, INTRINSICS};
+pub use elide_proto::intrinsics::INTRINSICS;
 
 use elide_proto::elide::daemon::v1 as pb;
 use elide_proto::intrinsics::{NameError, ORIGINAL_NAMES};

@@ -4,35 +4,57 @@
 //! runs snippets. The crate is layered so that the state machine can be
 //! tested, and simulated, without processes or sockets:
 //!
-//! * [`registry`]: sessions, executions, events and the API operations;
-//! * [`supervisor`]: drives one execution (slots, timeout, stop, memory);
-//! * [`runtime`]: the seam that starts programs ([`runtime::process`] is the
-//!   real one); [`cgroup`]: its per-execution cgroups (v1 and v2);
-//! * [`store`]: durable state; [`output`], [`events`]: retained output and
-//!   status logs; [`session`]: the narrowing rules;
-//! * [`service`]: the gRPC translation; [`v1alpha1`]: the original
-//!   contract over the same registry; [`server`]: listeners;
-//!   [`authority`]: lets clients that send a socket path as `:authority`
+//! * `registry`: sessions, executions, events and the API operations;
+//! * `supervisor`: drives one execution (slots, timeout, stop, memory);
+//! * `runtime`: the seam that starts programs (`runtime::process` is the
+//!   real one); `cgroup`: its per-execution cgroups (v1 and v2);
+//! * `store`: durable state; `output`, `events`: retained output and
+//!   status logs; `session`: the narrowing rules;
+//! * `service`: the gRPC translation; `v1alpha1`: the original
+//!   contract over the same registry; `server`: listeners;
+//!   `authority`: lets clients that send a socket path as `:authority`
 //!   in.
+//!
+//! Every module is private; what other crates use is re-exported below,
+//! so the compiler sees dead code and the public surface is this list.
 
-pub mod authority;
-pub mod cgroup;
-pub mod client;
-pub mod elide_apis;
-pub mod error;
-pub mod events;
-pub mod ids;
-pub mod intrinsics;
-pub mod language;
-pub mod limits;
-pub mod output;
-pub mod registry;
-pub mod runtime;
-pub mod server;
-pub mod service;
-pub mod session;
-pub mod signal;
-pub mod store;
-pub mod supervisor;
-pub mod time;
-pub mod v1alpha1;
+mod authority;
+mod cgroup;
+mod client;
+mod elide_apis;
+mod error;
+mod events;
+mod ids;
+mod intrinsics;
+mod language;
+mod limits;
+mod output;
+mod registry;
+mod runtime;
+mod server;
+mod service;
+mod session;
+mod signal;
+mod store;
+mod supervisor;
+mod time;
+mod v1alpha1;
+
+pub use cgroup::Cgroups;
+pub use client::{connect, Target};
+pub use error::DaemonError;
+pub use ids::{RandomIds, SequentialIds};
+pub use limits::Limits;
+pub use output::Stream;
+pub use registry::{is_terminal, RegistryDeps, SessionRegistry};
+pub use runtime::process::{ProcessRuntime, ProcessRuntimeConfig, TypeScriptRunner};
+pub use runtime::python_zygote::DEFAULT_PRELOAD as PYTHON_DEFAULT_PRELOAD;
+pub use runtime::run_as::check_reachable_by_all;
+pub use runtime::scripted::ScriptedRuntime;
+pub use runtime::{
+    ExitInfo, LanguageRuntime, Program, ProgramEvent, ProgramSpec, Runtime, RuntimeError,
+};
+pub use server::{serve, ListenOptions};
+pub use service::DaemonService;
+pub use store::{FsStore, MemoryStore, StateStore};
+pub use time::{SystemClock, TokioClock};

@@ -80,11 +80,6 @@ impl OwnedSocket {
     pub fn take_listener(&mut self) -> Option<UnixListener> {
         self.listener.take()
     }
-
-    /// The socket path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 impl Drop for OwnedSocket {

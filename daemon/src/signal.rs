@@ -22,11 +22,6 @@ pub fn parse_signal(name: &str) -> Result<Signal, DaemonError> {
     })
 }
 
-/// Canonical name of a signal, e.g. "SIGKILL".
-pub fn signal_name(sig: Signal) -> &'static str {
-    sig.as_str()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

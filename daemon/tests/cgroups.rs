@@ -35,23 +35,41 @@ async fn require_cgroups(c: &mut Client) -> String {
     caps.memory_limits_detail
 }
 
-/// The memory cgroup directory of live process `pid`, from its
-/// `/proc/PID/cgroup` (v1 `memory` line, or the v2 `0::` line).
+/// The memory cgroup directory of live process `pid`, read from
+/// `/proc/PID/cgroup` and `/proc/self/mountinfo` here rather than with the
+/// daemon's own parser, so a parser bug cannot hide itself: the v1 `memory`
+/// line and the cgroup v1 mount whose options name `memory`, or else the v2
+/// `0::` line and the cgroup2 mount.
 fn memory_cgroup_of(pid: i32) -> PathBuf {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mounts = elide_daemon::cgroup::hierarchy::parse_mountinfo(&mountinfo);
-    let membership = elide_daemon::cgroup::hierarchy::parse_proc_cgroup(&text);
-    match (mounts.v1.get("memory"), membership.v1.get("memory")) {
-        (Some(mount), Some(path)) => elide_daemon::cgroup::hierarchy::join(mount, path),
-        _ => elide_daemon::cgroup::hierarchy::join(
-            mounts.unified.as_deref().expect("a cgroup mount"),
-            membership
-                .unified
-                .as_deref()
-                .expect("a unified cgroup line"),
+    // mountinfo: `id parent major:minor root mount-point options ... - fstype source super-options`
+    let mount_of = |wanted_fstype: &str, needs_memory: bool| {
+        mountinfo.lines().find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mut right = right.split_whitespace();
+            let fstype = right.next()?;
+            let super_options = right.nth(1).unwrap_or("");
+            let memory = super_options.split(',').any(|o| o == "memory");
+            (fstype == wanted_fstype && (!needs_memory || memory))
+                .then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap()))
+        })
+    };
+    let line_for = |controller: &str| {
+        membership.lines().find_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            (controllers.split(',').any(|c| c == controller)).then(|| path.to_string())
+        })
+    };
+    let (mount, path) = match (mount_of("cgroup", true), line_for("memory")) {
+        (Some(mount), Some(path)) => (mount, path),
+        _ => (
+            mount_of("cgroup2", false).expect("a cgroup2 mount"),
+            line_for("").expect("a unified `0::` cgroup line"),
         ),
-    }
+    };
+    mount.join(path.trim_start_matches('/'))
 }
 
 fn read(path: &Path) -> String {

@@ -4,13 +4,10 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use elide_daemon::error::DaemonError;
-use elide_daemon::ids::SequentialIds;
-use elide_daemon::limits::Limits;
-use elide_daemon::registry::{is_terminal, RegistryDeps, SessionRegistry};
-use elide_daemon::runtime::scripted::ScriptedRuntime;
-use elide_daemon::store::{MemoryStore, StateStore};
-use elide_daemon::time::TokioClock;
+use elide_daemon::{
+    is_terminal, DaemonError, Limits, MemoryStore, RegistryDeps, ScriptedRuntime, SequentialIds,
+    SessionRegistry, StateStore, TokioClock,
+};
 use elide_proto::elide::daemon::v1 as pb;
 use nix::sys::signal::Signal;
 use pb::ExecutionState as S;
@@ -360,7 +357,7 @@ async fn backpressure_holds_a_flood_without_a_reader_and_a_stop_lifts_it() {
     );
     // A reader's progress lets more through.
     let log = reg.output("s", "flood").unwrap();
-    log.mark_sent(elide_daemon::output::Stream::Stdout, held.stdout_bytes);
+    log.mark_sent(elide_daemon::Stream::Stdout, held.stdout_bytes);
     advance(Duration::from_millis(10)).await;
     assert!(status(&reg, "s", "flood").stdout_bytes > held.stdout_bytes);
     // A stop is never held back by backpressure.

@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use nix::unistd::{Gid, Group};
 
 pub use elide_proto::handshake::{
-    handshake_line, APP_PROTOCOL_VERSION, CORE_PROTOCOL_VERSION, MAGIC_COOKIE_KEY,
-    MAGIC_COOKIE_VALUE,
+    handshake_line, APP_PROTOCOL_VERSION, MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE,
 };
 
 /// Why the process was not started the way a Nomad client starts plugins.

@@ -2,34 +2,51 @@
 //! JavaScript snippets in the node's shared Elide execution daemon.
 //!
 //! Layout:
-//! * process contract: [`launch`] (environment, socket; the handshake line
+//! * process contract: `launch` (environment, socket; the handshake line
 //!   is `elide_proto::handshake`),
-//!   [`logging`] (hclog JSON on stderr), [`shutdown`];
-//! * configuration: [`plugin_config`] (agent `plugin` block),
-//!   [`task_config`] (task `config` block), [`script`] (loading a task's
+//!   `logging` (hclog JSON on stderr), `shutdown`;
+//! * configuration: `plugin_config` (agent `plugin` block),
+//!   `task_config` (task `config` block), `script` (loading a task's
 //!   script safely), built on `elide_cty` (Nomad's msgpack encoding),
-//!   [`hclspec`] (schema builders); durations, the languages and the
+//!   `hclspec` (schema builders); durations, the languages and the
 //!   intrinsics it knows come from `elide_proto`, shared with the daemon;
-//! * driver state: [`driver`], with daemon health from [`probe`] and,
-//!   when configured, the daemon started and restarted by [`supervision`];
-//! * the daemon: [`daemon_link`] (transport seam, deadlines, keepalive,
-//!   session and execution naming) and [`tasks`] (the task lifecycle);
-//! * Nomad-facing gRPC: [`grpc`], with Nomad's error details from
+//! * driver state: `driver`, with daemon health from `probe` and,
+//!   when configured, the daemon started and restarted by `supervision`;
+//! * the daemon: `daemon_link` (transport seam, deadlines, keepalive,
+//!   session and execution naming) and `tasks` (the task lifecycle);
+//! * Nomad-facing gRPC: `grpc`, with Nomad's error details from
 //!   `elide_proto::recoverable`.
 
 #![warn(missing_docs)]
 
-pub mod daemon_link;
-pub mod driver;
-pub mod grpc;
+mod daemon_link;
+mod driver;
+mod grpc;
 mod hclspec;
-pub mod host;
-pub mod launch;
-pub mod logging;
-pub mod plugin_config;
-pub mod probe;
+mod host;
+mod launch;
+mod logging;
+mod plugin_config;
+mod probe;
 mod script;
-pub mod shutdown;
+mod shutdown;
 mod supervision;
-pub mod task_config;
-pub mod tasks;
+mod task_config;
+mod tasks;
+
+pub use daemon_link::identity::execution_id;
+pub use daemon_link::{BoxedIo, Dialer, DialerFactory};
+pub use driver::ElideDriver;
+pub use grpc::{serve, BasePluginService, DriverService, FINGERPRINT_INTERVAL};
+pub use host::{Host, HostUser, LogSinks, LogWriter, StateFiles, TaskUsers, WallClock};
+pub use launch::{check_environment, handshake_line, socket_dir, PluginSocket};
+pub use logging::init_stderr as init_stderr_logging;
+pub use plugin_config::schema as plugin_config_schema;
+pub use plugin_config::{
+    DaemonCommand, DaemonEndpoint, PluginConfig, StatusMode, UserPolicy, DEFAULT_DAEMON_SOCKET,
+};
+pub use probe::{ApiProbe, AttributeValue, DaemonHealth};
+pub use shutdown::Shutdown;
+pub use task_config::schema as task_config_schema;
+pub use task_config::{ElideTaskConfig, TaskSource};
+pub use tasks::{TaskError, FORCE_DELETE_TIMEOUT, REAP_MAX_DELAY};

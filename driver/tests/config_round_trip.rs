@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use elide_driver::plugin_config::{self, DaemonCommand, DaemonEndpoint, PluginConfig, StatusMode};
-use elide_driver::task_config::{self, ElideTaskConfig, TaskSource};
+use elide_driver::{
+    DaemonCommand, DaemonEndpoint, ElideTaskConfig, PluginConfig, StatusMode, TaskSource,
+};
 use elide_proto::hashicorp::nomad::plugins::shared::hclspec::{spec::Block as SpecKind, Spec};
 
 /// Every key of an object schema, nested blocks as `block.key`.
@@ -87,7 +88,7 @@ session_config {
 
 #[test]
 fn every_plugin_config_field_reaches_the_driver_as_written() {
-    let spec = plugin_config::schema();
+    let spec = elide_driver::plugin_config_schema();
     let (body, bytes) = encode(&spec, PLUGIN);
     // `daemon_socket` and `daemon_address` exclude each other: the address
     // is checked below.
@@ -100,7 +101,7 @@ fn every_plugin_config_field_reaches_the_driver_as_written() {
     assert_eq!(config.status_mode, StatusMode::Poll);
     assert_eq!(
         config.users,
-        elide_driver::plugin_config::UserPolicy {
+        elide_driver::UserPolicy {
             default_user: "daemon".into(),
             allow_root: true,
             denied_users: vec!["games".into()],
@@ -158,7 +159,7 @@ elide_opts {
 
 #[test]
 fn every_task_config_field_reaches_the_driver_as_written() {
-    let spec = task_config::schema();
+    let spec = elide_driver::task_config_schema();
     let (body, bytes) = encode(&spec, TASK);
     // `script` and `code` exclude each other: the script is checked below.
     assert_covers(&spec, &body, &["script"]);

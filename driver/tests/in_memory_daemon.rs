@@ -9,18 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::plugin_config;
 
-use elide_daemon::ids::RandomIds;
-use elide_daemon::limits::Limits;
-use elide_daemon::registry::{RegistryDeps, SessionRegistry};
-use elide_daemon::runtime::process::{ProcessRuntime, ProcessRuntimeConfig};
-use elide_daemon::service::DaemonService;
-use elide_daemon::store::FsStore;
-use elide_daemon::time::SystemClock;
-use elide_driver::daemon_link::{BoxedIo, Dialer, DialerFactory};
-use elide_driver::driver::ElideDriver;
-use elide_driver::plugin_config::{DaemonEndpoint, DEFAULT_DAEMON_SOCKET};
-use elide_driver::probe::{ApiProbe, AttributeValue, DaemonHealth};
-use elide_driver::tasks::TaskError;
+use elide_daemon::{
+    DaemonService, FsStore, Limits, ProcessRuntime, ProcessRuntimeConfig, RandomIds, RegistryDeps,
+    SessionRegistry, SystemClock,
+};
+use elide_driver::{
+    ApiProbe, AttributeValue, BoxedIo, DaemonEndpoint, DaemonHealth, Dialer, DialerFactory,
+    ElideDriver, TaskError, DEFAULT_DAEMON_SOCKET,
+};
 use elide_proto::hashicorp::nomad::plugins::drivers::proto::{TaskConfig, TaskHandle};
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
@@ -84,7 +80,7 @@ fn switchable(dialers: &DialerFactory, up: &Arc<AtomicBool>) -> DialerFactory {
 /// encoded with the driver's own task schema.
 fn python_task(code: &str) -> Vec<u8> {
     elide_e2e::cty::encode(
-        &elide_driver::task_config::schema(),
+        &elide_driver::task_config_schema(),
         &elide_e2e::cty::TaskConfig::code("python", code).body(),
     )
 }
@@ -379,7 +375,7 @@ async fn a_delete_left_unconfirmed_by_a_dead_plugin_is_resumed_by_the_next() {
     let dir = tempfile::tempdir().unwrap();
     let dialers = in_memory_daemon(dir.path());
     let task = task_config(dir.path(), "alloc/t/0011", "import sys; sys.exit(4)");
-    let config = elide_driver::plugin_config::PluginConfig {
+    let config = elide_driver::PluginConfig {
         driver_state_dir: dir.path().join("driver-state"),
         ..Default::default()
     };

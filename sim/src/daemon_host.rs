@@ -7,12 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use elide_daemon::ids::SequentialIds;
-use elide_daemon::limits::Limits;
-use elide_daemon::registry::{RegistryDeps, SessionRegistry};
-use elide_daemon::service::DaemonService;
-use elide_daemon::store::MemoryStore;
-use elide_daemon::time::TokioClock;
+use elide_daemon::{
+    DaemonService, Limits, MemoryStore, RegistryDeps, SequentialIds, SessionRegistry, TokioClock,
+};
 
 use crate::net::incoming;
 use crate::truth::{GroundTruth, RecordingRuntime};

@@ -7,7 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use elide_driver::host::StateFiles;
+use elide_driver::StateFiles;
 
 /// In-memory files.
 #[derive(Debug, Clone, Default)]

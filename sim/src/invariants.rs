@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
-use elide_daemon::runtime::ExitInfo;
+use elide_daemon::ExitInfo;
 
 use crate::evidence::{Evidence, Latency};
 use crate::plan::daemon_host;

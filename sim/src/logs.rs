@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
-use elide_driver::host::{LogSinks, LogWriter};
+use elide_driver::{LogSinks, LogWriter};
 use futures::future::BoxFuture;
 use tokio::io::AsyncWrite;
 

@@ -174,7 +174,7 @@ impl Plan {
                     client: n % clients + 1,
                     group: group.name.clone(),
                     index,
-                    execution_id: elide_driver::daemon_link::identity::execution_id(&task_id),
+                    execution_id: elide_driver::execution_id(&task_id),
                     task_id,
                     alloc_id,
                     start_at: group.start.0 + Duration::from_millis(offset),

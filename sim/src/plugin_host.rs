@@ -7,12 +7,10 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use elide_driver::daemon_link::DialerFactory;
-use elide_driver::driver::ElideDriver;
-use elide_driver::grpc::{BasePluginService, DriverService, FINGERPRINT_INTERVAL};
-use elide_driver::host::{Host, WallClock};
-use elide_driver::plugin_config::DaemonEndpoint;
-use elide_driver::probe::ApiProbe;
+use elide_driver::{
+    ApiProbe, BasePluginService, DaemonEndpoint, DialerFactory, DriverService, ElideDriver, Host,
+    WallClock, FINGERPRINT_INTERVAL,
+};
 use elide_proto::hashicorp::nomad::plugins::base::proto::base_plugin_server::BasePluginServer;
 use elide_proto::hashicorp::nomad::plugins::drivers::proto::driver_server::DriverServer;
 
@@ -42,7 +40,7 @@ pub fn sim_dialers() -> DialerFactory {
             DaemonEndpoint::Tcp(address) => address.clone(),
             DaemonEndpoint::Unix(path) => path.display().to_string(),
         };
-        Arc::new(SimDialer(target)) as Arc<dyn elide_driver::daemon_link::Dialer>
+        Arc::new(SimDialer(target)) as Arc<dyn elide_driver::Dialer>
     })
 }
 

@@ -175,7 +175,7 @@ pub struct DaemonLimits {
 
 impl DaemonLimits {
     /// The daemon's limits with these applied.
-    pub fn apply(&self, mut limits: elide_daemon::limits::Limits) -> elide_daemon::limits::Limits {
+    pub fn apply(&self, mut limits: elide_daemon::Limits) -> elide_daemon::Limits {
         if let Some(grace) = self.max_cancel_grace {
             limits.max_cancel_grace = grace.0;
         }
@@ -391,7 +391,7 @@ impl Scenario {
         }
         scenario
             .daemon
-            .apply(elide_daemon::limits::Limits::default())
+            .apply(elide_daemon::Limits::default())
             .validate()
             .map_err(|problem| invalid(format!("[daemon]: {problem}")))?;
         for fault in &scenario.faults {

@@ -7,10 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use elide_daemon::output::Stream;
-use elide_daemon::runtime::scripted::ScriptedRuntime;
-use elide_daemon::runtime::{
+use elide_daemon::{
     ExitInfo, LanguageRuntime, Program, ProgramEvent, ProgramSpec, Runtime, RuntimeError,
+    ScriptedRuntime, Stream,
 };
 use tokio::sync::mpsc;
 

@@ -4,7 +4,7 @@
 use std::io;
 use std::path::Path;
 
-use elide_driver::host::{HostUser, TaskUsers};
+use elide_driver::{HostUser, TaskUsers};
 
 /// Every simulated client has the same users: `nobody` (the driver's
 /// default) and `root`.

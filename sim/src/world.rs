@@ -27,9 +27,7 @@ use crate::truth::GroundTruth;
 /// clean-up to finish: long enough for the driver's deletion of a destroyed
 /// task's execution to come round once more at its longest back-off.
 pub const SETTLE: Duration = Duration::from_secs(
-    elide_driver::tasks::REAP_MAX_DELAY.as_secs()
-        + elide_driver::tasks::FORCE_DELETE_TIMEOUT.as_secs()
-        + 15,
+    elide_driver::REAP_MAX_DELAY.as_secs() + elide_driver::FORCE_DELETE_TIMEOUT.as_secs() + 15,
 );
 
 /// The outcome of one run.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use elide_daemon::client::{connect, Target};
+use elide_daemon::{connect, Target};
 use elide_proto::elide::daemon::v1 as pb;
 use tokio_stream::StreamExt;
 

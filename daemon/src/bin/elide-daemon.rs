@@ -6,16 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use elide_daemon::cgroup::Cgroups;
-use elide_daemon::ids::RandomIds;
-use elide_daemon::limits::Limits;
-use elide_daemon::registry::{RegistryDeps, SessionRegistry};
-use elide_daemon::runtime::process::{ProcessRuntime, ProcessRuntimeConfig, TypeScriptRunner};
-use elide_daemon::runtime::{python_zygote, run_as};
-use elide_daemon::server::{serve, ListenOptions};
-use elide_daemon::service::DaemonService;
-use elide_daemon::store::FsStore;
-use elide_daemon::time::SystemClock;
+use elide_daemon::{
+    check_reachable_by_all, serve, Cgroups, DaemonService, FsStore, Limits, ListenOptions,
+    ProcessRuntime, ProcessRuntimeConfig, RandomIds, RegistryDeps, SessionRegistry, SystemClock,
+    TypeScriptRunner, PYTHON_DEFAULT_PRELOAD,
+};
 
 /// Runs Python and JavaScript snippets for many clients through one
 /// session-based gRPC API.
@@ -82,7 +77,7 @@ struct Args {
     sample_interval_secs: f64,
     /// What runs snippets: `process` (python3/node/elide interpreters) or
     /// `scripted` (the deterministic test language of
-    /// `elide_daemon::runtime::scripted`, for benchmarks and tests at scale).
+    /// `ScriptedRuntime`, for benchmarks and tests at scale).
     #[arg(long, value_enum, default_value = "process")]
     runtime: RuntimeKind,
     /// Start python executions as forks of a zygote interpreter that has
@@ -92,7 +87,7 @@ struct Args {
     python_warm: bool,
     /// Modules the python zygote imports before forking, comma-separated.
     /// A module that cannot be imported stops the daemon at start.
-    #[arg(long, value_delimiter = ',', default_values_t = python_zygote::DEFAULT_PRELOAD.iter().map(|m| m.to_string()))]
+    #[arg(long, value_delimiter = ',', default_values_t = PYTHON_DEFAULT_PRELOAD.iter().map(|m| m.to_string()))]
     python_preload: Vec<String>,
     /// Who programs run as when their request names no user
     /// (`run_as_user`), when the daemon runs as root. A daemon that is not
@@ -184,7 +179,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
     let mut cgroups_in_use = None;
-    let runtime: Arc<dyn elide_daemon::runtime::Runtime> = match args.runtime {
+    let runtime: Arc<dyn elide_daemon::Runtime> = match args.runtime {
         RuntimeKind::Process => {
             let cgroups = match args.cgroups {
                 CgroupMode::Off => Cgroups::disabled("turned off (--cgroups off)"),
@@ -231,7 +226,7 @@ async fn main() -> anyhow::Result<()> {
             };
             Arc::new(runtime)
         }
-        RuntimeKind::Scripted => Arc::new(elide_daemon::runtime::scripted::ScriptedRuntime),
+        RuntimeKind::Scripted => Arc::new(elide_daemon::ScriptedRuntime),
     };
     let store = FsStore::open(&args.state_dir).context("opening the state store")?;
     let registry = SessionRegistry::open(RegistryDeps {
@@ -294,7 +289,7 @@ fn prepare_shared_dirs(state_dir: &Path, scratch_dir: &Path) -> anyhow::Result<(
         if nix::unistd::Uid::effective().is_root() {
             // Not fatal: programs running as the daemon's own user (root by
             // request) still work; the others fail naming the directory.
-            if let Err(problem) = run_as::check_reachable_by_all(&dir) {
+            if let Err(problem) = check_reachable_by_all(&dir) {
                 tracing::warn!("{problem}");
             }
         }

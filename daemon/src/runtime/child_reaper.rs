@@ -43,11 +43,6 @@ pub fn hold() -> OwnedPids<'static> {
     OwnedPids(owned().lock().unwrap_or_else(|p| p.into_inner()))
 }
 
-/// `pid` has an owner that waits for it.
-pub fn register(pid: i32) {
-    hold().register(pid);
-}
-
 /// `pid` was waited for by its owner.
 pub fn forget(pid: i32) {
     hold().0.remove(&pid);

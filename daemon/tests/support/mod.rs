@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use elide_daemon::client::{connect, Target};
+use elide_daemon::{connect, Target};
 use elide_proto::elide::daemon::v1 as pb;
 use pb::elide_daemon_client::ElideDaemonClient;
 use tokio_stream::StreamExt;

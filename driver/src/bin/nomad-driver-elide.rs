@@ -8,12 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use elide_driver::driver::ElideDriver;
-use elide_driver::grpc::{self, FINGERPRINT_INTERVAL};
-use elide_driver::launch::{self, PluginSocket};
-use elide_driver::logging;
-use elide_driver::probe::ApiProbe;
-use elide_driver::shutdown::Shutdown;
+use elide_driver::{
+    check_environment, handshake_line, serve, socket_dir, ApiProbe, ElideDriver, PluginSocket,
+    Shutdown, FINGERPRINT_INTERVAL,
+};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// How long in-flight calls get to finish once shutdown is requested; the
@@ -21,12 +19,12 @@ use tokio::signal::unix::{signal, SignalKind};
 const DRAIN_LIMIT: Duration = Duration::from_millis(800);
 
 fn main() -> ExitCode {
-    if let Err(e) = launch::check_environment(|key| std::env::var(key).ok()) {
+    if let Err(e) = check_environment(|key| std::env::var(key).ok()) {
         // Run by hand: a human is reading; logging is not set up yet.
         let _ = writeln!(std::io::stderr(), "{e}");
         return ExitCode::FAILURE;
     }
-    logging::init_stderr("elide");
+    elide_driver::init_stderr_logging("elide");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -56,16 +54,14 @@ async fn run() -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let env = |key: &str| std::env::var(key).ok();
-    let mut socket = PluginSocket::bind(
-        &launch::socket_dir(env),
-        env("PLUGIN_UNIX_SOCKET_GROUP").as_deref(),
-    )?;
+    let mut socket =
+        PluginSocket::bind(&socket_dir(env), env("PLUGIN_UNIX_SOCKET_GROUP").as_deref())?;
     let listener = socket
         .take_listener()
         .context("socket listener already taken")?;
     let shutdown = Shutdown::new();
     let driver = Arc::new(ElideDriver::new(Arc::new(ApiProbe::default())));
-    let mut server = tokio::spawn(grpc::serve(
+    let mut server = tokio::spawn(serve(
         listener,
         driver,
         shutdown.clone(),
@@ -115,7 +111,7 @@ async fn run() -> anyhow::Result<()> {
 fn announce(socket: &PluginSocket) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     stdout
-        .write_all(launch::handshake_line(socket.path()).as_bytes())
+        .write_all(handshake_line(socket.path()).as_bytes())
         .and_then(|()| stdout.flush())
         .context("cannot write the handshake line to stdout")?;
     let dev_null = std::fs::File::options()

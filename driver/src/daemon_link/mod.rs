@@ -299,12 +299,6 @@ impl DaemonLink {
         let _ = current.wait_for(|g| *g > generation).await;
     }
 
-    /// A client for opening streams (which carry no deadline; keepalive
-    /// detects a dead peer).
-    pub fn client(&self) -> DaemonClient {
-        self.connection.current().0
-    }
-
     /// Runs one unary call with the link's deadline: the deadline is sent to
     /// the daemon (`grpc-timeout`) and enforced here as well.
     pub async fn unary<Req, Resp, F, Fut>(&self, message: Req, call: F) -> Result<Resp, CallError>

@@ -18,8 +18,8 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic_health::ServingStatus;
 
-pub use base_plugin::{BasePluginService, DRIVER_API_VERSION};
-pub use driver_service::{capabilities, fingerprint_response, DriverService, FINGERPRINT_INTERVAL};
+pub use base_plugin::BasePluginService;
+pub use driver_service::{DriverService, FINGERPRINT_INTERVAL};
 pub use go_plugin::{Broker, Controller, Stdio};
 
 use crate::driver::ElideDriver;

@@ -14,7 +14,7 @@ mod users;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-pub use fifo::{FifoSinks, LogSinks, LogWriter, FIFO_OPEN_LIMIT};
+pub use fifo::{FifoSinks, LogSinks, LogWriter};
 pub use files::{LocalFiles, StateFiles};
 pub use users::{HostUser, SystemUsers, TaskUsers};
 

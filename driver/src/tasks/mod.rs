@@ -52,7 +52,6 @@ pub use exit::ExitOutcome;
 pub use stats::{NodeCompute, ResourceSample};
 pub use status_feed::{Observed, StatusHub};
 use stop::cancel_execution;
-pub use stop::{await_stop, StopEnd};
 
 use intents::{keep_stopping, DeleteJournal, StopFile, StopRequest};
 

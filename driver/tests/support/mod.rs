@@ -8,5 +8,5 @@ pub use elide_e2e::nomad_client;
 /// driver's own schema by the project's one cty encoder.
 #[allow(dead_code)] // not every test binary that includes this module uses it
 pub fn plugin_config(body: &hcl::Body) -> Vec<u8> {
-    elide_e2e::cty::encode(&elide_driver::plugin_config::schema(), body)
+    elide_e2e::cty::encode(&elide_driver::plugin_config_schema(), body)
 }
