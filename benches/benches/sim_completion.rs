@@ -12,9 +12,7 @@
 
 use std::time::Duration;
 
-use elide_sim::evidence::Latency;
-use elide_sim::scenario::Scenario;
-use elide_sim::world;
+use elide_sim::{Latency, Scenario};
 
 fn scenario(tasks: usize, mode: &str) -> Scenario {
     let text = format!(
@@ -39,7 +37,7 @@ exit 0
 }
 
 fn measure(tasks: usize, mode: &str) -> Latency {
-    let report = world::run(&scenario(tasks, mode), 1);
+    let report = elide_sim::run_scenario(&scenario(tasks, mode), 1);
     assert!(
         report.passed(),
         "{tasks} tasks in {mode} mode broke invariants: {:?}",

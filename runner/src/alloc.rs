@@ -38,8 +38,6 @@ pub struct TaskDir {
     pub local: PathBuf,
     /// `<alloc_dir>/<task>/secrets` (NOMAD_SECRETS_DIR).
     pub secrets: PathBuf,
-    /// `<alloc_dir>/<task>/tmp`.
-    pub tmp: PathBuf,
     /// stdout FIFO.
     pub stdout_fifo: PathBuf,
     /// stderr FIFO.
@@ -112,7 +110,6 @@ impl AllocDir {
         Ok(TaskDir {
             local: dir.join("local"),
             secrets: dir.join("secrets"),
-            tmp: dir.join("tmp"),
             dir,
             stdout_fifo,
             stderr_fifo,

@@ -130,11 +130,6 @@ impl PrivateDaemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// The daemon's process id.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
     /// SIGTERM, wait up to [`STOP_LIMIT`], then SIGKILL.
     pub async fn stop(mut self) {
         let Some(mut child) = self.child.take() else {

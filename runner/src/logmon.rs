@@ -21,6 +21,7 @@ pub enum Sink {
     /// The process's stderr.
     Stderr,
     /// A buffer (tests).
+    #[cfg(test)]
     Buffer(Arc<Mutex<Vec<u8>>>),
 }
 
@@ -42,6 +43,7 @@ impl Sink {
                 let mut out = std::io::stderr().lock();
                 out.write_all(&whole).and_then(|_| out.flush())
             }
+            #[cfg(test)]
             Sink::Buffer(buffer) => {
                 buffer
                     .lock()

@@ -60,7 +60,6 @@ pub struct PluginHost {
     /// Base plugin service client.
     pub base: BasePluginClient<Channel>,
     controller: GrpcControllerClient<Channel>,
-    stderr_tail: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl PluginHost {
@@ -150,21 +149,12 @@ impl PluginHost {
                 .max_encoding_message_size(usize::MAX),
             base: BasePluginClient::new(channel.clone()),
             controller: GrpcControllerClient::new(channel),
-            stderr_tail,
         })
     }
 
     /// The plugin's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
-    }
-
-    /// The plugin's last stderr lines (messages only).
-    pub fn stderr_tail(&self) -> Vec<String> {
-        self.stderr_tail
-            .lock()
-            .map(|t| t.clone())
-            .unwrap_or_default()
     }
 
     /// go-plugin's `Client.Kill`: Shutdown, wait ≤ 2 s, then SIGKILL.

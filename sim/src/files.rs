@@ -19,16 +19,6 @@ impl MemoryFiles {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<PathBuf, Vec<u8>>> {
         self.files.lock().unwrap_or_else(|p| p.into_inner())
     }
-
-    /// Number of files.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
 }
 
 impl StateFiles for MemoryFiles {

@@ -2,30 +2,37 @@
 //! cluster running the production driver and daemon.
 //!
 //! Per simulated client there are three hosts: a fake Nomad agent
-//! ([`nomad`]), the driver plugin ([`plugin_host`]) and its daemon
-//! ([`daemon_host`]). Only the transport ([`net`]), the clock, the
-//! daemon's runtime (scripted, recorded as [`truth`]) and the disks
-//! ([`files`], [`logs`], the daemon's `MemoryStore`) are swapped; the
-//! logic under test is the production code. A [`scenario`] is drawn into a
-//! [`plan`] for a seed, [`world::run`] plays it with its faults, and the
-//! [`invariants`] judge what the agents [`observe`]d against the ground
-//! truth. Same seed, same [`trace`], byte for byte.
+//! (`nomad`), the driver plugin (`plugin_host`) and its daemon
+//! (`daemon_host`). Only the transport (`net`), the clock, the
+//! daemon's runtime (scripted, recorded as `truth`) and the disks
+//! (`files`, `logs`, the daemon's `MemoryStore`) are swapped; the
+//! logic under test is the production code. A `scenario` is drawn into a
+//! `plan` for a seed, `world::run` plays it with its faults, and the
+//! `invariants` judge what the agents `observe`d against the ground
+//! truth. Same seed, same `trace`, byte for byte.
 
-pub mod daemon_host;
-pub mod evidence;
-pub mod files;
-pub mod invariants;
-pub mod logs;
-pub mod net;
-pub mod nomad;
-pub mod observe;
-pub mod plan;
-pub mod plugin_host;
-pub mod scenario;
-pub mod trace;
-pub mod truth;
-pub mod users;
-pub mod world;
+mod daemon_host;
+mod evidence;
+mod files;
+mod invariants;
+mod logs;
+mod net;
+mod nomad;
+mod observe;
+mod plan;
+mod plugin_host;
+mod scenario;
+mod trace;
+mod truth;
+mod users;
+mod world;
+
+pub use daemon_host::DaemonHost;
+pub use evidence::Latency;
+pub use net::channel;
+pub use scenario::Scenario;
+pub use trace::Trace;
+pub use world::{run as run_scenario, RunReport};
 
 use std::time::{Duration, SystemTime};
 

@@ -5,9 +5,7 @@
 use std::time::Duration;
 
 use elide_proto::elide::daemon::v1 as pb;
-use elide_sim::daemon_host::DaemonHost;
-use elide_sim::net::channel;
-use elide_sim::trace::Trace;
+use elide_sim::{channel, DaemonHost, Trace};
 use pb::elide_daemon_client::ElideDaemonClient;
 use pb::ExecutionState as S;
 use tokio_stream::StreamExt;

@@ -3,8 +3,7 @@
 
 use std::path::PathBuf;
 
-use elide_sim::scenario::Scenario;
-use elide_sim::world;
+use elide_sim::Scenario;
 
 fn load(name: &str) -> Scenario {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -19,7 +18,7 @@ fn run_scenario(name: &str) {
     let scenario = load(name);
     assert!(!scenario.seeds.is_empty(), "{name} lists no seeds");
     for &seed in &scenario.seeds {
-        let report = world::run(&scenario, seed);
+        let report = elide_sim::run_scenario(&scenario, seed);
         if !report.passed() {
             let lines = report.trace.lines();
             let tail = lines[lines.len().saturating_sub(40)..].join("\n");

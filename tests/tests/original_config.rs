@@ -36,7 +36,7 @@ async fn plugin_config(host: &mut NomadHost, daemon: &Daemon, replace: (&str, &s
             &format!("{:?}", daemon.socket.display().to_string()),
         )
         .replace(replace.0, replace.1);
-    let block = elide_runner::agent_config::parse(std::path::Path::new("nomad-agent.hcl"), &text)
+    let block = elide_runner::parse_agent_config(std::path::Path::new("nomad-agent.hcl"), &text)
         .expect("agent config");
     assert_eq!(block.label, "elide");
     let schema = host

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
-use elide_runner::run::{self, RunError, RunOptions};
+use elide_runner::{run_job, RunError, RunOptions};
 
 /// Run a Nomad job file's `driver = "elide"` tasks locally, through the
 /// real nomad-driver-elide plugin and an elide-daemon.
@@ -109,7 +109,7 @@ fn real_main() -> anyhow::Result<i32> {
                 let _ = tx.send(true);
             }
         });
-        run::run(&options, rx).await.map_err(anyhow::Error::from)
+        run_job(&options, rx).await.map_err(anyhow::Error::from)
     })?;
     // Don't wait for stray blocking threads (FIFO readers) at exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));

@@ -13,8 +13,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use elide_sim::scenario::Scenario;
-use elide_sim::world::{self, RunReport};
+use elide_sim::{run_scenario, RunReport, Scenario};
 
 #[derive(Parser)]
 #[command(
@@ -96,7 +95,7 @@ fn main() -> anyhow::Result<ExitCode> {
             }
             let loaded = Scenario::load(&scenario)?;
             let wall = Instant::now();
-            let report = world::run(&loaded, seed);
+            let report = run_scenario(&loaded, seed);
             let wall = wall.elapsed();
             if !quiet {
                 for line in report.trace.lines() {
@@ -125,7 +124,7 @@ fn main() -> anyhow::Result<ExitCode> {
             for file in &files {
                 let loaded = Scenario::load(file)?;
                 for seed in first_seed..first_seed + seeds {
-                    let report = world::run(&loaded, seed);
+                    let report = run_scenario(&loaded, seed);
                     simulated += report.simulated;
                     let verdict = if report.passed() { "ok" } else { "FAILED" };
                     println!(
