@@ -25,7 +25,10 @@ mod jobspec;
 mod logmon;
 mod network;
 mod plugin_host;
+mod prestart;
 mod run;
+mod run_error;
+mod task_lifecycle;
 mod template;
 
 pub use agent_config::parse as parse_agent_config;

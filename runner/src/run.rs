@@ -4,34 +4,24 @@
 //! `WaitTask`, `StopTask` on interruption, `DestroyTask`, and cleanup on
 //! every path.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use elide_proto::hashicorp::nomad::plugins::base::proto::{
-    ConfigSchemaRequest, NomadConfig, NomadDriverConfig, PluginInfoRequest, SetConfigRequest,
-};
-use elide_proto::hashicorp::nomad::plugins::drivers::proto::fingerprint_response::HealthState;
+use elide_proto::hashicorp::nomad::plugins::base::proto::{ConfigSchemaRequest, PluginInfoRequest};
 use elide_proto::hashicorp::nomad::plugins::drivers::proto::{
-    AllocatedCpuResources, AllocatedMemoryResources, AllocatedTaskResources, CapabilitiesRequest,
-    DestroyTaskRequest, FingerprintRequest, InitRequest, LinuxResources, Resources,
-    StartTaskRequest, StopTaskRequest, TaskConfig, TaskConfigSchemaRequest, TaskEventsRequest,
-    WaitTaskRequest, WaitTaskResponse,
+    CapabilitiesRequest, StartTaskRequest, TaskConfigSchemaRequest,
 };
 use hcl::eval::Context;
 use tokio::sync::watch;
-use tokio_stream::StreamExt;
 
-use crate::agent_config::{self, AgentConfigError};
-use crate::alloc::{AllocDir, AllocError, TaskDir};
-use crate::daemon::{self, DaemonError, PrivateDaemon};
-use crate::env::{self, EnvError, Placement};
-use crate::jobspec::{Group, Job, JobError, JobType, Task};
+use crate::agent_config;
+use crate::daemon::{self, PrivateDaemon};
+use crate::jobspec::{Group, Job, Task};
 use crate::logmon::{FifoForwarder, Sink};
-use crate::network::{self, AssignedPort};
-use crate::plugin_host::{PluginError, PluginHost};
-use crate::template::{self, TemplateError};
-use elide_cty::{self as cty, CtyError};
+use crate::plugin_host::PluginHost;
+use crate::prestart::{self, PreparedTask, Prestart};
+pub use crate::run_error::RunError;
+use crate::task_lifecycle::{follow_task_events, supervise, wait_healthy, Running};
 
 /// The driver name the plugin reports and jobs use.
 pub const DRIVER_NAME: &str = "elide";
@@ -61,113 +51,6 @@ pub struct RunOptions {
     pub plugin: PathBuf,
     /// The `elide-daemon` binary (for a private daemon).
     pub daemon: PathBuf,
-}
-
-/// Why a run failed before its tasks could run to an exit code.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// The job file.
-    #[error(transparent)]
-    Job(#[from] JobError),
-    /// The job has no `elide` task.
-    #[error("{file}: no task uses driver = \"{DRIVER_NAME}\" (tasks: {tasks})")]
-    NoElideTasks {
-        /// The job file.
-        file: PathBuf,
-        /// Every task with its driver.
-        tasks: String,
-    },
-    /// `--task` names no `elide` task.
-    #[error("{file}: no elide task named {name:?}; elide tasks: {known}")]
-    UnknownTask {
-        /// The job file.
-        file: PathBuf,
-        /// The requested name.
-        name: String,
-        /// The elide tasks.
-        known: String,
-    },
-    /// The agent config file.
-    #[error(transparent)]
-    AgentConfig(#[from] AgentConfigError),
-    /// The plugin config does not fit the plugin's schema.
-    #[error("{file}: plugin \"{label}\" {error}")]
-    PluginConfig {
-        /// The agent config file (or "built-in default").
-        file: String,
-        /// The plugin block's label.
-        label: &'static str,
-        /// The mismatch.
-        error: CtyError,
-    },
-    /// A task's config does not fit the plugin's task schema.
-    #[error("{file}: task {task:?}: {error}")]
-    TaskConfig {
-        /// The job file.
-        file: PathBuf,
-        /// The task.
-        task: String,
-        /// The mismatch.
-        error: CtyError,
-    },
-    /// Launching or reaching the plugin.
-    #[error(transparent)]
-    Plugin(#[from] PluginError),
-    /// The plugin is not the elide driver.
-    #[error("{binary} reports driver name {name:?}, expected {DRIVER_NAME:?}")]
-    WrongPlugin {
-        /// The binary.
-        binary: PathBuf,
-        /// What it reported.
-        name: String,
-    },
-    /// A plugin RPC failed.
-    #[error("{call} failed: {message}")]
-    Rpc {
-        /// The RPC (and task).
-        call: String,
-        /// The status message.
-        message: String,
-    },
-    /// The driver never became healthy.
-    #[error("the driver did not report HEALTHY within {limit:?}: {description}")]
-    Unhealthy {
-        /// The limit.
-        limit: Duration,
-        /// The last health description.
-        description: String,
-    },
-    /// The private daemon.
-    #[error(transparent)]
-    Daemon(#[from] DaemonError),
-    /// Directories and FIFOs.
-    #[error(transparent)]
-    Alloc(#[from] AllocError),
-    /// Templates.
-    #[error("task {task:?}: {error}")]
-    Template {
-        /// The task.
-        task: String,
-        /// The problem.
-        error: TemplateError,
-    },
-    /// The task env.
-    #[error(transparent)]
-    Env(#[from] EnvError),
-    /// No host port could be assigned.
-    #[error("group {group:?}: {problem}")]
-    Ports {
-        /// The group.
-        group: String,
-        /// What failed.
-        problem: String,
-    },
-    /// Temp dir creation.
-    #[error("cannot create a temporary directory: {0}")]
-    TempDir(std::io::Error),
-    /// SIGINT/SIGTERM arrived before the tasks started.
-    #[error("interrupted before the tasks started")]
-    Interrupted,
 }
 
 /// How one task ended.
@@ -265,16 +148,13 @@ pub async fn run(opts: &RunOptions, interrupt: watch::Receiver<bool>) -> Result<
         plugin: None,
         daemon: None,
     };
-    let result = run_in(
+    let inputs = RunInputs {
         opts,
-        &job,
-        &selected,
-        agent_block,
-        work.path(),
-        &mut session,
-        interrupt,
-    )
-    .await;
+        job: &job,
+        selected: &selected,
+        work: work.path(),
+    };
+    let result = run_in(inputs, agent_block, &mut session, interrupt).await;
     session.close().await;
     let kept = if opts.keep_alloc {
         let path = work.keep();
@@ -305,7 +185,7 @@ impl Session {
     }
 }
 
-fn rpc(call: impl Into<String>) -> impl FnOnce(tonic::Status) -> RunError {
+pub(crate) fn rpc(call: impl Into<String>) -> impl FnOnce(tonic::Status) -> RunError {
     let call = call.into();
     move |status| RunError::Rpc {
         call,
@@ -313,7 +193,7 @@ fn rpc(call: impl Into<String>) -> impl FnOnce(tonic::Status) -> RunError {
     }
 }
 
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     call: &str,
     limit: Duration,
     fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -328,27 +208,31 @@ async fn bounded<T>(
     }
 }
 
-struct Running {
-    task: Task,
-    id: String,
-    stdout: FifoForwarder,
-    stderr: FifoForwarder,
+/// What one run works from.
+#[derive(Clone, Copy)]
+struct RunInputs<'a> {
+    opts: &'a RunOptions,
+    job: &'a Job,
+    selected: &'a [(&'a Group, &'a Task)],
+    /// The run's private work directory.
+    work: &'a Path,
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run_in(
-    opts: &RunOptions,
-    job: &Job,
-    selected: &[(&Group, &Task)],
+    inputs: RunInputs<'_>,
     agent_block: agent_config::PluginBlock,
-    work: &Path,
     session: &mut Session,
     mut interrupt: watch::Receiver<bool>,
 ) -> Result<Vec<TaskOutcome>, RunError> {
+    let RunInputs {
+        opts,
+        job,
+        selected,
+        work,
+    } = inputs;
     let socket_dir = work.join("plugin");
     std::fs::create_dir_all(&socket_dir).map_err(RunError::TempDir)?;
     let plugin = PluginHost::launch(&opts.plugin, &socket_dir).await?;
-    tracing::debug!(pid = plugin.pid(), socket = %plugin.socket.display(), "plugin handshake done");
     let plugin = session.plugin.insert(plugin);
     let info = bounded(
         "PluginInfo",
@@ -362,11 +246,7 @@ async fn run_in(
             name: info.name,
         });
     }
-    let api_version = info
-        .plugin_api_versions
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "v0.1.0".into());
+    let api_version = elide_nomad_client::api_version(&info);
 
     // Plugin config: the agent block, pointed at a private daemon if needed.
     let config_file = opts
@@ -386,7 +266,7 @@ async fn run_in(
     .await?
     .spec
     .unwrap_or_default();
-    let mut config = cty::body_to_value(&agent_block.config, &Context::new(), "config")
+    let mut config = elide_cty::body_to_value(&agent_block.config, &Context::new(), "config")
         .map_err(plugin_config_error)?;
     let configured = endpoint(&config);
     let reachable = match &configured {
@@ -423,30 +303,24 @@ async fn run_in(
         }
     }
     let plugin = session.plugin.as_mut().expect("plugin launched above");
-    let msgpack_config = cty::encode(&schema, &config, "config").map_err(plugin_config_error)?;
+    let msgpack_config =
+        elide_cty::encode(&schema, &config, "config").map_err(plugin_config_error)?;
     bounded(
         "SetConfig",
         RPC_LIMIT,
-        plugin.base.set_config(SetConfigRequest {
-            msgpack_config,
-            nomad_config: Some(NomadConfig {
-                driver: Some(NomadDriverConfig {
-                    client_max_port: 14512,
-                    client_min_port: 14000,
-                    topology: None,
-                }),
-            }),
-            plugin_api_version: api_version,
-        }),
+        plugin
+            .base
+            .set_config(elide_nomad_client::set_config_request(
+                msgpack_config,
+                api_version,
+                None,
+            )),
     )
     .await?;
-    // Optional since Nomad 2.0.4; UNIMPLEMENTED is fine.
     if let Ok(Err(status)) =
-        tokio::time::timeout(RPC_LIMIT, plugin.driver.init(InitRequest {})).await
+        tokio::time::timeout(RPC_LIMIT, elide_nomad_client::init(&mut plugin.driver)).await
     {
-        if status.code() != tonic::Code::Unimplemented {
-            return Err(rpc("Init")(status));
-        }
+        return Err(rpc("Init")(status));
     }
     wait_healthy(plugin, &mut interrupt).await?;
     follow_task_events(plugin);
@@ -467,71 +341,12 @@ async fn run_in(
 
     // Prestart: dirs, FIFOs + readers, env, templates, config encoding.
     let allocs_root = work.join("allocs");
-    let node_name = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into());
-    let node_id = uuid::Uuid::new_v4().to_string();
-    let mut allocs: BTreeMap<String, (String, AllocDir, Vec<AssignedPort>)> = BTreeMap::new();
-    let mut prepared = Vec::new();
-    for (group, task) in selected {
-        if !allocs.contains_key(&group.name) {
-            let alloc_id = uuid::Uuid::new_v4().to_string();
-            let dir = AllocDir::create(&allocs_root, &alloc_id)?;
-            let ports = network::assign(&group.ports, |lo, hi| fastrand::u16(lo..=hi)).map_err(
-                |problem| RunError::Ports {
-                    group: group.name.clone(),
-                    problem,
-                },
-            )?;
-            for port in &ports {
-                tracing::info!(
-                    "group {}: port {:?} is {}:{}",
-                    group.name,
-                    port.label,
-                    network::HOST_IP,
-                    port.host_port
-                );
-            }
-            allocs.insert(group.name.clone(), (alloc_id, dir, ports));
-        }
-        let (alloc_id, alloc, ports) = &allocs[&group.name];
-        let task_dir = alloc.add_task(&task.name)?;
-        let placement = Placement {
-            job,
-            group,
-            task,
-            alloc_id,
-            alloc,
-            task_dir: &task_dir,
-            node_name: &node_name,
-            node_id: &node_id,
-            ports,
-        };
-        let task_env = env::build(std::env::vars(), &placement)?;
-        for t in &task.templates {
-            let path =
-                template::write(t, &task_env, &task_dir.dir, &alloc.path).map_err(|error| {
-                    RunError::Template {
-                        task: task.name.clone(),
-                        error,
-                    }
-                })?;
-            tracing::debug!(task = %task.name, "rendered template {}", path.display());
-        }
-        let ctx = env::context(&task_env, &placement);
-        let task_config_error = |error| RunError::TaskConfig {
-            file: job.file.clone(),
-            task: task.name.clone(),
-            error,
-        };
-        let value = cty::body_to_value(&task.config, &ctx, "config").map_err(task_config_error)?;
-        let msgpack = cty::encode(&task_schema, &value, "config").map_err(task_config_error)?;
-        let config = task_config(
-            job, group, task, alloc_id, alloc, &task_dir, task_env, msgpack, &node_name, &node_id,
-        );
-        prepared.push((task, task_dir, config));
-    }
+    let prepared = prestart::prepare(&Prestart {
+        job,
+        selected,
+        allocs_root: &allocs_root,
+        task_schema: &task_schema,
+    })?;
     if opts.keep_alloc {
         eprintln!("elide-run: alloc directories in {}", allocs_root.display());
     }
@@ -541,9 +356,9 @@ async fn run_in(
 
     // Start every task (concurrently), each with its log readers.
     let mut starts = Vec::new();
-    for (task, task_dir, config) in prepared {
-        let stdout = FifoForwarder::start(&task_dir.stdout_fifo, &task.name, Sink::Stdout);
-        let stderr = FifoForwarder::start(&task_dir.stderr_fifo, &task.name, Sink::Stderr);
+    for PreparedTask { task, dir, config } in prepared {
+        let stdout = FifoForwarder::start(&dir.stdout_fifo, &task.name, Sink::Stdout);
+        let stderr = FifoForwarder::start(&dir.stderr_fifo, &task.name, Sink::Stderr);
         let mut driver = plugin.driver.clone();
         let id = config.id.clone();
         let call = format!("StartTask({})", task.name);
@@ -588,251 +403,6 @@ async fn run_in(
         return Err(error);
     }
     Ok(supervise(plugin, job.job_type, running, &mut interrupt).await)
-}
-
-/// Waits for every task to exit; on interrupt stops the rest with their
-/// `kill_signal`/`kill_timeout`. Always destroys every task.
-async fn supervise(
-    plugin: &mut PluginHost,
-    job_type: JobType,
-    running: Vec<Running>,
-    interrupt: &mut watch::Receiver<bool>,
-) -> Vec<TaskOutcome> {
-    let mut waits: futures::stream::FuturesUnordered<_> = running
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let mut driver = plugin.driver.clone();
-            let id = r.id.clone();
-            async move {
-                let result = driver
-                    .wait_task(WaitTaskRequest { task_id: id })
-                    .await
-                    .map(tonic::Response::into_inner);
-                (i, result)
-            }
-        })
-        .collect();
-    let mut outcomes: Vec<Option<i32>> = vec![None; running.len()];
-    let mut stop_deadline: Option<tokio::time::Instant> = None;
-    while !waits.is_empty() {
-        tokio::select! {
-            Some((i, result)) = waits.next() => {
-                let r = &running[i];
-                let code = exit_code(&r.task.name, result);
-                outcomes[i] = Some(code);
-                if job_type == JobType::Service && stop_deadline.is_none() {
-                    tracing::warn!(
-                        "service task {} exited with code {code}; Nomad would restart it under the group's restart policy, elide-run does not",
-                        r.task.name
-                    );
-                } else {
-                    tracing::info!("task {} exited with code {code}", r.task.name);
-                }
-            }
-            _ = interrupt.wait_for(|v| *v), if stop_deadline.is_none() => {
-                let longest = running.iter().map(|r| r.task.kill_timeout).max().unwrap_or_default();
-                stop_deadline = Some(tokio::time::Instant::now() + longest + STOP_MARGIN);
-                tracing::info!("stopping {} task(s)", outcomes.iter().filter(|o| o.is_none()).count());
-                let stops = running.iter().zip(&outcomes).filter(|(_, o)| o.is_none()).map(|(r, _)| {
-                    let mut driver = plugin.driver.clone();
-                    let request = StopTaskRequest {
-                        task_id: r.id.clone(),
-                        timeout: Some(elide_proto::duration_to_proto(r.task.kill_timeout)),
-                        signal: r.task.kill_signal.clone(),
-                    };
-                    let limit = r.task.kill_timeout + STOP_MARGIN;
-                    let name = r.task.name.clone();
-                    async move {
-                        if let Err(e) = bounded(&format!("StopTask({name})"), limit, driver.stop_task(request)).await {
-                            tracing::warn!("{e}");
-                        }
-                    }
-                });
-                // Nomad waits for WaitTask after StopTask; the stops run
-                // concurrently while the waits below keep being polled.
-                tokio::spawn(futures::future::join_all(stops.collect::<Vec<_>>()));
-            }
-            _ = sleep_until(stop_deadline) => {
-                tracing::warn!("tasks did not report their exit in time after StopTask; destroying them");
-                break;
-            }
-        }
-    }
-    let mut result = Vec::new();
-    for (r, code) in running.into_iter().zip(outcomes) {
-        // As Nomad: DestroyTask after the exit, then logmon waits for EOF.
-        if let Err(e) = bounded(
-            &format!("DestroyTask({})", r.task.name),
-            RPC_LIMIT,
-            plugin.driver.destroy_task(DestroyTaskRequest {
-                task_id: r.id.clone(),
-                force: true,
-            }),
-        )
-        .await
-        {
-            tracing::warn!("{e}");
-        }
-        let (out, err) = (r.stdout, r.stderr);
-        let drained = tokio::task::spawn_blocking(move || {
-            let stdout_done = out.finish(OUTPUT_DRAIN_LIMIT);
-            stdout_done & err.finish(OUTPUT_DRAIN_LIMIT)
-        })
-        .await
-        .unwrap_or(false);
-        if !drained {
-            tracing::debug!(
-                "task {}: output FIFO not closed by the driver in time",
-                r.task.name
-            );
-        }
-        result.push(TaskOutcome {
-            task: r.task.name,
-            exit_code: code.unwrap_or(1),
-        });
-    }
-    result
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-fn exit_code(task: &str, result: Result<WaitTaskResponse, tonic::Status>) -> i32 {
-    match result {
-        Err(status) => {
-            tracing::error!("WaitTask({task}) failed: {}", status.message());
-            1
-        }
-        Ok(response) => {
-            let r = response.result.unwrap_or_default();
-            if !response.err.is_empty() {
-                tracing::error!("task {task}: {}", response.err);
-            }
-            if r.oom_killed {
-                tracing::error!("task {task} was killed for exceeding its memory limit");
-            }
-            if r.exit_code != 0 {
-                r.exit_code
-            } else if r.signal != 0 {
-                128 + r.signal
-            } else if !response.err.is_empty() {
-                1
-            } else {
-                0
-            }
-        }
-    }
-}
-
-/// Waits for the first HEALTHY fingerprint, keeping the stream open
-/// afterwards (as Nomad's driver manager does).
-async fn wait_healthy(
-    plugin: &mut PluginHost,
-    interrupt: &mut watch::Receiver<bool>,
-) -> Result<(), RunError> {
-    let mut stream = bounded(
-        "Fingerprint",
-        RPC_LIMIT,
-        plugin.driver.fingerprint(FingerprintRequest {}),
-    )
-    .await?;
-    let mut description = "no fingerprint received".to_owned();
-    let deadline = tokio::time::Instant::now() + HEALTHY_LIMIT;
-    loop {
-        tokio::select! {
-            message = stream.next() => match message {
-                Some(Ok(f)) if f.health == HealthState::Healthy as i32 => {
-                    tracing::debug!("driver healthy: {}", f.health_description);
-                    tokio::spawn(async move { while stream.next().await.is_some() {} });
-                    return Ok(());
-                }
-                Some(Ok(f)) => {
-                    description = if f.err.is_empty() { f.health_description } else { f.err };
-                    tracing::debug!("driver not healthy yet: {description}");
-                }
-                Some(Err(status)) => return Err(rpc("Fingerprint")(status)),
-                None => return Err(RunError::Rpc { call: "Fingerprint".into(), message: "stream ended".into() }),
-            },
-            _ = tokio::time::sleep_until(deadline) => {
-                return Err(RunError::Unhealthy { limit: HEALTHY_LIMIT, description });
-            }
-            _ = interrupt.wait_for(|v| *v) => return Err(RunError::Interrupted),
-        }
-    }
-}
-
-/// Logs the driver's task events (Nomad shows them as task events).
-fn follow_task_events(plugin: &PluginHost) {
-    let mut driver = plugin.driver.clone();
-    tokio::spawn(async move {
-        let Ok(response) = driver.task_events(TaskEventsRequest {}).await else {
-            return;
-        };
-        let mut stream = response.into_inner();
-        while let Some(Ok(event)) = stream.next().await {
-            tracing::info!("task {}: driver event: {}", event.task_name, event.message);
-        }
-    });
-}
-
-#[allow(clippy::too_many_arguments)]
-fn task_config(
-    job: &Job,
-    group: &Group,
-    task: &Task,
-    alloc_id: &str,
-    alloc: &AllocDir,
-    task_dir: &TaskDir,
-    env: BTreeMap<String, String>,
-    msgpack: Vec<u8>,
-    node_name: &str,
-    node_id: &str,
-) -> TaskConfig {
-    let r = &task.resources;
-    let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)
-        .take(8)
-        .collect();
-    TaskConfig {
-        id: format!("{alloc_id}/{}/{suffix}", task.name),
-        name: task.name.clone(),
-        msgpack_driver_config: msgpack,
-        env,
-        resources: Some(Resources {
-            allocated_resources: Some(AllocatedTaskResources {
-                cpu: Some(AllocatedCpuResources {
-                    cpu_shares: r.cpu_mhz,
-                }),
-                memory: Some(AllocatedMemoryResources {
-                    memory_mb: r.memory_mb,
-                    memory_max_mb: r.memory_max_mb,
-                }),
-                networks: Vec::new(),
-            }),
-            linux_resources: Some(LinuxResources {
-                cpu_shares: r.cpu_mhz,
-                memory_limit_bytes: r.memory_mb.max(r.memory_max_mb) * 1024 * 1024,
-                ..Default::default()
-            }),
-            ports: Vec::new(),
-        }),
-        user: task.user.clone(),
-        alloc_dir: alloc.path.display().to_string(),
-        stdout_path: task_dir.stdout_fifo.display().to_string(),
-        stderr_path: task_dir.stderr_fifo.display().to_string(),
-        task_group_name: group.name.clone(),
-        job_name: job.name.clone(),
-        job_id: job.id.clone(),
-        alloc_id: alloc_id.to_owned(),
-        namespace: job.namespace.clone(),
-        node_name: node_name.to_owned(),
-        node_id: node_id.to_owned(),
-        ..Default::default()
-    }
 }
 
 /// Where the plugin config points.
@@ -908,23 +478,7 @@ mod tests {
     }
 
     #[test]
-    fn exit_codes_follow_the_wait_result() {
-        use elide_proto::hashicorp::nomad::plugins::drivers::proto::ExitResult;
-        let ok = |exit_code, signal, err: &str| {
-            Ok(WaitTaskResponse {
-                result: Some(ExitResult {
-                    exit_code,
-                    signal,
-                    oom_killed: false,
-                }),
-                err: err.into(),
-            })
-        };
-        assert_eq!(exit_code("t", ok(3, 0, "")), 3);
-        assert_eq!(exit_code("t", ok(0, 15, "")), 143);
-        assert_eq!(exit_code("t", ok(0, 0, "boom")), 1);
-        assert_eq!(exit_code("t", ok(0, 0, "")), 0);
-        assert_eq!(exit_code("t", Err(tonic::Status::not_found("x"))), 1);
+    fn the_run_exits_with_the_first_failing_tasks_code() {
         let outcome = Outcome {
             tasks: vec![
                 TaskOutcome {
