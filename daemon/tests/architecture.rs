@@ -13,10 +13,16 @@ fn the_registry_core_has_no_store_no_spawning_and_no_grpc() {
         "StateStore",
         "std::fs",
         "std::thread",
+        // Time is passed in: the core never reads a clock.
+        "::now()",
     ];
+    let production = REGISTRY_CORE
+        .split("#[cfg(test)]")
+        .next()
+        .expect("a production part");
     let found: Vec<&str> = forbidden
         .into_iter()
-        .filter(|word| REGISTRY_CORE.contains(word))
+        .filter(|word| production.contains(word))
         .collect();
     assert_eq!(
         found,

@@ -37,7 +37,7 @@ fn set_config(msgpack: Vec<u8>) -> SetConfigRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_speaks_the_nomad_plugin_protocol() {
     let dir = tempfile::tempdir().unwrap();
-    let mut plugin = PluginProcess::launch(Path::new(BINARY), dir.path());
+    let mut plugin = PluginProcess::start(Path::new(BINARY), dir.path()).expect("plugin starts");
     assert!(
         plugin.socket.starts_with(dir.path()),
         "PLUGIN_UNIX_SOCKET_DIR honoured"
@@ -55,7 +55,7 @@ async fn plugin_speaks_the_nomad_plugin_protocol() {
         "{name}"
     );
     assert!(plugin.handshake.ends_with("|grpc|"), "{}", plugin.handshake);
-    let channel = plugin.channel().await;
+    let channel = plugin.connect().await.expect("plugin answers");
 
     // go-plugin's Ping.
     let health = HealthClient::new(channel.clone())
@@ -284,7 +284,7 @@ fn running_by_hand_explains_and_exits_1() {
 #[test]
 fn sigterm_stops_the_plugin_and_removes_the_socket() {
     let dir = tempfile::tempdir().unwrap();
-    let mut plugin = PluginProcess::launch(Path::new(BINARY), dir.path());
+    let mut plugin = PluginProcess::start(Path::new(BINARY), dir.path()).expect("plugin starts");
     let socket = plugin.socket.clone();
     assert!(socket.exists());
     let pid = nix::unistd::Pid::from_raw(plugin.pid() as i32);

@@ -9,7 +9,7 @@ use prost::Message;
 /// code is unknown, reported as -1, also maps to 1: a process cannot exit
 /// negative); else 0.
 pub fn exit_code(response: &WaitTaskResponse) -> i32 {
-    let result = response.result.clone().unwrap_or_default();
+    let result = response.result.unwrap_or_default();
     if result.exit_code > 0 {
         result.exit_code
     } else if result.signal != 0 {

@@ -37,8 +37,9 @@ fn plugin_schemas() -> &'static PluginSchemas {
                 .expect("a runtime for the schema requests");
             rt.block_on(async {
                 let dir = tempfile::tempdir().expect("tempdir");
-                let plugin = PluginProcess::launch(&binary(PLUGIN), dir.path());
-                let channel = plugin.channel().await;
+                let plugin =
+                    PluginProcess::start(&binary(PLUGIN), dir.path()).expect("the plugin starts");
+                let channel = plugin.connect().await.expect("the plugin answers");
                 let config = BasePluginClient::new(channel.clone())
                     .config_schema(ConfigSchemaRequest {})
                     .await

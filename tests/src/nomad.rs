@@ -4,15 +4,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use elide_nomad_client::{TaskResources, TaskSpec};
 use elide_proto::hashicorp::nomad::plugins::base::proto::{
-    base_plugin_client::BasePluginClient, ClientTopology, NomadConfig, NomadDriverConfig,
-    SetConfigRequest,
+    base_plugin_client::BasePluginClient, ClientTopology,
 };
 use elide_proto::hashicorp::nomad::plugins::drivers::proto::fingerprint_response::HealthState;
 use elide_proto::hashicorp::nomad::plugins::drivers::proto::{
-    driver_client::DriverClient, AllocatedMemoryResources, AllocatedTaskResources,
-    DestroyTaskRequest, FingerprintRequest, FingerprintResponse, RecoverTaskRequest, Resources,
-    StartTaskRequest, StopTaskRequest, TaskConfig, TaskHandle, WaitTaskRequest, WaitTaskResponse,
+    driver_client::DriverClient, DestroyTaskRequest, FingerprintRequest, FingerprintResponse,
+    RecoverTaskRequest, StartTaskRequest, StopTaskRequest, TaskConfig, TaskHandle, WaitTaskRequest,
+    WaitTaskResponse,
 };
 use elide_proto::plugin::{grpc_controller_client::GrpcControllerClient, Empty};
 use futures::StreamExt;
@@ -38,8 +38,9 @@ impl NomadHost {
     /// Launches the plugin as Nomad does and dials it.
     pub async fn launch() -> NomadHost {
         let socket_dir = tempfile::tempdir().expect("tempdir");
-        let plugin = PluginProcess::launch(&binary(PLUGIN), socket_dir.path());
-        let channel = plugin.channel().await;
+        let plugin =
+            PluginProcess::start(&binary(PLUGIN), socket_dir.path()).expect("the plugin starts");
+        let channel = plugin.connect().await.expect("the plugin answers");
         NomadHost {
             driver: DriverClient::new(channel.clone()),
             base: BasePluginClient::new(channel.clone()),
@@ -88,20 +89,12 @@ impl NomadHost {
         msgpack: Vec<u8>,
         topology: Option<ClientTopology>,
     ) -> Result<(), tonic::Status> {
-        self.base
-            .set_config(SetConfigRequest {
-                msgpack_config: msgpack,
-                nomad_config: Some(NomadConfig {
-                    driver: Some(NomadDriverConfig {
-                        client_max_port: 14512,
-                        client_min_port: 14000,
-                        topology,
-                    }),
-                }),
-                plugin_api_version: "v0.1.0".into(),
-            })
-            .await
-            .map(|_| ())
+        let request = elide_nomad_client::set_config_request(
+            msgpack,
+            elide_nomad_client::DEFAULT_PLUGIN_API_VERSION.into(),
+            topology,
+        );
+        self.base.set_config(request).await.map(|_| ())
     }
 
     /// The first fingerprint message.
@@ -336,12 +329,17 @@ impl Alloc {
         std::fs::write(path, contents).expect("write file");
     }
 
-    /// The `TaskConfig` Nomad would send for a start of this task.
+    /// The `TaskConfig` Nomad would send for a start of this task (256 MiB
+    /// of memory, Nomad's default 100 MHz of CPU).
     pub fn task_config(&self, driver_config: &crate::cty::TaskConfig) -> TaskConfig {
-        TaskConfig {
-            id: format!("{}/{}/{:08x}", self.alloc_id, self.task, counter()),
-            name: self.task.clone(),
-            msgpack_driver_config: driver_config.encode(),
+        let spec = TaskSpec {
+            alloc_id: self.alloc_id.clone(),
+            task: self.task.clone(),
+            group: "group".into(),
+            job_name: "e2e".into(),
+            alloc_dir: self.alloc_dir(),
+            stdout_fifo: self.stdout.path().to_owned(),
+            stderr_fifo: self.stderr.path().to_owned(),
             env: [
                 ("NOMAD_TASK_NAME".to_owned(), self.task.clone()),
                 ("NOMAD_ALLOC_ID".to_owned(), self.alloc_id.clone()),
@@ -351,24 +349,13 @@ impl Alloc {
                 ),
             ]
             .into(),
-            resources: Some(Resources {
-                allocated_resources: Some(AllocatedTaskResources {
-                    memory: Some(AllocatedMemoryResources {
-                        memory_mb: 256,
-                        memory_max_mb: 0,
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            alloc_dir: self.alloc_dir().display().to_string(),
-            stdout_path: self.stdout.path().display().to_string(),
-            stderr_path: self.stderr.path().display().to_string(),
-            task_group_name: "group".into(),
-            job_name: "e2e".into(),
-            alloc_id: self.alloc_id.clone(),
-            ..Default::default()
-        }
+            resources: TaskResources {
+                memory_mb: 256,
+                ..TaskResources::default()
+            },
+            ..TaskSpec::default()
+        };
+        spec.task_config(&format!("{:08x}", counter()), driver_config.encode())
     }
 }
 
@@ -378,4 +365,5 @@ fn counter() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-pub use elide_proto::recoverable::recoverable_flag;
+/// Nomad's reading of a plugin error's `RecoverableError` detail.
+pub use elide_nomad_client::recoverable as recoverable_flag;

@@ -8,9 +8,26 @@ const MAX_PRODUCTION_LINES: usize = 700;
 
 /// Files still over the limit, each with the ceiling it may not grow past.
 /// The list may only shrink: a file brought under the limit must leave it.
-const OVER_THE_LIMIT: &[(&str, usize)] = &[
-    ("runner/src/run.rs", 866),
-    ("daemon/src/runtime/process.rs", 797),
+const OVER_THE_LIMIT: &[(&str, usize)] = &[("daemon/src/runtime/process.rs", 797)];
+
+/// The only file modules a crate may make public: shared vocabularies that
+/// read best by path (`go_duration::parse`, `handshake::…`), each of which
+/// is the whole of its contract. Everything else is private behind the
+/// crate root's `pub use` list, so the compiler reports what nothing uses.
+const PUBLIC_MODULES: &[&str] = &[
+    "proto/src/lib.rs: go_duration",
+    "proto/src/lib.rs: handshake",
+    "proto/src/lib.rs: intrinsics",
+    "proto/src/lib.rs: recoverable",
+    "cty/src/lib.rs: value",
+    // The end-to-end harness, until its facade lands.
+    "tests/src/lib.rs: binaries",
+    "tests/src/lib.rs: cty",
+    "tests/src/lib.rs: daemon",
+    "tests/src/lib.rs: logmon",
+    "tests/src/lib.rs: nomad",
+    "tests/src/lib.rs: nomad_client",
+    "tests/src/lib.rs: procs",
 ];
 
 /// Where wall-clock time may be read: the clock seams the simulation
@@ -59,6 +76,7 @@ fn production_lines(text: &str) -> usize {
 const CRATES: &[&str] = &[
     "proto/src",
     "cty/src",
+    "nomad-client/src",
     "daemon/src",
     "driver/src",
     "runner/src",
@@ -122,6 +140,69 @@ fn driver_and_daemon_read_time_only_through_their_seams() {
             }
             if code.contains("SystemTime::now") && !WALL_CLOCK_SEAMS.contains(&path.as_str()) {
                 found.push(format!("{path}: SystemTime::now outside a clock seam"));
+            }
+        }
+    }
+    assert_eq!(found, Vec::<String>::new());
+}
+
+#[test]
+fn modules_are_private_behind_the_crate_roots() {
+    let mut found = Vec::new();
+    for dir in CRATES {
+        for (path, text) in sources(dir) {
+            for line in text.lines() {
+                let Some(name) = line
+                    .trim_start()
+                    .strip_prefix("pub mod ")
+                    .and_then(|rest| rest.strip_suffix(';'))
+                else {
+                    continue;
+                };
+                let entry = format!("{path}: {name}");
+                if !PUBLIC_MODULES.contains(&entry.as_str()) {
+                    found.push(entry);
+                }
+            }
+        }
+    }
+    assert_eq!(
+        found,
+        Vec::<String>::new(),
+        "public file modules: make them private and re-export what other crates use"
+    );
+}
+
+#[test]
+fn no_module_is_a_grab_bag() {
+    let mut found = Vec::new();
+    for dir in CRATES {
+        for (path, _) in sources(dir) {
+            let stem = Path::new(&path)
+                .file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
+            if ["utils", "util", "helpers", "misc", "common"].contains(&stem.as_str()) {
+                found.push(path);
+            }
+        }
+    }
+    assert_eq!(found, Vec::<String>::new(), "name a module for what it is");
+}
+
+#[test]
+fn only_the_nomad_client_library_launches_plugins() {
+    // The go-plugin client side (the plugin's environment, the handshake
+    // read) is written once, in `nomad-client`; the plugin (`driver/`)
+    // reads and scrubs the same variables.
+    let mut found = Vec::new();
+    for dir in CRATES {
+        for (path, text) in sources(dir) {
+            let code = &text[..text.find("#[cfg(test)]").unwrap_or(text.len())];
+            let owner = path.starts_with("nomad-client/") || path.starts_with("driver/");
+            if !owner && code.contains("\"PLUGIN_UNIX_SOCKET_DIR\"") {
+                found.push(path);
             }
         }
     }

@@ -30,9 +30,9 @@
 
 mod execution;
 mod files;
-pub mod hierarchy;
-pub mod v1;
-pub mod v2;
+pub(crate) mod hierarchy;
+pub(crate) mod v1;
+pub(crate) mod v2;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -143,7 +143,7 @@ impl SessionRegistry {
         let mut inner = self.lock();
         let draining = inner.draining;
         let queued = inner.queued;
-        let session = session_mut(&mut inner, session_id)?;
+        let session = session_mut(&mut inner, session_id, Instant::now())?;
         let existing = session
             .executions
             .get(execution_id)

@@ -89,7 +89,13 @@ pub(super) struct Session {
 
 impl Session {
     /// A session as created or restored, with `record` already written.
-    pub(super) fn new(record: SessionRecord, policy: SessionPolicy, events: EventLog) -> Self {
+    /// `now` is when it was last active: its creation or restore.
+    pub(super) fn new(
+        record: SessionRecord,
+        policy: SessionPolicy,
+        events: EventLog,
+        now: Instant,
+    ) -> Self {
         Session {
             durable_seq: record.seq_reserved,
             record,
@@ -99,7 +105,7 @@ impl Session {
             finished: VecDeque::new(),
             events,
             changed: Arc::new(watch::Sender::new(0)),
-            last_active: Instant::now(),
+            last_active: now,
             watchers: 0,
         }
     }
@@ -124,6 +130,84 @@ impl Session {
             changed: self.changed.clone(),
             wants_seqs: self.wants_seqs(),
         }
+    }
+
+    /// QUEUED → RUNNING for `execution_id` at `now`, with the handle that
+    /// signals its program; the event to announce, `None` if the execution
+    /// is gone. The caller holds the lock from `lock_with_seq_room`.
+    pub(super) fn mark_running(
+        &mut self,
+        execution_id: &str,
+        control: Arc<dyn ProgramControl>,
+        now: prost_types::Timestamp,
+    ) -> Option<Published> {
+        let e = self.executions.get_mut(execution_id)?;
+        e.control = Some(control);
+        e.status.set_state(pb::ExecutionState::Running);
+        e.status.started_at = Some(now);
+        let snapshot = e.snapshot();
+        let published = self.push_event(snapshot);
+        if let Some(e) = self.executions.get_mut(execution_id) {
+            e.status.seq = published.seq;
+        }
+        Some(published)
+    }
+
+    /// The end of `execution_id` at `now`, as one transition: the terminal
+    /// status and its event, the output closed, retention (at most `retain`
+    /// finished executions kept) or the removal a forced delete asked for.
+    /// Returns what the shell persists and announces after releasing the
+    /// lock; `None` if the execution is gone. The caller holds the lock from
+    /// `lock_with_seq_room`.
+    pub(super) fn finish(
+        &mut self,
+        execution_id: &str,
+        ending: &Ending,
+        now: prost_types::Timestamp,
+        retain: usize,
+    ) -> Option<Ended> {
+        let e = self.executions.get_mut(execution_id)?;
+        e.status.finished_at = Some(now);
+        apply_ending(&mut e.status, ending);
+        e.stop = None;
+        // Closed only now, with the terminal state already set, so a reader
+        // that sees the end of output also sees the final state.
+        e.output.close();
+        let delete = e.delete_when_done;
+        let [(_, stdout_tail), (_, stderr_tail)] = e.output.tails();
+        let fingerprint = e.fingerprint.clone();
+        let done = e.done.clone();
+        let snapshot = e.snapshot();
+        let published = self.push_event(snapshot);
+        let mut status = None;
+        if delete {
+            self.executions.remove(execution_id);
+        } else {
+            self.finished.push_back(execution_id.to_string());
+            if let Some(e) = self.executions.get_mut(execution_id) {
+                e.status.seq = published.seq;
+                status = Some(e.snapshot());
+            }
+        }
+        let mut evicted = Vec::new();
+        while self.finished.len() > retain {
+            if let Some(old) = self.finished.pop_front() {
+                self.executions.remove(&old);
+                evicted.push(old);
+            }
+        }
+        let record = status.map(|status| ExecutionRecord {
+            status: Some(status),
+            fingerprint,
+            stdout_tail,
+            stderr_tail,
+        });
+        Some(Ended {
+            record,
+            evicted,
+            done,
+            published,
+        })
     }
 
     pub(super) fn info(&self) -> pb::SessionInfo {
@@ -248,12 +332,17 @@ pub(super) fn no_execution(session_id: &str, execution_id: &str) -> DaemonError 
     ))
 }
 
-pub(super) fn session_mut<'a>(inner: &'a mut Inner, session_id: &str) -> Result<&'a mut Session> {
+/// `session_id`, marked active at `now` (a request touched it).
+pub(super) fn session_mut<'a>(
+    inner: &'a mut Inner,
+    session_id: &str,
+    now: Instant,
+) -> Result<&'a mut Session> {
     let session = inner
         .sessions
         .get_mut(session_id)
         .ok_or_else(|| no_session(session_id))?;
-    session.last_active = Instant::now();
+    session.last_active = now;
     Ok(session)
 }
 
@@ -283,7 +372,7 @@ mod tests {
             info: None,
             seq_reserved: 1 + SEQ_BLOCK,
         };
-        Session::new(record, policy, EventLog::new(16, 1))
+        Session::new(record, policy, EventLog::new(16, 1), Instant::now())
     }
 
     #[test]
@@ -355,6 +444,108 @@ mod tests {
                 "{ending:?}"
             );
         }
+    }
+
+    mockall::mock! {
+        Control {}
+        impl ProgramControl for Control {
+            fn signal(&self, sig: Signal) -> std::result::Result<(), crate::runtime::RuntimeError>;
+            fn metrics(&self) -> crate::runtime::Metrics;
+        }
+    }
+
+    fn queued(session: &mut Session, id: &str, delete_when_done: bool) {
+        let mut status = pb::ExecutionStatus {
+            execution_id: id.into(),
+            ..Default::default()
+        };
+        status.set_state(S::Queued);
+        session.executions.insert(
+            id.into(),
+            Entry {
+                status,
+                fingerprint: vec![7],
+                output: Arc::new(OutputLog::new(1024)),
+                control: None,
+                stop: None,
+                done: Arc::new(watch::Sender::new(false)),
+                delete_when_done,
+            },
+        );
+    }
+
+    fn at(seconds: i64) -> prost_types::Timestamp {
+        prost_types::Timestamp { seconds, nanos: 0 }
+    }
+
+    #[test]
+    fn running_then_finishing_publishes_each_state_and_returns_the_record_to_persist() {
+        let mut s = session();
+        queued(&mut s, "e1", false);
+        // The transitions never signal the program; the mock fails the test
+        // if they do.
+        let control = Arc::new(MockControl::new());
+        let running = s.mark_running("e1", control, at(10)).expect("e1 exists");
+        assert_eq!(s.executions["e1"].status.state(), S::Running);
+        assert_eq!(s.executions["e1"].status.started_at, Some(at(10)));
+        assert_eq!(s.executions["e1"].status.seq, running.seq);
+
+        let ended = s
+            .finish("e1", &Ending::Exited(ExitInfo::Code(3)), at(11), 8)
+            .expect("e1 exists");
+        assert_eq!(ended.published.seq, running.seq + 1);
+        let record = ended.record.expect("a record to persist");
+        let status = record.status.expect("its status");
+        assert_eq!(
+            (
+                status.state(),
+                status.exit_code,
+                status.finished_at,
+                status.seq
+            ),
+            (S::Exited, Some(3), Some(at(11)), ended.published.seq)
+        );
+        assert_eq!(record.fingerprint, vec![7]);
+        assert!(ended.evicted.is_empty());
+        assert!(
+            s.executions["e1"].output.is_closed(),
+            "output closed at the end"
+        );
+        assert_eq!(s.finished, ["e1"]);
+        // Nothing is woken by the transition itself: the shell does that
+        // after persisting.
+        assert!(!*ended.done.borrow());
+        assert_eq!(*ended.published.changed.borrow(), 0);
+    }
+
+    #[test]
+    fn finishing_evicts_the_oldest_beyond_retention_and_a_forced_delete_leaves_no_record() {
+        let mut s = session();
+        for id in ["a", "b", "c"] {
+            queued(&mut s, id, false);
+        }
+        queued(&mut s, "gone", true);
+        let exit = Ending::Exited(ExitInfo::Code(0));
+        for id in ["a", "b"] {
+            assert!(s.finish(id, &exit, at(1), 2).unwrap().evicted.is_empty());
+        }
+        let ended = s.finish("c", &exit, at(2), 2).unwrap();
+        assert_eq!(ended.evicted, ["a"]);
+        assert!(!s.executions.contains_key("a"));
+        assert_eq!(s.finished, ["b", "c"]);
+
+        let deleted = s.finish("gone", &exit, at(3), 2).unwrap();
+        assert!(deleted.record.is_none(), "deleted: nothing to persist");
+        assert!(!s.executions.contains_key("gone"));
+        assert_eq!(
+            s.finished,
+            ["b", "c"],
+            "a deleted execution is not retained"
+        );
+
+        assert!(s.finish("never-was", &exit, at(4), 2).is_none());
+        let control = Arc::new(MockControl::new());
+        assert!(s.mark_running("never-was", control, at(4)).is_none());
     }
 
     #[test]

@@ -267,9 +267,10 @@ impl SessionRegistry {
                 return Err(shutting_down());
             }
             let events = EventLog::new(self.limits.max_events_retained_per_session as usize, 1);
-            inner
-                .sessions
-                .insert(id.clone(), Session::new(record, policy, events));
+            inner.sessions.insert(
+                id.clone(),
+                Session::new(record, policy, events, Instant::now()),
+            );
         }
         tracing::info!(session_id = %id, "session created");
         Ok((self.get_session(&id)?, true))
@@ -339,7 +340,7 @@ impl SessionRegistry {
     /// One session's info.
     pub fn get_session(&self, session_id: &str) -> Result<pb::SessionInfo> {
         let mut inner = self.lock();
-        let session = session_mut(&mut inner, session_id)?;
+        let session = session_mut(&mut inner, session_id, Instant::now())?;
         Ok(session.info())
     }
 
@@ -423,7 +424,7 @@ impl SessionRegistry {
     /// Status of one execution.
     pub fn status(&self, session_id: &str, execution_id: &str) -> Result<pb::ExecutionStatus> {
         let mut inner = self.lock();
-        let session = session_mut(&mut inner, session_id)?;
+        let session = session_mut(&mut inner, session_id, Instant::now())?;
         Ok(entry(session, session_id, execution_id)?.snapshot())
     }
 
@@ -434,7 +435,7 @@ impl SessionRegistry {
         active_only: bool,
     ) -> Result<(Vec<pb::ExecutionStatus>, u64)> {
         let mut inner = self.lock();
-        let session = session_mut(&mut inner, session_id)?;
+        let session = session_mut(&mut inner, session_id, Instant::now())?;
         let list = session
             .executions
             .values()
@@ -453,7 +454,7 @@ impl SessionRegistry {
     ) -> Result<pb::ExecutionStatus> {
         let (control, status) = {
             let mut inner = self.lock();
-            let session = session_mut(&mut inner, session_id)?;
+            let session = session_mut(&mut inner, session_id, Instant::now())?;
             let e = entry(session, session_id, execution_id)?;
             if e.is_terminal() {
                 return Err(DaemonError::FailedPrecondition(format!(
@@ -483,7 +484,7 @@ impl SessionRegistry {
     ) -> Result<pb::ExecutionStatus> {
         let grace = self.cancel_grace(grace)?;
         let mut inner = self.lock();
-        let session = session_mut(&mut inner, session_id)?;
+        let session = session_mut(&mut inner, session_id, Instant::now())?;
         let e = entry(session, session_id, execution_id)?;
         if let Some(stop) = e.stop.as_ref().filter(|_| !e.is_terminal()) {
             let _ = stop.send(StopRequest {
@@ -517,7 +518,7 @@ impl SessionRegistry {
     ) -> Result<()> {
         let mut done = {
             let mut inner = self.lock();
-            let session = session_mut(&mut inner, session_id)?;
+            let session = session_mut(&mut inner, session_id, Instant::now())?;
             let e = session
                 .executions
                 .get_mut(execution_id)
@@ -570,7 +571,7 @@ impl SessionRegistry {
     pub fn metrics(&self, session_id: &str, execution_id: &str) -> Result<pb::ExecutionMetrics> {
         let control = {
             let mut inner = self.lock();
-            let session = session_mut(&mut inner, session_id)?;
+            let session = session_mut(&mut inner, session_id, Instant::now())?;
             entry(session, session_id, execution_id)?.control.clone()
         };
         let m = control.map(|c| c.metrics()).unwrap_or(Metrics::default());
@@ -594,7 +595,7 @@ impl SessionRegistry {
     /// (it does not expire while watched).
     pub fn watch_session(self: &Arc<Self>, session_id: &str) -> Result<WatchGuard> {
         let mut inner = self.lock();
-        let session = session_mut(&mut inner, session_id)?;
+        let session = session_mut(&mut inner, session_id, Instant::now())?;
         session.watchers += 1;
         Ok(WatchGuard {
             registry: self.clone(),
@@ -606,13 +607,15 @@ impl SessionRegistry {
     /// Events of a session after `after`.
     pub fn events_after(&self, session_id: &str, after: u64) -> Result<EventBatch> {
         let mut inner = self.lock();
-        Ok(session_mut(&mut inner, session_id)?.events.after(after))
+        Ok(session_mut(&mut inner, session_id, Instant::now())?
+            .events
+            .after(after))
     }
 
     /// Output log of an execution.
     pub fn output(&self, session_id: &str, execution_id: &str) -> Result<Arc<OutputLog>> {
         let mut inner = self.lock();
-        let session = session_mut(&mut inner, session_id)?;
+        let session = session_mut(&mut inner, session_id, Instant::now())?;
         Ok(entry(session, session_id, execution_id)?.output.clone())
     }
 

@@ -94,77 +94,29 @@ impl ExecutionReport for SessionRegistry {
             let Some(session) = inner.sessions.get_mut(session_id) else {
                 return;
             };
-            let Some(e) = session.executions.get_mut(execution_id) else {
-                return;
-            };
-            e.control = Some(control);
-            e.status.set_state(pb::ExecutionState::Running);
-            e.status.started_at = Some(now);
-            let snapshot = e.snapshot();
-            let published = session.push_event(snapshot);
-            if let Some(e) = session.executions.get_mut(execution_id) {
-                e.status.seq = published.seq;
-            }
-            published
+            session.mark_running(execution_id, control, now)
         };
         // RUNNING is not persisted (one write per execution is enough).
-        self.announce(session_id, published);
+        if let Some(published) = published {
+            self.announce(session_id, published);
+        }
     }
 
     /// One lock section records the final status, its event, retention and
-    /// a forced delete; then, with the lock released, the final record is
-    /// persisted (or removed); only then are watchers and waiters woken.
+    /// a forced delete (`Session::finish`); then, with the lock released,
+    /// the final record is persisted (or removed); only then are watchers
+    /// and waiters woken.
     fn finish(&self, session_id: &str, execution_id: &str, ending: Ending) {
         let now = proto_timestamp(self.clock.now());
+        let retain = self.limits.max_retained_executions_per_session as usize;
         let ended = {
             let mut inner = self.lock_with_seq_room(session_id);
             let Some(session) = inner.sessions.get_mut(session_id) else {
                 return;
             };
-            let Some(e) = session.executions.get_mut(execution_id) else {
-                return;
-            };
-            e.status.finished_at = Some(now);
-            apply_ending(&mut e.status, &ending);
-            e.stop = None;
-            // Closed only now, with the terminal state already set, so a
-            // reader that sees the end of output also sees the final state.
-            e.output.close();
-            let delete = e.delete_when_done;
-            let [(_, stdout_tail), (_, stderr_tail)] = e.output.tails();
-            let fingerprint = e.fingerprint.clone();
-            let done = e.done.clone();
-            let snapshot = e.snapshot();
-            let published = session.push_event(snapshot);
-            let mut status = None;
-            if delete {
-                session.executions.remove(execution_id);
-            } else {
-                session.finished.push_back(execution_id.to_string());
-                if let Some(e) = session.executions.get_mut(execution_id) {
-                    e.status.seq = published.seq;
-                    status = Some(e.snapshot());
-                }
-            }
-            let mut evicted = Vec::new();
-            while session.finished.len() > self.limits.max_retained_executions_per_session as usize
-            {
-                if let Some(old) = session.finished.pop_front() {
-                    session.executions.remove(&old);
-                    evicted.push(old);
-                }
-            }
-            let record = status.map(|status| ExecutionRecord {
-                status: Some(status),
-                fingerprint,
-                stdout_tail,
-                stderr_tail,
-            });
-            Ended {
-                record,
-                evicted,
-                done,
-                published,
+            match session.finish(execution_id, &ending, now, retain) {
+                Some(ended) => ended,
+                None => return,
             }
         };
         tracing::info!(

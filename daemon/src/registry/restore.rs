@@ -42,7 +42,7 @@ impl SessionRegistry {
                 first_seq,
                 history,
             );
-            let mut session = Session::new(record, policy, events);
+            let mut session = Session::new(record, policy, events, Instant::now());
             let mut execs: Vec<(String, ExecutionRecord)> = execs.into_iter().collect();
             execs.sort_by_key(|(_, r)| r.status.as_ref().map_or(0, |s| s.seq));
             for (exec_id, rec) in execs {

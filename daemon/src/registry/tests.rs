@@ -353,3 +353,23 @@ async fn a_session_is_published_only_once_durable_and_a_failed_write_leaves_noth
     assert_eq!(reg.get_session("s").unwrap().session_id, "s");
     assert_eq!(store.violations(), Vec::<String>::new());
 }
+
+/// Operators follow executions in the daemon's log: each end is one line
+/// naming the session, the execution and its final state.
+#[tokio::test(start_paused = true)]
+#[tracing_test::traced_test]
+async fn each_end_is_logged_with_its_session_execution_and_state() {
+    let store = Arc::new(ProbeStore::default());
+    let reg = open(&store);
+    with_session(&reg).await;
+    reg.execute(request("logged", "print x")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        reg.status("s", "logged").unwrap().state(),
+        pb::ExecutionState::Exited
+    );
+    assert!(logs_contain("execution ended"));
+    assert!(logs_contain(
+        "session_id=\"s\" execution_id=\"logged\" state=\"EXITED\" deleted=false"
+    ));
+}

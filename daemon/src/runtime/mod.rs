@@ -5,17 +5,17 @@
 //! implementation ([`process::ProcessRuntime`]) runs interpreters as child
 //! processes; a simulation supplies its own.
 
-pub mod child_reaper;
-pub mod interpreter;
-pub mod node_pool;
-pub mod placement;
-pub mod process;
+pub(crate) mod child_reaper;
+pub(crate) mod interpreter;
+pub(crate) mod node_pool;
+pub(crate) mod placement;
+pub(crate) mod process;
 mod program_control;
-pub mod python_zygote;
-pub mod run_as;
-pub mod scripted;
-pub mod start_counters;
-pub mod typescript;
+pub(crate) mod python_zygote;
+pub(crate) mod run_as;
+pub(crate) mod scripted;
+pub(crate) mod start_counters;
+pub(crate) mod typescript;
 
 pub use start_counters::{StartCounters, StartStats};
 

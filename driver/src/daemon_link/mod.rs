@@ -10,7 +10,7 @@
 //! HTTP/2 keepalive, so a hung daemon is noticed even on long streams.
 
 pub(crate) mod heartbeat;
-pub mod identity;
+pub(crate) mod identity;
 
 use std::fmt;
 use std::future::Future;
