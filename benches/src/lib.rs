@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use elide_daemon::{
     connect, serve, DaemonService, FsStore, Limits, ListenOptions, ProcessRuntime,
-    ProcessRuntimeConfig, RandomIds, RegistryDeps, SessionRegistry, SystemClock, Target,
-    PYTHON_DEFAULT_PRELOAD,
+    ProcessRuntimeConfig, RandomIds, RegistryDeps, SessionRegistry, Target, PYTHON_DEFAULT_PRELOAD,
 };
 use elide_proto::elide::daemon::v1 as pb;
+use elide_proto::wall_clock::SystemClock;
 use pb::elide_daemon_client::ElideDaemonClient;
 use tonic::transport::Channel;
 

@@ -57,4 +57,3 @@ pub use runtime::{
 pub use server::{serve, ListenOptions};
 pub use service::DaemonService;
 pub use store::{FsStore, MemoryStore, StateStore};
-pub use time::{SystemClock, TokioClock};

@@ -1,51 +1,7 @@
-//! Wall-clock time behind a seam, and conversions to protobuf time types.
-//!
-//! Durations and deadlines use `tokio::time` (virtual under simulation); only
-//! timestamps shown to users come from a [`Clock`], so a simulation can make
-//! them deterministic.
+//! Conversions to protobuf time types. Wall-clock time itself comes from
+//! the one seam, `elide_proto::wall_clock`.
 
 use std::time::{Duration, SystemTime};
-
-/// Source of wall-clock timestamps.
-pub trait Clock: Send + Sync + 'static {
-    /// The current wall-clock time.
-    fn now(&self) -> SystemTime;
-}
-
-/// The operating system's clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
-}
-
-/// Wall-clock time derived from `tokio::time`: `epoch` plus the time elapsed
-/// since the clock was made. Deterministic under a paused or simulated
-/// clock, so traces with timestamps replay byte for byte.
-#[derive(Debug, Clone, Copy)]
-pub struct TokioClock {
-    epoch: SystemTime,
-    origin: tokio::time::Instant,
-}
-
-impl TokioClock {
-    /// A clock that reads `epoch` now.
-    pub fn starting_at(epoch: SystemTime) -> Self {
-        TokioClock {
-            epoch,
-            origin: tokio::time::Instant::now(),
-        }
-    }
-}
-
-impl Clock for TokioClock {
-    fn now(&self) -> SystemTime {
-        self.epoch + self.origin.elapsed()
-    }
-}
 
 /// A protobuf timestamp for `t`.
 pub fn proto_timestamp(t: SystemTime) -> prost_types::Timestamp {

@@ -6,9 +6,10 @@ use std::time::{Duration, SystemTime};
 
 use elide_daemon::{
     is_terminal, DaemonError, Limits, MemoryStore, RegistryDeps, ScriptedRuntime, SequentialIds,
-    SessionRegistry, StateStore, TokioClock,
+    SessionRegistry, StateStore,
 };
 use elide_proto::elide::daemon::v1 as pb;
+use elide_proto::wall_clock::TokioClock;
 use nix::sys::signal::Signal;
 use pb::ExecutionState as S;
 

@@ -11,13 +11,14 @@ use support::plugin_config;
 
 use elide_daemon::{
     DaemonService, FsStore, Limits, ProcessRuntime, ProcessRuntimeConfig, RandomIds, RegistryDeps,
-    SessionRegistry, SystemClock,
+    SessionRegistry,
 };
 use elide_driver::{
     ApiProbe, AttributeValue, BoxedIo, DaemonEndpoint, DaemonHealth, Dialer, DialerFactory,
     ElideDriver, TaskError, DEFAULT_DAEMON_SOCKET,
 };
 use elide_proto::hashicorp::nomad::plugins::drivers::proto::{TaskConfig, TaskHandle};
+use elide_proto::wall_clock::SystemClock;
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;

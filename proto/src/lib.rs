@@ -27,6 +27,7 @@ pub mod handshake;
 pub mod intrinsics;
 mod language;
 pub mod recoverable;
+pub mod wall_clock;
 pub use duration::{duration_from_proto, duration_to_proto};
 pub use language::Language;
 

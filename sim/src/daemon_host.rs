@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use elide_daemon::{
-    DaemonService, Limits, MemoryStore, RegistryDeps, SequentialIds, SessionRegistry, TokioClock,
+    DaemonService, Limits, MemoryStore, RegistryDeps, SequentialIds, SessionRegistry,
 };
+use elide_proto::wall_clock::TokioClock;
 
 use crate::net::incoming;
 use crate::truth::{GroundTruth, RecordingRuntime};

@@ -8,9 +8,10 @@ use anyhow::Context;
 use clap::Parser;
 use elide_daemon::{
     check_reachable_by_all, serve, Cgroups, DaemonService, FsStore, Limits, ListenOptions,
-    ProcessRuntime, ProcessRuntimeConfig, RandomIds, RegistryDeps, SessionRegistry, SystemClock,
+    ProcessRuntime, ProcessRuntimeConfig, RandomIds, RegistryDeps, SessionRegistry,
     TypeScriptRunner, PYTHON_DEFAULT_PRELOAD,
 };
+use elide_proto::wall_clock::SystemClock;
 
 /// Runs Python and JavaScript snippets for many clients through one
 /// session-based gRPC API.

@@ -38,8 +38,9 @@ use crate::runtime::{Metrics, ProgramControl, Runtime, StartMode};
 use crate::session::{check_ai_available, execution_policy, ExecutionPolicy, SessionPolicy};
 use crate::store::{ExecutionRecord, SessionRecord, StateStore};
 use crate::supervisor::{self, Ending, ExecutionReport, StopRequest};
-use crate::time::{proto_timestamp, Clock};
+use crate::time::proto_timestamp;
 use elide_proto::duration_to_proto;
+use elide_proto::wall_clock::WallClock;
 
 mod accept;
 mod core;
@@ -67,7 +68,7 @@ pub struct RegistryDeps {
     /// Durable state.
     pub store: Arc<dyn StateStore>,
     /// Wall-clock timestamps.
-    pub clock: Arc<dyn Clock>,
+    pub clock: Arc<dyn WallClock>,
     /// Fresh ids.
     pub ids: Arc<dyn IdSource>,
     /// Limits in force.
@@ -84,7 +85,7 @@ pub struct SessionRegistry {
     limits: Limits,
     runtime: Arc<dyn Runtime>,
     store: Arc<dyn StateStore>,
-    clock: Arc<dyn Clock>,
+    clock: Arc<dyn WallClock>,
     ids: Arc<dyn IdSource>,
     instance_id: String,
     version: String,

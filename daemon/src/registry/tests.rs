@@ -11,7 +11,7 @@ use super::*;
 use crate::ids::SequentialIds;
 use crate::runtime::scripted::ScriptedRuntime;
 use crate::store::{MemoryStore, StoreError, StoredState};
-use crate::time::TokioClock;
+use elide_proto::wall_clock::TokioClock;
 
 /// Holds a QUEUED write until the test releases it.
 struct Gate {

@@ -12,28 +12,12 @@ mod files;
 mod users;
 
 use std::sync::Arc;
-use std::time::SystemTime;
+
+pub use elide_proto::wall_clock::{SystemClock, WallClock};
 
 pub use fifo::{FifoSinks, LogSinks, LogWriter};
 pub use files::{LocalFiles, StateFiles};
 pub use users::{HostUser, SystemUsers, TaskUsers};
-
-/// Wall-clock time, for the timestamps Nomad shows (task start and end,
-/// events, stats). Durations and deadlines use `tokio::time` instead.
-pub trait WallClock: Send + Sync + 'static {
-    /// The current time.
-    fn now(&self) -> SystemTime;
-}
-
-/// The system's clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl WallClock for SystemClock {
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
-}
 
 /// The machine-facing parts of the driver.
 #[derive(Clone)]
