@@ -5,7 +5,7 @@
 //! tested, and simulated, without processes or sockets:
 //!
 //! * `registry`: sessions, executions, events and the API operations;
-//! * `supervisor`: drives one execution (slots, timeout, stop, memory);
+//! * `execution_run`: drives one execution (slots, timeout, stop, memory);
 //! * `runtime`: the seam that starts programs (`runtime::process` is the
 //!   real one); `cgroup`: its per-execution cgroups (v1 and v2);
 //! * `store`: durable state; `output`, `events`: retained output and
@@ -24,6 +24,7 @@ mod client;
 mod elide_apis;
 mod error;
 mod events;
+mod execution_run;
 mod ids;
 mod intrinsics;
 mod language;
@@ -36,7 +37,6 @@ mod service;
 mod session;
 mod signal;
 mod store;
-mod supervisor;
 mod time;
 mod v1alpha1;
 

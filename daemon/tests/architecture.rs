@@ -2,7 +2,7 @@
 //! fails here rather than in review.
 
 const REGISTRY_CORE: &str = include_str!("../src/registry/core.rs");
-const SUPERVISOR: &str = include_str!("../src/supervisor.rs");
+const EXECUTION_RUN: &str = include_str!("../src/execution_run.rs");
 
 #[test]
 fn the_registry_core_has_no_store_no_spawning_and_no_grpc() {
@@ -32,15 +32,15 @@ fn the_registry_core_has_no_store_no_spawning_and_no_grpc() {
 }
 
 #[test]
-fn the_supervisor_reports_through_its_trait_not_the_registry() {
+fn an_execution_run_reports_through_its_trait_not_the_registry() {
     let found: Vec<&str> = ["crate::registry", "SessionRegistry"]
         .into_iter()
-        .filter(|word| SUPERVISOR.contains(word))
+        .filter(|word| EXECUTION_RUN.contains(word))
         .collect();
     assert_eq!(
         found,
         Vec::<&str>::new(),
-        "daemon/src/supervisor.rs uses these"
+        "daemon/src/execution_run.rs uses these"
     );
 }
 

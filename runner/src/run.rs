@@ -21,7 +21,7 @@ use crate::logmon::{FifoForwarder, Sink};
 use crate::plugin_host::PluginHost;
 use crate::prestart::{self, PreparedTask, Prestart};
 pub use crate::run_error::RunError;
-use crate::task_lifecycle::{follow_task_events, supervise, wait_healthy, Running};
+use crate::task_lifecycle::{follow_task_events, follow_tasks, wait_healthy, Running};
 
 /// The driver name the plugin reports and jobs use.
 pub const DRIVER_NAME: &str = "elide";
@@ -399,10 +399,10 @@ async fn run_in(
         // Nomad would not restart a task whose start failed on bad config;
         // stop the ones that did start.
         let mut interrupt = watch::channel(true).1;
-        let _ = supervise(plugin, job.job_type, running, &mut interrupt).await;
+        let _ = follow_tasks(plugin, job.job_type, running, &mut interrupt).await;
         return Err(error);
     }
-    Ok(supervise(plugin, job.job_type, running, &mut interrupt).await)
+    Ok(follow_tasks(plugin, job.job_type, running, &mut interrupt).await)
 }
 
 /// Where the plugin config points.

@@ -29,7 +29,7 @@ pub(crate) struct Running {
 
 /// Waits for every task to exit; on interrupt stops the rest with their
 /// `kill_signal`/`kill_timeout`. Always destroys every task.
-pub(crate) async fn supervise(
+pub(crate) async fn follow_tasks(
     plugin: &mut PluginHost,
     job_type: JobType,
     running: Vec<Running>,

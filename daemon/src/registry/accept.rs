@@ -1,6 +1,6 @@
 //! Accepting an execution: checks and reservation in one lock section, the
 //! QUEUED write with the lock released, then publication and the
-//! supervisor.
+//! execution run.
 
 use super::*;
 
@@ -16,7 +16,7 @@ enum Reservation {
 }
 
 impl SessionRegistry {
-    /// Accepts an execution (idempotently) and starts supervising it.
+    /// Accepts an execution (idempotently) and starts running it.
     ///
     /// The QUEUED record is written before anything is published: until
     /// then the execution is pending, invisible to every reader, and a store
@@ -119,7 +119,7 @@ impl SessionRegistry {
         self.announce(&session_id, published);
         let spec = self.program_spec(&req, &session_id, &execution_id, &policy);
         tracing::info!(%session_id, %execution_id, language = %policy.language, "execution accepted");
-        tokio::spawn(supervisor::supervise(
+        tokio::spawn(execution_run::run_execution(
             self.clone(),
             session_id,
             spec,

@@ -12,11 +12,11 @@ use tokio::time::Instant;
 
 use crate::error::{DaemonError, Result};
 use crate::events::EventLog;
+use crate::execution_run::{Ending, StopRequest};
 use crate::output::OutputLog;
 use crate::runtime::ProgramControl;
 use crate::session::SessionPolicy;
 use crate::store::{ExecutionRecord, SessionRecord};
-use crate::supervisor::{Ending, StopRequest};
 
 /// Sequence numbers reserved (and persisted) at a time, so a restarted
 /// daemon never reuses one.

@@ -6,14 +6,14 @@
 //! always in the same order. Every change follows the same three steps:
 //! change the state in one lock section, persist what must be durable with
 //! the lock released, and only then publish (wake watchers, wake waiters,
-//! start a supervisor). A watcher therefore never sees an execution, or a
+//! start its run). A watcher therefore never sees an execution, or a
 //! final status, that a crash could take back. Programs are run by
-//! [`crate::supervisor`]; the gRPC layer ([`crate::service`]) only translates.
+//! [`crate::execution_run`]; the gRPC layer ([`crate::service`]) only translates.
 //!
 //! * `core`: the state and its transitions, without store, spawning or gRPC;
 //! * this module: the lock and the API operations over it;
 //! * `accept`: `execute` (reserve, persist, publish, spawn);
-//! * `report`: what supervisors report, and sequence-number reservations;
+//! * `report`: what execution runs report, and sequence-number reservations;
 //! * `restore`: start-up from the store.
 
 use std::collections::BTreeMap;
@@ -31,13 +31,13 @@ use tokio::time::Instant;
 use crate::elide_apis;
 use crate::error::{DaemonError, Result};
 use crate::events::{EventBatch, EventLog};
+use crate::execution_run::{self, Ending, ExecutionReport, StopRequest};
 use crate::ids::{validate_id, IdSource};
 use crate::limits::Limits;
 use crate::output::OutputLog;
 use crate::runtime::{Metrics, ProgramControl, Runtime, StartMode};
 use crate::session::{check_ai_available, execution_policy, ExecutionPolicy, SessionPolicy};
 use crate::store::{ExecutionRecord, SessionRecord, StateStore};
-use crate::supervisor::{self, Ending, ExecutionReport, StopRequest};
 use crate::time::proto_timestamp;
 use elide_proto::duration_to_proto;
 use elide_proto::wall_clock::WallClock;
@@ -544,7 +544,7 @@ impl SessionRegistry {
             }
         };
         if let Some(done) = done.as_mut() {
-            // The supervisor forgets it when it ends; wait so the caller
+            // Its run forgets it when it ends; wait so the caller
             // knows nothing runs any more.
             let _ = tokio::time::timeout(wait, done.wait_for(|d| *d)).await;
             return Ok(());

@@ -1,4 +1,4 @@
-//! What supervisors report (started, ended), and the sequence-number
+//! What execution runs report (started, ended), and the sequence-number
 //! reservation every event depends on.
 
 use super::*;
@@ -68,7 +68,7 @@ impl SessionRegistry {
     }
 }
 
-/// What the supervisors report; see [`crate::supervisor::ExecutionReport`].
+/// What execution runs report; see [`crate::execution_run::ExecutionReport`].
 impl ExecutionReport for SessionRegistry {
     fn runtime(&self) -> &Arc<dyn Runtime> {
         &self.runtime

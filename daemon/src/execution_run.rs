@@ -1,6 +1,6 @@
 //! Runs one execution from queue to terminal state.
 //!
-//! The supervisor waits for a run slot, starts the program through the
+//! It waits for a run slot, starts the program through the
 //! [`Runtime`](crate::runtime::Runtime), copies its output into the
 //! execution's [`OutputLog`], and applies the three ways an execution can be
 //! ended from outside: a stop request (cancel, session deletion, shutdown),
@@ -18,8 +18,8 @@ use tokio::time::{sleep_until, Instant};
 use crate::output::OutputLog;
 use crate::runtime::{ExitInfo, KernelLimit, ProgramControl, ProgramEvent, ProgramSpec, Runtime};
 
-/// What a supervisor needs from the daemon and tells it: the narrow
-/// interface the registry implements, so the supervisor does not know the
+/// What an execution run needs from the daemon and tells it: the narrow
+/// interface the registry implements, so the run does not know the
 /// registry.
 pub trait ExecutionReport: Send + Sync + 'static {
     /// The runtime that starts programs.
@@ -36,7 +36,7 @@ pub trait ExecutionReport: Send + Sync + 'static {
     fn finish(&self, session_id: &str, execution_id: &str, ending: Ending);
 }
 
-/// How an execution ended, as the supervisor saw it.
+/// How an execution ended, as its run saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ending {
     /// The program ended by itself.
@@ -76,8 +76,8 @@ enum Cause {
     Memory(String),
 }
 
-/// Supervises one execution until it reaches a terminal state.
-pub async fn supervise(
+/// Runs one execution until it reaches a terminal state.
+pub async fn run_execution(
     registry: Arc<dyn ExecutionReport>,
     session_id: String,
     spec: ProgramSpec,
