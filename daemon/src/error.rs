@@ -29,6 +29,12 @@ pub enum DaemonError {
     Runtime(#[from] RuntimeError),
 }
 
+impl From<crate::signal::SignalNameError> for DaemonError {
+    fn from(err: crate::signal::SignalNameError) -> Self {
+        DaemonError::InvalidArgument(err.to_string())
+    }
+}
+
 /// Result type of the daemon core.
 pub type Result<T, E = DaemonError> = std::result::Result<T, E>;
 

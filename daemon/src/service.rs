@@ -290,7 +290,7 @@ impl ElideDaemon for DaemonService {
     ) -> Result<Response<pb::SignalExecutionResponse>, Status> {
         self.count("SignalExecution");
         let req = req.into_inner();
-        let sig = parse_signal(&req.signal)?;
+        let sig = parse_signal(&req.signal).map_err(DaemonError::from)?;
         let status = self
             .registry
             .signal(&req.session_id, &req.execution_id, sig)?;
@@ -308,7 +308,7 @@ impl ElideDaemon for DaemonService {
         let sig = if req.signal.is_empty() {
             Signal::SIGTERM
         } else {
-            parse_signal(&req.signal)?
+            parse_signal(&req.signal).map_err(DaemonError::from)?
         };
         let grace = optional_duration(req.grace.as_ref(), "grace")?;
         let status = self

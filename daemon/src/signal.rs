@@ -2,13 +2,17 @@
 
 use nix::sys::signal::Signal;
 
-use crate::error::DaemonError;
+/// A signal name that names no POSIX signal; the request error maps it to
+/// INVALID_ARGUMENT (a leaf error, so the runtime can parse names too).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SignalNameError(String);
 
 /// Parses "SIGTERM", "TERM", "sigterm" or "term" into a signal.
-pub fn parse_signal(name: &str) -> Result<Signal, DaemonError> {
+pub fn parse_signal(name: &str) -> Result<Signal, SignalNameError> {
     let upper = name.trim().to_ascii_uppercase();
     if upper.is_empty() {
-        return Err(DaemonError::InvalidArgument("signal name is empty".into()));
+        return Err(SignalNameError("signal name is empty".into()));
     }
     let full = if upper.starts_with("SIG") {
         upper
@@ -16,7 +20,7 @@ pub fn parse_signal(name: &str) -> Result<Signal, DaemonError> {
         format!("SIG{upper}")
     };
     full.parse::<Signal>().map_err(|_| {
-        DaemonError::InvalidArgument(format!(
+        SignalNameError(format!(
             "unknown signal {name:?}: expected a POSIX signal name such as SIGTERM, SIGINT, SIGUSR1 or SIGKILL"
         ))
     })
@@ -41,7 +45,10 @@ mod tests {
     #[case("SIGNOPE")]
     #[case("15")]
     fn rejects_unknown_names(#[case] name: &str) {
-        let err = parse_signal(name).unwrap_err();
-        assert!(matches!(err, DaemonError::InvalidArgument(_)), "{err}");
+        let err = crate::error::DaemonError::from(parse_signal(name).unwrap_err());
+        assert!(
+            matches!(err, crate::error::DaemonError::InvalidArgument(_)),
+            "{err}"
+        );
     }
 }

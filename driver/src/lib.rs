@@ -19,6 +19,7 @@
 
 #![warn(missing_docs)]
 
+mod backoff;
 mod daemon_link;
 mod driver;
 mod grpc;

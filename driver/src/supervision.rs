@@ -34,8 +34,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
 use crate::plugin_config::DaemonCommand;
-use crate::tasks::backoff::Backoff;
 
 /// The lock file, under the state dir, that elects the supervising process.
 pub const LOCK_FILE: &str = "supervisor.lock";

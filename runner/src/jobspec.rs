@@ -596,6 +596,9 @@ pub fn eval(expr: &Expression, ctx: &Context<'_>) -> Result<Value, String> {
     expr.evaluate(ctx).map_err(|e| e.to_string())
 }
 
+/// The driver name the plugin reports and jobs use (`driver = "elide"`).
+pub const DRIVER_NAME: &str = "elide";
+
 #[cfg(test)]
 mod tests {
     use super::*;

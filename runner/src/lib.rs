@@ -32,4 +32,5 @@ mod task_lifecycle;
 mod template;
 
 pub use agent_config::parse as parse_agent_config;
-pub use run::{run as run_job, RunError, RunOptions};
+pub use run::{run as run_job, Outcome, RunError, RunOptions};
+pub use task_lifecycle::TaskOutcome;

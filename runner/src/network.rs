@@ -17,8 +17,6 @@ use std::net::{Ipv4Addr, TcpListener};
 use hcl::eval::Context;
 use hcl::{Body, Value};
 
-use crate::jobspec::eval;
-
 /// Nomad's default `min_dynamic_port`.
 pub const MIN_DYNAMIC_PORT: u16 = 20000;
 /// Nomad's default `max_dynamic_port`.
@@ -201,6 +199,12 @@ pub fn env(ports: &[AssignedPort]) -> Vec<(String, String)> {
         ]);
     }
     vars
+}
+
+/// Evaluates a literal attribute of a `network` block; the error names what
+/// failed.
+fn eval(expr: &hcl::Expression, ctx: &Context<'_>) -> Result<Value, String> {
+    hcl::eval::Evaluate::evaluate(expr, ctx).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -16,25 +16,18 @@ use tokio::sync::watch;
 
 use crate::agent_config;
 use crate::daemon::{self, PrivateDaemon};
+use crate::jobspec::DRIVER_NAME;
 use crate::jobspec::{Group, Job, Task};
 use crate::logmon::{FifoForwarder, Sink};
 use crate::plugin_host::PluginHost;
 use crate::prestart::{self, PreparedTask, Prestart};
 pub use crate::run_error::RunError;
+use crate::run_error::{bounded, rpc, RPC_LIMIT};
+use crate::task_lifecycle::TaskOutcome;
 use crate::task_lifecycle::{follow_task_events, follow_tasks, wait_healthy, Running};
 
-/// The driver name the plugin reports and jobs use.
-pub const DRIVER_NAME: &str = "elide";
 /// The daemon socket the plugin uses when its config names none.
 pub const DEFAULT_DAEMON_SOCKET: &str = "/run/elide/daemon.sock";
-/// How long the plugin may take to report a HEALTHY fingerprint.
-pub const HEALTHY_LIMIT: Duration = Duration::from_secs(30);
-/// Deadline of short RPCs (schemas, SetConfig, StartTask, DestroyTask).
-pub const RPC_LIMIT: Duration = Duration::from_secs(30);
-/// Extra time, beyond `kill_timeout`, for a stopped task to report its exit.
-pub const STOP_MARGIN: Duration = Duration::from_secs(15);
-/// How long a task's output may trail its exit.
-pub const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
 /// What to run and with what.
 #[derive(Debug, Clone)]
@@ -51,15 +44,6 @@ pub struct RunOptions {
     pub plugin: PathBuf,
     /// The `elide-daemon` binary (for a private daemon).
     pub daemon: PathBuf,
-}
-
-/// How one task ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskOutcome {
-    /// The task.
-    pub task: String,
-    /// Its exit code (128+N for signal N; 1 for a driver error with code 0).
-    pub exit_code: i32,
 }
 
 /// How the run ended.
@@ -182,29 +166,6 @@ impl Session {
         if let Some(daemon) = self.daemon.take() {
             daemon.stop().await;
         }
-    }
-}
-
-pub(crate) fn rpc(call: impl Into<String>) -> impl FnOnce(tonic::Status) -> RunError {
-    let call = call.into();
-    move |status| RunError::Rpc {
-        call,
-        message: status.message().to_owned(),
-    }
-}
-
-pub(crate) async fn bounded<T>(
-    call: &str,
-    limit: Duration,
-    fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<T, RunError> {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(Ok(response)) => Ok(response.into_inner()),
-        Ok(Err(status)) => Err(rpc(call)(status)),
-        Err(_) => Err(RunError::Rpc {
-            call: call.to_owned(),
-            message: format!("no answer within {limit:?}"),
-        }),
     }
 }
 

@@ -11,7 +11,7 @@ use crate::alloc::AllocError;
 use crate::daemon::DaemonError;
 use crate::env::EnvError;
 use crate::jobspec::JobError;
-use crate::run::DRIVER_NAME;
+use crate::jobspec::DRIVER_NAME;
 use crate::template::TemplateError;
 
 /// Why a run failed before its tasks could run to an exit code.
@@ -119,4 +119,33 @@ pub enum RunError {
     /// SIGINT/SIGTERM arrived before the tasks started.
     #[error("interrupted before the tasks started")]
     Interrupted,
+}
+
+/// Deadline of short RPCs (schemas, SetConfig, StartTask, DestroyTask).
+pub const RPC_LIMIT: Duration = Duration::from_secs(30);
+
+/// Maps a failed plugin call to the run's error.
+pub(crate) fn rpc(call: impl Into<String>) -> impl FnOnce(tonic::Status) -> RunError {
+    let call = call.into();
+    move |status| RunError::Rpc {
+        call,
+        message: status.message().to_owned(),
+    }
+}
+
+/// A plugin call with a deadline, its failure or silence as the run's
+/// error.
+pub(crate) async fn bounded<T>(
+    call: &str,
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, RunError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(rpc(call)(status)),
+        Err(_) => Err(RunError::Rpc {
+            call: call.to_owned(),
+            message: format!("no answer within {limit:?}"),
+        }),
+    }
 }

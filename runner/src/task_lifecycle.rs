@@ -8,16 +8,31 @@ use elide_proto::hashicorp::nomad::plugins::drivers::proto::{
     DestroyTaskRequest, FingerprintRequest, StopTaskRequest, TaskEventsRequest, WaitTaskRequest,
     WaitTaskResponse,
 };
+use std::time::Duration;
+
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
 use crate::jobspec::{JobType, Task};
 use crate::logmon::FifoForwarder;
 use crate::plugin_host::PluginHost;
-use crate::run::{
-    bounded, rpc, TaskOutcome, HEALTHY_LIMIT, OUTPUT_DRAIN_LIMIT, RPC_LIMIT, STOP_MARGIN,
-};
-use crate::run_error::RunError;
+use crate::run_error::{bounded, rpc, RunError, RPC_LIMIT};
+
+/// How long the plugin may take to report a HEALTHY fingerprint.
+pub const HEALTHY_LIMIT: Duration = Duration::from_secs(30);
+/// Extra time, beyond `kill_timeout`, for a stopped task to report its exit.
+pub const STOP_MARGIN: Duration = Duration::from_secs(15);
+/// How long a task's output may trail its exit.
+pub const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// How one task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskOutcome {
+    /// The task.
+    pub task: String,
+    /// Its exit code (128+N for signal N; 1 for a driver error with code 0).
+    pub exit_code: i32,
+}
 
 /// A task whose `StartTask` succeeded, with its output forwarders.
 pub(crate) struct Running {

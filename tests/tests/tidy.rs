@@ -209,3 +209,68 @@ fn only_the_nomad_client_library_launches_plugins() {
     }
     assert_eq!(found, Vec::<String>::new());
 }
+
+/// A crate's top-level modules (`src/<name>.rs` or `src/<name>/…`), each
+/// with the top-level modules its production code names as `crate::<m>`
+/// (comments aside).
+fn module_imports(
+    dir: &str,
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut graph = std::collections::BTreeMap::new();
+    for (path, text) in sources(dir) {
+        let relative = path
+            .strip_prefix(&format!("{dir}/"))
+            .expect("inside the crate");
+        if relative.starts_with("bin/") || relative == "lib.rs" {
+            continue;
+        }
+        let module = relative
+            .split('/')
+            .next()
+            .unwrap()
+            .trim_end_matches(".rs")
+            .to_owned();
+        let code = &text[..text.find("#[cfg(test)]").unwrap_or(text.len())];
+        let names: &mut std::collections::BTreeSet<String> =
+            graph.entry(module.clone()).or_default();
+        for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+            for (at, _) in line.match_indices("crate::") {
+                let name: String = line[at + "crate::".len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                if !name.is_empty() && name != module {
+                    names.insert(name);
+                }
+            }
+        }
+    }
+    graph
+}
+
+#[test]
+fn no_crate_has_an_import_cycle_between_its_modules() {
+    let mut cycles = Vec::new();
+    for dir in CRATES {
+        let graph = module_imports(dir);
+        // A module is in a cycle when it can reach itself.
+        for start in graph.keys() {
+            let mut seen = std::collections::BTreeSet::new();
+            let mut pending: Vec<&String> = graph[start].iter().collect();
+            while let Some(next) = pending.pop() {
+                if next == start {
+                    cycles.push(format!("{dir}: {start}"));
+                    break;
+                }
+                if seen.insert(next.clone()) {
+                    pending.extend(graph.get(next).into_iter().flatten());
+                }
+            }
+        }
+    }
+    assert_eq!(
+        cycles,
+        Vec::<String>::new(),
+        "modules that import themselves through others: move the shared part down"
+    );
+}

@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use tokio::io::AsyncWrite;
 use tokio::net::unix::pipe;
 
-use crate::tasks::backoff::Backoff;
+use crate::backoff::Backoff;
 
 /// How long a FIFO that cannot be opened (not created yet, e.g. right after
 /// recovery, before Nomad's prestart re-creates logmon) is retried before

@@ -25,11 +25,11 @@ use serde::{Deserialize, Serialize};
 use elide_proto::elide::daemon::v1 as pb;
 use tokio::sync::watch;
 
-use super::backoff::Backoff;
 use super::output::OFFSETS_DIR;
 use super::{
     cancel_execution, ExitOutcome, FORCE_DELETE_TIMEOUT, REAP_FIRST_DELAY, REAP_MAX_DELAY,
 };
+use crate::backoff::Backoff;
 use crate::daemon_link::DaemonLink;
 use crate::host::StateFiles;
 

@@ -10,7 +10,6 @@
 //!   output has reached Nomad's FIFOs; the outcome is published exactly
 //!   once on a `watch` channel, which any number of `WaitTask` calls read.
 
-pub(crate) mod backoff;
 mod destroy;
 mod driver_state;
 mod error;

@@ -27,7 +27,7 @@ use elide_proto::elide::daemon::v1 as pb;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
-use super::backoff::Backoff;
+use crate::backoff::Backoff;
 use crate::daemon_link::heartbeat::{self, Next, Watchdog};
 use crate::daemon_link::DaemonLink;
 use crate::host::{LogSinks, LogWriter, StateFiles};

@@ -17,8 +17,8 @@ use std::time::Duration;
 use elide_proto::elide::daemon::v1 as pb;
 use tokio::sync::watch;
 
-use super::backoff::Backoff;
 use super::exit::is_terminal;
+use crate::backoff::Backoff;
 use crate::daemon_link::heartbeat::{self, Next, Watchdog};
 use crate::daemon_link::DaemonLink;
 use crate::plugin_config::StatusMode;
