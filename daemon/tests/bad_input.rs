@@ -20,7 +20,7 @@ fn assert_status(err: tonic::Status, code: Code, words: &[&str]) {
 
 #[tokio::test]
 async fn each_bad_request_gets_its_own_code_and_the_daemon_keeps_serving() {
-    let d = Daemon::start(&["--max-code-bytes", "1000"]).await;
+    let d = Daemon::start_with(&["--max-code-bytes", "1000"]).await;
     let mut c = d.client().await;
     create_session(
         &mut c,
@@ -233,7 +233,7 @@ async fn each_bad_request_gets_its_own_code_and_the_daemon_keeps_serving() {
 #[tokio::test]
 async fn typescript_without_a_runtime_is_a_failed_precondition() {
     // Typescript served by the Elide CLI, which is missing.
-    let d = Daemon::start(&["--typescript", "elide", "--elide", "/nonexistent/elide"]).await;
+    let d = Daemon::start_with(&["--typescript", "elide", "--elide", "/nonexistent/elide"]).await;
     let mut c = d.client().await;
     create_session(&mut c, "s", Default::default()).await;
     let err = c
@@ -263,7 +263,7 @@ async fn the_daemon_refuses_to_start_over_a_file_that_is_not_a_socket() {
 
 #[tokio::test]
 async fn a_second_daemon_on_a_live_socket_is_refused_and_sigterm_removes_the_socket() {
-    let mut d = Daemon::start(&[]).await;
+    let mut d = Daemon::start_with(&[]).await;
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_elide-daemon"))
         .arg("--socket")
         .arg(&d.socket)

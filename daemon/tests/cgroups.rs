@@ -278,7 +278,7 @@ async fn a_cgroup_left_by_a_crashed_daemon_is_removed_at_restart() {
         "nothing removed {} before the restart",
         cgroup.display()
     );
-    d.launch().await;
+    d.restart().await;
     // Cleaned before the daemon listens again.
     assert!(
         !cgroup.exists(),

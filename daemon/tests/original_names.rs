@@ -25,7 +25,7 @@ fn with_intrinsics(req: &mut pb::ExecuteSnippetRequest, list: &[&str]) {
 
 #[tokio::test]
 async fn both_spellings_are_listed_kept_and_narrowed_by_grants() {
-    let d = Daemon::start(&[]).await;
+    let d = Daemon::start_with(&[]).await;
     let mut c = d.client().await;
 
     let caps = c
@@ -111,7 +111,7 @@ async fn both_spellings_are_listed_kept_and_narrowed_by_grants() {
 
 #[tokio::test]
 async fn names_this_runtime_cannot_honour_are_failed_preconditions_naming_the_field() {
-    let d = Daemon::start(&[]).await;
+    let d = Daemon::start_with(&[]).await;
     let mut c = d.client().await;
     let create = |config: pb::SessionConfig| pb::CreateSessionRequest {
         session_id: "refused".into(),
@@ -177,7 +177,7 @@ async fn names_this_runtime_cannot_honour_are_failed_preconditions_naming_the_fi
 
 #[tokio::test]
 async fn elide_ctl_runs_with_original_names_and_lists_both_spellings() {
-    let d = Daemon::start(&[]).await;
+    let d = Daemon::start_with(&[]).await;
     let ctl = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_elide-ctl"))
             .arg("--socket")

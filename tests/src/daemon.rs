@@ -10,9 +10,25 @@ use pb::elide_daemon_client::ElideDaemonClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::binaries::{binary, DAEMON};
+use crate::daemon_api::{processes_with, wait_pool_full};
 
 /// How long the daemon may take to listen.
 const START_LIMIT: Duration = Duration::from_secs(20);
+
+/// How the daemon under test starts programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Python as forks of the zygote (the default) and javascript and
+    /// typescript on pooled, pre-started node workers
+    /// (`--context-pool-size` [`TEST_POOL_SIZE`]).
+    Warm,
+    /// A fresh interpreter per execution (`--python-warm=false
+    /// --context-pool-size 0`).
+    Cold,
+}
+
+/// Node pool size of a warm test daemon.
+pub const TEST_POOL_SIZE: usize = 2;
 
 /// A daemon process; killed when dropped.
 pub struct Daemon {
@@ -40,6 +56,67 @@ impl Daemon {
         let mut daemon = Daemon { dir, socket, child };
         daemon.wait_listening().await;
         daemon
+    }
+
+    /// Starts a daemon whose programs start `start`, with extra flags. A
+    /// warm one is returned once its node pool is full, so its first
+    /// programs start warm.
+    pub async fn start_as(start: Start, extra: &[&str]) -> Daemon {
+        let size = match start {
+            Start::Warm => TEST_POOL_SIZE.to_string(),
+            Start::Cold => "0".to_string(),
+        };
+        let mut args = vec!["--context-pool-size", size.as_str()];
+        if start == Start::Cold {
+            args.push("--python-warm=false");
+        }
+        args.extend_from_slice(extra);
+        let daemon = Daemon::start_with(&args).await;
+        if start == Start::Warm {
+            wait_pool_full(&mut daemon.client().await).await;
+        }
+        daemon
+    }
+
+    /// Pids of this daemon's pooled node workers that still wait for a job
+    /// (a worker that took a job runs its program's file instead).
+    pub fn waiting_workers(&self) -> Vec<i32> {
+        let script = self
+            .state_dir()
+            .join("runtime")
+            .join("elide-node-worker.js");
+        processes_with(&script.display().to_string())
+    }
+
+    /// A fresh working directory `work/` that programs of the daemon's
+    /// default user may use (theirs, mode 0700), as Nomad hands a task its
+    /// directory.
+    pub fn work_dir(&self) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let work = self.dir.path().join("work");
+        std::fs::create_dir(&work).expect("work dir");
+        if nix::unistd::Uid::effective().is_root() {
+            let nobody = nix::unistd::User::from_name("nobody")
+                .expect("user database")
+                .expect("user nobody exists");
+            std::os::unix::fs::chown(&work, Some(nobody.uid.as_raw()), Some(nobody.gid.as_raw()))
+                .expect("chown work dir");
+        }
+        std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700))
+            .expect("work dir mode");
+        work
+    }
+
+    /// Sends `sig` to the daemon and waits for it to exit.
+    pub fn stop_with(&mut self, sig: nix::sys::signal::Signal) -> ExitStatus {
+        self.signal(sig);
+        self.child.wait().expect("wait for the daemon")
+    }
+
+    /// Kills the daemon hard and starts it again on the same state dir.
+    pub async fn crash_and_restart(&mut self) {
+        self.kill_hard();
+        self.restart().await;
     }
 
     /// Starts a daemon that also listens on TCP (`--listen`) at a free
@@ -207,14 +284,25 @@ fn spawn(dir: &std::path::Path, socket: &std::path::Path) -> Child {
         .arg(socket)
         .arg("--state-dir")
         .arg(dir.join("state"))
-        .args(["--sample-interval-secs", "0.2"])
-        .args(extra_args(dir))
+        .args(with_default_sampling(extra_args(dir)))
         .env("RUST_LOG", "elide_daemon=debug")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .expect("starting elide-daemon")
+}
+
+/// `extra`, sampling every 0.2 s unless it sets an interval itself (tests
+/// want metrics soon; the flag may be given only once).
+fn with_default_sampling(mut extra: Vec<String>) -> Vec<String> {
+    if !extra
+        .iter()
+        .any(|a| a.starts_with("--sample-interval-secs"))
+    {
+        extra.extend(["--sample-interval-secs".to_owned(), "0.2".to_owned()]);
+    }
+    extra
 }
 
 /// The extra flags the daemon in `dir` was first started with (kept in a

@@ -12,6 +12,7 @@
 pub mod binaries;
 pub mod cty;
 pub mod daemon;
+pub mod daemon_api;
 pub mod logmon;
 pub mod nomad;
 pub mod nomad_client;
