@@ -116,15 +116,17 @@ struct FifoSink {
     path: Option<PathBuf>,
     logs: Arc<dyn LogSinks>,
     sender: Option<LogWriter>,
+    on_unwritable: UnwritableReporter,
 }
 
 impl FifoSink {
-    fn new(path: &str, logs: Arc<dyn LogSinks>) -> Self {
+    fn new(path: &str, logs: Arc<dyn LogSinks>, on_unwritable: UnwritableReporter) -> Self {
         let path = (!path.is_empty() && path != "/dev/null").then(|| PathBuf::from(path));
         FifoSink {
             path,
             logs,
             sender: None,
+            on_unwritable,
         }
     }
 
@@ -139,7 +141,8 @@ impl FifoSink {
         match self.logs.open(&path).await {
             Ok(sender) => self.sender = Some(sender),
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot open the log FIFO; discarding this stream's output");
+                tracing::error!(path = %path.display(), error = %e, "cannot open the log FIFO; discarding this stream's output");
+                (self.on_unwritable)(&path, &e);
                 self.path = None;
             }
         }
@@ -167,6 +170,11 @@ impl FifoSink {
 /// Reports output the daemon no longer had (it is skipped).
 pub type DroppedReporter = Box<dyn Fn(pb::OutputStream, u64, u64) + Send + Sync>;
 
+/// Reports a log FIFO that could not be opened (refused as no FIFO, or
+/// still missing at [`crate::host::FIFO_OPEN_LIMIT`]); that stream's output
+/// is discarded.
+pub type UnwritableReporter = Arc<dyn Fn(&Path, &io::Error) + Send + Sync>;
+
 /// Everything one task's forwarder needs.
 pub struct OutputForwarder {
     /// The daemon.
@@ -185,6 +193,8 @@ pub struct OutputForwarder {
     pub logs: Arc<dyn LogSinks>,
     /// Called for every `dropped` marker.
     pub on_dropped: DroppedReporter,
+    /// Called for a log FIFO that cannot be opened.
+    pub on_unwritable: UnwritableReporter,
 }
 
 /// How forwarding ended.
@@ -202,8 +212,16 @@ impl OutputForwarder {
     /// FIFOs are closed when this returns.
     pub async fn run(self) -> ForwardEnd {
         let mut sinks = [
-            FifoSink::new(&self.stdout_path, self.logs.clone()),
-            FifoSink::new(&self.stderr_path, self.logs.clone()),
+            FifoSink::new(
+                &self.stdout_path,
+                self.logs.clone(),
+                self.on_unwritable.clone(),
+            ),
+            FifoSink::new(
+                &self.stderr_path,
+                self.logs.clone(),
+                self.on_unwritable.clone(),
+            ),
         ];
         // Held from now until the end of output, whatever the program writes.
         let [stdout, stderr] = &mut sinks;
@@ -377,7 +395,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.fifo");
         nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let mut sink = FifoSink::new(path.to_str().unwrap(), Arc::new(crate::host::FifoSinks));
+        let mut sink = FifoSink::new(
+            path.to_str().unwrap(),
+            Arc::new(crate::host::FifoSinks),
+            Arc::new(|_: &Path, _: &io::Error| {}),
+        );
         // No reader is open: a plain O_WRONLY open would block here.
         sink.write(b"hello\n").await;
         let mut reader = std::fs::File::open(&path).unwrap();
@@ -388,7 +410,11 @@ mod tests {
         // and then EOF (no hang).
         std::io::Read::read_to_string(&mut reader, &mut text).unwrap();
         assert_eq!(text, "hello\n");
-        let mut null = FifoSink::new("/dev/null", Arc::new(crate::host::FifoSinks));
+        let mut null = FifoSink::new(
+            "/dev/null",
+            Arc::new(crate::host::FifoSinks),
+            Arc::new(|_: &Path, _: &io::Error| {}),
+        );
         null.write(b"x").await;
         assert!(null.sender.is_none());
     }

@@ -134,6 +134,22 @@ impl TaskManager {
         let clock = self.host.clock.clone();
         let (task_id, alloc_id, task_name) =
             (task.id.clone(), task.alloc_id.clone(), task.name.clone());
+        let on_unwritable = {
+            let events = self.events.clone();
+            let clock = self.host.clock.clone();
+            let (task_id, alloc_id, task_name) =
+                (task_id.clone(), alloc_id.clone(), task_name.clone());
+            Arc::new(move |path: &std::path::Path, error: &std::io::Error| {
+                let _ = events.send(TaskEvent {
+                    task_id: task_id.clone(),
+                    alloc_id: alloc_id.clone(),
+                    task_name: task_name.clone(),
+                    timestamp: clock.now(),
+                    message: format!("{error}; output to it is discarded"),
+                    annotations: [("path".to_owned(), path.display().to_string())].into(),
+                });
+            })
+        };
         let forwarder = OutputForwarder {
             link: context.link.clone(),
             session_id: state.session_id.clone(),
@@ -168,6 +184,7 @@ impl TaskManager {
                     .into(),
                 });
             }),
+            on_unwritable,
         };
         let (exit_tx, exit_rx) = watch::channel(None);
         let task_id = task.id.clone();
