@@ -26,6 +26,7 @@ pub mod intrinsics;
 pub mod language;
 pub mod limits;
 pub mod output;
+pub mod peer;
 pub mod registry;
 pub mod runtime;
 pub mod server;

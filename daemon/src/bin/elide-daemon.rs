@@ -9,6 +9,7 @@ use clap::Parser;
 use elide_daemon::cgroup::Cgroups;
 use elide_daemon::ids::RandomIds;
 use elide_daemon::limits::Limits;
+use elide_daemon::peer::{parse_id_list, PeerPolicy};
 use elide_daemon::registry::{RegistryDeps, SessionRegistry};
 use elide_daemon::runtime::process::{ProcessRuntime, ProcessRuntimeConfig, TypeScriptRunner};
 use elide_daemon::runtime::{python_zygote, run_as};
@@ -33,8 +34,19 @@ struct Args {
     #[arg(long, default_value = "660", value_parser = parse_octal)]
     socket_mode: u32,
     /// Also listen on this TCP address (for example 127.0.0.1:7420).
+    /// TCP has NO authentication: anyone who can reach it can run code.
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
+    /// Users (numeric ids or names, comma-separated) allowed to call over
+    /// the Unix socket, checked with SO_PEERCRED on every connection.
+    /// Without this and --allow-gid, the socket's file mode alone decides.
+    /// Root and the daemon's own user are always allowed.
+    #[arg(long, value_parser = parse_uids)]
+    allow_uid: Option<IdList>,
+    /// Primary groups (numeric ids or names, comma-separated) allowed to
+    /// call over the Unix socket (see --allow-uid).
+    #[arg(long, value_parser = parse_gids)]
+    allow_gid: Option<IdList>,
     /// Directory for sessions, execution records and scratch files.
     #[arg(long, env = "ELIDE_DAEMON_STATE_DIR", default_value = "/var/lib/elide")]
     state_dir: PathBuf,
@@ -258,6 +270,10 @@ async fn main() -> anyhow::Result<()> {
         socket: args.socket.clone(),
         socket_mode: args.socket_mode,
         tcp: args.listen,
+        peers: PeerPolicy::new(
+            args.allow_uid.clone().map(|l| l.0).unwrap_or_default(),
+            args.allow_gid.clone().map(|l| l.0).unwrap_or_default(),
+        ),
     };
     let shutdown_grace = secs(args.shutdown_grace_secs, "shutdown-grace-secs")?;
     let drain_registry = registry.clone();
@@ -324,4 +340,28 @@ async fn wait_for_stop_signal() -> &'static str {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     }
+}
+
+/// A parsed `--allow-uid`/`--allow-gid` value.
+#[derive(Debug, Clone)]
+struct IdList(Vec<u32>);
+
+fn parse_uids(list: &str) -> Result<IdList, String> {
+    parse_id_list(list, "user", |name| {
+        nix::unistd::User::from_name(name)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw())
+    })
+    .map(IdList)
+}
+
+fn parse_gids(list: &str) -> Result<IdList, String> {
+    parse_id_list(list, "group", |name| {
+        nix::unistd::Group::from_name(name)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw())
+    })
+    .map(IdList)
 }
