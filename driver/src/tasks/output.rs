@@ -195,6 +195,8 @@ pub struct OutputForwarder {
     pub on_dropped: DroppedReporter,
     /// Called for a log FIFO that cannot be opened.
     pub on_unwritable: UnwritableReporter,
+    /// Raised by `Driver.Shutdown`: stop between two chunks.
+    pub detach: tokio::sync::watch::Receiver<bool>,
 }
 
 /// How forwarding ended.
@@ -204,6 +206,9 @@ pub enum ForwardEnd {
     Complete(Offsets),
     /// The execution is gone from the daemon.
     Gone(Offsets),
+    /// The plugin detached (`Driver.Shutdown`); the rest is for the next
+    /// plugin process.
+    Detached(Offsets),
 }
 
 impl OutputForwarder {
@@ -225,8 +230,16 @@ impl OutputForwarder {
         ];
         // Held from now until the end of output, whatever the program writes.
         let [stdout, stderr] = &mut sinks;
-        tokio::join!(stdout.open(), stderr.open());
         let mut offsets = self.offsets_file.load();
+        let mut detach = self.detach.clone();
+        let detached = |mut detach: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = detach.wait_for(|d| *d).await;
+        };
+        tokio::select! {
+            biased;
+            _ = detached(detach.clone()) => return ForwardEnd::Detached(offsets),
+            _ = async { tokio::join!(stdout.open(), stderr.open()) } => {}
+        }
         let mut backoff = Backoff::default();
         let end = loop {
             match self
@@ -234,7 +247,11 @@ impl OutputForwarder {
                 .await
             {
                 Some(end) => break end,
-                None => backoff.wait().await,
+                None => tokio::select! {
+                    biased;
+                    _ = detach.wait_for(|d| *d) => break ForwardEnd::Detached(offsets),
+                    _ = backoff.wait() => {}
+                },
             }
         };
         self.persist(offsets);
@@ -275,8 +292,16 @@ impl OutputForwarder {
         };
         backoff.reset();
         let mut watchdog = watchdog_on;
+        let mut detach = self.detach.clone();
         loop {
-            let next = match watchdog.next(&mut stream).await {
+            // Only the wait for the next event is cut short by a detach,
+            // never a write.
+            let next = tokio::select! {
+                biased;
+                _ = detach.wait_for(|d| *d) => return Some(ForwardEnd::Detached(*offsets)),
+                next = watchdog.next(&mut stream) => next,
+            };
+            let next = match next {
                 Next::Item(next) => next,
                 Next::Retired => {
                     tracing::info!(execution_id = %self.execution_id, "the connection under the output stream was retired; reconnecting");
