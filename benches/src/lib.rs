@@ -84,6 +84,7 @@ impl BenchDaemon {
             socket: socket.clone(),
             socket_mode: 0o600,
             tcp: None,
+            peers: Default::default(),
         };
         tokio::spawn(async move {
             let _ = serve(DaemonService::new(registry), &opts, async {

@@ -106,6 +106,8 @@ pub struct ListenOptions {
     pub socket_mode: u32,
     /// Optional TCP address.
     pub tcp: Option<std::net::SocketAddr>,
+    /// Who may call over the Unix socket (TCP has no peer credentials).
+    pub peers: crate::peer::PeerPolicy,
 }
 
 /// Serves `service` on the configured listeners until `shutdown` resolves.
@@ -135,11 +137,23 @@ pub async fn serve(
     // Clients that send the socket path as `:authority` (gRPC C-core,
     // grpc-java, grpc-go with a plain path) would be refused by h2; see
     // `crate::authority`.
+    let peers = opts.peers.clone();
+    if peers.is_restrictive() {
+        tracing::info!(uids = ?peers.uids, gids = ?peers.gids, "Unix socket peers checked with SO_PEERCRED (root and the daemon's own uid always allowed)");
+    }
     let unix_incoming = tokio_stream::StreamExt::map(
         tokio_stream::wrappers::UnixListenerStream::new(unix),
-        |conn| conn.map(crate::authority::AuthorityRewrite::new),
+        move |conn| {
+            conn.map(|stream| {
+                peers.check_connection(&stream);
+                crate::authority::AuthorityRewrite::new(stream)
+            })
+        },
     );
     let unix_server = builder()
+        .layer(tonic::service::InterceptorLayer::new(
+            opts.peers.clone().interceptor(),
+        ))
         .add_service(service.clone().into_server())
         .add_service(original.clone().into_server())
         .serve_with_incoming_shutdown(unix_incoming, stopped(stop_rx.clone()));

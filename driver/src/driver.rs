@@ -118,6 +118,45 @@ impl ElideDriver {
         }
     }
 
+    /// `Driver.Init` (Nomad ≥ 2.0.4, once per long-lived plugin process
+    /// after `SetConfig`, and after the agent reattaches). Only a plugin
+    /// with no configuration fails it: an error makes Nomad kill this
+    /// instance and launch a new one, which gets `SetConfig` first. A
+    /// daemon that does not answer is *not* fatal: it may be starting
+    /// (systemd, or the supervision started here), and a new plugin
+    /// instance would find it no better; tasks it runs must stay
+    /// recoverable. So Init starts supervision (this is the long-lived
+    /// process), probes the daemon once, logs what it found, and returns
+    /// that health, which the fingerprint reports too.
+    pub async fn init(&self) -> Result<DaemonHealth, &'static str> {
+        if self.config().is_none() {
+            return Err(NOT_CONFIGURED);
+        }
+        let health = self.health().await;
+        match &health {
+            DaemonHealth::Healthy { .. } => tracing::info!("Init: the daemon answers"),
+            DaemonHealth::Unhealthy { description } => tracing::warn!(
+                why = %description,
+                "Init: the daemon does not answer yet; the fingerprint reports the driver unhealthy until it does"
+            ),
+        }
+        Ok(health)
+    }
+
+    /// `Driver.Shutdown` (Nomad ≥ 2.0.4, agent shutdown, 2 s deadline):
+    /// stops supervising the daemon (it keeps running, and another plugin
+    /// process may take supervision over) and detaches from every task
+    /// within `limit`, never stopping one ([`TaskManager::detach`]).
+    pub async fn shutdown(&self, limit: std::time::Duration) -> crate::tasks::Detached {
+        let detached = self.tasks.detach(limit).await;
+        // Dropping the supervisor releases its lock; its daemon runs on.
+        self.supervisor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        detached
+    }
+
     /// Starts, replaces or stops daemon supervision to match `config`'s
     /// `daemon {}` block. Called from the fingerprint loop and the task
     /// RPCs, never from `SetConfig`: the agent's short-lived fingerprint
@@ -130,6 +169,9 @@ impl ElideDriver {
             _ => None,
         };
         let mut current = self.supervisor.lock().unwrap_or_else(|p| p.into_inner());
+        if self.tasks.is_detached() {
+            return; // After Driver.Shutdown nothing is started any more.
+        }
         if current.as_ref().map(Supervisor::plan) == wanted.as_ref() {
             return;
         }

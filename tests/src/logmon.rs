@@ -143,6 +143,24 @@ impl FifoReader {
         std::fs::remove_file(&self.path).expect("removing the FIFO");
     }
 
+    /// Stops reading before any writer came and deletes the FIFO (its
+    /// reader is blocked in `open`: a write end opened and closed here
+    /// lets it see its EOF and end), so a test can put something else in
+    /// its place.
+    pub fn abandon(&self, limit: Duration) {
+        self.shared.0.lock().unwrap().retired = true;
+        let eofs = self.eofs();
+        drop(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&self.path)
+                .expect("opening the FIFO to release its reader"),
+        );
+        self.wait_for_eofs(eofs + 1, limit);
+        std::fs::remove_file(&self.path).expect("removing the FIFO");
+    }
+
     /// How many bytes were read so far.
     pub fn len(&self) -> usize {
         self.shared.0.lock().unwrap().bytes.len()

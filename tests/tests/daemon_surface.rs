@@ -1,8 +1,8 @@
 //! What an operator meets around the daemon, through the real binaries:
 //! the plugin on a TCP daemon, the daemon's limits as Nomad sees them
 //! (a full queue, a stop of a queued task, the session limit), `elide-ctl`'s
-//! exit codes and live output, the socket's permissions, and a second
-//! daemon refused on a live socket.
+//! exit codes and live output, the socket's permissions and its peer
+//! check, and a second daemon refused on a live socket.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -133,7 +133,8 @@ while not os.path.exists({go:?}):\n    time.sleep(0.05)\n",
         .await;
     let exit = host.wait(&queued_task.id, LIMIT).await;
     let result = exit.result.expect("result");
-    assert_eq!((result.exit_code, result.signal), (0, 0));
+    // It never ran, so it has no exit code: -1, as Nomad's drivers report.
+    assert_eq!((result.exit_code, result.signal), (-1, 0));
     assert!(
         exit.err.starts_with("cancelled before it started"),
         "{:?}",
@@ -400,4 +401,76 @@ async fn a_second_daemon_on_a_live_socket_is_refused() {
         .expect("the first daemon still answers")
         .into_inner();
     assert_eq!(health.status(), pb::health_response::ServingStatus::Serving);
+}
+
+/// Runs `elide-ctl health` against `socket` as `uid`/`gid` (no
+/// supplementary groups): its exit status, stdout and stderr.
+async fn ctl_health_as(socket: &std::path::Path, uid: u32, gid: u32) -> (bool, String, String) {
+    let mut ctl = Command::new(binary(CTL));
+    ctl.arg("--socket").arg(socket).arg("health");
+    std::os::unix::process::CommandExt::uid(&mut ctl, uid);
+    std::os::unix::process::CommandExt::gid(&mut ctl, gid);
+    // std also clears root's supplementary groups when it drops to `uid`.
+    let output = tokio::task::spawn_blocking(move || ctl.output().expect("elide-ctl"))
+        .await
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `--allow-uid`/`--allow-gid`: the daemon checks every Unix-socket peer
+/// with `SO_PEERCRED`. Even with a socket everyone may connect to (mode
+/// 666), a listed uid, a listed primary gid and root are served; anyone
+/// else gets PERMISSION_DENIED naming its uid and gid, and the daemon logs
+/// the refused connection once, with uid, gid and pid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_serves_only_listed_peers() {
+    let daemon = Daemon::start_with(&[
+        "--socket-mode",
+        "666",
+        "--allow-uid",
+        "4321",
+        "--allow-gid",
+        "4322",
+    ])
+    .await;
+    std::fs::set_permissions(daemon.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    for (who, uid, gid) in [("listed uid", 4321, 4321), ("listed gid", 5555, 4322)] {
+        let (ok, stdout, stderr) = ctl_health_as(&daemon.socket, uid, gid).await;
+        assert!(ok, "{who} refused: {stderr}");
+        assert!(stdout.contains(" instance="), "{who}: {stdout}");
+    }
+    // Root, the test's own user, is always served.
+    let mut client = daemon.client().await;
+    client
+        .health(pb::HealthRequest {})
+        .await
+        .expect("root is served");
+
+    let (ok, _, stderr) = ctl_health_as(&daemon.socket, 65534, 65534).await;
+    assert!(!ok, "nobody was served");
+    assert!(
+        stderr.contains(Code::PermissionDenied.description())
+            && stderr.contains(
+                "uid 65534 (gid 65534) may not use this daemon: it is not in the daemon's --allow-uid or --allow-gid lists"
+            ),
+        "{stderr}"
+    );
+    let log = daemon.log();
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("refused a connection on the Unix socket"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "one line per refused connection:\n{log}");
+    assert!(
+        refusals[0].contains("uid=65534")
+            && refusals[0].contains("gid=65534")
+            && refusals[0].contains("pid="),
+        "{}",
+        refusals[0]
+    );
 }

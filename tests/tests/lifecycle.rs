@@ -318,7 +318,7 @@ async fn stats_inspect_destroy_and_concurrent_waits() {
     assert_eq!(
         answers[0],
         (
-            0,
+            -1,
             0,
             "execution lost: the driver stopped following it".to_owned()
         )

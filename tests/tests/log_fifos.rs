@@ -2,6 +2,8 @@
 //! arrive byte for byte, a logmon that goes away mid-task and comes back
 //! loses nothing, and a FIFO missing when the plugin recovers a task (the
 //! allocation's logmon not started again yet) is picked up once it exists.
+//! A symbolic link or a regular file where a FIFO should be is refused
+//! with a task event and never written through.
 
 use std::time::Duration;
 
@@ -9,6 +11,8 @@ use elide_e2e::cty::{PluginConfig, TaskConfig};
 use elide_e2e::daemon::Daemon;
 use elide_e2e::logmon::FifoReader;
 use elide_e2e::nomad::{Alloc, NomadHost};
+use elide_proto::hashicorp::nomad::plugins::drivers::proto::TaskEventsRequest;
+use futures::StreamExt;
 use rstest::rstest;
 use sha2::{Digest, Sha256};
 
@@ -218,5 +222,97 @@ raise SystemExit(6)\n",
     );
     assert_eq!(alloc.stdout.text_after_eofs(1, LIMIT), "after\n");
     assert_eq!(alloc.stderr.text_after_eofs(1, LIMIT), "after on stderr\n");
+    host.destroy(&task.id).await;
+}
+
+/// What sits where Nomad's stdout FIFO should be.
+#[derive(Debug, Clone, Copy)]
+enum NotAFifo {
+    /// A symbolic link to a file outside the allocation.
+    Symlink,
+    /// A regular file.
+    RegularFile,
+}
+
+/// The allocation directory is writable by the task, so its FIFO paths
+/// cannot be trusted: a symbolic link (to a file outside the allocation)
+/// or a regular file in place of the stdout FIFO is refused, with a task
+/// event naming the path and what was found, and nothing is written
+/// through it. The task itself runs, its stderr FIFO gets its output and
+/// its exit code is the program's.
+#[rstest]
+#[case::symlink(NotAFifo::Symlink, "a symbolic link")]
+#[case::regular_file(NotAFifo::RegularFile, "a regular file")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_path_that_is_not_a_fifo_is_refused_and_never_written(
+    #[case] kind: NotAFifo,
+    #[case] named: &str,
+) {
+    let (_daemon, mut host) = setup().await;
+    let alloc = Alloc::new("planted");
+    let stdout_path = alloc.stdout.path().to_owned();
+    alloc.stdout.abandon(LIMIT);
+    let outside = tempfile::tempdir().unwrap();
+    let target = match kind {
+        NotAFifo::Symlink => {
+            let target = outside.path().join("victim");
+            std::fs::write(&target, "precious\n").unwrap();
+            std::os::unix::fs::symlink(&target, &stdout_path).unwrap();
+            target
+        }
+        NotAFifo::RegularFile => {
+            std::fs::write(&stdout_path, "precious\n").unwrap();
+            stdout_path.clone()
+        }
+    };
+    let mut events = host
+        .driver
+        .task_events(TaskEventsRequest {})
+        .await
+        .expect("TaskEvents")
+        .into_inner();
+    let task = alloc.task_config(&TaskConfig::code(
+        "python",
+        "import sys\nprint('to stdout')\nprint('to stderr', file=sys.stderr)\nraise SystemExit(3)\n",
+    ));
+    host.start(task.clone()).await.expect("StartTask");
+
+    let event = tokio::time::timeout(LIMIT, events.next())
+        .await
+        .expect("a task event in time")
+        .expect("the event stream stays open")
+        .expect("an event");
+    assert_eq!(
+        (
+            event.task_id.as_str(),
+            event.alloc_id.as_str(),
+            event.task_name.as_str()
+        ),
+        (task.id.as_str(), alloc.alloc_id.as_str(), "planted")
+    );
+    assert_eq!(
+        event.message,
+        format!(
+            "refusing to write task output to {}: it is {named}, not a FIFO; output to it is discarded",
+            stdout_path.display()
+        )
+    );
+    assert_eq!(
+        event.annotations.get("path"),
+        Some(&stdout_path.display().to_string())
+    );
+    let exit = host.wait(&task.id, LIMIT).await;
+    assert_eq!(
+        (exit.result.expect("result").exit_code, exit.err.as_str()),
+        (3, "")
+    );
+    assert_eq!(alloc.stderr.text_after_eofs(1, LIMIT), "to stderr\n");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+    if let NotAFifo::Symlink = kind {
+        assert!(std::fs::symlink_metadata(&stdout_path)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
     host.destroy(&task.id).await;
 }

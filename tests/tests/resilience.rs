@@ -78,7 +78,10 @@ async fn a_daemon_crash_fails_running_tasks_explicitly_and_keeps_finished_result
     daemon.restart().await;
 
     let lost = host.wait(&long_task.id, LIMIT).await;
-    assert!(lost.result.is_some(), "WaitTask must always carry a result");
+    let result = lost.result.expect("WaitTask must always carry a result");
+    // The program's real ending died with the daemon: -1, never a 0 that
+    // reads as a clean exit.
+    assert_eq!((result.exit_code, result.signal), (-1, 0), "{lost:?}");
     assert!(
         lost.err.contains("restart"),
         "an explicit failure naming the restart, got {:?}",
@@ -100,6 +103,39 @@ async fn a_daemon_crash_fails_running_tasks_explicitly_and_keeps_finished_result
     run_hello(&mut host, "after-crash").await;
     host.destroy(&long_task.id).await;
     host.destroy(&done_task.id).await;
+    assert_nothing_running(&daemon).await;
+}
+
+/// The daemon comes back with its state directory wiped (a new disk, an
+/// operator's `rm -rf`): every execution it held is gone with its exit
+/// code. The running task ends with -1 and an error naming the loss, never
+/// exit 0, and new tasks run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_restarted_with_wiped_state_reports_minus_one_and_why() {
+    let (mut daemon, mut host) = setup().await;
+    let long = Alloc::new("long");
+    let long_task = long.task_config(&TaskConfig::code(
+        "python",
+        "import time\nprint('started', flush=True)\ntime.sleep(60)\n",
+    ));
+    host.start(long_task.clone()).await.expect("StartTask");
+    long.stdout.wait_for("started\n", LIMIT);
+
+    daemon.kill_hard();
+    std::fs::remove_dir_all(daemon.state_dir()).expect("wipe the daemon's state");
+    daemon.restart().await;
+
+    let exit = host.wait(&long_task.id, LIMIT).await;
+    let result = exit.result.expect("WaitTask must always carry a result");
+    assert_eq!((result.exit_code, result.signal), (-1, 0), "{exit:?}");
+    assert!(
+        exit.err.starts_with("execution lost: "),
+        "an explicit failure naming the loss, got {:?}",
+        exit.err
+    );
+    assert_eq!(long.stdout.text_after_eofs(1, LIMIT), "started\n");
+    run_hello(&mut host, "after-wipe").await;
+    host.destroy(&long_task.id).await;
     assert_nothing_running(&daemon).await;
 }
 
@@ -166,10 +202,14 @@ async fn a_session_deleted_behind_the_drivers_back_ends_its_tasks_and_is_recreat
     // says so, never a success. Which words depends on what the driver
     // sees first: the session gone, or the execution's cancel by the
     // delete.
+    // Lost: the code is unknown (-1); cancelled by the delete: the program's
+    // real ending (SIGTERM).
     assert!(
         (exit.err.starts_with("execution lost: session ")
-            && exit.err.ends_with("no longer exists on the daemon"))
-            || (exit.err == "stopped outside Nomad: session deleted" && result.signal == 15),
+            && exit.err.ends_with("no longer exists on the daemon")
+            && (result.exit_code, result.signal) == (-1, 0))
+            || (exit.err == "stopped outside Nomad: session deleted"
+                && (result.exit_code, result.signal) == (0, 15)),
         "{exit:?}"
     );
     assert_eq!(alloc.stdout.text_after_eofs(1, LIMIT), "started\n");
@@ -463,7 +503,7 @@ async fn damaged_state_files_are_skipped_or_refused_loudly(#[case] damage: Damag
     daemon.restart().await;
     let exit = host.wait(&long_task.id, LIMIT).await;
     let result = exit.result.expect("result");
-    assert_eq!((result.exit_code, result.signal), (0, 0));
+    assert_eq!((result.exit_code, result.signal), (-1, 0));
     assert!(
         exit.err.starts_with("execution lost"),
         "an explicit failure, got {:?}",

@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use elide_daemon::{
-    check_reachable_by_all, serve, Cgroups, DaemonService, FsStore, Limits, ListenOptions,
-    ProcessRuntime, ProcessRuntimeConfig, RandomIds, RegistryDeps, SessionRegistry,
-    TypeScriptRunner, PYTHON_DEFAULT_PRELOAD,
+    check_reachable_by_all, parse_id_list, serve, Cgroups, DaemonService, FsStore, Limits,
+    ListenOptions, PeerPolicy, ProcessRuntime, ProcessRuntimeConfig, RandomIds, RegistryDeps,
+    SessionRegistry, TypeScriptRunner, PYTHON_DEFAULT_PRELOAD,
 };
 use elide_proto::wall_clock::SystemClock;
 
@@ -29,8 +29,19 @@ struct Args {
     #[arg(long, default_value = "660", value_parser = parse_octal)]
     socket_mode: u32,
     /// Also listen on this TCP address (for example 127.0.0.1:7420).
+    /// TCP has NO authentication: anyone who can reach it can run code.
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
+    /// Users (numeric ids or names, comma-separated) allowed to call over
+    /// the Unix socket, checked with SO_PEERCRED on every connection.
+    /// Without this and --allow-gid, the socket's file mode alone decides.
+    /// Root and the daemon's own user are always allowed.
+    #[arg(long, value_parser = parse_uids)]
+    allow_uid: Option<IdList>,
+    /// Primary groups (numeric ids or names, comma-separated) allowed to
+    /// call over the Unix socket (see --allow-uid).
+    #[arg(long, value_parser = parse_gids)]
+    allow_gid: Option<IdList>,
     /// Directory for sessions, execution records and scratch files.
     #[arg(long, env = "ELIDE_DAEMON_STATE_DIR", default_value = "/var/lib/elide")]
     state_dir: PathBuf,
@@ -254,6 +265,10 @@ async fn main() -> anyhow::Result<()> {
         socket: args.socket.clone(),
         socket_mode: args.socket_mode,
         tcp: args.listen,
+        peers: PeerPolicy::new(
+            args.allow_uid.clone().map(|l| l.0).unwrap_or_default(),
+            args.allow_gid.clone().map(|l| l.0).unwrap_or_default(),
+        ),
     };
     let shutdown_grace = secs(args.shutdown_grace_secs, "shutdown-grace-secs")?;
     let drain_registry = registry.clone();
@@ -320,4 +335,28 @@ async fn wait_for_stop_signal() -> &'static str {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     }
+}
+
+/// A parsed `--allow-uid`/`--allow-gid` value.
+#[derive(Debug, Clone)]
+struct IdList(Vec<u32>);
+
+fn parse_uids(list: &str) -> Result<IdList, String> {
+    parse_id_list(list, "user", |name| {
+        nix::unistd::User::from_name(name)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw())
+    })
+    .map(IdList)
+}
+
+fn parse_gids(list: &str) -> Result<IdList, String> {
+    parse_id_list(list, "group", |name| {
+        nix::unistd::Group::from_name(name)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw())
+    })
+    .map(IdList)
 }

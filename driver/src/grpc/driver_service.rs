@@ -57,6 +57,10 @@ pub struct DriverService {
     fingerprint_interval: Duration,
 }
 
+/// How long `Driver.Shutdown` waits for task forwarders to stop (Nomad
+/// gives the call 2 s).
+pub const SHUTDOWN_DETACH_LIMIT: Duration = Duration::from_millis(1500);
+
 impl DriverService {
     /// A service for `driver`, re-fingerprinting every `fingerprint_interval`.
     pub fn new(driver: Arc<ElideDriver>, fingerprint_interval: Duration) -> Self {
@@ -237,6 +241,10 @@ impl Driver for DriverService {
     type ExecTaskStreamingStream = BoxStream<ExecTaskStreamingResponse>;
 
     async fn init(&self, _request: Request<InitRequest>) -> Result<Response<InitResponse>, Status> {
+        self.driver
+            .init()
+            .await
+            .map_err(Status::failed_precondition)?;
         Ok(Response::new(InitResponse {}))
     }
 
@@ -489,7 +497,9 @@ impl Driver for DriverService {
         &self,
         _request: Request<ShutdownRequest>,
     ) -> Result<Response<ShutdownResponse>, Status> {
-        // Tasks live in the daemon and must outlive this process: nothing to do.
+        // Nomad's deadline is 2 s; finish well inside it. Tasks live in the
+        // daemon and keep running.
+        self.driver.shutdown(SHUTDOWN_DETACH_LIMIT).await;
         Ok(Response::new(ShutdownResponse {}))
     }
 

@@ -7,6 +7,12 @@
 //! a timeout (the program may well exit 0 after the SIGTERM it got), a
 //! daemon-side failure, a lost execution. A cancel (what `StopTask` does)
 //! reports only how the program ended.
+//!
+//! The exit code is never made up. When the daemon has no exit code and no
+//! signal for the program (it never started, the daemon lost it, the record
+//! is gone), Nomad gets [`UNKNOWN_EXIT_CODE`] (-1) and an `err` that says
+//! why, as Nomad's own drivers report an unknown ending since 1.10; never
+//! a 0 that would read as "it exited cleanly".
 
 use std::str::FromStr;
 use std::time::SystemTime;
@@ -14,10 +20,15 @@ use std::time::SystemTime;
 use elide_proto::elide::daemon::v1 as pb;
 use nix::sys::signal::Signal;
 
+/// The exit code Nomad gets when the real one is unknown (Nomad's own
+/// drivers use -1 for the same since 1.10). It always comes with an `err`.
+pub const UNKNOWN_EXIT_CODE: i32 = -1;
+
 /// The exit of a task as Nomad's `ExitResult` + `WaitTaskResponse.err`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExitOutcome {
-    /// Exit code (0 when it ended by a signal).
+    /// Exit code: 0 when it ended by a signal, [`UNKNOWN_EXIT_CODE`] when
+    /// neither a code nor a signal is known.
     pub exit_code: i32,
     /// Number of the terminating signal, 0 if none.
     pub signal: i32,
@@ -47,9 +58,13 @@ pub fn signal_number(name: &str) -> i32 {
 /// The outcome of a terminal execution status, seen at `now`.
 pub fn outcome_of(status: &pb::ExecutionStatus, now: SystemTime) -> ExitOutcome {
     use pb::ExecutionState as S;
-    let exit_code = status.exit_code.unwrap_or(0);
     let signal = signal_number(&status.signal);
     let ended_by_program = status.exit_code.is_some() || !status.signal.is_empty();
+    let exit_code = match status.exit_code {
+        Some(code) => code,
+        None if ended_by_program => 0,
+        None => UNKNOWN_EXIT_CODE,
+    };
     let unknown_signal = (!status.signal.is_empty() && signal == 0)
         .then(|| format!("ended by signal {}", status.signal));
     let mut outcome = ExitOutcome {
@@ -59,6 +74,10 @@ pub fn outcome_of(status: &pb::ExecutionStatus, now: SystemTime) -> ExitOutcome 
         ..ExitOutcome::default()
     };
     outcome.err = match status.state() {
+        S::Exited if !ended_by_program => {
+            "the daemon reported the execution exited but has no exit code or signal for it"
+                .to_owned()
+        }
         S::Exited => unknown_signal.unwrap_or_default(),
         S::Cancelled if ended_by_program => unknown_signal.unwrap_or_default(),
         // Cancelled with no exit: it was still queued.
@@ -106,6 +125,7 @@ pub fn unrequested_cancel(mut outcome: ExitOutcome, status: &pb::ExecutionStatus
 /// The outcome of an execution the daemon no longer knows, seen at `now`.
 pub fn lost(why: &str, now: SystemTime) -> ExitOutcome {
     ExitOutcome {
+        exit_code: UNKNOWN_EXIT_CODE,
         err: format!("execution lost: {why}"),
         completed_at: Some(now),
         ..ExitOutcome::default()
@@ -170,7 +190,44 @@ mod tests {
             &status(pb::ExecutionState::Cancelled, None, ""),
             SystemTime::UNIX_EPOCH,
         );
-        assert!(!o.err.is_empty());
+        assert_eq!(
+            (o.exit_code, o.signal, o.err.as_str()),
+            (-1, 0, "cancelled before it started")
+        );
+    }
+
+    #[test]
+    fn an_unknown_exit_is_minus_one_with_a_reason() {
+        let o = lost("session s no longer exists", SystemTime::UNIX_EPOCH);
+        assert_eq!(
+            (o.exit_code, o.signal, o.err.as_str()),
+            (-1, 0, "execution lost: session s no longer exists")
+        );
+        let o = outcome_of(
+            &status(pb::ExecutionState::Exited, None, ""),
+            SystemTime::UNIX_EPOCH,
+        );
+        assert_eq!(o.exit_code, -1);
+        assert!(o.err.contains("no exit code"), "{}", o.err);
+        let mut s = status(pb::ExecutionState::Failed, None, "");
+        s.set_failure(pb::FailureReason::SpawnFailed);
+        s.message = "no such interpreter".into();
+        let o = outcome_of(&s, SystemTime::UNIX_EPOCH);
+        assert_eq!(
+            (o.exit_code, o.err.as_str()),
+            (-1, "execution failed (spawn_failed): no such interpreter")
+        );
+        let o = outcome_of(
+            &status(pb::ExecutionState::Running, None, ""),
+            SystemTime::UNIX_EPOCH,
+        );
+        assert_eq!(o.exit_code, -1);
+        // A signal is a known ending: exit code 0 beside it, as before.
+        let o = outcome_of(
+            &status(pb::ExecutionState::Exited, None, "SIGTERM"),
+            SystemTime::UNIX_EPOCH,
+        );
+        assert_eq!((o.exit_code, o.signal), (0, 15));
     }
 
     #[test]

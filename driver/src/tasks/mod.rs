@@ -11,6 +11,7 @@
 //!   once on a `watch` channel, which any number of `WaitTask` calls read.
 
 mod destroy;
+mod detach;
 mod driver_state;
 mod error;
 mod events;
@@ -43,6 +44,7 @@ use crate::daemon_link::{DaemonLink, DialerFactory};
 use crate::host::Host;
 use crate::plugin_config::{DaemonEndpoint, PluginConfig};
 
+pub use detach::Detached;
 pub use driver_state::{DriverState, DRIVER_STATE_VERSION};
 pub use error::TaskError;
 use error::{daemon_error, unknown_task};
@@ -180,12 +182,19 @@ pub struct TaskManager {
     journal: Arc<DeleteJournal>,
     /// Executions a [`reap`] is under way for (one each).
     reaping: Arc<Mutex<BTreeSet<String>>>,
+    /// Raised by `Driver.Shutdown` ([`TaskManager::detach`]).
+    detach: watch::Sender<bool>,
+    /// Cloned into every task supervisor; `None` once detached.
+    alive: Mutex<Option<tokio::sync::mpsc::Sender<()>>>,
+    /// Ends (`recv` gives `None`) when every clone of `alive` is gone.
+    alive_receiver: Mutex<Option<tokio::sync::mpsc::Receiver<()>>>,
 }
 
 impl TaskManager {
     /// An empty table publishing task events on `events`, reaching daemons
     /// through `dialers`, on `host`.
     pub fn new(events: broadcast::Sender<TaskEvent>, dialers: DialerFactory, host: Host) -> Self {
+        let (alive, alive_receiver) = tokio::sync::mpsc::channel(1);
         TaskManager {
             dialers,
             contexts: tokio::sync::Mutex::default(),
@@ -195,6 +204,9 @@ impl TaskManager {
             journal: Arc::new(DeleteJournal::new(host.files.clone())),
             reaping: Arc::default(),
             host,
+            detach: watch::Sender::new(false),
+            alive: Mutex::new(Some(alive)),
+            alive_receiver: Mutex::new(Some(alive_receiver)),
         }
     }
 

@@ -116,15 +116,17 @@ struct FifoSink {
     path: Option<PathBuf>,
     logs: Arc<dyn LogSinks>,
     sender: Option<LogWriter>,
+    on_unwritable: UnwritableReporter,
 }
 
 impl FifoSink {
-    fn new(path: &str, logs: Arc<dyn LogSinks>) -> Self {
+    fn new(path: &str, logs: Arc<dyn LogSinks>, on_unwritable: UnwritableReporter) -> Self {
         let path = (!path.is_empty() && path != "/dev/null").then(|| PathBuf::from(path));
         FifoSink {
             path,
             logs,
             sender: None,
+            on_unwritable,
         }
     }
 
@@ -139,7 +141,8 @@ impl FifoSink {
         match self.logs.open(&path).await {
             Ok(sender) => self.sender = Some(sender),
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot open the log FIFO; discarding this stream's output");
+                tracing::error!(path = %path.display(), error = %e, "cannot open the log FIFO; discarding this stream's output");
+                (self.on_unwritable)(&path, &e);
                 self.path = None;
             }
         }
@@ -167,6 +170,11 @@ impl FifoSink {
 /// Reports output the daemon no longer had (it is skipped).
 pub type DroppedReporter = Box<dyn Fn(pb::OutputStream, u64, u64) + Send + Sync>;
 
+/// Reports a log FIFO that could not be opened (refused as no FIFO, or
+/// still missing at [`crate::host::FIFO_OPEN_LIMIT`]); that stream's output
+/// is discarded.
+pub type UnwritableReporter = Arc<dyn Fn(&Path, &io::Error) + Send + Sync>;
+
 /// Everything one task's forwarder needs.
 pub struct OutputForwarder {
     /// The daemon.
@@ -185,6 +193,10 @@ pub struct OutputForwarder {
     pub logs: Arc<dyn LogSinks>,
     /// Called for every `dropped` marker.
     pub on_dropped: DroppedReporter,
+    /// Called for a log FIFO that cannot be opened.
+    pub on_unwritable: UnwritableReporter,
+    /// Raised by `Driver.Shutdown`: stop between two chunks.
+    pub detach: tokio::sync::watch::Receiver<bool>,
 }
 
 /// How forwarding ended.
@@ -194,6 +206,9 @@ pub enum ForwardEnd {
     Complete(Offsets),
     /// The execution is gone from the daemon.
     Gone(Offsets),
+    /// The plugin detached (`Driver.Shutdown`); the rest is for the next
+    /// plugin process.
+    Detached(Offsets),
 }
 
 impl OutputForwarder {
@@ -202,13 +217,29 @@ impl OutputForwarder {
     /// FIFOs are closed when this returns.
     pub async fn run(self) -> ForwardEnd {
         let mut sinks = [
-            FifoSink::new(&self.stdout_path, self.logs.clone()),
-            FifoSink::new(&self.stderr_path, self.logs.clone()),
+            FifoSink::new(
+                &self.stdout_path,
+                self.logs.clone(),
+                self.on_unwritable.clone(),
+            ),
+            FifoSink::new(
+                &self.stderr_path,
+                self.logs.clone(),
+                self.on_unwritable.clone(),
+            ),
         ];
         // Held from now until the end of output, whatever the program writes.
         let [stdout, stderr] = &mut sinks;
-        tokio::join!(stdout.open(), stderr.open());
         let mut offsets = self.offsets_file.load();
+        let mut detach = self.detach.clone();
+        let detached = |mut detach: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = detach.wait_for(|d| *d).await;
+        };
+        tokio::select! {
+            biased;
+            _ = detached(detach.clone()) => return ForwardEnd::Detached(offsets),
+            _ = async { tokio::join!(stdout.open(), stderr.open()) } => {}
+        }
         let mut backoff = Backoff::default();
         let end = loop {
             match self
@@ -216,7 +247,11 @@ impl OutputForwarder {
                 .await
             {
                 Some(end) => break end,
-                None => backoff.wait().await,
+                None => tokio::select! {
+                    biased;
+                    _ = detach.wait_for(|d| *d) => break ForwardEnd::Detached(offsets),
+                    _ = backoff.wait() => {}
+                },
             }
         };
         self.persist(offsets);
@@ -257,8 +292,16 @@ impl OutputForwarder {
         };
         backoff.reset();
         let mut watchdog = watchdog_on;
+        let mut detach = self.detach.clone();
         loop {
-            let next = match watchdog.next(&mut stream).await {
+            // Only the wait for the next event is cut short by a detach,
+            // never a write.
+            let next = tokio::select! {
+                biased;
+                _ = detach.wait_for(|d| *d) => return Some(ForwardEnd::Detached(*offsets)),
+                next = watchdog.next(&mut stream) => next,
+            };
+            let next = match next {
                 Next::Item(next) => next,
                 Next::Retired => {
                     tracing::info!(execution_id = %self.execution_id, "the connection under the output stream was retired; reconnecting");
@@ -377,7 +420,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.fifo");
         nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let mut sink = FifoSink::new(path.to_str().unwrap(), Arc::new(crate::host::FifoSinks));
+        let mut sink = FifoSink::new(
+            path.to_str().unwrap(),
+            Arc::new(crate::host::FifoSinks),
+            Arc::new(|_: &Path, _: &io::Error| {}),
+        );
         // No reader is open: a plain O_WRONLY open would block here.
         sink.write(b"hello\n").await;
         let mut reader = std::fs::File::open(&path).unwrap();
@@ -388,7 +435,11 @@ mod tests {
         // and then EOF (no hang).
         std::io::Read::read_to_string(&mut reader, &mut text).unwrap();
         assert_eq!(text, "hello\n");
-        let mut null = FifoSink::new("/dev/null", Arc::new(crate::host::FifoSinks));
+        let mut null = FifoSink::new(
+            "/dev/null",
+            Arc::new(crate::host::FifoSinks),
+            Arc::new(|_: &Path, _: &io::Error| {}),
+        );
         null.write(b"x").await;
         assert!(null.sender.is_none());
     }

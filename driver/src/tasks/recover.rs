@@ -16,6 +16,7 @@ impl TaskManager {
         config: &PluginConfig,
         handle: TaskHandle,
     ) -> Result<(), TaskError> {
+        self.liveness_token()?;
         let task = handle
             .config
             .ok_or_else(|| TaskError::InvalidConfig("RecoverTask handle has no config".into()))?;

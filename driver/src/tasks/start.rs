@@ -27,6 +27,7 @@ impl TaskManager {
         config: &PluginConfig,
         task: TaskConfig,
     ) -> Result<Started, TaskError> {
+        self.liveness_token()?;
         if self.table().contains_key(&task.id) {
             return Err(TaskError::AlreadyStarted(task.id));
         }
@@ -130,10 +131,28 @@ impl TaskManager {
         context: Arc<SessionContext>,
         mut observed: watch::Receiver<Observed>,
     ) -> Result<(), TaskError> {
+        let alive = self.liveness_token()?;
+        let mut detach = self.detach.subscribe();
         let events = self.events.clone();
         let clock = self.host.clock.clone();
         let (task_id, alloc_id, task_name) =
             (task.id.clone(), task.alloc_id.clone(), task.name.clone());
+        let on_unwritable = {
+            let events = self.events.clone();
+            let clock = self.host.clock.clone();
+            let (task_id, alloc_id, task_name) =
+                (task_id.clone(), alloc_id.clone(), task_name.clone());
+            Arc::new(move |path: &std::path::Path, error: &std::io::Error| {
+                let _ = events.send(TaskEvent {
+                    task_id: task_id.clone(),
+                    alloc_id: alloc_id.clone(),
+                    task_name: task_name.clone(),
+                    timestamp: clock.now(),
+                    message: format!("{error}; output to it is discarded"),
+                    annotations: [("path".to_owned(), path.display().to_string())].into(),
+                });
+            })
+        };
         let forwarder = OutputForwarder {
             link: context.link.clone(),
             session_id: state.session_id.clone(),
@@ -168,6 +187,8 @@ impl TaskManager {
                     .into(),
                 });
             }),
+            on_unwritable,
+            detach: self.detach.subscribe(),
         };
         let (exit_tx, exit_rx) = watch::channel(None);
         let task_id = task.id.clone();
@@ -181,8 +202,24 @@ impl TaskManager {
         );
         let supervisor = tokio::spawn(async move {
             let mut forwarding = AbortOnDrop(tokio::spawn(forwarder.run()));
-            let outcome = match observed.wait_for(Observed::is_final).await {
-                Ok(final_state) => match &*final_state {
+            let final_state = tokio::select! {
+                biased;
+                _ = detach.wait_for(|detached| *detached) => None,
+                final_state = observed.wait_for(Observed::is_final) => {
+                    Some(final_state.map(|state| state.clone()))
+                }
+            };
+            let Some(final_state) = final_state else {
+                // Driver.Shutdown: the forwarder stops at a chunk boundary;
+                // no exit is published (see `detach`).
+                let _ = (&mut forwarding.0).await;
+                drop(alive);
+                let _keep_waiters_open = exit_tx;
+                std::future::pending::<()>().await;
+                return;
+            };
+            let outcome = match final_state {
+                Ok(final_state) => match &final_state {
                     Observed::Status(status) => {
                         let outcome = exit::outcome_of(status, clock.now());
                         if stop_file.read().is_some() {
@@ -203,6 +240,7 @@ impl TaskManager {
                 tracing::warn!(task_id, limit = ?OUTPUT_FLUSH_LIMIT, "output not complete in time after the task ended; closing the log FIFOs");
             }
             drop(forwarding);
+            drop(alive);
             tracing::info!(task_id, exit_code = outcome.exit_code, signal = outcome.signal, err = %outcome.err, "task exited");
             let _ = exit_tx.send(Some(outcome));
         });
