@@ -3,6 +3,7 @@
 
 mod support;
 
+use elide_e2e::procs::processes_with;
 use elide_proto::elide::daemon::v1 as pb;
 use support::*;
 use tonic::Code;

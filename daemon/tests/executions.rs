@@ -5,6 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use elide_e2e::procs::processes_with;
 use elide_proto::elide::daemon::v1 as pb;
 use pb::ExecutionState as S;
 use rstest::rstest;

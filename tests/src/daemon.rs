@@ -10,7 +10,10 @@ use pb::elide_daemon_client::ElideDaemonClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::binaries::{binary, DAEMON};
-use crate::daemon_api::{processes_with, wait_pool_full};
+use crate::procs::processes_with;
+
+/// A client of the daemon API.
+pub type Client = ElideDaemonClient<Channel>;
 
 /// How long the daemon may take to listen.
 const START_LIMIT: Duration = Duration::from_secs(20);
@@ -261,6 +264,36 @@ impl Daemon {
             all.extend(list.executions);
         }
         all
+    }
+}
+
+/// The javascript entry of the daemon's capabilities.
+pub async fn javascript_support(client: &mut Client) -> pb::LanguageSupport {
+    client
+        .get_capabilities(pb::GetCapabilitiesRequest {})
+        .await
+        .expect("capabilities")
+        .into_inner()
+        .languages
+        .into_iter()
+        .find(|l| l.language == "javascript")
+        .expect("javascript in the capabilities")
+}
+
+/// Waits until the node pool reports every worker booted and waiting.
+pub async fn wait_pool_full(client: &mut Client) {
+    let want = format!("node pool of {TEST_POOL_SIZE} per daemon, {TEST_POOL_SIZE} ready");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let js = javascript_support(client).await;
+        if js.start_detail.contains(&want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node pool did not fill within 60 s: {js:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -4,17 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use elide_proto::elide::daemon::v1 as pb;
-use pb::elide_daemon_client::ElideDaemonClient;
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
-use crate::daemon::{Start, TEST_POOL_SIZE};
-
-/// A client of the daemon API.
-pub type Client = ElideDaemonClient<Channel>;
+use crate::daemon::{Client, Start};
 
 pub async fn create_session(
     client: &mut Client,
@@ -177,24 +172,6 @@ pub async fn read_output(
     out
 }
 
-/// Pids of live processes whose command line contains `marker`.
-pub fn processes_with(marker: &str) -> Vec<i32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if pid as u32 != std::process::id() && String::from_utf8_lossy(&cmdline).contains(marker) {
-            // Zombies have an empty cmdline, so anything found here is alive.
-            found.push(pid);
-        }
-    }
-    found
-}
-
 pub fn secs(s: f64) -> Option<prost_types::Duration> {
     Some(elide_proto::duration_to_proto(Duration::from_secs_f64(s)))
 }
@@ -235,36 +212,6 @@ pub async fn wait_state(
         }
     }
     panic!("execution {id} ended without reaching {state:?}");
-}
-
-/// The javascript entry of the daemon's capabilities.
-pub async fn javascript_support(client: &mut Client) -> pb::LanguageSupport {
-    client
-        .get_capabilities(pb::GetCapabilitiesRequest {})
-        .await
-        .expect("capabilities")
-        .into_inner()
-        .languages
-        .into_iter()
-        .find(|l| l.language == "javascript")
-        .expect("javascript in the capabilities")
-}
-
-/// Waits until the node pool reports every worker booted and waiting.
-pub async fn wait_pool_full(client: &mut Client) {
-    let want = format!("node pool of {TEST_POOL_SIZE} per daemon, {TEST_POOL_SIZE} ready");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let js = javascript_support(client).await;
-        if js.start_detail.contains(&want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the node pool did not fill within 60 s: {js:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The daemon's stats.

@@ -106,3 +106,21 @@ impl Drop for KillOnDrop {
         self.kill_all();
     }
 }
+
+/// Pids of live processes whose command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if pid as u32 != std::process::id() && String::from_utf8_lossy(&cmdline).contains(marker) {
+            // Zombies have an empty cmdline, so anything found here is alive.
+            found.push(pid);
+        }
+    }
+    found
+}
