@@ -18,6 +18,7 @@
 pub mod authority;
 pub mod cgroup;
 pub mod client;
+mod command_stream;
 pub mod elide_apis;
 pub mod error;
 pub mod events;

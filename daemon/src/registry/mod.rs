@@ -42,6 +42,7 @@ use crate::time::{proto_timestamp, Clock};
 use elide_proto::duration_to_proto;
 
 mod accept;
+mod commands;
 mod core;
 mod report;
 mod restore;

@@ -15,6 +15,7 @@ mod destroy;
 mod driver_state;
 mod error;
 mod events;
+mod exec;
 mod exit;
 mod intents;
 mod output;
@@ -48,6 +49,9 @@ pub use driver_state::{DriverState, DRIVER_STATE_VERSION};
 pub use error::TaskError;
 use error::{daemon_error, unknown_task};
 pub use events::{TaskEvent, NOT_CONFIGURED};
+pub use exec::{
+    ExecError, ExecResult, ExecStream, EXEC_OUTPUT_LIMIT, EXEC_TIMEOUT_MARGIN,
+};
 pub use exit::ExitOutcome;
 pub use stats::{NodeCompute, ResourceSample};
 pub use status_feed::{Observed, StatusHub};
