@@ -42,8 +42,8 @@ async fn open(client: &mut Client, first: pb::exec_input::Input) -> Result<Opene
 async fn refused(client: &mut Client, first: pb::exec_input::Input) -> tonic::Status {
     open(client, first)
         .await
-        .err()
-        .expect("the command was refused")
+        .map(drop)
+        .expect_err("the command was refused")
 }
 
 fn assert_status(err: &tonic::Status, code: Code, words: &[&str]) {
@@ -172,7 +172,10 @@ async fn at_most_the_limit_runs_beside_one_program_and_all_end_with_it() {
         }
     };
     let first = output.message().await.unwrap().unwrap().output;
-    assert_eq!(first, Some(pb::exec_output::Output::Stdout(b"room\n".to_vec())));
+    assert_eq!(
+        first,
+        Some(pb::exec_output::Output::Stdout(b"room\n".to_vec()))
+    );
     assert_eq!(exit_of(&mut output).await.exit_code, 0);
 
     // The program ends: every command beside it is killed.

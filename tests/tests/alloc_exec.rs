@@ -223,8 +223,8 @@ async fn exec_refusals_carry_the_codes_nomad_expects() {
     // The same through the streaming call.
     let streaming = open_stream(&mut host, "no/such/task", &["true"], false)
         .await
-        .err()
-        .expect("exec into an unknown task was refused");
+        .map(drop)
+        .expect_err("exec into an unknown task was refused");
     assert_eq!(streaming.code(), Code::NotFound, "{streaming:?}");
 
     // Once the task has exited there is nothing to exec into.
@@ -237,8 +237,8 @@ async fn exec_refusals_carry_the_codes_nomad_expects() {
     assert!(ended.message().contains("has exited"), "{ended:?}");
     let streaming = open_stream(&mut host, &task.id, &["true"], false)
         .await
-        .err()
-        .expect("exec into an exited task was refused");
+        .map(drop)
+        .expect_err("exec into an exited task was refused");
     assert_eq!(streaming.code(), Code::FailedPrecondition, "{streaming:?}");
 }
 
@@ -302,7 +302,10 @@ async fn read_until(
     tokio::time::timeout(LIMIT, async {
         while !stdout.contains(needle) {
             let response = output.message().await.unwrap().expect("stream open");
-            assert!(response.stderr.is_none(), "a tty has no stderr: {response:?}");
+            assert!(
+                response.stderr.is_none(),
+                "a tty has no stderr: {response:?}"
+            );
             assert!(!response.exited, "exited early: {stdout:?}");
             if let Some(out) = response.stdout {
                 stdout.push_str(&text(&out.data));

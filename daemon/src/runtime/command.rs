@@ -99,7 +99,9 @@ pub enum CommandError {
     #[error("the program has ended")]
     ProgramEnded,
     /// [`MAX_COMMANDS_PER_EXECUTION`] are running already.
-    #[error("{MAX_COMMANDS_PER_EXECUTION} commands are already running beside this program, the limit")]
+    #[error(
+        "{MAX_COMMANDS_PER_EXECUTION} commands are already running beside this program, the limit"
+    )]
     TooMany,
     /// The argv is empty or holds a NUL byte.
     #[error("{0}")]
@@ -229,7 +231,9 @@ impl CommandContext {
             source,
         })?;
         let Some(pid) = child.id().map(|p| p as i32) else {
-            return Err(CommandError::Setup("the command exited before it got a pid".into()));
+            return Err(CommandError::Setup(
+                "the command exited before it got a pid".into(),
+            ));
         };
         owned.register(pid);
         tracing::info!(pid, program = %program, tty, "command started beside a program");
@@ -369,11 +373,8 @@ impl Running {
             }
         };
         tracing::info!(pid = self.pid, ?exit, timed_out, "command ended");
-        let _ = output
-            .send(CommandOutput::Exited { exit, timed_out })
-            .await;
+        let _ = output.send(CommandOutput::Exited { exit, timed_out }).await;
     }
-
 }
 
 /// Kills a command's whole group (its session's, on a tty); true, for the

@@ -36,8 +36,9 @@ use super::program_control::{self, ProcessControl};
 use super::python_zygote::{PythonZygote, WarmChild, ZygoteError};
 use super::run_as::{self, Identity, RunAsPolicy, UserRefusal};
 use super::{
-    child_reaper, typescript, CommandContext, ExitInfo, KernelLimit, LanguageRuntime, MemoryEnforcement, Program,
-    ProgramEvent, ProgramSpec, Runtime, RuntimeError, StartCounters, StartMode, StartStats,
+    child_reaper, typescript, CommandContext, ExitInfo, KernelLimit, LanguageRuntime,
+    MemoryEnforcement, Program, ProgramEvent, ProgramSpec, Runtime, RuntimeError, StartCounters,
+    StartMode, StartStats,
 };
 use crate::cgroup::Cgroups;
 use crate::language::Language;

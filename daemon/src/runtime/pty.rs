@@ -49,7 +49,10 @@ impl Pty {
         for fd in [&pair.master, &pair.slave] {
             fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
         }
-        fcntl(&pair.master, FcntlArg::F_SETFL(OFlag::O_NONBLOCK | OFlag::O_RDWR))?;
+        fcntl(
+            &pair.master,
+            FcntlArg::F_SETFL(OFlag::O_NONBLOCK | OFlag::O_RDWR),
+        )?;
         Ok(Pty {
             master: pair.master,
             slave: pair.slave,

@@ -16,8 +16,7 @@ use super::{TaskError, TaskManager};
 use crate::daemon_link::CallError;
 
 /// Bytes of stdout and of stderr `ExecTask` returns; the rest is read (so
-/// the command is not blocked) and dropped, with a note at the end. Nomad
-/// keeps only the first 4 KiB of a script check's output anyway.
+/// the command is not blocked) and dropped, with a note at the end.
 pub const EXEC_OUTPUT_LIMIT: usize = 64 * 1024;
 /// How long `ExecTask` waits past its timeout for the daemon to report the
 /// killed command's end before giving up on it.
@@ -123,7 +122,10 @@ impl TaskManager {
                 input: Some(pb::exec_input::Input::StdinClose(pb::ExecStdinClose {})),
             })
             .await;
-        let target = || self.task(task_id).map(|t| t.session.link.target().to_owned());
+        let target = || {
+            self.task(task_id)
+                .map(|t| t.session.link.target().to_owned())
+        };
         let mut stdout = Capped::default();
         let mut stderr = Capped::default();
         let collect = async {

@@ -49,9 +49,7 @@ pub use driver_state::{DriverState, DRIVER_STATE_VERSION};
 pub use error::TaskError;
 use error::{daemon_error, unknown_task};
 pub use events::{TaskEvent, NOT_CONFIGURED};
-pub use exec::{
-    ExecError, ExecResult, ExecStream, EXEC_OUTPUT_LIMIT, EXEC_TIMEOUT_MARGIN,
-};
+pub use exec::{ExecError, ExecResult, ExecStream, EXEC_OUTPUT_LIMIT, EXEC_TIMEOUT_MARGIN};
 pub use exit::ExitOutcome;
 pub use stats::{NodeCompute, ResourceSample};
 pub use status_feed::{Observed, StatusHub};
