@@ -461,3 +461,37 @@ async fn a_client_going_away_leaves_no_process_behind() {
         .expect("the task is still running");
     assert_eq!(still.result.unwrap().exit_code, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elide_ctl_exec_runs_beside_the_task_and_exits_with_its_code() {
+    let Running {
+        host: _host,
+        task: _task,
+        _daemon: daemon,
+        alloc: _alloc,
+    } = running("exec-ctl").await;
+    let running: Vec<_> = daemon
+        .executions()
+        .await
+        .into_iter()
+        .filter(|e| e.state() == elide_proto::elide::daemon::v1::ExecutionState::Running)
+        .collect();
+    let [execution] = running.as_slice() else {
+        panic!("one running execution: {running:?}");
+    };
+    let output = std::process::Command::new(elide_e2e::binaries::binary(elide_e2e::binaries::CTL))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args([
+            "exec",
+            "--session",
+            &execution.session_id,
+            &execution.execution_id,
+        ])
+        .args(["--", "sh", "-c", "echo \"$GREETING\"; echo err >&2; exit 5"])
+        .output()
+        .expect("running elide-ctl");
+    assert_eq!(text(&output.stdout), "hello-from-the-job\n");
+    assert_eq!(text(&output.stderr), "err\n");
+    assert_eq!(output.status.code(), Some(5));
+}
