@@ -11,6 +11,7 @@ use elide_daemon::ids::RandomIds;
 use elide_daemon::limits::Limits;
 use elide_daemon::registry::{RegistryDeps, SessionRegistry};
 use elide_daemon::runtime::process::{ProcessRuntime, ProcessRuntimeConfig, TypeScriptRunner};
+use elide_daemon::runtime::sandbox::Unenforceable;
 use elide_daemon::runtime::{python_zygote, run_as};
 use elide_daemon::server::{serve, ListenOptions};
 use elide_daemon::service::DaemonService;
@@ -109,6 +110,12 @@ struct Args {
     /// by its pids cgroup: a fork bomb stops there.
     #[arg(long, default_value_t = 512)]
     pids_limit: u64,
+    /// What to do with an execution that is not granted an intrinsic this
+    /// host's kernel cannot deny (no Landlock, no network namespace):
+    /// `refuse` it (FAILED_PRECONDITION naming the intrinsic) or run it
+    /// without that rule, with a `warnings` line in its status (`warn`).
+    #[arg(long, value_enum, default_value = "refuse")]
+    unenforceable_intrinsics: Unenforceable,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -215,6 +222,7 @@ async fn main() -> anyhow::Result<()> {
                 },
                 default_user: args.default_user.clone(),
                 cgroups,
+                unenforceable_intrinsics: args.unenforceable_intrinsics,
             });
             let runtime = if args.python_warm {
                 let preload = args

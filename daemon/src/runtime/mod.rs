@@ -13,6 +13,7 @@ pub mod process;
 mod program_control;
 pub mod python_zygote;
 pub mod run_as;
+pub mod sandbox;
 pub mod scripted;
 pub mod start_counters;
 pub mod typescript;
@@ -255,6 +256,20 @@ pub trait Runtime: Send + Sync + 'static {
     fn languages(&self) -> Vec<LanguageRuntime>;
     /// Whether intrinsic switches are enforced (true) or only passed on.
     fn enforces_intrinsics(&self) -> bool;
+    /// How denying `intrinsic` (canonical) is enforced on this host.
+    fn intrinsic_enforcement(&self, intrinsic: &str) -> sandbox::Enforcement {
+        let _ = intrinsic;
+        sandbox::Enforcement {
+            enforced: self.enforces_intrinsics(),
+            detail: "this runtime runs no real programs".into(),
+        }
+    }
+    /// Checks an execution's grants (canonical names) against what this
+    /// host can deny: warnings for its status, or why it is refused.
+    fn check_intrinsics(&self, granted: &[String]) -> Result<Vec<String>, String> {
+        let _ = granted;
+        Ok(Vec::new())
+    }
     /// Checks a requested working directory ("" means the scratch
     /// directory); the error says what is wrong with it.
     fn check_working_dir(&self, dir: &str) -> Result<(), String> {
