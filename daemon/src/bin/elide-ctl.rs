@@ -80,7 +80,11 @@ enum Command {
         /// where the daemon enforces it. They are the session's grants and
         /// the execution's. A session that already exists with other
         /// intrinsics is refused: pick another `--session`.
-        #[arg(long = "intrinsics", visible_alias = "intrinsic", value_delimiter = ',')]
+        #[arg(
+            long = "intrinsics",
+            visible_alias = "intrinsic",
+            value_delimiter = ','
+        )]
         intrinsics: Vec<String>,
         /// User the snippet runs as (default: the daemon's --default-user,
         /// `nobody`, when the daemon runs as root).
@@ -153,7 +157,11 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             for i in &c.intrinsics {
-                let enforced = if i.enforced { "enforced" } else { "not enforced" };
+                let enforced = if i.enforced {
+                    "enforced"
+                } else {
+                    "not enforced"
+                };
                 println!("  intrinsic {:<10} {enforced}: {}", i.name, i.enforcement);
             }
             for i in &c.intrinsics {

@@ -36,7 +36,9 @@ use super::program_control::{self, ProcessControl};
 use super::python_zygote::{PythonZygote, WarmChild, ZygoteError};
 use super::run_as::{self, Identity, RunAsPolicy, UserRefusal};
 use super::sandbox::rules::environment;
-use super::sandbox::{ChildRules, Enforcement, Grants, Prepared, Sandbox, StartPath, Unenforceable, RESTRICTABLE};
+use super::sandbox::{
+    ChildRules, Enforcement, Grants, Prepared, Sandbox, StartPath, Unenforceable, RESTRICTABLE,
+};
 use super::{
     child_reaper, typescript, ExitInfo, KernelLimit, LanguageRuntime, MemoryEnforcement, Program,
     ProgramEvent, ProgramSpec, Runtime, RuntimeError, StartCounters, StartMode, StartStats,
@@ -163,9 +165,15 @@ impl ProcessRuntime {
         let python = probe(&config.python, Language::Python, others);
         let elide = match config.typescript {
             TypeScriptRunner::Elide => probe(&config.elide, Language::TypeScript, others),
-            TypeScriptRunner::Builtin => Err("not used: typescript is transpiled in the daemon".into()),
+            TypeScriptRunner::Builtin => {
+                Err("not used: typescript is transpiled in the daemon".into())
+            }
         };
-        let found: Vec<&Path> = [&python, &node, &elide].into_iter().flatten().map(|i| i.path.as_path()).collect();
+        let found: Vec<&Path> = [&python, &node, &elide]
+            .into_iter()
+            .flatten()
+            .map(|i| i.path.as_path())
+            .collect();
         let sandbox = Arc::new(Sandbox::new(config.unenforceable_intrinsics, &found));
         ProcessRuntime {
             python,
@@ -326,7 +334,9 @@ impl Runtime for ProcessRuntime {
     }
 
     fn enforces_intrinsics(&self) -> bool {
-        RESTRICTABLE.iter().all(|i| self.sandbox.enforcement(i).enforced)
+        RESTRICTABLE
+            .iter()
+            .all(|i| self.sandbox.enforcement(i).enforced)
     }
 
     fn intrinsic_enforcement(&self, intrinsic: &str) -> Enforcement {
@@ -378,7 +388,11 @@ impl Runtime for ProcessRuntime {
         };
         let user = (self.run_as.resolve(&spec.run_as_user))
             .map_err(|e| spawn_err("the program as its user", std::io::Error::other(e)))?;
-        spec.env = environment(Grants::from_names(&spec.intrinsics), &spec.env, &spec.scratch_dir);
+        spec.env = environment(
+            Grants::from_names(&spec.intrinsics),
+            &spec.env,
+            &spec.scratch_dir,
+        );
         run_as::create_scratch(&spec.scratch_dir, user.as_ref())
             .map_err(|e| spawn_err("the scratch directory", e))?;
         if let Some(user) = &user {
@@ -455,7 +469,9 @@ impl ProcessRuntime {
             source,
         };
         if let (Language::Python, Some(zygote)) = (spec.language, &self.python_zygote) {
-            let rules = self.sandbox.for_program(spec, &interp.path, file, StartPath::AfterExec)?;
+            let rules = self
+                .sandbox
+                .for_program(spec, &interp.path, file, StartPath::AfterExec)?;
             match zygote.fork(spec, file, user, placement, rules.as_ref()) {
                 // The zygote counts its warm starts.
                 Ok(child) => return self.watch_warm(child, spec, placement),
@@ -471,7 +487,9 @@ impl ProcessRuntime {
                 }
             }
         }
-        let rules = self.sandbox.for_program(spec, &interp.path, file, StartPath::BeforeExec)?;
+        let rules = self
+            .sandbox
+            .for_program(spec, &interp.path, file, StartPath::BeforeExec)?;
         // A pooled worker cannot enter rules of its own (see `sandbox`).
         let warm = match rules {
             Some(_) => None,
@@ -698,10 +716,14 @@ fn start_cold(
     unsafe {
         cmd.pre_exec(move || {
             // The sandbox's privileged part, the user, then its other rules.
-            rules.iter().try_for_each(ChildRules::before_privilege_drop)?;
+            rules
+                .iter()
+                .try_for_each(ChildRules::before_privilege_drop)?;
             // As the user, so it enters only a directory the user may.
             run_as::become_user_in(user.as_ref(), &cwd)?;
-            rules.iter().try_for_each(ChildRules::after_privilege_drop)?;
+            rules
+                .iter()
+                .try_for_each(ChildRules::after_privilege_drop)?;
             // After the credential change, which would clear it.
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
         });

@@ -479,7 +479,11 @@ impl Generation {
             .map_err(|e| request_err("setting socket timeouts", &e))?;
         let header = (body.len() as u64).to_be_bytes();
         let mut fds = vec![stdout_w.as_raw_fd(), stderr_w.as_raw_fd(), go_r.as_raw_fd()];
-        fds.extend(sandbox.and_then(|s| s.landlock.as_ref()).map(|fd| fd.as_raw_fd()));
+        fds.extend(
+            sandbox
+                .and_then(|s| s.landlock.as_ref())
+                .map(|fd| fd.as_raw_fd()),
+        );
         let sent = sendmsg::<()>(
             control.stream.as_raw_fd(),
             &[IoSlice::new(&header)],

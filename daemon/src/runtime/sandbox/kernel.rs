@@ -8,8 +8,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use landlock::{
-    AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
-    RulesetAttr, RulesetCreatedAttr, Scope, ABI,
+    AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, Scope, ABI,
 };
 use nix::libc;
 
@@ -167,7 +167,11 @@ fn elf_loader(executable: &Path) -> Option<PathBuf> {
     if bytes.get(..6)? != b"\x7fELF\x02\x01" {
         return None;
     }
-    let (phoff, phentsize, phnum) = (u64_at(0x20)? as usize, u16_at(0x36)? as usize, u16_at(0x38)?);
+    let (phoff, phentsize, phnum) = (
+        u64_at(0x20)? as usize,
+        u16_at(0x36)? as usize,
+        u16_at(0x38)?,
+    );
     (0..phnum as usize).find_map(|i| {
         let header = phoff + i * phentsize;
         if u32_at(header)? != 3 {
@@ -364,7 +368,10 @@ mod tests {
     fn the_filter_jumps_land_on_the_deny_return() {
         let prog = seccomp_filter(&[41, 425]);
         let deny = prog.len() - 1;
-        assert_eq!(prog[deny].k & libc::SECCOMP_RET_ACTION_FULL, libc::SECCOMP_RET_ERRNO);
+        assert_eq!(
+            prog[deny].k & libc::SECCOMP_RET_ACTION_FULL,
+            libc::SECCOMP_RET_ERRNO
+        );
         assert_eq!(prog[deny].k & libc::SECCOMP_RET_DATA, libc::EACCES as u32);
         assert_eq!(prog[deny - 1].k, libc::SECCOMP_RET_ALLOW);
         // Every conditional jump that is taken for a denial lands on `deny`.
@@ -376,7 +383,11 @@ mod tests {
                 assert_eq!(at + 1 + op.jt as usize, deny, "call check at {at}");
             }
         }
-        let denied: Vec<u32> = prog.iter().filter(|op| op.code == 0x15 && op.jt != 0).map(|op| op.k).collect();
+        let denied: Vec<u32> = prog
+            .iter()
+            .filter(|op| op.code == 0x15 && op.jt != 0)
+            .map(|op| op.k)
+            .collect();
         assert_eq!(denied, [41, 425]);
     }
 
@@ -384,7 +395,11 @@ mod tests {
     fn the_loader_of_a_dynamic_executable_is_found() {
         let exe = std::env::current_exe().unwrap();
         let loader = elf_loader(&exe).expect("the test binary is dynamically linked");
-        assert!(loader.to_string_lossy().contains("ld-"), "{}", loader.display());
+        assert!(
+            loader.to_string_lossy().contains("ld-"),
+            "{}",
+            loader.display()
+        );
         assert_eq!(elf_loader(Path::new("/etc/hostname")), None);
         let files = runtime_files(&exe);
         assert_eq!(files.executables, [exe.clone(), loader]);

@@ -99,9 +99,9 @@ impl Sandbox {
     /// How `intrinsic` (canonical) is enforced here.
     pub fn enforcement(&self, intrinsic: &str) -> Enforcement {
         let landlock = || {
-            self.support.landlock().map(|()| {
-                format!("Landlock ABI {}", self.support.landlock_abi)
-            })
+            self.support
+                .landlock()
+                .map(|()| format!("Landlock ABI {}", self.support.landlock_abi))
         };
         let result = match intrinsic {
             "env" => Ok("the daemon starts the program with a fixed minimal environment".into()),
@@ -204,11 +204,16 @@ impl Sandbox {
             working_dir: &spec.working_dir,
             script,
         };
-        self.prepare(Grants::from_names(&spec.intrinsics), interpreter, paths, start)
-            .map_err(|e| super::RuntimeError::Spawn {
-                what: "the program's sandbox".into(),
-                source: std::io::Error::other(e),
-            })
+        self.prepare(
+            Grants::from_names(&spec.intrinsics),
+            interpreter,
+            paths,
+            start,
+        )
+        .map_err(|e| super::RuntimeError::Spawn {
+            what: "the program's sandbox".into(),
+            source: std::io::Error::other(e),
+        })
     }
 }
 
@@ -293,7 +298,11 @@ mod tests {
         KernelSupport {
             landlock_abi,
             landlock_error: (landlock_abi < 1).then(|| "the kernel has no Landlock".into()),
-            netns: if net { Ok(()) } else { Err("cannot make a network namespace".into()) },
+            netns: if net {
+                Ok(())
+            } else {
+                Err("cannot make a network namespace".into())
+            },
             seccomp: Ok(()),
         }
     }
@@ -308,7 +317,9 @@ mod tests {
         assert!(!refusing.enforcement("fs.read").enforced);
         assert!(refusing.enforcement("net").enforced);
         assert!(refusing.enforcement("env").enforced);
-        let err = refusing.check(&names(&["env", "net", "subprocess", "fs.write"])).unwrap_err();
+        let err = refusing
+            .check(&names(&["env", "net", "subprocess", "fs.write"]))
+            .unwrap_err();
         assert!(err.starts_with("intrinsic \"fs.read\" is not granted, but this host cannot deny it: the kernel has no Landlock"), "{err}");
         refusing
             .check(&names(&["fs.read", "fs.write", "subprocess"]))
@@ -316,7 +327,13 @@ mod tests {
         let warning = Sandbox::with_support(support(2, false), Unenforceable::Warn, &[]);
         let warnings = warning.check(&names(&["env", "subprocess"])).unwrap();
         assert_eq!(warnings.len(), 3, "{warnings:?}");
-        assert!(warnings[0].contains("\"fs.read\"") && warnings[0].contains("ABI is 2"), "{warnings:?}");
-        assert!(warnings[2].contains("\"net\"") && warnings[2].contains("network namespace"), "{warnings:?}");
+        assert!(
+            warnings[0].contains("\"fs.read\"") && warnings[0].contains("ABI is 2"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[2].contains("\"net\"") && warnings[2].contains("network namespace"),
+            "{warnings:?}"
+        );
     }
 }

@@ -258,10 +258,20 @@ mod tests {
 
     #[test]
     fn everything_granted_means_no_rules() {
-        let all = Grants::from_names(&names(&["console", "env", "fs.read", "fs.write", "net", "subprocess"]));
+        let all = Grants::from_names(&names(&[
+            "console",
+            "env",
+            "fs.read",
+            "fs.write",
+            "net",
+            "subprocess",
+        ]));
         assert!(all.is_unrestricted());
         assert!(all.denied().is_empty());
-        assert_eq!(Rules::derive(all, &runtime(), paths(), StartPath::BeforeExec), None);
+        assert_eq!(
+            Rules::derive(all, &runtime(), paths(), StartPath::BeforeExec),
+            None
+        );
     }
 
     #[test]
@@ -275,13 +285,29 @@ mod tests {
         // Read: the runtime, the script, the working directory, /proc.
         for path in ["/usr/lib", "/scratch/s/e/main.py", "/alloc/task", "/proc"] {
             let found = allowed_for(&fs, path);
-            assert!(found.iter().any(|r| r.read && !r.write && !r.execute), "{path}: {found:?}");
+            assert!(
+                found.iter().any(|r| r.read && !r.write && !r.execute),
+                "{path}: {found:?}"
+            );
         }
         // Write: the scratch directory and /dev/null only.
-        let writable: Vec<_> = fs.allowed.iter().filter(|r| r.write).map(|r| r.path.clone()).collect();
-        assert_eq!(writable, [PathBuf::from("/scratch/s/e"), PathBuf::from("/dev/null")]);
+        let writable: Vec<_> = fs
+            .allowed
+            .iter()
+            .filter(|r| r.write)
+            .map(|r| r.path.clone())
+            .collect();
+        assert_eq!(
+            writable,
+            [PathBuf::from("/scratch/s/e"), PathBuf::from("/dev/null")]
+        );
         // Execute: the interpreter and its loader, before the exec only.
-        let executable: Vec<_> = fs.allowed.iter().filter(|r| r.execute).map(|r| r.path.clone()).collect();
+        let executable: Vec<_> = fs
+            .allowed
+            .iter()
+            .filter(|r| r.execute)
+            .map(|r| r.path.clone())
+            .collect();
         assert_eq!(executable, runtime().executables);
         let warm = Rules::derive(none, &runtime(), paths(), StartPath::AfterExec).unwrap();
         assert!(warm.fs.unwrap().allowed.iter().all(|r| !r.execute));
@@ -290,7 +316,13 @@ mod tests {
     #[test]
     fn each_grant_lifts_only_its_own_restriction() {
         let rules = |list: &[&str]| {
-            Rules::derive(Grants::from_names(&names(list)), &runtime(), paths(), StartPath::BeforeExec).unwrap()
+            Rules::derive(
+                Grants::from_names(&names(list)),
+                &runtime(),
+                paths(),
+                StartPath::BeforeExec,
+            )
+            .unwrap()
         };
         let fs = rules(&["fs.read"]).fs.unwrap();
         assert!(!fs.restrict_read && fs.restrict_write && fs.restrict_execute);
@@ -313,8 +345,11 @@ mod tests {
 
     #[test]
     fn without_env_the_environment_is_fixed_and_minimal() {
-        let asked: BTreeMap<String, String> =
-            [("SECRET".to_owned(), "x".to_owned()), ("PATH".to_owned(), "/opt/bin".to_owned())].into();
+        let asked: BTreeMap<String, String> = [
+            ("SECRET".to_owned(), "x".to_owned()),
+            ("PATH".to_owned(), "/opt/bin".to_owned()),
+        ]
+        .into();
         let scratch = Path::new("/scratch/s/e");
         let env = environment(Grants::default(), &asked, scratch);
         assert_eq!(
@@ -326,7 +361,10 @@ mod tests {
                 ("TMPDIR".to_owned(), "/scratch/s/e".to_owned()),
             ]
         );
-        let granted = Grants { env: true, ..Grants::default() };
+        let granted = Grants {
+            env: true,
+            ..Grants::default()
+        };
         assert_eq!(environment(granted, &asked, scratch), asked);
     }
 }
