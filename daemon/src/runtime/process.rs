@@ -35,10 +35,7 @@ use super::placement::Placement;
 use super::program_control::{self, ProcessControl};
 use super::python_zygote::{PythonZygote, WarmChild, ZygoteError};
 use super::run_as::{self, Identity, RunAsPolicy, UserRefusal};
-use super::sandbox::rules::environment;
-use super::sandbox::{
-    ChildRules, Enforcement, Grants, Prepared, Sandbox, StartPath, Unenforceable, RESTRICTABLE,
-};
+use super::sandbox::{ChildRules, Enforcement, Sandbox, StartPath, Unenforceable};
 use super::{
     child_reaper, typescript, ExitInfo, KernelLimit, LanguageRuntime, MemoryEnforcement, Program,
     ProgramEvent, ProgramSpec, Runtime, RuntimeError, StartCounters, StartMode, StartStats,
@@ -169,12 +166,7 @@ impl ProcessRuntime {
                 Err("not used: typescript is transpiled in the daemon".into())
             }
         };
-        let found: Vec<&Path> = [&python, &node, &elide]
-            .into_iter()
-            .flatten()
-            .map(|i| i.path.as_path())
-            .collect();
-        let sandbox = Arc::new(Sandbox::new(config.unenforceable_intrinsics, &found));
+        let sandbox = Sandbox::new(config.unenforceable_intrinsics, [&python, &node, &elide]);
         ProcessRuntime {
             python,
             node,
@@ -262,11 +254,12 @@ impl ProcessRuntime {
         file: &Path,
         user: Option<&Identity>,
         placement: &Placement,
+        sandboxed: bool,
     ) -> Result<Option<tokio::process::Child>, RuntimeError> {
         let Some(pool) = self
             .node_pool
             .as_ref()
-            .filter(|pool| self.runs_on_node(spec.language) && pool.user() == user)
+            .filter(|pool| !sandboxed && self.runs_on_node(spec.language) && pool.user() == user)
         else {
             return Ok(None);
         };
@@ -334,9 +327,7 @@ impl Runtime for ProcessRuntime {
     }
 
     fn enforces_intrinsics(&self) -> bool {
-        RESTRICTABLE
-            .iter()
-            .all(|i| self.sandbox.enforcement(i).enforced)
+        self.sandbox.enforces_all()
     }
 
     fn intrinsic_enforcement(&self, intrinsic: &str) -> Enforcement {
@@ -388,11 +379,7 @@ impl Runtime for ProcessRuntime {
         };
         let user = (self.run_as.resolve(&spec.run_as_user))
             .map_err(|e| spawn_err("the program as its user", std::io::Error::other(e)))?;
-        spec.env = environment(
-            Grants::from_names(&spec.intrinsics),
-            &spec.env,
-            &spec.scratch_dir,
-        );
+        spec.env = self.sandbox.environment(&spec);
         run_as::create_scratch(&spec.scratch_dir, user.as_ref())
             .map_err(|e| spawn_err("the scratch directory", e))?;
         if let Some(user) = &user {
@@ -468,10 +455,9 @@ impl ProcessRuntime {
             what: what.into(),
             source,
         };
+        let rules_for = |start| self.sandbox.for_program(spec, &interp.path, file, start);
         if let (Language::Python, Some(zygote)) = (spec.language, &self.python_zygote) {
-            let rules = self
-                .sandbox
-                .for_program(spec, &interp.path, file, StartPath::AfterExec)?;
+            let rules = rules_for(StartPath::AfterExec)?;
             match zygote.fork(spec, file, user, placement, rules.as_ref()) {
                 // The zygote counts its warm starts.
                 Ok(child) => return self.watch_warm(child, spec, placement),
@@ -487,14 +473,9 @@ impl ProcessRuntime {
                 }
             }
         }
-        let rules = self
-            .sandbox
-            .for_program(spec, &interp.path, file, StartPath::BeforeExec)?;
+        let rules = rules_for(StartPath::BeforeExec)?;
         // A pooled worker cannot enter rules of its own (see `sandbox`).
-        let warm = match rules {
-            Some(_) => None,
-            None => self.start_warm(spec, file, user, placement)?,
-        };
+        let warm = self.start_warm(spec, file, user, placement, rules.is_some())?;
         if warm.is_some() {
             self.counters.warm_start(spec.language);
         } else {
@@ -521,7 +502,7 @@ impl ProcessRuntime {
                     self.runs_on_node(spec.language),
                     user.cloned(),
                     placement,
-                    rules.as_ref().map(Prepared::for_child),
+                    ChildRules::of(rules.as_ref()),
                 )
                 .map_err(|e| spawn_err(&interp.path.display().to_string(), e))?;
                 let pid = child.id().map(|p| p as i32).ok_or_else(|| {
@@ -675,7 +656,7 @@ fn start_cold(
     on_node: bool,
     user: Option<Identity>,
     placement: &Placement,
-    rules: Option<ChildRules>,
+    rules: ChildRules,
 ) -> std::io::Result<tokio::process::Child> {
     let mut cmd = tokio::process::Command::new(&interp.path);
     match spec.language {
@@ -716,14 +697,10 @@ fn start_cold(
     unsafe {
         cmd.pre_exec(move || {
             // The sandbox's privileged part, the user, then its other rules.
-            rules
-                .iter()
-                .try_for_each(ChildRules::before_privilege_drop)?;
+            rules.before_privilege_drop()?;
             // As the user, so it enters only a directory the user may.
             run_as::become_user_in(user.as_ref(), &cwd)?;
-            rules
-                .iter()
-                .try_for_each(ChildRules::after_privilege_drop)?;
+            rules.after_privilege_drop()?;
             // After the credential change, which would clear it.
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
         });

@@ -19,12 +19,14 @@ use super::rules::{FsRules, Rules, RuntimeFiles};
 /// program without `fs.write` cannot empty a file it may only read.
 pub const MIN_LANDLOCK_ABI: i32 = 3;
 
-/// System directories and files every interpreter reads to start: shared
-/// libraries (which also hold python's standard library and node's
-/// modules on Debian), locale and time zone data, CA certificates, and
-/// the CPU list runtimes size their thread pools by. Those that do not
-/// exist are left out.
-const SYSTEM_READ: [&str; 12] = [
+/// System directories and files every interpreter reads to start or to
+/// answer common questions: shared libraries (which also hold python's
+/// standard library and node's modules on Debian), locale and time zone
+/// data, CA certificates, the CPU list runtimes size their thread pools
+/// by, the user and group database (no passwords: `/etc/shadow` is not
+/// here) and the resolver's configuration. Those that do not exist are
+/// left out.
+const SYSTEM_READ: [&str; 19] = [
     "/lib",
     "/lib64",
     "/usr/lib",
@@ -37,6 +39,13 @@ const SYSTEM_READ: [&str; 12] = [
     "/etc/ssl",
     "/usr/lib/ssl",
     "/sys/devices/system/cpu",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/nsswitch.conf",
+    "/etc/hosts",
+    "/etc/host.conf",
+    "/etc/resolv.conf",
+    "/etc/gai.conf",
 ];
 
 /// Where the system's programs are (for `subprocess` without `fs.read`).

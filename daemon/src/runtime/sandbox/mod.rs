@@ -38,6 +38,7 @@ pub mod rules;
 use std::collections::BTreeMap;
 use std::os::fd::{OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nix::libc;
 
@@ -73,9 +74,35 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Probes the kernel and the interpreters' files.
-    pub fn new(unenforceable: Unenforceable, interpreters: &[&Path]) -> Self {
-        Self::with_support(KernelSupport::detect(), unenforceable, interpreters)
+    /// Probes the kernel and the files of the interpreters found.
+    pub fn new<const N: usize>(
+        unenforceable: Unenforceable,
+        interpreters: [&Result<super::interpreter::Interpreter, String>; N],
+    ) -> Arc<Self> {
+        let found: Vec<&Path> = interpreters
+            .into_iter()
+            .flatten()
+            .map(|i| i.path.as_path())
+            .collect();
+        Arc::new(Self::with_support(
+            KernelSupport::detect(),
+            unenforceable,
+            &found,
+        ))
+    }
+
+    /// Whether denying every restrictable intrinsic is enforced here.
+    pub fn enforces_all(&self) -> bool {
+        RESTRICTABLE.iter().all(|i| self.enforcement(i).enforced)
+    }
+
+    /// The environment `spec`'s program gets ([`rules::environment`]).
+    pub fn environment(&self, spec: &super::ProgramSpec) -> BTreeMap<String, String> {
+        rules::environment(
+            Grants::from_names(&spec.intrinsics),
+            &spec.env,
+            &spec.scratch_dir,
+        )
     }
 
     /// With `support` given (tests).
@@ -228,21 +255,10 @@ pub struct Prepared {
     pub seccomp: Option<Vec<libc::sock_filter>>,
 }
 
-impl Prepared {
-    /// What a cold child enters between fork and exec: plain values, so the
-    /// closure allocates nothing.
-    pub fn for_child(&self) -> ChildRules {
-        ChildRules {
-            isolate_net: self.rules.isolate_net,
-            landlock: kernel::raw(&self.landlock),
-            seccomp: self.seccomp.clone().unwrap_or_default(),
-        }
-    }
-}
-
 /// [`Prepared`] as the child process applies it (the ruleset descriptor
-/// stays open in the daemon until the child has started).
-#[derive(Debug, Clone)]
+/// stays open in the daemon until the child has started); the default
+/// applies nothing.
+#[derive(Debug, Clone, Default)]
 pub struct ChildRules {
     isolate_net: bool,
     landlock: Option<RawFd>,
@@ -255,6 +271,19 @@ unsafe impl Send for ChildRules {}
 unsafe impl Sync for ChildRules {}
 
 impl ChildRules {
+    /// What a cold child enters between fork and exec: plain values, so the
+    /// closure allocates nothing.
+    pub fn of(prepared: Option<&Prepared>) -> Self {
+        match prepared {
+            None => ChildRules::default(),
+            Some(p) => ChildRules {
+                isolate_net: p.rules.isolate_net,
+                landlock: kernel::raw(&p.landlock),
+                seccomp: p.seccomp.clone().unwrap_or_default(),
+            },
+        }
+    }
+
     /// While still privileged: a fresh network namespace.
     /// Async-signal-safe.
     pub fn before_privilege_drop(&self) -> std::io::Result<()> {
