@@ -12,6 +12,7 @@ use elide_proto::elide::daemon::v1 as pb;
 use elide_proto::intrinsics::{NameError, ORIGINAL_NAMES};
 
 use crate::error::DaemonError;
+use crate::runtime::sandbox::Enforcement;
 
 /// Why `ai` cannot be granted by a daemon without local AI.
 pub const NO_LOCAL_AI: &str =
@@ -48,9 +49,27 @@ pub fn check_ai_grant(
 }
 
 /// `GetCapabilities.intrinsics`: every canonical intrinsic, then every
-/// original name that is not also canonical, each with what it grants and
-/// why it is refused when it is.
-pub fn describe(enforced: bool, ai_available: bool) -> Vec<pb::IntrinsicInfo> {
+/// original name that is not also canonical, each with what it grants,
+/// why it is refused when it is, and how `enforcement` (of a canonical
+/// name) says denying it is enforced; an original name is enforced when
+/// all it grants is.
+pub fn describe(
+    enforcement: impl Fn(&str) -> Enforcement,
+    ai_available: bool,
+) -> Vec<pb::IntrinsicInfo> {
+    let enforced_all = |grants: &[&str]| {
+        let each: Vec<Enforcement> = grants.iter().map(|g| enforcement(g)).collect();
+        let mut details: Vec<String> = Vec::new();
+        for e in &each {
+            if !details.contains(&e.detail) {
+                details.push(e.detail.clone());
+            }
+        }
+        (
+            !each.is_empty() && each.iter().all(|e| e.enforced),
+            details.join("; "),
+        )
+    };
     let refusal = |grants: &[&str]| {
         if !ai_available && grants.contains(&"ai") {
             NO_LOCAL_AI.to_owned()
@@ -58,13 +77,17 @@ pub fn describe(enforced: bool, ai_available: bool) -> Vec<pb::IntrinsicInfo> {
             String::new()
         }
     };
-    let canonical = INTRINSICS.iter().map(|i| pb::IntrinsicInfo {
-        name: i.name.into(),
-        description: i.description.into(),
-        multi_tenant_safe: i.multi_tenant_safe,
-        enforced,
-        grants: vec![i.name.into()],
-        unavailable_reason: refusal(&[i.name]),
+    let canonical = INTRINSICS.iter().map(|i| {
+        let (enforced, enforcement) = enforced_all(&[i.name]);
+        pb::IntrinsicInfo {
+            name: i.name.into(),
+            description: i.description.into(),
+            multi_tenant_safe: i.multi_tenant_safe,
+            enforced,
+            grants: vec![i.name.into()],
+            unavailable_reason: refusal(&[i.name]),
+            enforcement,
+        }
     });
     let original = ORIGINAL_NAMES
         .iter()
@@ -74,6 +97,7 @@ pub fn describe(enforced: bool, ai_available: bool) -> Vec<pb::IntrinsicInfo> {
                 Some(reason) => reason.to_owned(),
                 None => refusal(o.grants),
             };
+            let (enforced, enforcement) = enforced_all(o.grants);
             pb::IntrinsicInfo {
                 name: o.name.into(),
                 description: if o.grants.is_empty() {
@@ -89,6 +113,7 @@ pub fn describe(enforced: bool, ai_available: bool) -> Vec<pb::IntrinsicInfo> {
                 enforced,
                 grants: o.grants.iter().map(|g| (*g).to_owned()).collect(),
                 unavailable_reason,
+                enforcement,
             }
         });
     canonical.chain(original).collect()
@@ -104,7 +129,13 @@ mod tests {
 
     #[test]
     fn both_spellings_are_listed_with_their_grants() {
-        let infos = describe(false, false);
+        let infos = describe(
+            |name| Enforcement {
+                enforced: name == "fs.read" || name == "fs.write",
+                detail: format!("{name} rule"),
+            },
+            false,
+        );
         let find = |name: &str| infos.iter().find(|i| i.name == name).unwrap();
         assert_eq!(find("fs.read").grants, ["fs.read"]);
         assert_eq!(find("fs").grants, ["fs.read", "fs.write"]);
@@ -118,8 +149,15 @@ mod tests {
         // `env` and `ai` are both canonical and original: listed once.
         assert_eq!(infos.iter().filter(|i| i.name == "env").count(), 1);
         assert_eq!(infos.len(), INTRINSICS.len() + 4);
+        assert!(find("fs").enforced && find("fs.read").enforced && !find("net").enforced);
+        assert_eq!(find("fs").enforcement, "fs.read rule; fs.write rule");
+        assert!(!find("sqlite").enforced && !find("io").enforced);
+        let all = |_: &str| Enforcement {
+            enforced: true,
+            detail: String::new(),
+        };
         assert_eq!(
-            describe(true, true)
+            describe(all, true)
                 .iter()
                 .find(|i| i.name == "ai")
                 .unwrap()

@@ -53,6 +53,7 @@ pub use registry::{is_terminal, RegistryDeps, SessionRegistry};
 pub use runtime::process::{ProcessRuntime, ProcessRuntimeConfig, TypeScriptRunner};
 pub use runtime::python_zygote::DEFAULT_PRELOAD as PYTHON_DEFAULT_PRELOAD;
 pub use runtime::run_as::check_reachable_by_all;
+pub use runtime::sandbox::Unenforceable;
 pub use runtime::scripted::ScriptedRuntime;
 pub use runtime::MAX_COMMANDS_PER_EXECUTION;
 pub use runtime::{

@@ -135,7 +135,7 @@ async fn the_program_runs_in_its_own_cgroup_which_is_removed_after(
     let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
     require_cgroups(&mut c).await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let mut req = snippet("s", "placed", language, pid_then_sleep(language));
     req.overrides = Some(pb::ExecutionOverrides {
         memory_limit_mb: 96,
@@ -209,7 +209,7 @@ async fn a_burst_past_the_limit_is_oom_killed_by_the_kernel_and_reported(
     let d = Daemon::start_as(start, &["--sample-interval-secs", "3600"]).await;
     let mut c = d.client().await;
     require_cgroups(&mut c).await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let code = match language {
         "python" => "blob = b'x' * (400 * 1024 * 1024)\nprint('survived', len(blob))\n",
         _ => "const b = Buffer.alloc(400 * 1024 * 1024, 1); console.log('survived', b.length);",
@@ -240,7 +240,7 @@ async fn a_fork_bomb_stops_at_the_process_limit_and_is_reported(
     let d = Daemon::start_as(start, &["--pids-limit", "24"]).await;
     let mut c = d.client().await;
     require_cgroups(&mut c).await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     // Every process forks forever; the first refusal the original process
     // sees ends it (and with it, the execution and every fork).
     let code = "import os, sys, time\nmain = os.getpid()\nwhile True:\n    try:\n        os.fork()\n    except BlockingIOError:\n        if os.getpid() == main:\n            print('fork refused', flush=True)\n            sys.exit(3)\n        time.sleep(0.05)\n";
@@ -262,7 +262,7 @@ async fn a_cgroup_left_by_a_crashed_daemon_is_removed_at_restart() {
     let mut d = Daemon::start_as(Start::Cold, &[]).await;
     let mut c = d.client().await;
     require_cgroups(&mut c).await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     execute(
         &mut c,
         snippet("s", "orphan", "python", pid_then_sleep("python")),
@@ -298,7 +298,7 @@ async fn metrics_come_from_the_cgroup(#[values(Start::Warm, Start::Cold)] start:
     let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
     require_cgroups(&mut c).await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let code = "import time\nblob = b'x' * (100 * 1024 * 1024)\nx = sum(range(3_000_000))\nprint('ready', flush=True)\ntime.sleep(30)\n";
     execute(&mut c, snippet("s", "m", "python", code)).await;
     wait_for_stdout(&mut c, "s", "m", "ready").await;
@@ -337,7 +337,7 @@ async fn with_cgroups_off_memory_is_sampled_and_capabilities_say_so() {
         "{}",
         caps.memory_limits_detail
     );
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     execute(
         &mut c,
         snippet("s", "p", "python", pid_then_sleep("python")),

@@ -17,7 +17,7 @@ use tokio_stream::StreamExt;
 async fn python_and_javascript_say_hello(#[values(Start::Warm, Start::Cold)] start: Start) {
     let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     execute(
         &mut c,
         snippet("s", "py", "python", "print('hello from python')"),
@@ -55,7 +55,7 @@ async fn exit_code_is_reported_and_stderr_is_kept_apart(
 ) {
     let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let code = "import sys\nprint('to stdout')\nprint('to stderr', file=sys.stderr)\nsys.exit(7)\n";
     execute(&mut c, snippet("s", "e", "python", code)).await;
     let status = wait_terminal(&mut c, "s", "e").await;
@@ -86,7 +86,7 @@ async fn five_megabytes_arrive_intact_live_and_from_a_middle_offset(
 ) {
     let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let code = "import sys\ndata = bytes(i % 251 for i in range(5_000_000))\n\
                 for i in range(0, len(data), 100_000):\n    sys.stdout.buffer.write(data[i:i+100_000])\n";
     execute(&mut c, snippet("s", "flood", "python", code)).await;
@@ -116,7 +116,7 @@ async fn bytes_beyond_retention_are_reported_dropped_not_lost_silently(
 ) {
     let d = Daemon::start_as(start, &["--output-retention-bytes", "131072"]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     execute(
         &mut c,
         snippet(
@@ -145,7 +145,7 @@ async fn with_backpressure_a_program_waits_for_its_reader_instead_of_losing_outp
 ) {
     let d = Daemon::start_as(start, &["--output-retention-bytes", "131072"]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let code = "import sys\nfor i in range(256):\n    sys.stdout.buffer.write(bytes([i]) * 8192)\nprint('done', file=sys.stderr)\n";
     let mut req = snippet("s", "bp", "python", code);
     req.output_backpressure = true;
@@ -212,7 +212,7 @@ async fn cancel_ends_a_sleeping_snippet_and_its_children_within_the_grace(
 ) {
     let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     // The warm and cold cases run in parallel in this process: one marker each.
     let marker = format!("child-marker-{}-{start:?}", std::process::id());
     let code = format!(
@@ -266,7 +266,7 @@ async fn a_trapped_sigterm_lets_the_snippet_clean_up(
 ) {
     let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let code = "import signal, sys, time\n\
                 def bye(*_):\n    print('cleaning up', flush=True)\n    sys.exit(0)\n\
                 signal.signal(signal.SIGTERM, bye)\nprint('ready', flush=True)\ntime.sleep(60)\n";
@@ -297,7 +297,7 @@ async fn an_ignored_sigterm_escalates_to_sigkill_after_the_grace(
 ) {
     let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let code = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
                 print('ready', flush=True)\ntime.sleep(60)\n";
     execute(&mut c, snippet("s", "stubborn", "python", code)).await;
@@ -330,7 +330,7 @@ async fn an_ignored_sigterm_escalates_to_sigkill_after_the_grace(
 async fn signals_are_forwarded_to_the_program(#[values(Start::Warm, Start::Cold)] start: Start) {
     let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let code = "process.on('SIGUSR1', () => { console.log('got usr1'); process.exit(3); });\n\
                 console.log('ready'); setInterval(() => {}, 1000);";
     execute(&mut c, snippet("s", "usr", "javascript", code)).await;
@@ -392,7 +392,7 @@ async fn env_and_args_reach_the_program_and_the_daemon_env_does_not(
 ) {
     let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let work = d.work_dir();
     let code = "import os, sys\nprint(sys.argv[1:])\nprint(os.environ.get('GREETING'))\n\
                 print('RUST_LOG' in os.environ)\nprint(os.getcwd())\n";
@@ -419,7 +419,7 @@ async fn resubmitting_the_same_request_runs_it_once(
 ) {
     let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let work = d.work_dir();
     let mut req = snippet(
         "s",
@@ -451,8 +451,8 @@ async fn sessions_cannot_see_or_touch_each_others_executions(
 ) {
     let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "a", Default::default()).await;
-    create_session(&mut c, "b", Default::default()).await;
+    create_session(&mut c, "a", every_grant()).await;
+    create_session(&mut c, "b", every_grant()).await;
     execute(
         &mut c,
         snippet(
@@ -506,7 +506,7 @@ async fn watch_session_pushes_every_state_change_and_resumes_from_a_seq(
 ) {
     let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let mut watch = c
         .watch_session(pb::WatchSessionRequest {
             session_id: "s".into(),
@@ -570,7 +570,7 @@ async fn metrics_report_cpu_and_memory_of_a_running_execution(
 ) {
     let d = Daemon::start_as(start, &["--sample-interval-secs", "0.2"]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let code = "import time\nblob = bytearray(50 * 1024 * 1024)\nx = sum(range(3_000_000))\n\
                 print('ready', flush=True)\ntime.sleep(30)\n";
     execute(&mut c, snippet("s", "m", "python", code)).await;
@@ -638,7 +638,7 @@ async fn the_runtime_versions_reported_are_the_ones_that_run_snippets(
         assert!(l.available, "{l:?}");
         l.runtime_version.clone()
     };
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     // A snippet environment with a PATH that points elsewhere must not change
     // which interpreter runs.
     let mut py = snippet(
@@ -678,7 +678,7 @@ async fn daemon_stats_count_requests_by_method_and_report_load(
 ) {
     let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     execute(
         &mut c,
         snippet(

@@ -37,7 +37,7 @@ async fn argv_require_and_the_main_module_are_as_under_node_file(
 ) {
     let d = Daemon::start_as(path, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let work = d.work_dir();
     let code = "const path = require('node:path');\n\
                 console.log(JSON.stringify([process.argv.slice(2), path.basename(process.argv[1]),\n\
@@ -64,7 +64,7 @@ async fn argv_require_and_the_main_module_are_as_under_node_file(
 async fn an_mjs_program_runs_as_an_es_module(#[values(Start::Warm, Start::Cold)] path: Start) {
     let d = Daemon::start_as(path, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let code = "import { basename } from 'node:path';\n\
                 const top = await Promise.resolve('top-level await');\n\
                 console.log(basename(new URL(import.meta.url).pathname), typeof require, top);\n";
@@ -83,7 +83,7 @@ async fn exit_code_and_an_unhandled_rejection_end_the_program_as_under_node(
 ) {
     let d = Daemon::start_as(path, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let (status, stdout, _) = run_to_end(
         &mut c,
         snippet(
@@ -137,7 +137,7 @@ async fn the_environment_is_exactly_the_requests_and_children_inherit_it(
 ) {
     let d = Daemon::start_as(path, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let code = "const { execFileSync } = require('node:child_process');\n\
                 const own = Object.keys(process.env).sort();\n\
                 const child = execFileSync('env', { encoding: 'utf8' }).trim().split('\\n').map(l => l.split('=')[0]).sort();\n\
@@ -159,7 +159,7 @@ async fn the_environment_is_exactly_the_requests_and_children_inherit_it(
 async fn a_worker_runs_one_program_and_nothing_of_it_reaches_the_next() {
     let d = Daemon::start_as(Start::Warm, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let first = "globalThis.leak = 'first'; process.env.LEAK = 'first';\n\
                  require.cache['/leak'] = { exports: 1 };\nconsole.log(process.pid);\n";
     let (_, pid_a, _) = run_to_end(&mut c, snippet("s", "a", "javascript", first)).await;
@@ -184,7 +184,7 @@ async fn a_worker_runs_one_program_and_nothing_of_it_reaches_the_next() {
 async fn five_hundred_programs_at_once_all_run_and_an_empty_pool_starts_them_cold() {
     let d = Daemon::start_as(Start::Warm, &["--max-running", "16"]).await;
     let c = d.client().await;
-    create_session(&mut c.clone(), "s", Default::default()).await;
+    create_session(&mut c.clone(), "s", every_grant()).await;
     let submitted = futures::future::join_all((0..500).map(|i| {
         let mut c = c.clone();
         async move {
@@ -252,7 +252,7 @@ async fn five_hundred_programs_at_once_all_run_and_an_empty_pool_starts_them_col
 async fn a_pooled_worker_killed_mid_run_is_reported_as_killed_and_the_pool_refills() {
     let d = Daemon::start_as(Start::Warm, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     execute(
         &mut c,
         snippet(
@@ -315,7 +315,7 @@ async fn a_waiting_worker_that_dies_is_replaced_and_counted() {
         !now.contains(&workers[0]) && now.len() == TEST_POOL_SIZE,
         "{now:?}"
     );
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let (status, stdout, _) = run_to_end(
         &mut c,
         snippet("s", "e", "javascript", "console.log('fine')"),
@@ -332,7 +332,7 @@ async fn children_and_daemonized_grandchildren_die_with_the_program(
 ) {
     let d = Daemon::start_as(path, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let child = format!("node-child-{}-{path:?}", std::process::id());
     let grandchild = format!("node-grandchild-{}-{path:?}", std::process::id());
     let flag = d.dir.path().join("finish");

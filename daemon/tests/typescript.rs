@@ -15,7 +15,7 @@ async fn typescript_features_run_as_their_javascript_meaning(
 ) {
     let d = Daemon::start_as(path, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let code = r#"import type { Stats } from 'node:fs';
 import { type PathLike } from 'node:fs';
 interface Point { x: number; y: number }
@@ -59,7 +59,7 @@ async fn typescript_with_imports_runs_as_an_es_module(
 ) {
     let d = Daemon::start_as(path, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let code = "import { basename } from 'node:path';\n\
                 const name: string = basename(new URL(import.meta.url).pathname);\n\
                 const value: number = await Promise.resolve(1);\n\
@@ -77,7 +77,7 @@ async fn typescript_with_imports_runs_as_an_es_module(
 async fn a_syntax_error_is_the_programs_failure_with_line_and_column() {
     let d = Daemon::start_as(Start::Warm, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let mut req = snippet(
         "s",
         "bad",

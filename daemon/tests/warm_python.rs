@@ -41,7 +41,7 @@ async fn a_warm_run_sees_exactly_what_a_cold_run_sees() {
     for start in [Start::Warm, Start::Cold] {
         let d = Daemon::start_as(start, &[]).await;
         let mut c = d.client().await;
-        create_session(&mut c, "s", Default::default()).await;
+        create_session(&mut c, "s", every_grant()).await;
         let work = d.work_dir();
         let mut req = snippet("s", "probe", "python", PROBE);
         req.args = vec!["one".into(), "two words".into()];
@@ -131,7 +131,7 @@ async fn endings_are_reported_as_for_a_cold_run(
 ) {
     let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let (status, stdout, stderr) = run_raw(&mut c, snippet("s", "e", "python", code)).await;
     assert_eq!(
         (status.state(), status.exit_code, status.signal.as_str()),
@@ -162,7 +162,7 @@ async fn sigint_from_the_client_raises_keyboard_interrupt(
 ) {
     let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let code = "import time\ntry:\n    print('ready', flush=True)\n    time.sleep(60)\n\
                 except KeyboardInterrupt:\n    print('interrupted')\n    raise SystemExit(9)\n";
     execute(&mut c, snippet("s", "i", "python", code)).await;
@@ -184,7 +184,7 @@ async fn sigint_from_the_client_raises_keyboard_interrupt(
 async fn each_warm_run_starts_from_fresh_state() {
     let d = Daemon::start_as(Start::Warm, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let tamper = "import json, os, sys, random, secrets, uuid\n\
                   json.tampered = True\nsys.modules['planted'] = json\nos.environ['LEAKED'] = '1'\n\
                   open('leftover.txt', 'w').write('x')\nrandom.seed(1)\nCONSTANT = 1\n\
@@ -226,7 +226,7 @@ async fn each_warm_run_starts_from_fresh_state() {
 async fn killing_the_zygote_mid_run_loses_no_result_and_a_new_one_takes_over() {
     let d = Daemon::start_as(Start::Warm, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let gate = d.dir.path().join("gate");
     let code = format!(
         "import os, sys, time\nsys.stdout.write('zygote %d\\n' % os.getppid())\n\
@@ -349,7 +349,7 @@ fn children_of(parent: i32) -> Vec<i32> {
 async fn a_spare_child_killed_while_it_waits_is_replaced_and_the_next_run_is_warm() {
     let d = Daemon::start_as(Start::Warm, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let (status, stdout, _) = run_raw(
         &mut c,
         snippet("s", "first", "python", "import os\nprint(os.getppid())"),
@@ -413,7 +413,7 @@ async fn a_scripts_own_objects_are_released_at_its_end(
 ) {
     let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     let kept = d.work_dir().join(format!("unclosed-{start:?}.txt"));
     // A file never closed, and an object whose __del__ writes: python
     // flushes the one and runs the other when the script's globals go.
@@ -438,7 +438,7 @@ async fn processes_a_snippet_forks_or_execs_die_with_it_and_are_reaped(
 ) {
     let d = Daemon::start_as(start, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     // The warm and cold cases run in parallel in this process: one marker each.
     let marker = format!("elide-leftover-{}-{start:?}", std::process::id());
     // A plain child, and a grandchild whose parent exits at once (the
@@ -471,7 +471,7 @@ async fn processes_a_snippet_forks_or_execs_die_with_it_and_are_reaped(
 async fn five_hundred_executions_at_once_all_run() {
     let d = Daemon::start_as(Start::Warm, &[]).await;
     let mut c = d.client().await;
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     const N: usize = 500;
     let submits = (0..N).map(|i| {
         let mut c = c.clone();
@@ -554,7 +554,7 @@ async fn capabilities_and_stats_say_how_python_starts(
         }
     );
 
-    create_session(&mut c, "s", Default::default()).await;
+    create_session(&mut c, "s", every_grant()).await;
     run_raw(&mut c, snippet("s", "p1", "python", "print(1)")).await;
     run_raw(&mut c, snippet("s", "j1", "javascript", "console.log(1)")).await;
     // PYTHONPATH is read at interpreter start: such an execution runs cold

@@ -121,7 +121,8 @@ pub struct SessionConfig {
     pub context_pool_size: Option<u32>,
     /// Languages tasks may use; `None` means every known language.
     pub enabled_languages: Option<Vec<Language>>,
-    /// Intrinsics granted to sessions by default.
+    /// Intrinsics the client's session grants; `None` means
+    /// [`DEFAULT_SESSION_INTRINSICS`].
     pub enabled_intrinsics: Option<Vec<String>>,
     /// Memory limit of a session, in MiB.
     pub memory_limit_mb: Option<u64>,
@@ -138,6 +139,23 @@ pub struct SessionConfig {
 /// busy (the watch stream, or polling while tasks run) and re-creates it
 /// when it starts a task, so this only ends sessions of departed clients.
 pub const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// What a session grants when `session_config` names no
+/// `enabled_intrinsics`: the original driver's documented minimal set
+/// (`io`, `env`), so tasks see their `NOMAD_*` environment and print, and
+/// the daemon's kernel rules deny files outside the task's own, network
+/// and other programs until the operator grants them.
+pub const DEFAULT_SESSION_INTRINSICS: [&str; 2] = ["console", "env"];
+
+impl SessionConfig {
+    /// The intrinsics the session grants: as configured, or the default.
+    pub fn intrinsics(&self) -> Vec<String> {
+        match &self.enabled_intrinsics {
+            Some(names) => names.clone(),
+            None => DEFAULT_SESSION_INTRINSICS.map(String::from).to_vec(),
+        }
+    }
+}
 
 /// Default `driver_state_dir`: where the plugin keeps what must survive
 /// its own restarts (the journal of deletes the daemon has not confirmed).

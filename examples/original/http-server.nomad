@@ -9,7 +9,8 @@
 #     8080 on the host; without it each gets its own dynamic port;
 #   * count = 1 (elide-run runs one allocation per group; it warns).
 # The service block stays; elide-run ignores it with a warning.
-#   elide-run --agent-config examples/original/nomad-agent.hcl examples/original/http-server.nomad
+#   elide-run --agent-config examples/original/nomad-agent-http.hcl examples/original/http-server.nomad
+# (the README's agent config with "http" granted: a server needs the network)
 #   curl http://127.0.0.1:<port>/health      # the port is printed at start
 job "elide-web" {
   datacenters = ["dc1"]

@@ -534,7 +534,9 @@ fn http_get(port: u16, path: &str) -> (String, String) {
 
 #[test]
 fn the_original_http_server_answers_health_on_its_dynamic_port_and_stops_cleanly() {
-    let agent = original("nomad-agent.hcl");
+    // The README's agent config with `http` granted: a server needs the
+    // network, which the daemon's kernel rules deny otherwise.
+    let agent = original("nomad-agent-http.hcl");
     let job = original("http-server.nomad");
     let (service, ready) = Service::start(
         &["--agent-config", &agent, &job],

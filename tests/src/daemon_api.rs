@@ -319,3 +319,17 @@ pub async fn wait_for_stdout(client: &mut Client, session: &str, id: &str, needl
     })
     .await;
 }
+
+/// A session config granting every intrinsic the kernel could deny. Tests
+/// of other things use it where their snippets need files, children or the
+/// network, or where they count warm javascript starts: the node pool
+/// serves only programs without kernel rules (README, "Intrinsics are
+/// permissions").
+pub fn every_grant() -> pb::SessionConfig {
+    pb::SessionConfig {
+        enabled_intrinsics: ["console", "env", "fs.read", "fs.write", "net", "subprocess"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    }
+}

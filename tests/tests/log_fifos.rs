@@ -21,7 +21,13 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 async fn setup() -> (Daemon, NomadHost) {
     let daemon = Daemon::start().await;
-    let host = NomadHost::configured(&PluginConfig::for_socket(&daemon.socket)).await;
+    let host = NomadHost::configured(&PluginConfig {
+        // The binary-output snippets keep a copy of what they print in
+        // the task's `tmp/`, outside their scratch directory.
+        enabled_intrinsics: Some(["console", "env", "fs.write"].map(String::from).to_vec()),
+        ..PluginConfig::for_socket(&daemon.socket)
+    })
+    .await;
     (daemon, host)
 }
 

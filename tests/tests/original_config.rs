@@ -197,3 +197,45 @@ async fn original_names_that_cannot_be_honoured_are_refused_with_the_field() {
         )
     );
 }
+
+/// The original `enabled_intrinsics = ["io", "env"]`, through the real
+/// plugin: the task sees its environment and prints, and the daemon's
+/// kernel rules deny it everything else (each probe is one that the file
+/// permissions would allow: world-readable, world-writable, a closed port,
+/// a world-executable program).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_original_minimal_intrinsics_are_enforced_by_the_kernel() {
+    let daemon = Daemon::start().await;
+    let mut host = NomadHost::launch().await;
+    let config = plugin_config(&mut host, &daemon, ("", "")).await;
+    host.set_config_bytes(config).await.expect("SetConfig");
+    host.fingerprint_until(HealthState::Healthy, LIMIT)
+        .await
+        .expect("the fingerprint becomes HEALTHY");
+    let alloc = Alloc::new("confined");
+    let scratch = format!("/tmp/elide-e2e-{}", std::process::id());
+    let mut task = alloc.task_config(&DriverConfig::default());
+    let code = format!(
+        "import os, socket\\nprint('env', os.environ['NOMAD_TASK_NAME'])\\nprobes = [('read', lambda: open('/etc/hostname').read()), ('write', lambda: open('{scratch}', 'w')), ('net', lambda: socket.create_connection(('127.0.0.1', 9))), ('exec', lambda: os.execv('/bin/sh', ['sh', '-c', 'true']))]\\nfor what, probe in probes:\\n    try:\\n        probe()\\n        print(what, 'allowed')\\n    except PermissionError as e:\\n        print(what, 'denied', e.errno)\\n"
+    );
+    task.msgpack_driver_config = task_config(
+        &mut host,
+        &format!("code = \"{code}\"\nlanguage = \"python\"\n"),
+    )
+    .await;
+    host.start(task.clone()).await.expect("StartTask");
+    let exit = host.wait(&task.id, LIMIT).await;
+    assert_eq!(
+        (exit.result.unwrap().exit_code, exit.err.as_str()),
+        (0, ""),
+        "{}",
+        alloc.stderr.text()
+    );
+    assert_eq!(
+        alloc.stdout.text_after_eofs(1, LIMIT),
+        "env confined\nread denied 13\nwrite denied 13\nnet denied 13\nexec denied 13\n",
+        "stderr: {}",
+        alloc.stderr.text()
+    );
+    assert!(!std::path::Path::new(&scratch).exists());
+}

@@ -61,9 +61,10 @@ enum Command {
         /// Environment variables, KEY=VALUE.
         #[arg(long = "env", value_parser = parse_env)]
         env: Vec<(String, String)>,
-        /// Session to run in (created if missing).
-        #[arg(long, default_value = "elide-ctl")]
-        session: String,
+        /// Session to run in (created if missing; default `elide-ctl`, or
+        /// with `--intrinsics`, `elide-ctl-` and the names).
+        #[arg(long)]
+        session: Option<String>,
         /// Execution id (default: random).
         #[arg(long)]
         id: Option<String>,
@@ -73,11 +74,17 @@ enum Command {
         /// Memory limit in MiB.
         #[arg(long, default_value_t = 0)]
         memory_mb: u64,
-        /// Intrinsics the session grants (repeatable), canonical (`console`,
-        /// `fs.read`) or original (`io`, `fs`) names. A session that
-        /// already exists with other intrinsics is refused: pick another
-        /// `--session`.
-        #[arg(long = "intrinsic")]
+        /// Exactly the intrinsics the snippet is granted, comma-separated
+        /// (or repeated): canonical (`console`, `fs.read`) or original
+        /// (`io`, `fs`) names; everything else is denied, by the kernel
+        /// where the daemon enforces it. They are the session's grants and
+        /// the execution's. A session that already exists with other
+        /// intrinsics is refused: pick another `--session`.
+        #[arg(
+            long = "intrinsics",
+            visible_alias = "intrinsic",
+            value_delimiter = ','
+        )]
         intrinsics: Vec<String>,
         /// User the snippet runs as (default: the daemon's --default-user,
         /// `nobody`, when the daemon runs as root).
@@ -164,6 +171,14 @@ async fn main() -> anyhow::Result<()> {
                         l.language, l.unavailable_reason
                     );
                 }
+            }
+            for i in &c.intrinsics {
+                let enforced = if i.enforced {
+                    "enforced"
+                } else {
+                    "not enforced"
+                };
+                println!("  intrinsic {:<10} {enforced}: {}", i.name, i.enforcement);
             }
             for i in &c.intrinsics {
                 let grants = i.grants.join(" + ");
@@ -291,11 +306,17 @@ async fn main() -> anyhow::Result<()> {
                 ),
                 (None, None) => bail!("give --code or --file"),
             };
+            let session = session.unwrap_or_else(|| {
+                std::iter::once("elide-ctl")
+                    .chain(intrinsics.iter().map(String::as_str))
+                    .collect::<Vec<_>>()
+                    .join("-")
+            });
             client
                 .create_session(pb::CreateSessionRequest {
                     session_id: session.clone(),
                     config: Some(pb::SessionConfig {
-                        enabled_intrinsics: intrinsics,
+                        enabled_intrinsics: intrinsics.clone(),
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -315,6 +336,8 @@ async fn main() -> anyhow::Result<()> {
                 overrides: Some(pb::ExecutionOverrides {
                     memory_limit_mb: memory_mb,
                     timeout: timeout.map(elide_proto::duration_to_proto),
+                    // Exactly these, also in a session granting more.
+                    enabled_intrinsics: intrinsics,
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -393,6 +416,9 @@ async fn run(
     use pb::ExecutionState as S;
     // How it ended, on stderr so stdout stays the program's own.
     eprintln!("[elide-ctl] {}", describe(&status));
+    for warning in &status.warnings {
+        eprintln!("[elide-ctl] warning: {warning}");
+    }
     Ok(match status.state() {
         S::Exited | S::Cancelled => match (status.exit_code, signal_number(&status.signal)) {
             (Some(code), _) => code,

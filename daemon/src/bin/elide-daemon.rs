@@ -9,7 +9,7 @@ use clap::Parser;
 use elide_daemon::{
     check_reachable_by_all, parse_id_list, serve, Cgroups, DaemonService, FsStore, Limits,
     ListenOptions, PeerPolicy, ProcessRuntime, ProcessRuntimeConfig, RandomIds, RegistryDeps,
-    SessionRegistry, TypeScriptRunner, PYTHON_DEFAULT_PRELOAD,
+    SessionRegistry, TypeScriptRunner, Unenforceable, PYTHON_DEFAULT_PRELOAD,
 };
 use elide_proto::wall_clock::SystemClock;
 
@@ -116,6 +116,12 @@ struct Args {
     /// by its pids cgroup: a fork bomb stops there.
     #[arg(long, default_value_t = 512)]
     pids_limit: u64,
+    /// What to do with an execution that is not granted an intrinsic this
+    /// host's kernel cannot deny (no Landlock, no network namespace):
+    /// `refuse` it (FAILED_PRECONDITION naming the intrinsic) or run it
+    /// without that rule, with a `warnings` line in its status (`warn`).
+    #[arg(long, value_enum, default_value = "refuse")]
+    unenforceable_intrinsics: Unenforceable,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -222,6 +228,7 @@ async fn main() -> anyhow::Result<()> {
                 },
                 default_user: args.default_user.clone(),
                 cgroups,
+                unenforceable_intrinsics: args.unenforceable_intrinsics,
             });
             let runtime = if args.python_warm {
                 let preload = args

@@ -204,6 +204,10 @@ impl SessionRegistry {
         {
             return Err(run_as_refused(&refusal));
         }
+        let warnings = self
+            .runtime
+            .check_intrinsics(&policy.intrinsics)
+            .map_err(DaemonError::FailedPrecondition)?;
         if let Some(cgroup) = &req.nomad_cgroup {
             if !cgroup.path.starts_with('/') || cgroup.path.split('/').any(|c| c == "..") {
                 return Err(DaemonError::InvalidArgument(format!(
@@ -229,6 +233,7 @@ impl SessionRegistry {
             memory_limit_mb: policy.memory_limit_mb.unwrap_or(0),
             timeout: policy.timeout.map(duration_to_proto),
             labels: req.labels.clone(),
+            warnings,
             ..Default::default()
         };
         session.pending.insert(

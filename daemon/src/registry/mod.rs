@@ -174,7 +174,6 @@ impl SessionRegistry {
 
     /// What this daemon can run.
     pub fn capabilities(&self) -> pb::GetCapabilitiesResponse {
-        let enforced = self.runtime.enforces_intrinsics();
         let (memory_limits, memory_limits_detail) = match self.runtime.memory_enforcement() {
             crate::runtime::MemoryEnforcement::Enforced(detail) => ("enforced", detail),
             crate::runtime::MemoryEnforcement::Sampled(detail) => ("sampled", detail),
@@ -200,7 +199,10 @@ impl SessionRegistry {
                     start_detail: l.start_detail,
                 })
                 .collect(),
-            intrinsics: crate::intrinsics::describe(enforced, self.ai_available()),
+            intrinsics: crate::intrinsics::describe(
+                |name| self.runtime.intrinsic_enforcement(name),
+                self.ai_available(),
+            ),
             limits: Some(self.limits.to_proto()),
             ai_available: self.ai_available(),
             features: [

@@ -15,6 +15,7 @@ mod program_control;
 mod pty;
 pub(crate) mod python_zygote;
 pub(crate) mod run_as;
+pub(crate) mod sandbox;
 pub(crate) mod scripted;
 pub(crate) mod start_counters;
 pub(crate) mod typescript;
@@ -267,6 +268,20 @@ pub trait Runtime: Send + Sync + 'static {
     fn languages(&self) -> Vec<LanguageRuntime>;
     /// Whether intrinsic switches are enforced (true) or only passed on.
     fn enforces_intrinsics(&self) -> bool;
+    /// How denying `intrinsic` (canonical) is enforced on this host.
+    fn intrinsic_enforcement(&self, intrinsic: &str) -> sandbox::Enforcement {
+        let _ = intrinsic;
+        sandbox::Enforcement {
+            enforced: self.enforces_intrinsics(),
+            detail: "this runtime runs no real programs".into(),
+        }
+    }
+    /// Checks an execution's grants (canonical names) against what this
+    /// host can deny: warnings for its status, or why it is refused.
+    fn check_intrinsics(&self, granted: &[String]) -> Result<Vec<String>, String> {
+        let _ = granted;
+        Ok(Vec::new())
+    }
     /// Checks a requested working directory ("" means the scratch
     /// directory); the error says what is wrong with it.
     fn check_working_dir(&self, dir: &str) -> Result<(), String> {

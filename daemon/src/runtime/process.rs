@@ -35,6 +35,7 @@ use super::placement::Placement;
 use super::program_control::{self, ProcessControl};
 use super::python_zygote::{PythonZygote, WarmChild, ZygoteError};
 use super::run_as::{self, Identity, RunAsPolicy, UserRefusal};
+use super::sandbox::{ChildRules, Enforcement, Sandbox, StartPath, Unenforceable};
 use super::{
     child_reaper, typescript, CommandContext, ExitInfo, KernelLimit, LanguageRuntime,
     MemoryEnforcement, Program, ProgramEvent, ProgramSpec, Runtime, RuntimeError, StartCounters,
@@ -73,6 +74,8 @@ pub struct ProcessRuntimeConfig {
     pub default_user: String,
     /// Per-execution cgroups (detected by the caller).
     pub cgroups: Arc<Cgroups>,
+    /// What to do where the kernel cannot deny an intrinsic ([`sandbox`]).
+    pub unenforceable_intrinsics: Unenforceable,
 }
 
 /// What runs typescript.
@@ -97,6 +100,7 @@ impl Default for ProcessRuntimeConfig {
             typescript: TypeScriptRunner::Builtin,
             default_user: "nobody".into(),
             cgroups: Arc::new(Cgroups::disabled("not configured")),
+            unenforceable_intrinsics: Unenforceable::Refuse,
         }
     }
 }
@@ -115,6 +119,7 @@ pub struct ProcessRuntime {
     counters: Arc<StartCounters>,
     run_as: RunAsPolicy,
     cgroups: Arc<Cgroups>,
+    sandbox: Arc<Sandbox>,
 }
 
 impl ProcessRuntime {
@@ -155,15 +160,18 @@ impl ProcessRuntime {
             }
             _ => None,
         };
+        let python = probe(&config.python, Language::Python, others);
+        let elide = match config.typescript {
+            TypeScriptRunner::Elide => probe(&config.elide, Language::TypeScript, others),
+            TypeScriptRunner::Builtin => {
+                Err("not used: typescript is transpiled in the daemon".into())
+            }
+        };
+        let sandbox = Sandbox::new(config.unenforceable_intrinsics, [&python, &node, &elide]);
         ProcessRuntime {
-            python: probe(&config.python, Language::Python, others),
+            python,
             node,
-            elide: match config.typescript {
-                TypeScriptRunner::Elide => probe(&config.elide, Language::TypeScript, others),
-                TypeScriptRunner::Builtin => {
-                    Err("not used: typescript is transpiled in the daemon".into())
-                }
-            },
+            elide,
             sample_interval: config.sample_interval,
             typescript: config.typescript,
             node_pool,
@@ -171,6 +179,7 @@ impl ProcessRuntime {
             counters,
             run_as,
             cgroups: config.cgroups.clone(),
+            sandbox,
         }
     }
 
@@ -246,11 +255,12 @@ impl ProcessRuntime {
         file: &Path,
         user: Option<&Identity>,
         placement: &Placement,
+        sandboxed: bool,
     ) -> Result<Option<tokio::process::Child>, RuntimeError> {
         let Some(pool) = self
             .node_pool
             .as_ref()
-            .filter(|pool| self.runs_on_node(spec.language) && pool.user() == user)
+            .filter(|pool| !sandboxed && self.runs_on_node(spec.language) && pool.user() == user)
         else {
             return Ok(None);
         };
@@ -318,7 +328,15 @@ impl Runtime for ProcessRuntime {
     }
 
     fn enforces_intrinsics(&self) -> bool {
-        false
+        self.sandbox.enforces_all()
+    }
+
+    fn intrinsic_enforcement(&self, intrinsic: &str) -> Enforcement {
+        self.sandbox.enforcement(intrinsic)
+    }
+
+    fn check_intrinsics(&self, granted: &[String]) -> Result<Vec<String>, String> {
+        self.sandbox.check(granted)
     }
 
     fn check_run_as(&self, user: &str, working_dir: &str) -> Result<(), UserRefusal> {
@@ -349,7 +367,7 @@ impl Runtime for ProcessRuntime {
         }
     }
 
-    fn spawn(&self, spec: ProgramSpec) -> Result<Program, RuntimeError> {
+    fn spawn(&self, mut spec: ProgramSpec) -> Result<Program, RuntimeError> {
         let interp = self.interpreter(spec.language).as_ref().map_err(|reason| {
             RuntimeError::Unavailable {
                 language: spec.language,
@@ -362,6 +380,7 @@ impl Runtime for ProcessRuntime {
         };
         let user = (self.run_as.resolve(&spec.run_as_user))
             .map_err(|e| spawn_err("the program as its user", std::io::Error::other(e)))?;
+        spec.env = self.sandbox.environment(&spec);
         run_as::create_scratch(&spec.scratch_dir, user.as_ref())
             .map_err(|e| spawn_err("the scratch directory", e))?;
         if let Some(user) = &user {
@@ -437,8 +456,10 @@ impl ProcessRuntime {
             what: what.into(),
             source,
         };
+        let rules_for = |start| self.sandbox.for_program(spec, &interp.path, file, start);
         if let (Language::Python, Some(zygote)) = (spec.language, &self.python_zygote) {
-            match zygote.fork(spec, file, user, placement) {
+            let rules = rules_for(StartPath::AfterExec)?;
+            match zygote.fork(spec, file, user, placement, rules.as_ref()) {
                 // The zygote counts its warm starts.
                 Ok(child) => return self.watch_warm(child, spec, (user, placement)),
                 Err(ZygoteError::Placement(e)) => {
@@ -453,7 +474,9 @@ impl ProcessRuntime {
                 }
             }
         }
-        let warm = self.start_warm(spec, file, user, placement)?;
+        let rules = rules_for(StartPath::BeforeExec)?;
+        // A pooled worker cannot enter rules of its own (see `sandbox`).
+        let warm = self.start_warm(spec, file, user, placement, rules.is_some())?;
         if warm.is_some() {
             self.counters.warm_start(spec.language);
         } else {
@@ -480,6 +503,7 @@ impl ProcessRuntime {
                     self.runs_on_node(spec.language),
                     user.cloned(),
                     placement,
+                    ChildRules::of(rules.as_ref()),
                 )
                 .map_err(|e| spawn_err(&interp.path.display().to_string(), e))?;
                 let pid = child.id().map(|p| p as i32).ok_or_else(|| {
@@ -640,6 +664,7 @@ fn start_cold(
     on_node: bool,
     user: Option<Identity>,
     placement: &Placement,
+    rules: ChildRules,
 ) -> std::io::Result<tokio::process::Child> {
     let mut cmd = tokio::process::Command::new(&interp.path);
     match spec.language {
@@ -679,8 +704,11 @@ fn start_cold(
     // async-signal-safe system calls on memory allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
+            // The sandbox's privileged part, the user, then its other rules.
+            rules.before_privilege_drop()?;
             // As the user, so it enters only a directory the user may.
             run_as::become_user_in(user.as_ref(), &cwd)?;
+            rules.after_privilege_drop()?;
             // After the credential change, which would clear it.
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
         });

@@ -7,9 +7,11 @@
 #
 # Control socket (SOCK_STREAM, daemon <-> zygote):
 #   request:  8-byte big-endian body length, sent with SCM_RIGHTS
-#             [stdout_w, stderr_w, go_r], then a JSON body
+#             [stdout_w, stderr_w, go_r] (and a Landlock ruleset fd when
+#             the sandbox has one), then a JSON body
 #             {"argv": [...], "env": {...}, "cwd": "...", "file": "...",
-#              "user": null or {"name", "uid", "gid", "groups"}}
+#              "user": null or {"name", "uid", "gid", "groups"},
+#              "sandbox": null or {"unshare_net", "landlock", "seccomp"}}
 #   reply:    one JSON line: {"pid": N} or {"error": "..."}
 # Report pipe (zygote -> daemon): one line per ended child, "PID exit CODE"
 # or "PID signal SIGNO", written BEFORE the child is reaped, so the status is
@@ -142,7 +144,7 @@ def serve():
         if CONTROL_FD not in readable:
             continue
         try:
-            header, fds, _, _ = socket.recv_fds(control, 8, 3)
+            header, fds, _, _ = socket.recv_fds(control, 8, 4)
         except OSError:
             os._exit(0)
         if not header:
@@ -151,10 +153,10 @@ def serve():
             header += recv_exact(control, 8 - len(header))
         (length,) = struct.unpack(">Q", header)
         body = recv_exact(control, length)
-        if len(fds) != 3:
+        if len(fds) not in (3, 4):
             for fd in fds:
                 os.close(fd)
-            send_line({"error": "expected 3 file descriptors, got %d" % len(fds)})
+            send_line({"error": "expected 3 or 4 file descriptors, got %d" % len(fds)})
             continue
         pid = None
         while pid is None:
@@ -230,7 +232,7 @@ def run_spare(sock):
     control.close()
     warm_up()
     try:
-        header, fds, _, _ = socket.recv_fds(sock, 8, 3)
+        header, fds, _, _ = socket.recv_fds(sock, 8, 4)
         if not header:
             os._exit(0)  # the zygote is gone: this spare was never handed out
         if len(header) < 8:
@@ -258,10 +260,15 @@ def warm_up():
 def run_child(request, fds):
     """In a spare child given its request: become the execution, then run its
     script."""
-    stdout_w, stderr_w, go_r = fds
+    stdout_w, stderr_w, go_r = fds[:3]
+    ruleset = fds[3] if len(fds) > 3 else None
     if os.read(go_r, 1) != b"g":
         os._exit(127)
     os.close(go_r)
+    sandbox = request.get("sandbox")
+    if sandbox is not None and sandbox["unshare_net"]:
+        # While still root: the network namespace needs CAP_SYS_ADMIN.
+        sandbox_call(libc.unshare(ctypes.c_int(CLONE_NEWNET)), "unshare(CLONE_NEWNET)", stderr_w)
     if request.get("user") is not None:
         become_user(request["user"], stderr_w)
 
@@ -289,6 +296,8 @@ def run_child(request, fds):
     except OSError as e:
         sys.stderr.write("elide: cannot enter the working directory: %s\n" % e)
         return 127
+    if sandbox is not None:
+        enter_sandbox(sandbox, ruleset, 2)
     sys.argv = list(request["argv"])
     show_command_line([sys.executable, "-u"] + sys.argv)
     sys.path[0] = os.path.dirname(path)
@@ -326,6 +335,50 @@ def run_child(request, fds):
 
 
 PR_SET_DUMPABLE = 4
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+CLONE_NEWNET = 0x40000000
+SYS_LANDLOCK_RESTRICT_SELF = 446  # the same on every architecture
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+class SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8),
+                ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(SockFilter))]
+
+
+def sandbox_call(rc, what, err_fd):
+    """A failed sandbox step ends the child with 127 before any user code."""
+    if rc != 0:
+        e = ctypes.get_errno()
+        os.write(err_fd, ("elide: cannot enter the sandbox: %s: %s\n"
+                          % (what, os.strerror(e))).encode())
+        os._exit(127)
+
+
+def enter_sandbox(sandbox, ruleset, err_fd):
+    """After the privilege drop, as a cold child does between fork and exec:
+    no_new_privs, the daemon's Landlock ruleset, the daemon's seccomp filter
+    (rules derived by the daemon; this only makes the system calls)."""
+    sandbox_call(libc.prctl(ctypes.c_int(PR_SET_NO_NEW_PRIVS), *[ctypes.c_ulong(a) for a in (1, 0, 0, 0)]),
+                 "no_new_privs", err_fd)
+    if sandbox["landlock"]:
+        if ruleset is None:
+            sandbox_call(-1, "the Landlock ruleset was not passed", err_fd)
+        sandbox_call(libc.syscall(ctypes.c_long(SYS_LANDLOCK_RESTRICT_SELF), ctypes.c_long(ruleset), ctypes.c_long(0)),
+                     "landlock_restrict_self", err_fd)
+        os.close(ruleset)
+    rows = sandbox["seccomp"]
+    if rows:
+        program = (SockFilter * len(rows))(*[SockFilter(*row) for row in rows])
+        fprog = SockFprog(len(rows), program)
+        sandbox_call(libc.prctl(ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(SECCOMP_MODE_FILTER), ctypes.byref(fprog)),
+                     "seccomp", err_fd)
 
 
 def become_user(user, stderr_w):

@@ -43,6 +43,7 @@ use tokio::sync::oneshot;
 use super::child_reaper;
 use super::placement::Placement;
 use super::run_as::Identity;
+use super::sandbox::Prepared;
 use super::{ExitInfo, ProgramSpec, StartCounters};
 use crate::language::Language;
 
@@ -240,6 +241,7 @@ impl PythonZygote {
         file: &Path,
         identity: Option<&Identity>,
         placement: &Placement,
+        sandbox: Option<&Prepared>,
     ) -> Result<WarmChild, ZygoteError> {
         if let Some(name) = spec.env.keys().find(|k| read_at_startup(k)) {
             return Err(ZygoteError::NeedsCold(format!(
@@ -247,7 +249,7 @@ impl PythonZygote {
             )));
         }
         let generation = self.shared.ready().ok_or(ZygoteError::Down)?;
-        let result = generation.fork(spec, file, identity, placement);
+        let result = generation.fork(spec, file, identity, placement, sandbox);
         match &result {
             Ok(_) => self.shared.counters.warm_start(Language::Python),
             // The child was refused, not the zygote's fault.
@@ -438,6 +440,7 @@ impl Generation {
         file: &Path,
         identity: Option<&Identity>,
         placement: &Placement,
+        sandbox: Option<&Prepared>,
     ) -> Result<WarmChild, ZygoteError> {
         let request_err =
             |what: &str, e: &dyn std::fmt::Display| ZygoteError::Request(format!("{what}: {e}"));
@@ -454,6 +457,13 @@ impl Generation {
             "cwd": spec.working_dir,
             "file": file,
             "user": identity,
+            // Entered by the child as a cold child does (see `sandbox`); the
+            // Landlock ruleset comes as a fourth descriptor.
+            "sandbox": sandbox.map(|s| serde_json::json!({
+                "unshare_net": s.rules.isolate_net,
+                "landlock": s.landlock.is_some(),
+                "seccomp": s.seccomp.as_deref().map(super::sandbox::filter_rows),
+            })),
         }))
         .map_err(|e| request_err("encoding the request", &e))?;
 
@@ -468,7 +478,12 @@ impl Generation {
             .and_then(|()| control.stream.set_read_timeout(Some(REQUEST_LIMIT)))
             .map_err(|e| request_err("setting socket timeouts", &e))?;
         let header = (body.len() as u64).to_be_bytes();
-        let fds = [stdout_w.as_raw_fd(), stderr_w.as_raw_fd(), go_r.as_raw_fd()];
+        let mut fds = vec![stdout_w.as_raw_fd(), stderr_w.as_raw_fd(), go_r.as_raw_fd()];
+        fds.extend(
+            sandbox
+                .and_then(|s| s.landlock.as_ref())
+                .map(|fd| fd.as_raw_fd()),
+        );
         let sent = sendmsg::<()>(
             control.stream.as_raw_fd(),
             &[IoSlice::new(&header)],

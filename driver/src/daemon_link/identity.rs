@@ -27,7 +27,7 @@ pub fn daemon_session_config(config: &SessionConfig) -> pb::SessionConfig {
             .flatten()
             .map(|l| l.name().to_owned())
             .collect(),
-        enabled_intrinsics: config.enabled_intrinsics.clone().unwrap_or_default(),
+        enabled_intrinsics: config.intrinsics(),
         memory_limit_mb: config.memory_limit_mb.unwrap_or(0),
         enable_ai: config.enable_ai.unwrap_or(false),
         max_timeout: None,

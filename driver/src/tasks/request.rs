@@ -63,14 +63,7 @@ pub fn execute_request(
         }
     }
     if let Some(asked) = &config.opts.intrinsics {
-        check_intrinsics(
-            asked,
-            plugin
-                .session
-                .enabled_intrinsics
-                .as_deref()
-                .unwrap_or_default(),
-        )?;
+        check_intrinsics(asked, &plugin.session.intrinsics())?;
     }
     if config.opts.enable_ai == Some(true) && plugin.session.enable_ai != Some(true) {
         return Err(ConfigError::invalid(
