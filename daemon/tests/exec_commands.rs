@@ -209,3 +209,84 @@ async fn wait_until_gone(marker: &str) -> bool {
     }
     true
 }
+
+/// Runs `command` beside execution `e` of session `session` to its end:
+/// its exit code, stdout and stderr.
+async fn run_beside(c: &mut Client, session: &str, command: &[&str]) -> (i32, String, String) {
+    use pb::exec_input::Input;
+    let (_input, mut output) = open(c, Input::Start(start(session, "e", command)))
+        .await
+        .expect("the command starts");
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let exited = tokio::time::timeout(LIMIT, async {
+        loop {
+            match output.message().await.unwrap().expect("an exit").output {
+                Some(pb::exec_output::Output::Stdout(b)) => stdout.extend(b),
+                Some(pb::exec_output::Output::Stderr(b)) => stderr.extend(b),
+                Some(pb::exec_output::Output::Exited(exited)) => return exited,
+                None => {}
+            }
+        }
+    })
+    .await
+    .expect("the command ends");
+    (
+        exited.exit_code,
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+/// A command beside a program may do what the program may, no more: in a
+/// session that grants nothing it runs, but opens no socket, starts no
+/// other program and reads nothing outside its runtime; with every grant,
+/// the same commands work.
+#[tokio::test]
+async fn a_command_runs_under_its_programs_kernel_rules() {
+    let d = Daemon::start().await;
+    let mut c = d.client().await;
+    let code = "import time\nprint('up', flush=True)\ntime.sleep(120)  # exec-rules\n";
+    for (session, config) in [
+        ("bare", pb::SessionConfig::default()),
+        ("open", every_grant()),
+    ] {
+        create_session(&mut c, session, config).await;
+        execute(&mut c, snippet(session, "e", "python", code)).await;
+        wait_for_stdout(&mut c, session, "e", "up").await;
+    }
+    let socket = [
+        "python3",
+        "-c",
+        "import socket; socket.socket(); print('socket')",
+    ];
+    let exec = ["sh", "-c", "/bin/true && echo ran"];
+    let read = [
+        "python3",
+        "-c",
+        "print(len(open('/etc/hostname').read()) > 0)",
+    ];
+
+    let (code, _, stderr) = run_beside(&mut c, "bare", &socket).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("PermissionError"), "{stderr}");
+    let (code, stdout, stderr) = run_beside(&mut c, "bare", &exec).await;
+    assert_ne!(code, 0, "{stdout}{stderr}");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert!(!stdout.contains("ran"), "{stdout}");
+    let (code, _, stderr) = run_beside(&mut c, "bare", &read).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("PermissionError"), "{stderr}");
+
+    assert_eq!(
+        run_beside(&mut c, "open", &socket).await,
+        (0, "socket\n".into(), String::new())
+    );
+    assert_eq!(
+        run_beside(&mut c, "open", &exec).await,
+        (0, "ran\n".into(), String::new())
+    );
+    assert_eq!(
+        run_beside(&mut c, "open", &read).await,
+        (0, "True\n".into(), String::new())
+    );
+}

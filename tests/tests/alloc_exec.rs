@@ -40,7 +40,18 @@ struct Running {
 /// A daemon, the plugin, and the task of [`TASK`] up and ready.
 async fn running(name: &str) -> Running {
     let daemon = Daemon::start().await;
-    let mut host = NomadHost::configured(&PluginConfig::for_socket(&daemon.socket)).await;
+    // Commands run under the task's kernel rules (README, "Intrinsics are
+    // permissions"): the shells and tools these tests run start other
+    // programs and read the system, so the task's session grants that.
+    let plugin = PluginConfig {
+        enabled_intrinsics: Some(
+            ["console", "env", "fs.read", "fs.write", "net", "subprocess"]
+                .map(String::from)
+                .to_vec(),
+        ),
+        ..PluginConfig::for_socket(&daemon.socket)
+    };
+    let mut host = NomadHost::configured(&plugin).await;
     let alloc = Alloc::new(name);
     let config = TaskConfig {
         env: Some(vec![("GREETING".into(), "hello-from-the-job".into())]),

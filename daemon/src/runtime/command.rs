@@ -29,6 +29,8 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use super::placement::Placement;
 use super::pty::{Pty, WindowSize};
 use super::run_as::{self, Identity};
+use super::sandbox::rules::ExecutionPaths;
+use super::sandbox::{ChildRules, Grants, Sandbox, StartPath};
 use super::{child_reaper, ExitInfo};
 use crate::output::Stream;
 
@@ -54,6 +56,34 @@ pub struct CommandContext {
     placement: Placement,
     slots: Arc<Semaphore>,
     ended: Arc<watch::Sender<bool>>,
+    rules: Option<CommandRules>,
+}
+
+/// The kernel rules a program runs under, for the commands beside it: its
+/// grants, its scratch directory and its snippet, over the command's own
+/// executable instead of the interpreter. A command can therefore do what
+/// the program may, no more: without `subprocess` it can run itself but
+/// start nothing else, without `net` it has no sockets.
+#[derive(Clone)]
+pub struct CommandRules {
+    /// The daemon's sandbox.
+    pub sandbox: Arc<Sandbox>,
+    /// The program's intrinsics.
+    pub intrinsics: Vec<String>,
+    /// The program's scratch directory.
+    pub scratch: PathBuf,
+    /// The program's snippet file.
+    pub script: PathBuf,
+}
+
+impl std::fmt::Debug for CommandRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandRules")
+            .field("intrinsics", &self.intrinsics)
+            .field("scratch", &self.scratch)
+            .field("script", &self.script)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What to run.
@@ -135,7 +165,31 @@ impl CommandContext {
             placement,
             slots: Arc::new(Semaphore::new(MAX_COMMANDS_PER_EXECUTION)),
             ended: Arc::new(watch::Sender::new(false)),
+            rules: None,
         }
+    }
+
+    /// Commands enter `rules` as the program did.
+    pub fn with_rules(mut self, rules: CommandRules) -> Self {
+        self.rules = Some(rules);
+        self
+    }
+
+    /// `program` as the exec will find it: a path as given, else the first
+    /// executable file of that name on the program's `PATH`.
+    fn resolve(&self, program: &str) -> Option<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let executable = |candidate: &PathBuf| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        };
+        if program.contains('/') {
+            return Some(self.working_dir.join(program)).filter(executable);
+        }
+        let path = self.env.get("PATH")?;
+        path.split(':')
+            .map(|dir| PathBuf::from(dir).join(program))
+            .find(executable)
     }
 
     /// The program ended: every running command is killed, no new one starts.
@@ -199,6 +253,27 @@ impl CommandContext {
         self.placement
             .before_exec(&mut cmd)
             .map_err(|e| CommandError::Setup(e.to_string()))?;
+        // The program's kernel rules, built here over the command's own
+        // executable (kept alive until the child has started: the Landlock
+        // ruleset is a descriptor it inherits).
+        let prepared = match (&self.rules, self.resolve(program)) {
+            (Some(rules), Some(executable)) => rules
+                .sandbox
+                .prepare(
+                    Grants::from_names(&rules.intrinsics),
+                    &executable,
+                    ExecutionPaths {
+                        scratch: &rules.scratch,
+                        working_dir: &self.working_dir,
+                        script: &rules.script,
+                    },
+                    StartPath::BeforeExec,
+                )
+                .map_err(|e| CommandError::Setup(format!("the program's sandbox: {e}")))?,
+            // Nothing to exec: the spawn below fails and says so.
+            _ => None,
+        };
+        let child_rules = ChildRules::of(prepared.as_ref());
         let cwd = run_as::c_path(&self.working_dir).map_err(|e| {
             CommandError::Setup(format!("working directory {:?}: {e}", self.working_dir))
         })?;
@@ -217,12 +292,12 @@ impl CommandContext {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
-                // The sandbox's rules for the program, once the runtime has
-                // them, apply here too: after the cgroup, before the user
-                // switch (this is the one place a command's process is set
-                // up).
+                // As a cold program: the network namespace while still
+                // privileged, then the user, then Landlock and seccomp.
+                child_rules.before_privilege_drop()?;
                 run_as::become_user_in(user.as_ref(), &cwd)?;
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+                child_rules.after_privilege_drop()
             });
         }
         let mut owned = child_reaper::hold();
@@ -236,6 +311,7 @@ impl CommandContext {
             ));
         };
         owned.register(pid);
+        drop(prepared);
         tracing::info!(pid, program = %program, tty, "command started beside a program");
         let io = match pty.map(Pty::into_master) {
             Some(Ok(master)) => CommandIo::Pty(master),

@@ -21,7 +21,7 @@ pub(crate) mod start_counters;
 pub(crate) mod typescript;
 
 pub use command::{
-    CommandContext, CommandError, CommandInput, CommandOutput, CommandSpec,
+    CommandContext, CommandError, CommandInput, CommandOutput, CommandRules, CommandSpec,
     MAX_COMMANDS_PER_EXECUTION,
 };
 pub use pty::WindowSize;

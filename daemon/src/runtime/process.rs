@@ -37,7 +37,7 @@ use super::python_zygote::{PythonZygote, WarmChild, ZygoteError};
 use super::run_as::{self, Identity, RunAsPolicy, UserRefusal};
 use super::sandbox::{ChildRules, Enforcement, Sandbox, StartPath, Unenforceable};
 use super::{
-    child_reaper, typescript, CommandContext, ExitInfo, KernelLimit, LanguageRuntime,
+    child_reaper, typescript, CommandContext, CommandRules, ExitInfo, KernelLimit, LanguageRuntime,
     MemoryEnforcement, Program, ProgramEvent, ProgramSpec, Runtime, RuntimeError, StartCounters,
     StartMode, StartStats,
 };
@@ -461,7 +461,7 @@ impl ProcessRuntime {
             let rules = rules_for(StartPath::AfterExec)?;
             match zygote.fork(spec, file, user, placement, rules.as_ref()) {
                 // The zygote counts its warm starts.
-                Ok(child) => return self.watch_warm(child, spec, (user, placement)),
+                Ok(child) => return self.watch_warm(child, spec, (user, placement, file)),
                 Err(ZygoteError::Placement(e)) => {
                     return Err(spawn_err(
                         "the forked python in the execution's cgroup",
@@ -536,7 +536,7 @@ impl ProcessRuntime {
                 }
             }
         };
-        Ok(self.watch(pid, stdout, stderr, exit, spec, (user, placement)))
+        Ok(self.watch(pid, stdout, stderr, exit, spec, (user, placement, file)))
     }
 
     /// Follows a forked python execution exactly as a cold one.
@@ -544,7 +544,7 @@ impl ProcessRuntime {
         &self,
         child: WarmChild,
         spec: &ProgramSpec,
-        placed: (Option<&Identity>, &Placement),
+        placed: (Option<&Identity>, &Placement, &Path),
     ) -> Result<Program, RuntimeError> {
         let pid = child.pid;
         tracing::debug!(execution_id = %spec.execution_id, pid, "program forked from the python zygote");
@@ -574,7 +574,7 @@ impl ProcessRuntime {
         stderr: Option<impl AsyncRead + Unpin + Send + 'static>,
         exit: impl std::future::Future<Output = ExitInfo> + Send + 'static,
         spec: &ProgramSpec,
-        (user, placement): (Option<&Identity>, &Placement),
+        (user, placement, script): (Option<&Identity>, &Placement, &Path),
     ) -> Program {
         let (tx, rx) = mpsc::channel(64);
         let cgroup = placement.cgroup().cloned();
@@ -584,7 +584,13 @@ impl ProcessRuntime {
             spec.working_dir.clone(),
             user.cloned(),
             placement.clone(),
-        );
+        )
+        .with_rules(CommandRules {
+            sandbox: self.sandbox.clone(),
+            intrinsics: spec.intrinsics.clone(),
+            scratch: spec.scratch_dir.clone(),
+            script: script.to_path_buf(),
+        });
         let control = Arc::new(ProcessControl::new(pid, cgroup.clone()).with_commands(commands));
         let (exited_tx, exited_rx) = tokio::sync::watch::channel(false);
         let readers = [
