@@ -16,6 +16,10 @@ pub struct TaskResult {
     pub signal: i32,
     /// The driver's error; empty for a clean run.
     pub err: String,
+    /// Whether the agent wrote it to its state database (an agent crash
+    /// between receiving and persisting leaves it unpersisted; the agent
+    /// then waits again).
+    pub persisted: bool,
 }
 
 /// Everything seen of one task.
@@ -27,7 +31,8 @@ pub struct TaskSeen {
     pub started_at: Option<Duration>,
     /// Why `StartTask` refused it for good.
     pub rejected: Option<String>,
-    /// Every result delivered (exactly one is right).
+    /// Every result received (exactly one persisted is right; any other
+    /// must match it).
     pub results: Vec<TaskResult>,
     /// When `StopTask` was first called.
     pub stop_called_at: Option<Duration>,

@@ -85,6 +85,8 @@ scenarios! {
     destroy => "destroy",
     stop_fallbacks => "stop-fallbacks",
     output_retention => "output-retention",
+    agent_crash_after_result => "agent-crash-after-result",
+    stop_before_recovery => "stop-before-recovery",
 }
 
 /// The full trace of one run, printed by the `elide-sim` binary in its own

@@ -21,6 +21,7 @@ use crate::trace::Trace;
 
 mod kill;
 mod plugin;
+mod status_details;
 mod task_run;
 
 use plugin::{follow_events, Plugin};
@@ -39,6 +40,53 @@ pub const KILL_FAILURE_LIMIT: u32 = 5;
 pub const KILL_BACKOFF_BASELINE: Duration = Duration::from_secs(5);
 /// ...up to this (Nomad's `killBackoffLimit`).
 pub const KILL_BACKOFF_LIMIT: Duration = Duration::from_secs(120);
+
+/// How long the agent takes to write a received result to its state
+/// database: a separate step, so an agent crash can fall between receiving
+/// a result and persisting it (the restarted agent then recovers the task
+/// and waits again, and the second answer must match the first).
+pub const PERSIST_DELAY: Duration = Duration::from_millis(20);
+
+/// Agent crashes a task asked for ([`TaskPlan::agent_crash_after_result`]):
+/// turmoil crashes a host only from outside, between steps, so the agent
+/// asks and the world obliges. Lives outside the hosts; each task's crash
+/// happens once.
+#[derive(Debug, Clone, Default)]
+pub struct AgentCrashes {
+    inner: Arc<Mutex<AgentCrashesInner>>,
+}
+
+#[derive(Debug, Default)]
+struct AgentCrashesInner {
+    /// Tasks whose crash was asked for.
+    done: std::collections::BTreeSet<String>,
+    /// Clients whose agent is to crash now.
+    requested: std::collections::BTreeSet<u32>,
+}
+
+impl AgentCrashes {
+    fn lock(&self) -> MutexGuard<'_, AgentCrashesInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks for `client`'s agent to crash now, for `task_id`'s sake;
+    /// false when that task already had its crash.
+    fn request(&self, client: u32, task_id: &str) -> bool {
+        let mut inner = self.lock();
+        if !inner.done.insert(task_id.to_owned()) {
+            return false;
+        }
+        inner.requested.insert(client);
+        true
+    }
+
+    /// The clients whose agents asked to crash since the last call.
+    pub fn take_requested(&self) -> Vec<u32> {
+        std::mem::take(&mut self.lock().requested)
+            .into_iter()
+            .collect()
+    }
+}
 
 /// What the agent persists per task (Nomad's client state database).
 #[derive(Debug, Clone, Default)]
@@ -88,6 +136,8 @@ pub struct NomadAgent {
     pub seen: Observations,
     /// The run's trace.
     pub trace: Trace,
+    /// Where it asks to be crashed.
+    pub crashes: AgentCrashes,
 }
 
 impl NomadAgent {
@@ -134,6 +184,7 @@ impl NomadAgent {
                 who: who.clone(),
                 plan,
                 generation: 1,
+                crashes: self.crashes.clone(),
                 kill: Arc::default(),
                 killing: Arc::default(),
                 killer: None,
