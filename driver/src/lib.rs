@@ -21,6 +21,8 @@
 
 pub mod daemon_link;
 pub mod driver;
+#[cfg(feature = "fault-switch")]
+pub mod fault_switch;
 pub mod grpc;
 mod hclspec;
 pub mod host;
@@ -33,3 +35,17 @@ pub mod shutdown;
 mod supervision;
 pub mod task_config;
 pub mod tasks;
+
+/// Whether the test-only [`fault_switch`] breaks the driver in this way
+/// now; always `false` (and free) without the `fault-switch` feature.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! broken {
+    ($breakage:ident) => {{
+        #[cfg(feature = "fault-switch")]
+        let broken = $crate::fault_switch::is($crate::fault_switch::Breakage::$breakage);
+        #[cfg(not(feature = "fault-switch"))]
+        let broken = false;
+        broken
+    }};
+}
