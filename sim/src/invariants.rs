@@ -26,6 +26,8 @@
 //!    the execution of a destroyed task;
 //! 7. a departed client's session expires;
 //! 8. the run finishes (no wedge) and the plugin never surprised Nomad;
+//! 8b. the health Nomad is shown follows long daemon outages
+//!    (`fingerprint`, in [`crate::fingerprints`]);
 //! 9. where the scenario says so, results are prompt (`results_within`)
 //!    and exits are the ones known in advance (`exit_code`, `signal`).
 
@@ -574,6 +576,8 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
             ),
         }
     }
+    // 8b. Fingerprints follow the daemon.
+    out.extend(crate::fingerprints::check(e));
     out
 }
 

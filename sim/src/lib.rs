@@ -14,6 +14,7 @@
 pub mod daemon_host;
 pub mod evidence;
 pub mod files;
+pub mod fingerprints;
 pub mod invariants;
 pub mod logs;
 pub mod net;

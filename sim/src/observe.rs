@@ -58,6 +58,8 @@ pub struct Observations {
 struct Inner {
     tasks: BTreeMap<String, TaskSeen>,
     done_clients: BTreeSet<u32>,
+    /// Per client, every fingerprint the agent received: (when, healthy).
+    health: BTreeMap<u32, Vec<(Duration, bool)>>,
 }
 
 impl Observations {
@@ -78,6 +80,20 @@ impl Observations {
     /// Marks `client`'s workload finished.
     pub fn client_done(&self, client: u32) {
         self.lock().done_clients.insert(client);
+    }
+
+    /// Notes a fingerprint `client`'s agent received at `at`.
+    pub fn fingerprint(&self, client: u32, at: Duration, healthy: bool) {
+        self.lock()
+            .health
+            .entry(client)
+            .or_default()
+            .push((at, healthy));
+    }
+
+    /// Every fingerprint `client`'s agent received, in order.
+    pub fn fingerprints(&self, client: u32) -> Vec<(Duration, bool)> {
+        self.lock().health.get(&client).cloned().unwrap_or_default()
     }
 
     /// Clients whose workload is finished.

@@ -87,6 +87,7 @@ scenarios! {
     output_retention => "output-retention",
     agent_crash_after_result => "agent-crash-after-result",
     stop_before_recovery => "stop-before-recovery",
+    daemon_down_long => "daemon-down-long",
 }
 
 /// The full trace of one run, printed by the `elide-sim` binary in its own

@@ -24,7 +24,7 @@ mod plugin;
 mod status_details;
 mod task_run;
 
-use plugin::{follow_events, Plugin};
+use plugin::{follow_events, follow_fingerprints, Plugin};
 use task_run::TaskRun;
 
 /// How often a start that failed for a reason a retry may fix is retried
@@ -173,6 +173,11 @@ impl NomadAgent {
             return;
         }
         tokio::spawn(follow_events(plugin.clone(), self.seen.clone()));
+        tokio::spawn(follow_fingerprints(
+            plugin.clone(),
+            self.seen.clone(),
+            self.client,
+        ));
         let mut runs = tokio::task::JoinSet::new();
         for plan in self.tasks.iter().cloned() {
             let run = TaskRun {
