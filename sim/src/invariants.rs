@@ -19,8 +19,9 @@
 //!    daemon can have discarded: what lies further back than its retention
 //!    from the end of what the program wrote (`lost-output`);
 //! 5. a stopped task ends within its kill_timeout plus [`STOP_BOUND`],
-//!    counted from the stop or from the end of the last fault on its client
-//!    during the stop, if later (`stop-bound`); its program's first signal
+//!    counted from the stop; or, when faults hit its client during the
+//!    stop, from the end of the last of them, plus the driver's heartbeat
+//!    timeout (the time it may take to find a stream dead) (`stop-bound`); its program's first signal
 //!    is the job's `kill_signal` (`kill-signal`);
 //! 6. at the end no program runs on any daemon, and no daemon still holds
 //!    the execution of a destroyed task;
@@ -447,7 +448,15 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
                     .iter()
                     .filter_map(|f| f.until)
                     .fold(stop_at, Duration::max);
-                let bound = plan.kill_timeout + STOP_BOUND;
+                // After a fault the driver may first have to find its
+                // streams dead: its heartbeat timeout is its own limit.
+                let bound = plan.kill_timeout
+                    + STOP_BOUND
+                    + if faults.is_empty() {
+                        Duration::ZERO
+                    } else {
+                        elide_driver::daemon_link::HEARTBEAT_TIMEOUT
+                    };
                 let took = first.saturating_sub(from);
                 if took > bound {
                     violation(

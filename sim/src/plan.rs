@@ -315,26 +315,30 @@ impl Plan {
             .collect()
     }
 
-    /// When `client`'s daemon went down (crashed or was wiped) in
-    /// `[from, to]`: the first such moment.
+    /// When `client`'s daemon went down in `[from, to]`: the first crash,
+    /// or restart (a restart of a running host is a crash too: faults may
+    /// overlap, and the end of one restarts a daemon another crashed).
     pub fn daemon_down_during(
         &self,
         client: u32,
         from: Duration,
         to: Duration,
     ) -> Option<Duration> {
-        self.faults
+        let daemon = daemon_host(client);
+        self.actions
             .iter()
-            .filter(|f| f.client == client && from <= f.at && f.at <= to)
-            .filter(|f| matches!(f.kind, FaultKind::CrashDaemon | FaultKind::WipeDaemon))
-            .map(|f| f.at)
-            .min()
+            .filter(|(at, _)| from <= *at && *at <= to)
+            .find(|(_, action)| {
+                matches!(action, Action::Crash(h) | Action::Restart(h) if *h == daemon)
+            })
+            .map(|(at, _)| *at)
     }
 
     /// Whether `client`'s daemon lost its disk in `[from, to]`.
     pub fn daemon_wiped_during(&self, client: u32, from: Duration, to: Duration) -> bool {
-        self.faults.iter().any(|f| {
-            f.client == client && f.kind == FaultKind::WipeDaemon && from <= f.at && f.at <= to
+        let daemon = daemon_host(client);
+        self.actions.iter().any(|(at, action)| {
+            from <= *at && *at <= to && matches!(action, Action::Wipe(h) if *h == daemon)
         })
     }
 

@@ -62,6 +62,11 @@ struct AgentCrashesInner {
     done: std::collections::BTreeSet<String>,
     /// Clients whose agent is to crash now.
     requested: std::collections::BTreeSet<u32>,
+    /// Per client, `StartTask` calls under way whose handle is not
+    /// persisted yet. A crash waits for them: the restarted agent would
+    /// start such a task again under the same id, where Nomad would give
+    /// it a new one (a leak of Nomad's own, not the plugin's to judge).
+    starting: BTreeMap<u32, u32>,
 }
 
 impl AgentCrashes {
@@ -80,11 +85,33 @@ impl AgentCrashes {
         true
     }
 
-    /// The clients whose agents asked to crash since the last call.
+    /// The clients whose agents asked to crash and can now (no start
+    /// under way); the others stay asked.
     pub fn take_requested(&self) -> Vec<u32> {
-        std::mem::take(&mut self.lock().requested)
-            .into_iter()
-            .collect()
+        let mut inner = self.lock();
+        let ready: Vec<u32> = inner
+            .requested
+            .iter()
+            .copied()
+            .filter(|c| inner.starting.get(c).copied().unwrap_or(0) == 0)
+            .collect();
+        for client in &ready {
+            inner.requested.remove(client);
+        }
+        ready
+    }
+
+    /// A `StartTask` of `client`'s agent begins (`true`) or its handle is
+    /// persisted or it failed (`false`).
+    fn starting(&self, client: u32, begins: bool) {
+        let mut inner = self.lock();
+        let n = inner.starting.entry(client).or_default();
+        *n = if begins { *n + 1 } else { n.saturating_sub(1) };
+    }
+
+    /// `client`'s agent (re)starts: nothing of its is under way.
+    fn agent_starts(&self, client: u32) {
+        self.lock().starting.remove(&client);
     }
 }
 
@@ -157,6 +184,7 @@ impl NomadAgent {
     async fn run(self) {
         let who = nomad_host(self.client);
         self.trace.record(&who, "agent starting");
+        self.crashes.agent_starts(self.client);
         let plugin = Arc::new(Plugin {
             channel: channel(&plugin_host(self.client), PLUGIN_PORT),
             plugin_config: self.plugin_config.clone(),

@@ -221,12 +221,16 @@ impl TaskRun {
         loop {
             self.note("StartTask");
             self.seen.task(&self.plan.task_id, |t| t.start_calls += 1);
+            self.crashes.starting(self.plan.client, true);
             let started = self
                 .driver()
                 .start_task(drivers::StartTaskRequest {
                     task: Some(config.clone()),
                 })
                 .await;
+            if !matches!(&started, Ok(r) if r.get_ref().handle.is_some()) {
+                self.crashes.starting(self.plan.client, false);
+            }
             match started {
                 Ok(response) => {
                     let response = response.into_inner();
@@ -241,6 +245,7 @@ impl TaskRun {
                     // Persisted before anything else, as Nomad does.
                     self.disk
                         .update(&self.plan.task_id, |s| s.handle = Some(handle.clone()));
+                    self.crashes.starting(self.plan.client, false);
                     let now = turmoil::sim_elapsed().unwrap_or_default();
                     self.seen.task(&self.plan.task_id, |t| {
                         t.started_at.get_or_insert(now);
