@@ -27,7 +27,7 @@
 //!    the execution of a destroyed task;
 //! 7. a departed client's session expires;
 //! 8. the run finishes (no wedge) and the plugin never surprised Nomad;
-//! 8b. the health Nomad is shown follows long daemon outages
+//!    the health Nomad is shown follows long daemon outages
 //!    (`fingerprint`, in [`crate::fingerprints`]);
 //! 9. where the scenario says so, results are prompt (`results_within`)
 //!    and exits are the ones known in advance (`exit_code`, `signal`).
