@@ -258,10 +258,10 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
                     "one-result",
                     task,
                     format!(
-                        "WaitTask answered differently: exit_code={} signal={} err={:?}, then exit_code={} signal={} err={:?}",
-                        seen.results[0].exit_code,
-                        seen.results[0].signal,
-                        seen.results[0].err,
+                        "WaitTask answered differently: the persisted answer was exit_code={} signal={} err={:?}, another exit_code={} signal={} err={:?}",
+                        result.exit_code,
+                        result.signal,
+                        result.err,
                         other.exit_code,
                         other.signal,
                         other.err
