@@ -22,6 +22,8 @@
 mod backoff;
 mod daemon_link;
 mod driver;
+#[cfg(feature = "fault-switch")]
+pub mod fault_switch;
 mod grpc;
 mod hclspec;
 mod host;
@@ -36,7 +38,7 @@ mod task_config;
 mod tasks;
 
 pub use daemon_link::identity::execution_id;
-pub use daemon_link::{BoxedIo, Dialer, DialerFactory};
+pub use daemon_link::{BoxedIo, Dialer, DialerFactory, HEARTBEAT_TIMEOUT};
 pub use driver::ElideDriver;
 pub use grpc::{serve, BasePluginService, DriverService, FINGERPRINT_INTERVAL};
 pub use host::{Host, HostUser, LogSinks, LogWriter, StateFiles, TaskUsers, WallClock};
@@ -51,3 +53,17 @@ pub use shutdown::Shutdown;
 pub use task_config::schema as task_config_schema;
 pub use task_config::{ElideTaskConfig, TaskSource};
 pub use tasks::{TaskError, FORCE_DELETE_TIMEOUT, REAP_MAX_DELAY};
+
+/// Whether the test-only [`fault_switch`] breaks the driver in this way
+/// now; always `false` (and free) without the `fault-switch` feature.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! broken {
+    ($breakage:ident) => {{
+        #[cfg(feature = "fault-switch")]
+        let broken = $crate::fault_switch::is($crate::fault_switch::Breakage::$breakage);
+        #[cfg(not(feature = "fault-switch"))]
+        let broken = false;
+        broken
+    }};
+}

@@ -87,7 +87,12 @@ impl DaemonHost {
                 let boot = host.boots.fetch_add(1, Ordering::SeqCst) + 1;
                 let epoch = SystemTime::UNIX_EPOCH + turmoil::since_epoch().unwrap_or_default();
                 let registry = SessionRegistry::open(RegistryDeps {
-                    runtime: Arc::new(RecordingRuntime::new(host.truth.clone(), &host.name, boot)),
+                    runtime: Arc::new(RecordingRuntime::new(
+                        host.truth.clone(),
+                        &host.name,
+                        boot,
+                        host.limits.output_retention_bytes_per_stream,
+                    )),
                     store: host.disk.lock().unwrap_or_else(|p| p.into_inner()).clone(),
                     clock: Arc::new(TokioClock::starting_at(epoch)),
                     // Instance ids differ per boot, deterministically.

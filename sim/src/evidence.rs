@@ -59,3 +59,23 @@ impl Latency {
         self.samples[i]
     }
 }
+
+/// A broken invariant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Which rule.
+    pub rule: &'static str,
+    /// The task, if it is about one.
+    pub task: Option<String>,
+    /// What was seen.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.task {
+            Some(task) => write!(f, "[{}] {task}: {}", self.rule, self.detail),
+            None => write!(f, "[{}] {}", self.rule, self.detail),
+        }
+    }
+}

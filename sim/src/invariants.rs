@@ -1,29 +1,44 @@
 //! What must hold after every run, whatever the faults:
 //!
-//! 1. every started task reaches exactly one terminal result;
-//! 2. that result is the program's real outcome (from the ground truth)
-//!    or an explicit failure, never a wrong success or a wrong exit code;
-//! 3. no program runs twice, and a refused task runs not at all;
+//! 1. every started task reaches exactly one persisted result, and any
+//!    other answer the agent received (before a crash kept it from
+//!    persisting it) is the same (`one-result`);
+//! 2. that result is the program's real outcome (from the ground truth),
+//!    never a wrong success or a wrong exit code; or an explicit failure
+//!    only where the truth shows the program could not finish by itself
+//!    or its end was lost: it never ran, it was force-destroyed, it died
+//!    with its daemon, or its daemon lost the record (`real-outcome`);
+//!    and no result reaches Nomad before its program ended
+//!    (`result-after-end`);
+//! 3. no program runs twice, a refused task runs not at all, and every
+//!    program that ran belongs to a planned task (`planned-runs`);
 //! 4. a task's log streams received exactly the program's output, minus
 //!    the byte ranges the driver reported lost (a prefix when the program
-//!    died with its daemon or the task failed explicitly); and every writer
-//!    was closed;
-//! 5. a stopped task ends within its kill_timeout plus [`STOP_BOUND`] when
-//!    no fault hits its client meanwhile;
+//!    died with its daemon or the task failed explicitly); every writer
+//!    was closed; and what the driver reported lost is no more than the
+//!    daemon can have discarded: what lies further back than its retention
+//!    from the end of what the program wrote (`lost-output`);
+//! 5. a stopped task ends within its kill_timeout plus [`STOP_BOUND`],
+//!    counted from the stop; or, when faults hit its client during the
+//!    stop, from the end of the last of them, plus the driver's heartbeat
+//!    timeout (the time it may take to find a stream dead) (`stop-bound`); its program's first signal
+//!    is the job's `kill_signal` (`kill-signal`);
 //! 6. at the end no program runs on any daemon, and no daemon still holds
 //!    the execution of a destroyed task;
 //! 7. a departed client's session expires;
 //! 8. the run finishes (no wedge) and the plugin never surprised Nomad;
+//!    the health Nomad is shown follows long daemon outages
+//!    (`fingerprint`, in [`crate::fingerprints`]);
 //! 9. where the scenario says so, results are prompt (`results_within`)
 //!    and exits are the ones known in advance (`exit_code`, `signal`).
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::time::Duration;
 
 use elide_daemon::ExitInfo;
 
 use crate::evidence::{Evidence, Latency};
+use crate::observe::TaskResult;
 use crate::plan::daemon_host;
 use crate::scenario::TaskExpect;
 use crate::truth::ProgramRun;
@@ -31,25 +46,30 @@ use crate::truth::ProgramRun;
 /// Slack over `kill_timeout` for a stopped task's result to reach Nomad.
 pub const STOP_BOUND: Duration = Duration::from_secs(10);
 
-/// A broken invariant.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation {
-    /// Which rule.
-    pub rule: &'static str,
-    /// The task, if it is about one.
-    pub task: Option<String>,
-    /// What was seen.
-    pub detail: String,
+/// How long after its program's end a daemon crash may still take the
+/// exit with it (the daemon writes it to its store as it sees it).
+pub const EXIT_PERSIST_SLACK: Duration = Duration::from_millis(100);
+
+/// The driver's stop signal when the job sets no `kill_signal`.
+const DEFAULT_KILL_SIGNAL: &str = "SIGINT";
+
+/// Linux signal numbers of the names a job may give as `kill_signal`
+/// (a table of our own, not the driver's or the daemon's parser).
+fn signal_number(name: &str) -> Option<i32> {
+    let name = name.strip_prefix("SIG").unwrap_or(name);
+    Some(match name {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "KILL" => 9,
+        "USR1" => 10,
+        "USR2" => 12,
+        "TERM" => 15,
+        _ => return None,
+    })
 }
 
-impl fmt::Display for Violation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.task {
-            Some(task) => write!(f, "[{}] {task}: {}", self.rule, self.detail),
-            None => write!(f, "[{}] {}", self.rule, self.detail),
-        }
-    }
-}
+pub use crate::evidence::Violation;
 
 /// Counts for the report.
 #[derive(Debug, Clone, Default)]
@@ -189,19 +209,48 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
             continue;
         }
 
-        // 1. Exactly one result.
-        let result = match seen.results.len() {
-            1 => &seen.results[0],
-            0 if gone_for_good => continue,
-            0 => {
+        // 1. Exactly one persisted result; any other answer the same.
+        let persisted: Vec<&TaskResult> = seen.results.iter().filter(|r| r.persisted).collect();
+        let result = match (persisted.len(), seen.results.first()) {
+            (1, _) => persisted[0],
+            (0, None) | (0, Some(_)) if gone_for_good => continue,
+            (0, None) => {
                 violation("one-result", task, "no result was ever delivered".into());
                 continue;
             }
-            n => {
-                violation("one-result", task, format!("{n} results were delivered"));
-                &seen.results[0]
+            (0, Some(first)) => {
+                violation(
+                    "one-result",
+                    task,
+                    "a result was received but never persisted".into(),
+                );
+                first
+            }
+            (n, _) => {
+                violation("one-result", task, format!("{n} results were persisted"));
+                persisted[0]
             }
         };
+        for other in &seen.results {
+            if (other.exit_code, other.signal, other.err.is_empty())
+                != (result.exit_code, result.signal, result.err.is_empty())
+            {
+                violation(
+                    "one-result",
+                    task,
+                    format!(
+                        "WaitTask answered differently: the persisted answer was exit_code={} signal={} err={:?}, another exit_code={} signal={} err={:?}",
+                        result.exit_code,
+                        result.signal,
+                        result.err,
+                        other.exit_code,
+                        other.signal,
+                        other.err
+                    ),
+                );
+                break;
+            }
+        }
 
         // 2. The real outcome, or an explicit failure.
         let run = runs.first();
@@ -243,6 +292,27 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
                 task,
                 format!("explicit failure where none was expected: {}", result.err),
             );
+        } else if let Some(why) = unexcused_failure(e, plan.client, run, result, destroyed_running)
+        {
+            violation(
+                "real-outcome",
+                task,
+                format!("explicit failure ({}) but {why}", result.err),
+            );
+        }
+        for received in &seen.results {
+            // A forced destroy ends the wait whether or not the program
+            // could be killed yet (its clean-up is `cleanup`'s to judge).
+            if seen.force_destroyed_at.is_some_and(|at| at <= received.at) {
+                continue;
+            }
+            if let Some(why) = before_the_end(e, plan.client, run, received.at) {
+                violation(
+                    "result-after-end",
+                    task,
+                    format!("Nomad got a result at {:?} but {why}", received.at),
+                );
+            }
         }
 
         // 4. Output, byte for byte, minus what was reported lost.
@@ -304,6 +374,36 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
             }
         }
 
+        if let Some(run) = run {
+            for name in ["stdout", "stderr"] {
+                let written = if name == "stdout" {
+                    &run.stdout
+                } else {
+                    &run.stderr
+                };
+                let discardable = (written.len() as u64).saturating_sub(run.retention);
+                let claims: Vec<(u64, u64)> = seen
+                    .dropped
+                    .iter()
+                    .filter(|(s, _, _)| s == name)
+                    .map(|(_, from, to)| (*from, *to))
+                    .collect();
+                let claimed: u64 = claims.iter().map(|(f, t)| t.saturating_sub(*f)).sum();
+                let beyond = claims.iter().find(|(f, t)| f >= t || *t > discardable);
+                if beyond.is_some() || claimed > discardable {
+                    violation(
+                        "lost-output",
+                        task,
+                        format!(
+                            "{name}: the driver reported {claimed} bytes lost ({claims:?}); the program wrote {} and the daemon keeps {}, so at most [0, {discardable}) can have been discarded",
+                            written.len(),
+                            run.retention
+                        ),
+                    );
+                }
+            }
+        }
+
         // 9. Prompt results.
         if let (Some(bound), Some(run)) = (plan.results_within, run) {
             let took = result_delay(e, plan.client, run, result.at);
@@ -319,17 +419,78 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
             }
         }
 
-        // 5. Stops end in time.
+        // 5. Stops end in time, with the faults during them accounted for,
+        // and begin with the job's kill_signal.
         if let Some(stop_at) = seen.stop_called_at {
-            let bound = plan.kill_timeout + STOP_BOUND;
-            let took = result.at.saturating_sub(stop_at);
-            if took > bound && !e.plan.disturbed(plan.client, stop_at, stop_at + bound) {
-                violation(
-                    "stop-bound",
-                    task,
-                    format!("stopped task took {took:?} to end (bound {bound:?})"),
-                );
+            let first = seen.results.first().map_or(result.at, |r| r.at);
+            let faults = e.plan.faults_during(plan.client, stop_at, first);
+            if faults.iter().all(|f| f.until.is_some()) {
+                let from = faults
+                    .iter()
+                    .filter_map(|f| f.until)
+                    .fold(stop_at, Duration::max);
+                // After a fault the driver may first have to find its
+                // streams dead: its heartbeat timeout is its own limit.
+                let bound = plan.kill_timeout
+                    + STOP_BOUND
+                    + if faults.is_empty() {
+                        Duration::ZERO
+                    } else {
+                        elide_driver::HEARTBEAT_TIMEOUT
+                    };
+                let took = first.saturating_sub(from);
+                if took > bound {
+                    violation(
+                        "stop-bound",
+                        task,
+                        format!(
+                            "stopped at {stop_at:?}, ended {took:?} after {from:?} (the stop, or the end of the last fault during it); bound {bound:?}"
+                        ),
+                    );
+                }
             }
+            let kill_signal = if plan.kill_signal.is_empty() {
+                DEFAULT_KILL_SIGNAL
+            } else {
+                plan.kill_signal.as_str()
+            };
+            let destroyed_first = seen.force_destroyed_at.is_some_and(|at| at <= stop_at);
+            if let (Some(expected), Some(run), false) =
+                (signal_number(kill_signal), run, destroyed_first)
+            {
+                if let Some((at, got)) = run.signals.iter().find(|(at, _)| *at >= stop_at) {
+                    if *got != expected {
+                        violation(
+                            "kill-signal",
+                            task,
+                            format!(
+                                "the job's kill_signal is {kill_signal} ({expected}), the program's first signal after the stop was {got} at {at:?}"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    // 3b. Every program that ran belongs to a planned task.
+    let planned: BTreeSet<&str> = e
+        .plan
+        .tasks
+        .iter()
+        .map(|t| t.execution_id.as_str())
+        .collect();
+    for (execution_id, runs) in e.truth.runs() {
+        if !planned.contains(execution_id.as_str()) {
+            violation(
+                "planned-runs",
+                None,
+                format!(
+                    "execution {execution_id} ran {} time(s) on {} but no planned task derives it",
+                    runs.len(),
+                    runs.first().map(|r| r.daemon.as_str()).unwrap_or("?")
+                ),
+            );
         }
     }
 
@@ -405,7 +566,69 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
             ),
         }
     }
+    // 8b. Fingerprints follow the daemon.
+    out.extend(crate::fingerprints::check(e));
     out
+}
+
+/// Why an explicit failure was not excused by what the program really
+/// did, if it was not: a failure is fine only when the program never ran,
+/// was force-destroyed, died with its daemon, or its daemon lost the record
+/// (its disk wiped, or a crash just as it exited).
+fn unexcused_failure(
+    e: &Evidence<'_>,
+    client: u32,
+    run: Option<&ProgramRun>,
+    result: &TaskResult,
+    destroyed_running: bool,
+) -> Option<String> {
+    let run = run?;
+    if destroyed_running {
+        return None;
+    }
+    let Some(ended) = run.ended_at else {
+        // Died with its daemon (or is still running: `result-after-end`).
+        return None;
+    };
+    if e.plan
+        .daemon_wiped_during(client, run.started_at, result.at)
+        || e.plan
+            .daemon_down_during(client, run.started_at, ended + EXIT_PERSIST_SLACK)
+            .is_some()
+    {
+        return None;
+    }
+    let (code, signal) = exit_of(run).unwrap_or_default();
+    Some(format!(
+        "the program ended by itself with exit_code={code} signal={signal} at {ended:?} and its daemon kept the record"
+    ))
+}
+
+/// Why a result at `at` came before its program's end, if it did: the
+/// program was still running then (its daemon neither saw it exit nor went
+/// down with it by `at`).
+fn before_the_end(
+    e: &Evidence<'_>,
+    client: u32,
+    run: Option<&ProgramRun>,
+    at: Duration,
+) -> Option<String> {
+    let run = run?;
+    if run.started_at > at {
+        return Some(format!("the program only started at {:?}", run.started_at));
+    }
+    match run.ended_at {
+        Some(ended) if ended <= at => None,
+        Some(ended) => Some(format!("the program ran until {ended:?}")),
+        None if e
+            .plan
+            .daemon_down_during(client, run.started_at, at)
+            .is_some() =>
+        {
+            None
+        }
+        None => Some("the program was still running".into()),
+    }
 }
 
 /// `bytes` without the given `[from, to)` offset ranges.

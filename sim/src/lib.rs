@@ -14,6 +14,7 @@
 mod daemon_host;
 mod evidence;
 mod files;
+mod fingerprints;
 mod invariants;
 mod logs;
 mod net;

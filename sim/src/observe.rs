@@ -16,6 +16,10 @@ pub struct TaskResult {
     pub signal: i32,
     /// The driver's error; empty for a clean run.
     pub err: String,
+    /// Whether the agent wrote it to its state database (an agent crash
+    /// between receiving and persisting leaves it unpersisted; the agent
+    /// then waits again).
+    pub persisted: bool,
 }
 
 /// Everything seen of one task.
@@ -27,7 +31,8 @@ pub struct TaskSeen {
     pub started_at: Option<Duration>,
     /// Why `StartTask` refused it for good.
     pub rejected: Option<String>,
-    /// Every result delivered (exactly one is right).
+    /// Every result received (exactly one persisted is right; any other
+    /// must match it).
     pub results: Vec<TaskResult>,
     /// When `StopTask` was first called.
     pub stop_called_at: Option<Duration>,
@@ -53,6 +58,8 @@ pub struct Observations {
 struct Inner {
     tasks: BTreeMap<String, TaskSeen>,
     done_clients: BTreeSet<u32>,
+    /// Per client, every fingerprint the agent received: (when, healthy).
+    health: BTreeMap<u32, Vec<(Duration, bool)>>,
 }
 
 impl Observations {
@@ -73,6 +80,20 @@ impl Observations {
     /// Marks `client`'s workload finished.
     pub fn client_done(&self, client: u32) {
         self.lock().done_clients.insert(client);
+    }
+
+    /// Notes a fingerprint `client`'s agent received at `at`.
+    pub fn fingerprint(&self, client: u32, at: Duration, healthy: bool) {
+        self.lock()
+            .health
+            .entry(client)
+            .or_default()
+            .push((at, healthy));
+    }
+
+    /// Every fingerprint `client`'s agent received, in order.
+    pub fn fingerprints(&self, client: u32) -> Vec<(Duration, bool)> {
+        self.lock().health.get(&client).cloned().unwrap_or_default()
     }
 
     /// Clients whose workload is finished.

@@ -40,7 +40,8 @@ pub struct TaskPlan {
     pub task_id: String,
     /// The allocation.
     pub alloc_id: String,
-    /// The execution the driver derives from the task id.
+    /// The execution the driver must derive from the task id
+    /// ([`expected_execution_id`]).
     pub execution_id: String,
     /// When Nomad starts it.
     pub start_at: Duration,
@@ -63,6 +64,40 @@ pub struct TaskPlan {
     /// The bound on its result's delay after the program's end (or the
     /// client's last fault), if any.
     pub results_within: Option<Duration>,
+    /// The agent crashes after receiving the result, before persisting it.
+    pub agent_crash_after_result: bool,
+}
+
+/// Longest execution id the daemon accepts.
+const MAX_EXECUTION_ID_BYTES: usize = 128;
+
+/// The execution id the driver must derive from Nomad's task id, written
+/// here from the rule the driver documents (`daemon_link/identity.rs`), not
+/// with its code: `/` becomes `.`, any other character outside
+/// `[A-Za-z0-9._-]` becomes `_`; if that was lossy (or gave `""`, `.`,
+/// `..`) or is longer than 128 bytes, it is cut to 111 bytes and `-` plus
+/// the first 16 hex digits of the SHA-256 of the task id are appended.
+pub fn expected_execution_id(task_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut lossy = matches!(task_id, "" | "." | "..");
+    let mut id = String::with_capacity(task_id.len());
+    for c in task_id.chars() {
+        id.push(match c {
+            '/' => '.',
+            c if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') => c,
+            _ => {
+                lossy = true;
+                '_'
+            }
+        });
+    }
+    if lossy || id.len() > MAX_EXECUTION_ID_BYTES {
+        let digest = Sha256::digest(task_id.as_bytes());
+        id.truncate(MAX_EXECUTION_ID_BYTES - 17);
+        id.push('-');
+        id.push_str(&hex::encode(&digest[..8]));
+    }
+    id
 }
 
 impl TaskPlan {
@@ -174,7 +209,7 @@ impl Plan {
                     client: n % clients + 1,
                     group: group.name.clone(),
                     index,
-                    execution_id: elide_driver::execution_id(&task_id),
+                    execution_id: expected_execution_id(&task_id),
                     task_id,
                     alloc_id,
                     start_at: group.start.0 + Duration::from_millis(offset),
@@ -191,6 +226,7 @@ impl Plan {
                         .results_within
                         .or(scenario.expect.results_within)
                         .map(|s| s.0),
+                    agent_crash_after_result: group.agent_crash_after_result,
                 });
                 n += 1;
             }
@@ -271,11 +307,39 @@ impl Plan {
             .unwrap_or_default()
     }
 
-    /// Whether any fault touches `client` during `[from, to]`.
-    pub fn disturbed(&self, client: u32, from: Duration, to: Duration) -> bool {
+    /// The faults on `client` that overlap `[from, to]`.
+    pub fn faults_during(&self, client: u32, from: Duration, to: Duration) -> Vec<&Fault> {
         self.faults
             .iter()
-            .any(|f| f.client == client && f.at <= to && f.until.is_none_or(|until| until >= from))
+            .filter(|f| f.client == client && f.at <= to && f.until.is_none_or(|u| u >= from))
+            .collect()
+    }
+
+    /// When `client`'s daemon went down in `[from, to]`: the first crash,
+    /// or restart (a restart of a running host is a crash too: faults may
+    /// overlap, and the end of one restarts a daemon another crashed).
+    pub fn daemon_down_during(
+        &self,
+        client: u32,
+        from: Duration,
+        to: Duration,
+    ) -> Option<Duration> {
+        let daemon = daemon_host(client);
+        self.actions
+            .iter()
+            .filter(|(at, _)| from <= *at && *at <= to)
+            .find(|(_, action)| {
+                matches!(action, Action::Crash(h) | Action::Restart(h) if *h == daemon)
+            })
+            .map(|(at, _)| *at)
+    }
+
+    /// Whether `client`'s daemon lost its disk in `[from, to]`.
+    pub fn daemon_wiped_during(&self, client: u32, from: Duration, to: Duration) -> bool {
+        let daemon = daemon_host(client);
+        self.actions.iter().any(|(at, action)| {
+            from <= *at && *at <= to && matches!(action, Action::Wipe(h) if *h == daemon)
+        })
     }
 }
 

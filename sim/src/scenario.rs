@@ -256,6 +256,11 @@ pub struct TaskGroup {
     /// must be as prompt as in a healthy cluster again).
     #[serde(default)]
     pub results_within: Option<Span>,
+    /// The Nomad agent crashes after receiving each task's result, before
+    /// persisting it; restarted, it recovers the task and waits again (the
+    /// second answer must match the first).
+    #[serde(default)]
+    pub agent_crash_after_result: bool,
 }
 
 fn default_kill_timeout() -> Span {

@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use elide_daemon::{
-    ExitInfo, LanguageRuntime, Program, ProgramEvent, ProgramSpec, Runtime, RuntimeError,
-    ScriptedRuntime, Stream,
+    ExitInfo, LanguageRuntime, Metrics, Program, ProgramControl, ProgramEvent, ProgramSpec,
+    Runtime, RuntimeError, ScriptedRuntime, Stream,
 };
+use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 
 /// One run of one program.
@@ -30,6 +31,12 @@ pub struct ProgramRun {
     pub exit: Option<ExitInfo>,
     /// Simulated time it ended.
     pub ended_at: Option<Duration>,
+    /// Every signal the daemon sent it: (simulated time, signal number).
+    pub signals: Vec<(Duration, i32)>,
+    /// Bytes per stream its daemon keeps (`output_retention_bytes_per_stream`):
+    /// the daemon can only have discarded what lies further back than that
+    /// from the end of what the program wrote.
+    pub retention: u64,
 }
 
 /// Every program run of a simulation, by execution id (a list: a second
@@ -85,17 +92,46 @@ pub struct RecordingRuntime {
     truth: GroundTruth,
     daemon: String,
     boot: u64,
+    retention: u64,
 }
 
 impl RecordingRuntime {
-    /// Records into `truth` as programs of `daemon` in its boot `boot`.
-    pub fn new(truth: GroundTruth, daemon: &str, boot: u64) -> Self {
+    /// Records into `truth` as programs of `daemon` in its boot `boot`,
+    /// a daemon keeping `retention` bytes of output per stream.
+    pub fn new(truth: GroundTruth, daemon: &str, boot: u64, retention: u64) -> Self {
         RecordingRuntime {
             inner: ScriptedRuntime,
             truth,
             daemon: daemon.to_owned(),
             boot,
+            retention,
         }
+    }
+}
+
+/// A program's control with every signal recorded as it is sent.
+struct RecordingControl {
+    inner: std::sync::Arc<dyn ProgramControl>,
+    truth: GroundTruth,
+    execution_id: String,
+    index: usize,
+}
+
+impl ProgramControl for RecordingControl {
+    fn signal(&self, sig: Signal) -> Result<(), RuntimeError> {
+        let now = turmoil::sim_elapsed().unwrap_or_default();
+        self.truth.update(&self.execution_id, self.index, |r| {
+            // Only signals that can still reach it: one sent after its end
+            // is not a signal the program received.
+            if r.exit.is_none() {
+                r.signals.push((now, sig as i32));
+            }
+        });
+        self.inner.signal(sig)
+    }
+
+    fn metrics(&self) -> Metrics {
+        self.inner.metrics()
     }
 }
 
@@ -110,6 +146,7 @@ impl Runtime for RecordingRuntime {
 
     fn spawn(&self, spec: ProgramSpec) -> Result<Program, RuntimeError> {
         let execution_id = spec.execution_id.clone();
+        let spec_id = execution_id.clone();
         let Program {
             mut events,
             control,
@@ -121,6 +158,7 @@ impl Runtime for RecordingRuntime {
                 daemon: self.daemon.clone(),
                 boot: self.boot,
                 started_at: turmoil::sim_elapsed().unwrap_or_default(),
+                retention: self.retention,
                 ..ProgramRun::default()
             });
             runs.len() - 1
@@ -151,7 +189,12 @@ impl Runtime for RecordingRuntime {
         });
         Ok(Program {
             events: receiver,
-            control,
+            control: std::sync::Arc::new(RecordingControl {
+                inner: control,
+                truth: self.truth.clone(),
+                execution_id: spec_id,
+                index,
+            }),
         })
     }
 }

@@ -15,9 +15,9 @@ use crate::files::MemoryFiles;
 use crate::invariants::{self, Violation};
 use crate::logs::LogBook;
 use crate::net::channel;
-use crate::nomad::{AgentDisk, NomadAgent};
+use crate::nomad::{AgentCrashes, AgentDisk, NomadAgent};
 use crate::observe::Observations;
-use crate::plan::{daemon_host, plugin_host, Action, Plan, DAEMON_PORT};
+use crate::plan::{daemon_host, nomad_host, plugin_host, Action, Plan, DAEMON_PORT};
 use crate::plugin_host::PluginHost;
 use crate::scenario::Scenario;
 use crate::trace::Trace;
@@ -79,6 +79,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
     let trace = Trace::default();
     let seen = Observations::default();
     let truth = GroundTruth::default();
+    let crashes = AgentCrashes::default();
     let cluster = &scenario.cluster;
 
     let mut builder = crate::builder(seed, scenario.limit.0);
@@ -112,6 +113,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
             logs: book.clone(),
             seen: seen.clone(),
             trace: trace.clone(),
+            crashes: crashes.clone(),
         }
         .install(&mut sim);
         logs.insert(client, book);
@@ -168,6 +170,14 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
             trace.record_at(now, "world", action.describe());
             apply(&mut sim, action, &daemons);
             actions.next();
+        }
+        // An agent that asked to crash (between receiving a result and
+        // persisting it) restarts at once; its plugin keeps running, as
+        // Nomad's plugins do across agent restarts (reattach).
+        for client in crashes.take_requested() {
+            let agent = nomad_host(client);
+            trace.record_at(now, "world", format!("restart {agent} (crashed)"));
+            sim.bounce(agent.as_str());
         }
         match sim.step() {
             Ok(true) => break,

@@ -84,6 +84,10 @@ scenarios! {
     destroy => "destroy",
     stop_fallbacks => "stop-fallbacks",
     output_retention => "output-retention",
+    agent_crash_after_result => "agent-crash-after-result",
+    stop_before_recovery => "stop-before-recovery",
+    daemon_down_long => "daemon-down-long",
+    random_faults_wide => "random-faults-wide",
 }
 
 /// The full trace of one run, printed by the `elide-sim` binary in its own

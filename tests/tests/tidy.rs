@@ -21,6 +21,9 @@ const PUBLIC_MODULES: &[&str] = &[
     "proto/src/lib.rs: recoverable",
     "proto/src/lib.rs: wall_clock",
     "cty/src/lib.rs: value",
+    // Compiled only with the test-only `fault-switch` feature, which the
+    // simulation's broken-driver gallery turns on.
+    "driver/src/lib.rs: fault_switch",
     // The end-to-end harness, until its facade lands.
     "tests/src/lib.rs: binaries",
     "tests/src/lib.rs: cty",

@@ -12,6 +12,8 @@
 pub(crate) mod heartbeat;
 pub(crate) mod identity;
 
+pub use heartbeat::HEARTBEAT_TIMEOUT;
+
 use std::fmt;
 use std::future::Future;
 use std::io;

@@ -136,7 +136,7 @@ impl DriverService {
     fn configured(&self) -> Result<Arc<PluginConfig>, Status> {
         self.driver
             .config()
-            .ok_or_else(|| Status::failed_precondition(crate::tasks::NOT_CONFIGURED))
+            .ok_or_else(|| task_status(crate::tasks::TaskError::NotConfigured))
     }
 }
 
@@ -146,7 +146,11 @@ impl DriverService {
 pub(super) fn task_status(error: TaskError) -> Status {
     let message = error.to_string();
     match error {
-        TaskError::NotConfigured => Status::failed_precondition(message),
+        // Transient (a restarted plugin answers before Nomad configured it):
+        // without the detail Nomad would fail the task instead of retrying.
+        TaskError::NotConfigured => {
+            recoverable::with_recoverable(Code::FailedPrecondition, message, true)
+        }
         TaskError::InvalidConfig(_) => {
             recoverable::with_recoverable(Code::InvalidArgument, message, false)
         }

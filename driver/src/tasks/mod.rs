@@ -130,6 +130,9 @@ struct Task {
     /// Keeps asking the daemon to stop the program while it cannot be
     /// reached ([`keep_stopping`]); ends with the task.
     stopper: Mutex<Option<AbortOnDrop<()>>>,
+    /// Whether a `WaitTask` was answered (for the test-only fault switch).
+    #[cfg(feature = "fault-switch")]
+    answered: std::sync::atomic::AtomicBool,
 }
 
 impl Task {
@@ -291,12 +294,24 @@ impl TaskManager {
     /// `WaitTask`: the task's exit, once it exited and its output is
     /// complete. Any number of concurrent callers.
     pub async fn wait(&self, task_id: &str) -> Result<ExitOutcome, TaskError> {
-        let mut exit = self.task(task_id)?.exit.clone();
+        let task = self.task(task_id)?;
+        let mut exit = task.exit.clone();
         let outcome = match exit.wait_for(Option::is_some).await {
             Ok(outcome) => outcome.clone().unwrap_or_default(),
             // The task was destroyed while we waited.
             Err(_) => exit::lost("the task was destroyed", self.host.clock.now()),
         };
+        #[cfg(feature = "fault-switch")]
+        {
+            let answered_before = task
+                .answered
+                .swap(true, std::sync::atomic::Ordering::SeqCst);
+            if crate::broken!(ReportsEverythingLost)
+                || (answered_before && crate::broken!(AnswersWaitTaskTwice))
+            {
+                return Ok(exit::lost("broken on purpose", self.host.clock.now()));
+            }
+        }
         Ok(outcome)
     }
 

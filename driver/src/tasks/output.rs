@@ -362,12 +362,9 @@ impl OutputForwarder {
                         continue;
                     };
                     if dropped.to_offset > *written {
-                        (self.on_dropped)(
-                            stream_kind,
-                            (*written).max(dropped.from_offset),
-                            dropped.to_offset,
-                        );
-                        *written = dropped.to_offset;
+                        let to = dropped.to_offset + claimed_beyond_the_drop();
+                        (self.on_dropped)(stream_kind, (*written).max(dropped.from_offset), to);
+                        *written = to;
                         self.persist(*offsets);
                     }
                 }
@@ -390,6 +387,16 @@ fn stream_index(stream: pb::OutputStream) -> Option<usize> {
         pb::OutputStream::Stderr => Some(1),
         pb::OutputStream::Unspecified => None,
     }
+}
+
+/// Bytes reported lost beyond a `dropped` marker: none, except under the
+/// test-only fault switch's over-claiming breakage.
+fn claimed_beyond_the_drop() -> u64 {
+    #[cfg(feature = "fault-switch")]
+    if crate::broken!(OverClaimsDroppedOutput) {
+        return crate::fault_switch::OVER_CLAIM_BYTES;
+    }
+    0
 }
 
 #[cfg(test)]

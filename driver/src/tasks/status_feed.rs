@@ -330,7 +330,7 @@ pub async fn watch_session(link: DaemonLink, hub: Arc<StatusHub>, session_id: St
             Err(e) if e.code() == tonic::Code::Unimplemented => return,
             Err(e) => {
                 tracing::debug!(session_id, error = %e, "WatchSession failed; retrying");
-                if e.is_not_found() {
+                if e.is_not_found() || crate::broken!(GivesUpDuringPartitions) {
                     hub.lose_all(
                         &format!("session {session_id} no longer exists on the daemon"),
                         asked,

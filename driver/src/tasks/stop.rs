@@ -38,13 +38,16 @@ impl TaskManager {
         timeout: Duration,
         signal: &str,
     ) -> Result<(), TaskError> {
-        let signal = if signal.is_empty() {
+        let signal = if signal.is_empty() || crate::broken!(IgnoresKillSignal) {
             DEFAULT_STOP_SIGNAL
         } else {
             signal
         };
         let grace = timeout.min(MAX_STOP_GRACE);
         let Ok(task) = self.task(task_id) else {
+            if crate::broken!(ForgetsStopBeforeRecovery) {
+                return Ok(());
+            }
             if let Some(config) = config {
                 self.stop_unknown(config, task_id, signal, grace).await;
             }

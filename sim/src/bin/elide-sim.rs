@@ -2,8 +2,9 @@
 //!
 //! * `elide-sim run scenarios/X.toml --seed N` replays one run and prints
 //!   its trace (who did what, when, in simulated time) and the verdict;
-//! * `elide-sim swarm --seeds N [scenarios…]` runs every scenario with N
-//!   seeds and prints, for each failure, the command that replays it.
+//! * `elide-sim swarm --seeds N [--budget 3m] [scenarios…]` runs every
+//!   scenario with N seeds (within a wall-clock budget, if given) and
+//!   prints, for each failure, the command that replays it.
 //!
 //! Both report simulated seconds per wall second.
 
@@ -51,6 +52,11 @@ enum Command {
         /// First seed.
         #[arg(long, default_value_t = 1000)]
         first_seed: u64,
+        /// Wall-clock budget (Go duration, e.g. `3m`): no run starts after
+        /// it is spent, so a CI job's swarm takes a bounded time. Runs the
+        /// scenarios seed by seed, in turn.
+        #[arg(long, value_name = "DURATION")]
+        budget: Option<String>,
         /// Scenario files (default: every file in `scenarios/`).
         scenarios: Vec<PathBuf>,
     },
@@ -112,19 +118,35 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Swarm {
             seeds,
             first_seed,
+            budget,
             scenarios,
         } => {
+            let budget = budget
+                .map(|text| {
+                    elide_proto::go_duration::parse(&text)
+                        .with_context(|| format!("--budget {text:?} is not a duration"))
+                })
+                .transpose()?;
             let files = if scenarios.is_empty() {
                 scenario_files()?
             } else {
                 scenarios
             };
+            let loaded = files
+                .iter()
+                .map(|file| Scenario::load(file).map(|s| (file, s)))
+                .collect::<Result<Vec<_>, _>>()?;
             let mut failures = Vec::new();
+            let mut runs = 0u64;
             let (mut simulated, wall) = (std::time::Duration::ZERO, Instant::now());
-            for file in &files {
-                let loaded = Scenario::load(file)?;
-                for seed in first_seed..first_seed + seeds {
-                    let report = run_scenario(&loaded, seed);
+            'seeds: for seed in first_seed..first_seed + seeds {
+                for (file, loaded) in &loaded {
+                    if budget.is_some_and(|budget| wall.elapsed() >= budget) {
+                        println!("budget spent; stopping before seed {seed}");
+                        break 'seeds;
+                    }
+                    let report = run_scenario(loaded, seed);
+                    runs += 1;
                     simulated += report.simulated;
                     let verdict = if report.passed() { "ok" } else { "FAILED" };
                     println!(
@@ -147,7 +169,7 @@ fn main() -> anyhow::Result<ExitCode> {
             let wall = wall.elapsed();
             println!(
                 "\n{} runs, {} failed; {:.0} simulated s in {:.1} wall s ({:.0} simulated s per wall s)",
-                files.len() as u64 * seeds,
+                runs,
                 failures.len(),
                 simulated.as_secs_f64(),
                 wall.as_secs_f64(),

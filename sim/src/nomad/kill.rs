@@ -24,6 +24,9 @@ pub(super) struct KillRun {
     pub(super) trace: Trace,
     pub(super) who: String,
     pub(super) plan: TaskPlan,
+    /// Notified once the first `StopTask` was answered (or the task had
+    /// its result before).
+    pub(super) answered: Arc<tokio::sync::Notify>,
 }
 
 impl KillRun {
@@ -31,6 +34,7 @@ impl KillRun {
         let label = format!("{}#{}", self.plan.group, self.plan.index);
         for failures in 0..KILL_FAILURE_LIMIT {
             if self.disk.get(&self.plan.task_id).result {
+                self.answered.notify_one();
                 return;
             }
             let now = turmoil::sim_elapsed().unwrap_or_default();
@@ -47,6 +51,7 @@ impl KillRun {
                     signal: self.plan.kill_signal.clone(),
                 })
                 .await;
+            self.answered.notify_one();
             let Err(status) = stopped else { return };
             let backoff = (KILL_BACKOFF_BASELINE * 4u32.pow(failures)).min(KILL_BACKOFF_LIMIT);
             self.trace.record(

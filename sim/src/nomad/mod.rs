@@ -21,9 +21,10 @@ use crate::trace::Trace;
 
 mod kill;
 mod plugin;
+mod status_details;
 mod task_run;
 
-use plugin::{follow_events, Plugin};
+use plugin::{follow_events, follow_fingerprints, Plugin};
 use task_run::TaskRun;
 
 /// How often a start that failed for a reason a retry may fix is retried
@@ -39,6 +40,80 @@ pub const KILL_FAILURE_LIMIT: u32 = 5;
 pub const KILL_BACKOFF_BASELINE: Duration = Duration::from_secs(5);
 /// ...up to this (Nomad's `killBackoffLimit`).
 pub const KILL_BACKOFF_LIMIT: Duration = Duration::from_secs(120);
+
+/// How long the agent takes to write a received result to its state
+/// database: a separate step, so an agent crash can fall between receiving
+/// a result and persisting it (the restarted agent then recovers the task
+/// and waits again, and the second answer must match the first).
+pub const PERSIST_DELAY: Duration = Duration::from_millis(20);
+
+/// Agent crashes a task asked for ([`TaskPlan::agent_crash_after_result`]):
+/// turmoil crashes a host only from outside, between steps, so the agent
+/// asks and the world obliges. Lives outside the hosts; each task's crash
+/// happens once.
+#[derive(Debug, Clone, Default)]
+pub struct AgentCrashes {
+    inner: Arc<Mutex<AgentCrashesInner>>,
+}
+
+#[derive(Debug, Default)]
+struct AgentCrashesInner {
+    /// Tasks whose crash was asked for.
+    done: std::collections::BTreeSet<String>,
+    /// Clients whose agent is to crash now.
+    requested: std::collections::BTreeSet<u32>,
+    /// Per client, `StartTask` calls under way whose handle is not
+    /// persisted yet. A crash waits for them: the restarted agent would
+    /// start such a task again under the same id, where Nomad would give
+    /// it a new one (a leak of Nomad's own, not the plugin's to judge).
+    starting: BTreeMap<u32, u32>,
+}
+
+impl AgentCrashes {
+    fn lock(&self) -> MutexGuard<'_, AgentCrashesInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks for `client`'s agent to crash now, for `task_id`'s sake;
+    /// false when that task already had its crash.
+    fn request(&self, client: u32, task_id: &str) -> bool {
+        let mut inner = self.lock();
+        if !inner.done.insert(task_id.to_owned()) {
+            return false;
+        }
+        inner.requested.insert(client);
+        true
+    }
+
+    /// The clients whose agents asked to crash and can now (no start
+    /// under way); the others stay asked.
+    pub fn take_requested(&self) -> Vec<u32> {
+        let mut inner = self.lock();
+        let ready: Vec<u32> = inner
+            .requested
+            .iter()
+            .copied()
+            .filter(|c| inner.starting.get(c).copied().unwrap_or(0) == 0)
+            .collect();
+        for client in &ready {
+            inner.requested.remove(client);
+        }
+        ready
+    }
+
+    /// A `StartTask` of `client`'s agent begins (`true`) or its handle is
+    /// persisted or it failed (`false`).
+    fn starting(&self, client: u32, begins: bool) {
+        let mut inner = self.lock();
+        let n = inner.starting.entry(client).or_default();
+        *n = if begins { *n + 1 } else { n.saturating_sub(1) };
+    }
+
+    /// `client`'s agent (re)starts: nothing of its is under way.
+    fn agent_starts(&self, client: u32) {
+        self.lock().starting.remove(&client);
+    }
+}
 
 /// What the agent persists per task (Nomad's client state database).
 #[derive(Debug, Clone, Default)]
@@ -88,6 +163,8 @@ pub struct NomadAgent {
     pub seen: Observations,
     /// The run's trace.
     pub trace: Trace,
+    /// Where it asks to be crashed.
+    pub crashes: AgentCrashes,
 }
 
 impl NomadAgent {
@@ -107,6 +184,7 @@ impl NomadAgent {
     async fn run(self) {
         let who = nomad_host(self.client);
         self.trace.record(&who, "agent starting");
+        self.crashes.agent_starts(self.client);
         let plugin = Arc::new(Plugin {
             channel: channel(&plugin_host(self.client), PLUGIN_PORT),
             plugin_config: self.plugin_config.clone(),
@@ -123,6 +201,11 @@ impl NomadAgent {
             return;
         }
         tokio::spawn(follow_events(plugin.clone(), self.seen.clone()));
+        tokio::spawn(follow_fingerprints(
+            plugin.clone(),
+            self.seen.clone(),
+            self.client,
+        ));
         let mut runs = tokio::task::JoinSet::new();
         for plan in self.tasks.iter().cloned() {
             let run = TaskRun {
@@ -134,6 +217,7 @@ impl NomadAgent {
                 who: who.clone(),
                 plan,
                 generation: 1,
+                crashes: self.crashes.clone(),
                 kill: Arc::default(),
                 killing: Arc::default(),
                 killer: None,

@@ -181,6 +181,38 @@ pub(super) async fn follow_events(plugin: Arc<Plugin>, seen: Observations) {
     }
 }
 
+/// Records every fingerprint the plugin sends (re-subscribing after
+/// plugin restarts), as Nomad's driver manager reads them.
+pub(super) async fn follow_fingerprints(plugin: Arc<Plugin>, seen: Observations, client: u32) {
+    loop {
+        if let Ok(response) = plugin
+            .driver()
+            .fingerprint(drivers::FingerprintRequest {})
+            .await
+        {
+            let mut fingerprints = response.into_inner();
+            let mut last = None;
+            while let Some(Ok(fingerprint)) = fingerprints.next().await {
+                let healthy =
+                    fingerprint.health() == drivers::fingerprint_response::HealthState::Healthy;
+                let now = turmoil::sim_elapsed().unwrap_or_default();
+                seen.fingerprint(client, now, healthy);
+                if last != Some(healthy) {
+                    plugin.trace.record(
+                        &plugin.who,
+                        format!(
+                            "fingerprint: {}",
+                            if healthy { "healthy" } else { "unhealthy" }
+                        ),
+                    );
+                    last = Some(healthy);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// The byte range a "lost output" event reports, from its annotations.
 pub(super) fn dropped_range(annotations: &BTreeMap<String, String>) -> Option<(String, u64, u64)> {
     let stream = annotations.get("stream")?.clone();

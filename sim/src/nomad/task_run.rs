@@ -12,7 +12,8 @@ use tonic::Code;
 
 use super::kill::{sleep_until_after_start, InterruptRun, Interruption, KillRun};
 use super::plugin::{encode, plugin_gone, Plugin};
-use super::{AgentDisk, START_ATTEMPTS, START_RETRY_DELAY};
+use super::status_details::recoverable;
+use super::{AgentCrashes, AgentDisk, PERSIST_DELAY, START_ATTEMPTS, START_RETRY_DELAY};
 use crate::logs::LogBook;
 use crate::observe::{Observations, TaskResult};
 use crate::plan::TaskPlan;
@@ -28,6 +29,8 @@ pub(super) struct TaskRun {
     pub(super) who: String,
     pub(super) plan: TaskPlan,
     pub(super) generation: u64,
+    /// Where it asks for the agent to crash.
+    pub(super) crashes: AgentCrashes,
     /// Set once Nomad decided to kill the task (its kill context is done).
     pub(super) kill: Arc<tokio::sync::Notify>,
     pub(super) killing: Arc<std::sync::atomic::AtomicBool>,
@@ -163,23 +166,41 @@ impl TaskRun {
         })
     }
 
-    pub(super) fn record_result(&self, result: TaskResult) {
+    /// Receives a result, then persists it in a separate step (Nomad
+    /// updates the task state, then writes it to its state database). An
+    /// agent crash in between leaves it received but not persisted.
+    pub(super) async fn record_result(&self, result: TaskResult) {
         self.note(format!(
             "result exit_code={} signal={} err={:?}",
             result.exit_code, result.signal, result.err
         ));
-        self.seen
-            .task(&self.plan.task_id, |t| t.results.push(result));
+        let mut index = 0;
+        self.seen.task(&self.plan.task_id, |t| {
+            t.results.push(result);
+            index = t.results.len() - 1;
+        });
+        if self.plan.agent_crash_after_result
+            && self.crashes.request(self.plan.client, &self.plan.task_id)
+        {
+            self.note("agent crashes before persisting the result");
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(PERSIST_DELAY).await;
+        self.seen.task(&self.plan.task_id, |t| {
+            t.results[index].persisted = true;
+        });
         self.disk.update(&self.plan.task_id, |s| s.result = true);
     }
 
-    pub(super) fn fail(&self, err: String) {
+    pub(super) async fn fail(&self, err: String) {
         self.record_result(TaskResult {
             at: turmoil::sim_elapsed().unwrap_or_default(),
             exit_code: 0,
             signal: 0,
             err,
-        });
+            persisted: false,
+        })
+        .await;
     }
 
     pub(super) async fn start(&mut self) -> Result<TaskHandle, Ended> {
@@ -200,12 +221,16 @@ impl TaskRun {
         loop {
             self.note("StartTask");
             self.seen.task(&self.plan.task_id, |t| t.start_calls += 1);
+            self.crashes.starting(self.plan.client, true);
             let started = self
                 .driver()
                 .start_task(drivers::StartTaskRequest {
                     task: Some(config.clone()),
                 })
                 .await;
+            if !matches!(&started, Ok(r) if r.get_ref().handle.is_some()) {
+                self.crashes.starting(self.plan.client, false);
+            }
             match started {
                 Ok(response) => {
                     let response = response.into_inner();
@@ -213,12 +238,14 @@ impl TaskRun {
                         self.fail(format!(
                             "StartTask answered without a handle: {}",
                             response.driver_error_msg
-                        ));
+                        ))
+                        .await;
                         return Err(Ended::Recorded);
                     };
                     // Persisted before anything else, as Nomad does.
                     self.disk
                         .update(&self.plan.task_id, |s| s.handle = Some(handle.clone()));
+                    self.crashes.starting(self.plan.client, false);
                     let now = turmoil::sim_elapsed().unwrap_or_default();
                     self.seen.task(&self.plan.task_id, |t| {
                         t.started_at.get_or_insert(now);
@@ -251,7 +278,8 @@ impl TaskRun {
                         status.message()
                     ));
                     if failures >= START_ATTEMPTS {
-                        self.fail(format!("failed to start: {}", status.message()));
+                        self.fail(format!("failed to start: {}", status.message()))
+                            .await;
                         return Err(Ended::Recorded);
                     }
                     tokio::time::sleep(START_RETRY_DELAY).await;
@@ -298,7 +326,8 @@ impl TaskRun {
                 Err(status) if plugin_gone(&status) => self.reconnect().await,
                 Err(status) => {
                     self.note(format!("RecoverTask failed: {}", status.message()));
-                    self.fail(format!("failed to recover task: {}", status.message()));
+                    self.fail(format!("failed to recover task: {}", status.message()))
+                        .await;
                     return Err(Ended::Recorded);
                 }
             }
@@ -307,10 +336,12 @@ impl TaskRun {
 
     /// Nomad's kill (`handleKill` → `killTask`) on the current plugin:
     /// replaces a kill under way on an earlier one.
-    pub(super) fn start_kill(&mut self) {
+    /// Returns a notification of its first `StopTask` being answered.
+    pub(super) fn start_kill(&mut self) -> Arc<tokio::sync::Notify> {
         if let Some(earlier) = self.killer.take() {
             earlier.abort();
         }
+        let answered = Arc::new(tokio::sync::Notify::new());
         let run = KillRun {
             plugin: self.plugin.clone(),
             disk: self.disk.clone(),
@@ -318,8 +349,10 @@ impl TaskRun {
             trace: self.trace.clone(),
             who: self.who.clone(),
             plan: self.plan.clone(),
+            answered: answered.clone(),
         };
         self.killer = Some(tokio::spawn(run.run()));
+        answered
     }
 
     pub(super) async fn wait(&mut self, handle: &TaskHandle) {
@@ -337,7 +370,7 @@ impl TaskRun {
                 tokio::select! {
                     biased;
                     waited = &mut waiting => break waited,
-                    _ = self.kill.notified(), if self.killer.is_none() => self.start_kill(),
+                    _ = self.kill.notified(), if self.killer.is_none() => drop(self.start_kill()),
                 }
             };
             match waited {
@@ -347,7 +380,7 @@ impl TaskRun {
                         self.seen.task(&self.plan.task_id, |t| {
                             t.surprises.push("WaitTask without a result".into())
                         });
-                        self.fail(response.err);
+                        self.fail(response.err).await;
                         return;
                     };
                     self.record_result(TaskResult {
@@ -355,7 +388,9 @@ impl TaskRun {
                         exit_code: result.exit_code,
                         signal: result.signal,
                         err: response.err,
-                    });
+                        persisted: false,
+                    })
+                    .await;
                     return;
                 }
                 Err(status) if plugin_gone(&status) || status.code() == Code::NotFound => {
@@ -365,13 +400,16 @@ impl TaskRun {
                         status.message()
                     ));
                     self.reconnect().await;
+                    // Nomad's kill on the old plugin ended with the wait; a
+                    // kill requested before goes again on the new one, on
+                    // its own path, so its StopTask may well come before
+                    // the wait path's RecoverTask: here it always does (the
+                    // driver must keep such a stop and apply it).
+                    if self.killing.load(std::sync::atomic::Ordering::SeqCst) {
+                        self.start_kill().notified().await;
+                    }
                     if self.recover(handle).await.is_err() {
                         return;
-                    }
-                    // Nomad's kill on the old plugin ended with the wait;
-                    // a kill requested before goes again on the new one.
-                    if let Some(earlier) = self.killer.take() {
-                        earlier.abort();
                     }
                 }
                 Err(status) => {
@@ -419,10 +457,4 @@ impl TaskRun {
             }
         }
     }
-}
-
-/// Whether the driver marked a `StartTask` error as worth retrying.
-pub(super) fn recoverable(status: &tonic::Status) -> bool {
-    status.code() != Code::InvalidArgument
-        && elide_proto::recoverable::recoverable_flag(status).unwrap_or(true)
 }
