@@ -1,9 +1,8 @@
 //! gRPC error statuses carrying Nomad's `RecoverableError` detail, the only
 //! structured error the Nomad client understands (StartTask, TaskStats),
-//! written once for both ends: the plugin writes it with
-//! [`with_recoverable`], and every client here (`elide-run`, the end-to-end
-//! harness, the simulation's fake agent) reads it with [`recoverable_flag`]
-//! as Nomad's client does (`plugins/drivers/utils.go`).
+//! as the plugin writes it ([`with_recoverable`]). Clients read it with
+//! `elide_nomad_client::recoverable`, written from Nomad's client rather
+//! than from this writer, so a mistake here cannot hide itself.
 //!
 //! The detail travels as an encoded `google.rpc.Status` in the
 //! `grpc-status-details-bin` trailer. Its `code` must equal the gRPC status
@@ -51,23 +50,6 @@ pub fn with_recoverable(
     tonic::Status::with_details(code, message, body.encode_to_vec().into())
 }
 
-/// Reads the `RecoverableError` flag back out of a status, as Nomad's
-/// client does; `None` when there is no such detail or its code does not
-/// match the status code.
-pub fn recoverable_flag(status: &tonic::Status) -> Option<bool> {
-    let body = RpcStatus::decode(status.details()).ok()?;
-    if body.code != status.code() as i32 {
-        return None;
-    }
-    let detail = body.details.first()?;
-    if detail.type_url != RECOVERABLE_ERROR_TYPE_URL {
-        return None;
-    }
-    RecoverableError::decode(detail.value.as_slice())
-        .ok()
-        .map(|e| e.recoverable)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,26 +66,5 @@ mod tests {
         assert_eq!(body.details[0].type_url, RECOVERABLE_ERROR_TYPE_URL);
         // RecoverableError{recoverable: true} is field 1, varint 1.
         assert_eq!(body.details[0].value, vec![0x08, 0x01]);
-    }
-
-    #[test]
-    fn flag_round_trips_both_ways() {
-        let recoverable = with_recoverable(tonic::Code::Unknown, "x", true);
-        let fatal = with_recoverable(tonic::Code::InvalidArgument, "x", false);
-        assert_eq!(recoverable_flag(&recoverable), Some(true));
-        assert_eq!(recoverable_flag(&fatal), Some(false));
-        assert_eq!(recoverable_flag(&tonic::Status::internal("plain")), None);
-    }
-
-    #[test]
-    fn mismatched_code_is_not_read() {
-        let body = RpcStatus {
-            code: tonic::Code::Internal as i32,
-            message: "x".into(),
-            details: vec![],
-        };
-        let status =
-            tonic::Status::with_details(tonic::Code::NotFound, "x", body.encode_to_vec().into());
-        assert_eq!(recoverable_flag(&status), None);
     }
 }

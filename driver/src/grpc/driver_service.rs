@@ -595,7 +595,7 @@ mod tests {
         let err = service.start_task(start(msgpack)).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
         assert!(err.message().contains("`language`"), "{}", err.message());
-        assert_eq!(recoverable::recoverable_flag(&err), Some(false));
+        assert_eq!(elide_nomad_client::recoverable(&err), Some(false));
     }
 
     #[tokio::test]

@@ -21,7 +21,6 @@ use crate::trace::Trace;
 
 mod kill;
 mod plugin;
-mod status_details;
 mod task_run;
 
 use plugin::{follow_events, follow_fingerprints, Plugin};

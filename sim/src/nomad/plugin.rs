@@ -104,21 +104,11 @@ impl Plugin {
         let msgpack = encode(&schema, &self.plugin_config).map_err(Fatal)?;
         let set = self
             .base()
-            .set_config(base::SetConfigRequest {
-                msgpack_config: msgpack,
-                nomad_config: Some(base::NomadConfig {
-                    driver: Some(base::NomadDriverConfig {
-                        client_max_port: 14512,
-                        client_min_port: 14000,
-                        topology: None,
-                    }),
-                }),
-                plugin_api_version: info
-                    .plugin_api_versions
-                    .first()
-                    .cloned()
-                    .unwrap_or_default(),
-            })
+            .set_config(elide_nomad_client::set_config_request(
+                msgpack,
+                elide_nomad_client::api_version(&info),
+                None,
+            ))
             .await;
         match set {
             Ok(_) => {}

@@ -12,7 +12,6 @@ use tonic::Code;
 
 use super::kill::{sleep_until_after_start, InterruptRun, Interruption, KillRun};
 use super::plugin::{encode, plugin_gone, Plugin};
-use super::status_details::recoverable;
 use super::{AgentCrashes, AgentDisk, PERSIST_DELAY, START_ATTEMPTS, START_RETRY_DELAY};
 use crate::logs::LogBook;
 use crate::observe::{Observations, TaskResult};
@@ -257,7 +256,8 @@ impl TaskRun {
                     self.note(format!("StartTask: plugin gone ({})", status.code()));
                     self.reconnect().await;
                 }
-                Err(status) if !recoverable(&status) => {
+                // Nomad's reading: no RecoverableError detail is not recoverable.
+                Err(status) if elide_nomad_client::recoverable(&status) != Some(true) => {
                     let why = status.message().to_owned();
                     self.note(format!("StartTask refused: {why}"));
                     if status.message().contains("already started") {
