@@ -6,10 +6,6 @@ use std::path::{Path, PathBuf};
 /// Most production lines a source file may have.
 const MAX_PRODUCTION_LINES: usize = 700;
 
-/// Files still over the limit, each with the ceiling it may not grow past.
-/// The list may only shrink: a file brought under the limit must leave it.
-const OVER_THE_LIMIT: &[(&str, usize)] = &[("daemon/src/runtime/process.rs", 797)];
-
 /// The only file modules a crate may make public: shared vocabularies that
 /// read best by path (`go_duration::parse`, `handshake::…`), each of which
 /// is the whole of its contract. Everything else is private behind the
@@ -24,14 +20,6 @@ const PUBLIC_MODULES: &[&str] = &[
     // Compiled only with the test-only `fault-switch` feature, which the
     // simulation's broken-driver gallery turns on.
     "driver/src/lib.rs: fault_switch",
-    // The end-to-end harness, until its facade lands.
-    "tests/src/lib.rs: binaries",
-    "tests/src/lib.rs: cty",
-    "tests/src/lib.rs: daemon",
-    "tests/src/lib.rs: logmon",
-    "tests/src/lib.rs: nomad",
-    "tests/src/lib.rs: nomad_client",
-    "tests/src/lib.rs: procs",
 ];
 
 /// Where wall-clock time may be read: the one clock seam, whose
@@ -95,27 +83,14 @@ fn no_production_file_is_over_the_line_limit() {
     for dir in CRATES {
         for (path, text) in sources(dir) {
             let lines = production_lines(&text);
-            let ceiling = OVER_THE_LIMIT
-                .iter()
-                .find(|(p, _)| *p == path)
-                .map_or(MAX_PRODUCTION_LINES, |(_, c)| *c);
-            if lines > ceiling {
-                over.push(format!("{path}: {lines} lines (at most {ceiling})"));
+            if lines > MAX_PRODUCTION_LINES {
+                over.push(format!(
+                    "{path}: {lines} lines (at most {MAX_PRODUCTION_LINES})"
+                ));
             }
         }
     }
     assert_eq!(over, Vec::<String>::new(), "files over their line limit");
-}
-
-#[test]
-fn the_known_offenders_are_still_over_the_limit() {
-    for (path, _) in OVER_THE_LIMIT {
-        let text = std::fs::read_to_string(workspace().join(path)).expect(path);
-        assert!(
-            production_lines(&text) > MAX_PRODUCTION_LINES,
-            "{path} is under {MAX_PRODUCTION_LINES} lines now: take it off OVER_THE_LIMIT"
-        );
-    }
 }
 
 /// Whether `code` names std's `Instant` (`std::time::Instant`, or

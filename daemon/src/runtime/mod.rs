@@ -6,9 +6,11 @@
 //! processes; a simulation supplies its own.
 
 pub(crate) mod child_reaper;
+mod cold_start;
 mod command;
 pub(crate) mod interpreter;
 pub(crate) mod node_pool;
+mod output_pump;
 pub(crate) mod placement;
 pub(crate) mod process;
 mod program_control;

@@ -20,17 +20,18 @@
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 
+use super::cold_start::start_cold;
 use super::interpreter::probe;
 pub use super::interpreter::Interpreter;
 use super::node_pool::{self, Job, NodePool, NodePoolConfig};
+use super::output_pump::pump;
 use super::placement::Placement;
 use super::program_control::{self, ProcessControl};
 use super::python_zygote::{PythonZygote, WarmChild, ZygoteError};
@@ -44,12 +45,6 @@ use super::{
 use crate::cgroup::Cgroups;
 use crate::language::Language;
 use crate::output::Stream;
-
-/// Bytes read from a pipe at a time.
-const READ_CHUNK: usize = 64 * 1024;
-/// How long to wait for output pipes to close after the group was killed
-/// (a process that left the group with `setsid` may hold them open).
-const PIPE_DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// Where to find interpreters and how often to sample.
 #[derive(Debug, Clone)]
@@ -661,67 +656,6 @@ fn kernel_limits(cgroup: &crate::cgroup::ExecutionCgroup) -> Vec<KernelLimit> {
     limits
 }
 
-/// Starts `file` on a fresh interpreter, in a process group of its own,
-/// placed before it execs.
-fn start_cold(
-    interp: &Interpreter,
-    spec: &ProgramSpec,
-    file: &Path,
-    on_node: bool,
-    user: Option<Identity>,
-    placement: &Placement,
-    rules: ChildRules,
-) -> std::io::Result<tokio::process::Child> {
-    let mut cmd = tokio::process::Command::new(&interp.path);
-    match spec.language {
-        Language::Python => {
-            cmd.arg("-u");
-        }
-        _ if on_node => {
-            if let Some(limit) = spec.memory_limit_bytes {
-                // A hint to V8's collector; the cgroup (or the sampler)
-                // enforces the limit.
-                cmd.arg(format!(
-                    "--max-old-space-size={}",
-                    (limit / (1024 * 1024)).max(16)
-                ));
-            }
-        }
-        Language::JavaScript => {}
-        Language::TypeScript => {
-            cmd.arg("run");
-        }
-    }
-    cmd.arg(file)
-        .args(&spec.args)
-        .env_clear()
-        .envs(&spec.env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    // Into its cgroup first (the closures run in the order added), while
-    // still privileged; then the user's credentials.
-    placement
-        .before_exec(&mut cmd)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let cwd = run_as::c_path(&spec.working_dir)?;
-    // SAFETY: the closure runs between fork and exec and only makes
-    // async-signal-safe system calls on memory allocated before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            // The sandbox's privileged part, the user, then its other rules.
-            rules.before_privilege_drop()?;
-            // As the user, so it enters only a directory the user may.
-            run_as::become_user_in(user.as_ref(), &cwd)?;
-            rules.after_privilege_drop()?;
-            // After the credential change, which would clear it.
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
-        });
-    }
-    cmd.spawn()
-}
-
 /// File name for the snippet: the last component of `source_name` (when it
 /// is a plain name) with the language's extension.
 fn source_file_name(source_name: &str, language: Language) -> String {
@@ -746,62 +680,6 @@ fn source_file_name(source_name: &str, language: Language) -> String {
         base.to_string()
     } else {
         format!("{base}.{ext}")
-    }
-}
-
-/// Copies a pipe into output events until EOF. Once the program has exited
-/// (and its group was killed), a read that takes longer than
-/// `PIPE_DRAIN_LIMIT` means a process that left the group holds the pipe:
-/// stop there. Sending to a slow consumer is never cut short.
-async fn pump(
-    mut pipe: impl AsyncRead + Unpin,
-    stream: Stream,
-    tx: mpsc::Sender<ProgramEvent>,
-    mut exited: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut buf = vec![0u8; READ_CHUNK];
-    let mut after_exit = false;
-    loop {
-        let read = if after_exit {
-            match tokio::time::timeout(PIPE_DRAIN_LIMIT, pipe.read(&mut buf)).await {
-                Ok(r) => r,
-                Err(_) => {
-                    tracing::warn!(
-                        ?stream,
-                        "output pipe still open after the process group ended"
-                    );
-                    return;
-                }
-            }
-        } else {
-            tokio::select! {
-                biased;
-                r = pipe.read(&mut buf) => r,
-                // From the exit on (or if the waiter is gone), reads are
-                // bounded by the drain limit.
-                _ = exited.changed() => {
-                    after_exit = true;
-                    continue;
-                }
-            }
-        };
-        match read {
-            Ok(0) => return,
-            Ok(n) => {
-                if tx
-                    .send(ProgramEvent::Output(stream, buf[..n].to_vec()))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                tracing::warn!(?stream, error = %e, "reading program output failed");
-                return;
-            }
-        }
     }
 }
 

@@ -32,8 +32,8 @@
 //! rules per program (node has no way to make these system calls), so an
 //! execution with filesystem, exec or network rules starts cold instead.
 
-pub mod kernel;
-pub mod rules;
+pub(crate) mod kernel;
+pub(crate) mod rules;
 
 use std::collections::BTreeMap;
 use std::os::fd::{OwnedFd, RawFd};
