@@ -148,15 +148,32 @@ impl FifoReader {
     /// lets it see its EOF and end), so a test can put something else in
     /// its place.
     pub fn abandon(&self, limit: Duration) {
-        self.shared.0.lock().unwrap().retired = true;
-        let eofs = self.eofs();
-        drop(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&self.path)
-                .expect("opening the FIFO to release its reader"),
-        );
+        let (lock, changed) = &*self.shared;
+        let (eofs, opens) = {
+            let mut captured = lock.lock().unwrap();
+            captured.retired = true;
+            (captured.eofs, captured.opens)
+        };
+        let writer = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .expect("opening the FIFO to release its reader");
+        // Held until the reader's open has returned: closed before that,
+        // the reader (not scheduled yet) would block in open for good.
+        let deadline = Instant::now() + limit;
+        let mut captured = lock.lock().unwrap();
+        while captured.opens == opens {
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "{}: the reader never opened",
+                self.path.display()
+            );
+            captured = changed.wait_timeout(captured, deadline - now).unwrap().0;
+        }
+        drop(captured);
+        drop(writer);
         self.wait_for_eofs(eofs + 1, limit);
         std::fs::remove_file(&self.path).expect("removing the FIFO");
     }
