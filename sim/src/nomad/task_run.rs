@@ -191,10 +191,13 @@ impl TaskRun {
         self.disk.update(&self.plan.task_id, |s| s.result = true);
     }
 
+    /// The agent's own failure of a task (a refused start or recovery):
+    /// no exit code is known, which Nomad (1.10 on) reports as -1, as the
+    /// plugin does for a task whose ending it lost.
     pub(super) async fn fail(&self, err: String) {
         self.record_result(TaskResult {
             at: turmoil::sim_elapsed().unwrap_or_default(),
-            exit_code: 0,
+            exit_code: -1,
             signal: 0,
             err,
             persisted: false,
