@@ -127,14 +127,16 @@ impl OutputLog {
     }
 
     /// Appends program output. Ignored after [`close`](Self::close).
-    pub fn append(&self, stream: Stream, data: &[u8]) {
+    /// Returns how many older bytes of `stream` this pushed out of the
+    /// retained window.
+    pub fn append(&self, stream: Stream, data: &[u8]) -> u64 {
         if data.is_empty() {
-            return;
+            return 0;
         }
-        {
+        let excess = {
             let mut inner = self.lock();
             if inner.closed {
-                return;
+                return 0;
             }
             let s = &mut inner.streams[stream.index()];
             s.buf.extend(data);
@@ -143,8 +145,10 @@ impl OutputLog {
                 s.buf.drain(..excess as usize);
                 s.start += excess;
             }
-        }
+            excess
+        };
         self.changed.send_modify(|v| *v += 1);
+        excess
     }
 
     /// Marks the end of output: readers finish once they have read it all.

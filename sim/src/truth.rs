@@ -113,6 +113,7 @@ impl Runtime for RecordingRuntime {
         let Program {
             mut events,
             control,
+            warm,
         } = self.inner.spawn(spec)?;
         let index = {
             let mut runs = self.truth.lock();
@@ -152,6 +153,7 @@ impl Runtime for RecordingRuntime {
         Ok(Program {
             events: receiver,
             control,
+            warm,
         })
     }
 }

@@ -453,7 +453,8 @@ impl ProcessRuntime {
             }
         }
         let warm = self.start_warm(spec, file, user, placement)?;
-        if warm.is_some() {
+        let started_warm = warm.is_some();
+        if started_warm {
             self.counters.warm_start(spec.language);
         } else {
             self.counters.cold_start(spec.language);
@@ -511,7 +512,9 @@ impl ProcessRuntime {
                 }
             }
         };
-        Ok(self.watch(pid, stdout, stderr, exit, spec, placement))
+        let mut program = self.watch(pid, stdout, stderr, exit, spec, placement);
+        program.warm = started_warm;
+        Ok(program)
     }
 
     /// Follows a forked python execution exactly as a cold one.
@@ -538,7 +541,9 @@ impl ProcessRuntime {
                 ExitInfo::Code(-1)
             })
         };
-        Ok(self.watch(pid, Some(stdout), Some(stderr), exit, spec, placement))
+        let mut program = self.watch(pid, Some(stdout), Some(stderr), exit, spec, placement);
+        program.warm = true;
+        Ok(program)
     }
 
     /// Copies a started program's output, samples it and reports its exit.
@@ -598,6 +603,7 @@ impl ProcessRuntime {
         Program {
             events: rx,
             control,
+            warm: false,
         }
     }
 }
