@@ -23,6 +23,7 @@
 mod authority;
 mod cgroup;
 mod client;
+mod command_stream;
 mod elide_apis;
 mod error;
 mod events;
@@ -62,6 +63,7 @@ pub use runtime::process::{ProcessRuntime, ProcessRuntimeConfig, TypeScriptRunne
 pub use runtime::python_zygote::DEFAULT_PRELOAD as PYTHON_DEFAULT_PRELOAD;
 pub use runtime::run_as::check_reachable_by_all;
 pub use runtime::scripted::ScriptedRuntime;
+pub use runtime::MAX_COMMANDS_PER_EXECUTION;
 pub use runtime::{
     ExitInfo, LanguageRuntime, Program, ProgramEvent, ProgramSpec, Runtime, RuntimeError,
 };

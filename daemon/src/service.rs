@@ -492,6 +492,18 @@ impl ElideDaemon for DaemonService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
+    type ExecInExecutionStream = crate::command_stream::ExecOutputStream;
+
+    async fn exec_in_execution(
+        &self,
+        req: Request<tonic::Streaming<pb::ExecInput>>,
+    ) -> Result<Response<Self::ExecInExecutionStream>, Status> {
+        self.count("ExecInExecution");
+        crate::command_stream::open(&self.registry, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     type StreamOutputStream = EventStream<pb::OutputEvent>;
 
     async fn stream_output(

@@ -157,7 +157,7 @@ async fn plugin_speaks_the_nomad_plugin_protocol() {
         .capabilities
         .expect("capabilities must be set");
     assert!(capabilities.send_signals);
-    assert!(!capabilities.exec);
+    assert!(capabilities.exec);
     assert_eq!(capabilities.fs_isolation(), FsIsolation::None);
     assert!(!capabilities.must_create_network);
     assert_eq!(capabilities.mount_configs(), MountConfigs::NoMounts);
@@ -189,7 +189,8 @@ async fn plugin_speaks_the_nomad_plugin_protocol() {
         "fingerprint stream must stay open"
     );
 
-    // Exec is refused clearly, and the plugin is still serving afterwards.
+    // Exec into a task this plugin does not know is NOT_FOUND, naming it,
+    // and the plugin is still serving afterwards.
     let exec = driver
         .exec_task(
             elide_proto::hashicorp::nomad::plugins::drivers::proto::ExecTaskRequest {
@@ -200,7 +201,8 @@ async fn plugin_speaks_the_nomad_plugin_protocol() {
         )
         .await
         .unwrap_err();
-    assert_eq!(exec.code(), tonic::Code::Unimplemented);
+    assert_eq!(exec.code(), tonic::Code::NotFound);
+    assert!(exec.message().contains("\"a/b/c\""), "{exec:?}");
     base.plugin_info(PluginInfoRequest {}).await.unwrap();
 
     // Client.Kill: Shutdown is answered, the process exits within 2 s and

@@ -25,6 +25,7 @@ const PUBLIC_MODULES: &[&str] = &[
     "tests/src/lib.rs: binaries",
     "tests/src/lib.rs: cty",
     "tests/src/lib.rs: daemon",
+    "tests/src/lib.rs: daemon_api",
     "tests/src/lib.rs: logmon",
     "tests/src/lib.rs: nomad",
     "tests/src/lib.rs: nomad_client",

@@ -84,6 +84,22 @@ enum Command {
         #[arg(long)]
         user: Option<String>,
     },
+    /// Runs a command beside a running execution, the way its program runs
+    /// (environment, working directory, user, cgroup), with no input;
+    /// prints its output and exits with its exit code.
+    Exec {
+        /// Session id.
+        #[arg(long, default_value = "elide-ctl")]
+        session: String,
+        /// Kill the command after this long, e.g. 10s.
+        #[arg(long, value_parser = elide_proto::go_duration::parse)]
+        timeout: Option<Duration>,
+        /// Execution id.
+        execution: String,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Cancels an execution.
     Cancel {
         /// Session id.
@@ -243,6 +259,15 @@ async fn main() -> anyhow::Result<()> {
                 .status
                 .unwrap_or_default();
             println!("{} {}", s.execution_id, describe(&s));
+        }
+        Command::Exec {
+            session,
+            timeout,
+            execution,
+            command,
+        } => {
+            let code = exec(&mut client, session, execution, command, timeout).await?;
+            std::process::exit(code);
         }
         Command::Run {
             language,
@@ -417,4 +442,52 @@ fn describe_start(l: &pb::LanguageSupport) -> String {
     } else {
         format!("{mode} ({})", l.start_detail)
     }
+}
+
+/// `exec`: starts the command, closes its stdin, copies its output and
+/// returns its exit code.
+async fn exec(
+    client: &mut pb::elide_daemon_client::ElideDaemonClient<tonic::transport::Channel>,
+    session_id: String,
+    execution_id: String,
+    command: Vec<String>,
+    timeout: Option<Duration>,
+) -> anyhow::Result<i32> {
+    use pb::exec_input::Input;
+    use pb::exec_output::Output;
+    let start = pb::ExecStart {
+        session_id,
+        execution_id,
+        command,
+        timeout: timeout.map(elide_proto::duration_to_proto),
+        ..Default::default()
+    };
+    let input = [
+        Input::Start(start),
+        Input::StdinClose(pb::ExecStdinClose {}),
+    ]
+    .map(|i| pb::ExecInput { input: Some(i) });
+    let mut output = client
+        .exec_in_execution(tokio_stream::iter(input))
+        .await
+        .context("starting the command")?
+        .into_inner();
+    while let Some(message) = output.message().await? {
+        match message.output {
+            Some(Output::Stdout(data)) => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&data)?;
+                out.flush()?;
+            }
+            Some(Output::Stderr(data)) => std::io::stderr().write_all(&data)?,
+            Some(Output::Exited(exited)) => {
+                if exited.timed_out {
+                    eprintln!("[elide-ctl] killed at its timeout");
+                }
+                return Ok(exited.exit_code);
+            }
+            None => {}
+        }
+    }
+    bail!("the daemon ended the command's stream without its exit")
 }

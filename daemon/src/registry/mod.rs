@@ -44,6 +44,7 @@ use elide_proto::duration_to_proto;
 use elide_proto::wall_clock::WallClock;
 
 mod accept;
+mod commands;
 mod core;
 mod report;
 mod restore;

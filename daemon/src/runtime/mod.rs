@@ -6,17 +6,24 @@
 //! processes; a simulation supplies its own.
 
 pub(crate) mod child_reaper;
+mod command;
 pub(crate) mod interpreter;
 pub(crate) mod node_pool;
 pub(crate) mod placement;
 pub(crate) mod process;
 mod program_control;
+mod pty;
 pub(crate) mod python_zygote;
 pub(crate) mod run_as;
 pub(crate) mod scripted;
 pub(crate) mod start_counters;
 pub(crate) mod typescript;
 
+pub use command::{
+    CommandContext, CommandError, CommandInput, CommandOutput, CommandSpec,
+    MAX_COMMANDS_PER_EXECUTION,
+};
+pub use pty::WindowSize;
 pub use start_counters::{StartCounters, StartStats};
 
 use std::collections::BTreeMap;
@@ -178,6 +185,11 @@ pub trait ProgramControl: Send + Sync + 'static {
     fn signal(&self, sig: Signal) -> Result<(), RuntimeError>;
     /// Current (or last known) resource use.
     fn metrics(&self) -> Metrics;
+    /// How commands start beside the program (`nomad alloc exec`, script
+    /// checks), or `None` when this runtime cannot run any.
+    fn commands(&self) -> Option<CommandContext> {
+        None
+    }
 }
 
 /// A started program.

@@ -36,8 +36,9 @@ use super::program_control::{self, ProcessControl};
 use super::python_zygote::{PythonZygote, WarmChild, ZygoteError};
 use super::run_as::{self, Identity, RunAsPolicy, UserRefusal};
 use super::{
-    child_reaper, typescript, ExitInfo, KernelLimit, LanguageRuntime, MemoryEnforcement, Program,
-    ProgramEvent, ProgramSpec, Runtime, RuntimeError, StartCounters, StartMode, StartStats,
+    child_reaper, typescript, CommandContext, ExitInfo, KernelLimit, LanguageRuntime,
+    MemoryEnforcement, Program, ProgramEvent, ProgramSpec, Runtime, RuntimeError, StartCounters,
+    StartMode, StartStats,
 };
 use crate::cgroup::Cgroups;
 use crate::language::Language;
@@ -439,7 +440,7 @@ impl ProcessRuntime {
         if let (Language::Python, Some(zygote)) = (spec.language, &self.python_zygote) {
             match zygote.fork(spec, file, user, placement) {
                 // The zygote counts its warm starts.
-                Ok(child) => return self.watch_warm(child, spec, placement),
+                Ok(child) => return self.watch_warm(child, spec, (user, placement)),
                 Err(ZygoteError::Placement(e)) => {
                     return Err(spawn_err(
                         "the forked python in the execution's cgroup",
@@ -512,9 +513,11 @@ impl ProcessRuntime {
                 }
             }
         };
-        let mut program = self.watch(pid, stdout, stderr, exit, spec, placement);
-        program.warm = started_warm;
-        Ok(program)
+        let program = self.watch(pid, stdout, stderr, exit, spec, (user, placement));
+        Ok(Program {
+            warm: started_warm,
+            ..program
+        })
     }
 
     /// Follows a forked python execution exactly as a cold one.
@@ -522,7 +525,7 @@ impl ProcessRuntime {
         &self,
         child: WarmChild,
         spec: &ProgramSpec,
-        placement: &Placement,
+        placed: (Option<&Identity>, &Placement),
     ) -> Result<Program, RuntimeError> {
         let pid = child.pid;
         tracing::debug!(execution_id = %spec.execution_id, pid, "program forked from the python zygote");
@@ -541,9 +544,11 @@ impl ProcessRuntime {
                 ExitInfo::Code(-1)
             })
         };
-        let mut program = self.watch(pid, Some(stdout), Some(stderr), exit, spec, placement);
-        program.warm = true;
-        Ok(program)
+        let program = self.watch(pid, Some(stdout), Some(stderr), exit, spec, placed);
+        Ok(Program {
+            warm: true,
+            ..program
+        })
     }
 
     /// Copies a started program's output, samples it and reports its exit.
@@ -554,11 +559,18 @@ impl ProcessRuntime {
         stderr: Option<impl AsyncRead + Unpin + Send + 'static>,
         exit: impl std::future::Future<Output = ExitInfo> + Send + 'static,
         spec: &ProgramSpec,
-        placement: &Placement,
+        (user, placement): (Option<&Identity>, &Placement),
     ) -> Program {
         let (tx, rx) = mpsc::channel(64);
         let cgroup = placement.cgroup().cloned();
-        let control = Arc::new(ProcessControl::new(pid, cgroup.clone()));
+        // Commands beside it run as it does: same env, directory, user, cgroup.
+        let commands = CommandContext::new(
+            spec.env.clone(),
+            spec.working_dir.clone(),
+            user.cloned(),
+            placement.clone(),
+        );
+        let control = Arc::new(ProcessControl::new(pid, cgroup.clone()).with_commands(commands));
         let (exited_tx, exited_rx) = tokio::sync::watch::channel(false);
         let readers = [
             stdout.map(|p| tokio::spawn(pump(p, Stream::Stdout, tx.clone(), exited_rx.clone()))),

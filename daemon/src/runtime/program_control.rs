@@ -16,7 +16,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::sync::mpsc;
 
-use super::{measured, Metrics, ProgramControl, ProgramEvent, RuntimeError};
+use super::{measured, CommandContext, Metrics, ProgramControl, ProgramEvent, RuntimeError};
 use crate::cgroup::ExecutionCgroup;
 
 /// Samples resource use periodically and reports a memory overrun once
@@ -54,6 +54,8 @@ pub(super) struct ProcessControl {
     /// reused from then on, so no more signals are sent.
     done: AtomicBool,
     last: Mutex<Metrics>,
+    /// Commands beside the program; ended with it.
+    commands: Option<CommandContext>,
 }
 
 impl ProcessControl {
@@ -63,7 +65,14 @@ impl ProcessControl {
             cgroup,
             done: AtomicBool::new(false),
             last: Mutex::default(),
+            commands: None,
         }
+    }
+
+    /// Lets commands run beside the program this way.
+    pub(super) fn with_commands(mut self, commands: CommandContext) -> Self {
+        self.commands = Some(commands);
+        self
     }
 
     /// The leader exited: kill whatever it left behind and freeze metrics
@@ -72,6 +81,9 @@ impl ProcessControl {
         // The group id stays reserved while any member lives, so this reaches
         // exactly the leftovers of this execution.
         let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
+        if let Some(commands) = &self.commands {
+            commands.end();
+        }
         let last_cgroup = self.cgroup.as_ref().map(|c| {
             // Also the ones that left the group (setsid, double fork).
             c.kill_all();
@@ -133,6 +145,10 @@ impl ProgramControl for ProcessControl {
 
     fn metrics(&self) -> Metrics {
         self.sample()
+    }
+
+    fn commands(&self) -> Option<CommandContext> {
+        self.commands.clone()
     }
 }
 

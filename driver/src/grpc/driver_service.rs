@@ -77,7 +77,7 @@ impl DriverService {
 pub fn capabilities() -> DriverCapabilities {
     DriverCapabilities {
         send_signals: true,
-        exec: false,
+        exec: true,
         fs_isolation: FsIsolation::None as i32,
         network_isolation_modes: vec![NetworkIsolationMode::Host as i32],
         must_create_network: false,
@@ -143,7 +143,7 @@ impl DriverService {
 /// The status for a lifecycle error. Never UNAVAILABLE or CANCELED (Nomad
 /// reads those as "the plugin is dying"); a `RecoverableError` detail on
 /// everything StartTask can fail with.
-fn task_status(error: TaskError) -> Status {
+pub(super) fn task_status(error: TaskError) -> Status {
     let message = error.to_string();
     match error {
         TaskError::NotConfigured => Status::failed_precondition(message),
@@ -518,20 +518,21 @@ impl Driver for DriverService {
 
     async fn exec_task(
         &self,
-        _request: Request<ExecTaskRequest>,
+        request: Request<ExecTaskRequest>,
     ) -> Result<Response<ExecTaskResponse>, Status> {
-        Err(Status::unimplemented(
-            "the elide driver does not support exec: tasks are snippets inside the shared daemon, with no shell to run commands in",
-        ))
+        super::exec_bridge::exec_task(self.driver.tasks(), request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn exec_task_streaming(
         &self,
-        _request: Request<Streaming<ExecTaskStreamingRequest>>,
+        request: Request<Streaming<ExecTaskStreamingRequest>>,
     ) -> Result<Response<Self::ExecTaskStreamingStream>, Status> {
-        Err(Status::unimplemented(
-            "the elide driver does not support `nomad alloc exec`: tasks are snippets inside the shared daemon, with no shell to run commands in",
-        ))
+        let responses =
+            super::exec_bridge::exec_task_streaming(self.driver.tasks(), request.into_inner())
+                .await?;
+        Ok(Response::new(Box::pin(responses)))
     }
 
     async fn create_network(

@@ -3,6 +3,7 @@
 
 mod base_plugin;
 mod driver_service;
+mod exec_bridge;
 mod go_plugin;
 
 use std::sync::Arc;
