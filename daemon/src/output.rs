@@ -271,8 +271,11 @@ mod tests {
     #[test]
     fn dropping_old_bytes_is_reported_with_the_exact_range() {
         let log = OutputLog::new(4);
-        log.append(Stream::Stdout, b"abcdef");
-        log.append(Stream::Stdout, b"gh");
+        // Each append says how many older bytes it pushed out (metrics
+        // count them as dropped).
+        assert_eq!(log.append(Stream::Stdout, b"abcdef"), 2);
+        assert_eq!(log.append(Stream::Stdout, b"gh"), 2);
+        assert_eq!(log.append(Stream::Stderr, b"ok"), 0);
         assert_eq!(
             log.read(Stream::Stdout, 0, 10),
             Read::Dropped { from: 0, to: 4 }
@@ -284,7 +287,7 @@ mod tests {
                 data: b"efgh".to_vec()
             }
         );
-        assert_eq!(log.totals(), (8, 0));
+        assert_eq!(log.totals(), (8, 2));
     }
 
     #[test]
