@@ -247,3 +247,38 @@ fn send(control: &dyn crate::runtime::ProgramControl, sig: Signal) {
         tracing::warn!(error = %e, "signalling the program failed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_ending_has_the_outcome_label_its_metrics_show() {
+        let killed = ExitInfo::Signal(Signal::SIGKILL);
+        let table = [
+            (Ending::Exited(ExitInfo::Code(0)), "exit"),
+            (Ending::Exited(ExitInfo::Code(3)), "exit"),
+            (Ending::Exited(killed), "signal"),
+            (
+                Ending::ExitedAtLimit("forks refused".into(), ExitInfo::Code(1)),
+                "exit",
+            ),
+            (
+                Ending::Cancelled("cancelled while queued".into(), None),
+                "cancelled",
+            ),
+            (
+                Ending::Cancelled("cancelled".into(), Some(killed)),
+                "cancelled",
+            ),
+            (Ending::TimedOut(Duration::from_secs(1), killed), "timeout"),
+            (Ending::MemoryExceeded("over".into(), killed), "oom"),
+            (Ending::OomKilled("kernel".into(), killed), "oom"),
+            (Ending::SpawnFailed("no python".into()), "failed"),
+            (Ending::Lost("gone".into()), "lost"),
+        ];
+        for (ending, label) in table {
+            assert_eq!(ending.outcome().label(), label, "{ending:?}");
+        }
+    }
+}
