@@ -150,15 +150,44 @@ impl FifoReader {
     pub fn abandon(&self, limit: Duration) {
         self.shared.0.lock().unwrap().retired = true;
         let eofs = self.eofs();
-        drop(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&self.path)
-                .expect("opening the FIFO to release its reader"),
-        );
-        self.wait_for_eofs(eofs + 1, limit);
+        let deadline = Instant::now() + limit;
+        // On a loaded machine the reader thread may not be in its `open`
+        // yet, and a write end opened and closed before it gets there
+        // releases nothing: repeat until its EOF is seen.
+        loop {
+            drop(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&self.path)
+                    .expect("opening the FIFO to release its reader"),
+            );
+            if self.saw_eofs(eofs + 1, Duration::from_millis(200)) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no EOF within {limit:?}",
+                self.path.display()
+            );
+        }
         std::fs::remove_file(&self.path).expect("removing the FIFO");
+    }
+
+    /// Whether the writers closed the FIFO at least `count` times within
+    /// `limit`.
+    fn saw_eofs(&self, count: usize, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let (lock, changed) = &*self.shared;
+        let mut captured = lock.lock().unwrap();
+        while captured.eofs < count {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            captured = changed.wait_timeout(captured, deadline - now).unwrap().0;
+        }
+        true
     }
 
     /// How many bytes were read so far.
