@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::time::{sleep_until, Instant};
 
 use crate::output::OutputLog;
+use crate::prometheus::{ExecutionMetrics, Outcome};
 use crate::runtime::{ExitInfo, KernelLimit, ProgramControl, ProgramEvent, ProgramSpec, Runtime};
 
 /// What an execution run needs from the daemon and tells it: the narrow
@@ -28,6 +29,8 @@ pub trait ExecutionReport: Send + Sync + 'static {
     fn run_slots(&self) -> Arc<Semaphore>;
     /// Time between SIGTERM and SIGKILL when an execution times out.
     fn timeout_grace(&self) -> Duration;
+    /// Where runs record what only they see (outcomes, timings, output).
+    fn execution_metrics(&self) -> &ExecutionMetrics;
     /// The execution left the queue (started or cancelled while queued).
     fn dequeued(&self);
     /// The program started.
@@ -56,6 +59,23 @@ pub enum Ending {
     SpawnFailed(String),
     /// The runtime stopped reporting without an exit.
     Lost(String),
+}
+
+impl Ending {
+    /// The `outcome` label of its metrics.
+    fn outcome(&self) -> Outcome {
+        match self {
+            Ending::Exited(info) | Ending::ExitedAtLimit(_, info) => match info {
+                ExitInfo::Code(_) => Outcome::Exit,
+                ExitInfo::Signal(_) => Outcome::Signal,
+            },
+            Ending::Cancelled(..) => Outcome::Cancelled,
+            Ending::TimedOut(..) => Outcome::Timeout,
+            Ending::MemoryExceeded(..) | Ending::OomKilled(..) => Outcome::Oom,
+            Ending::SpawnFailed(_) => Outcome::Failed,
+            Ending::Lost(_) => Outcome::Lost,
+        }
+    }
 }
 
 /// A request to stop an execution: `signal` now, SIGKILL after `grace`.
@@ -87,6 +107,16 @@ pub async fn run_execution(
     mut stops: mpsc::UnboundedReceiver<StopRequest>,
 ) {
     let execution_id = spec.execution_id.clone();
+    let language = spec.language;
+    let metrics = registry.execution_metrics().clone();
+    // Every ending goes through here: counted, then reported. `ran` is how
+    // the program started and how long it ran, if it started.
+    let end = |ending: Ending, ran: Option<(bool, Duration)>| {
+        metrics.finished(language, ending.outcome(), ran);
+        registry.finish(&session_id, &execution_id, ending);
+        // Normally closed by `finish`; here too in case the session was deleted.
+        output.close();
+    };
 
     // 1. A run slot, unless stopped first.
     let slots = registry.run_slots();
@@ -95,37 +125,29 @@ pub async fn run_execution(
         stop = stops.recv() => {
             registry.dequeued();
             let why = stop.map_or_else(|| "cancelled while queued".to_string(), |s| s.reason);
-            registry.finish(&session_id, &execution_id, Ending::Cancelled(why, None));
-            output.close();
+            end(Ending::Cancelled(why, None), None);
             return;
         }
         permit = slots.acquire_owned() => permit,
     };
     registry.dequeued();
     let Ok(_permit) = permit else {
-        registry.finish(
-            &session_id,
-            &execution_id,
-            Ending::Lost("run slots are closed".into()),
-        );
-        output.close();
+        end(Ending::Lost("run slots are closed".into()), None);
         return;
     };
 
     // 2. Start.
     let limit_mb = spec.memory_limit_bytes.unwrap_or(0) / (1024 * 1024);
+    let slot_taken = Instant::now();
     let mut program = match registry.runtime().spawn(spec) {
         Ok(p) => p,
         Err(e) => {
-            registry.finish(
-                &session_id,
-                &execution_id,
-                Ending::SpawnFailed(e.to_string()),
-            );
-            output.close();
+            end(Ending::SpawnFailed(e.to_string()), None);
             return;
         }
     };
+    let started = Instant::now();
+    metrics.started(language, program.warm, started - slot_taken);
     let control = program.control.clone();
     registry.mark_running(&session_id, &execution_id, control.clone());
 
@@ -147,7 +169,10 @@ pub async fn run_execution(
         tokio::select! {
             biased;
             event = program.events.recv(), if !paused => match event {
-                Some(ProgramEvent::Output(stream, data)) => output.append(stream, &data),
+                Some(ProgramEvent::Output(stream, data)) => {
+                    let dropped = output.append(stream, &data);
+                    metrics.output(stream, data.len() as u64, dropped);
+                }
                 Some(ProgramEvent::Exited(info)) => break Some(info),
                 Some(ProgramEvent::MemoryExceeded { rss_bytes }) => {
                     if cause.is_none() {
@@ -214,13 +239,46 @@ pub async fn run_execution(
         (Some(info), Some(Cause::Timeout(after))) => Ending::TimedOut(after, info),
         (Some(info), Some(Cause::Memory(msg))) => Ending::MemoryExceeded(msg, info),
     };
-    registry.finish(&session_id, &execution_id, ending);
-    // Normally closed by `finish`; here too in case the session was deleted.
-    output.close();
+    end(ending, Some((program.warm, started.elapsed())));
 }
 
 fn send(control: &dyn crate::runtime::ProgramControl, sig: Signal) {
     if let Err(e) = control.signal(sig) {
         tracing::warn!(error = %e, "signalling the program failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_ending_has_the_outcome_label_its_metrics_show() {
+        let killed = ExitInfo::Signal(Signal::SIGKILL);
+        let table = [
+            (Ending::Exited(ExitInfo::Code(0)), "exit"),
+            (Ending::Exited(ExitInfo::Code(3)), "exit"),
+            (Ending::Exited(killed), "signal"),
+            (
+                Ending::ExitedAtLimit("forks refused".into(), ExitInfo::Code(1)),
+                "exit",
+            ),
+            (
+                Ending::Cancelled("cancelled while queued".into(), None),
+                "cancelled",
+            ),
+            (
+                Ending::Cancelled("cancelled".into(), Some(killed)),
+                "cancelled",
+            ),
+            (Ending::TimedOut(Duration::from_secs(1), killed), "timeout"),
+            (Ending::MemoryExceeded("over".into(), killed), "oom"),
+            (Ending::OomKilled("kernel".into(), killed), "oom"),
+            (Ending::SpawnFailed("no python".into()), "failed"),
+            (Ending::Lost("gone".into()), "lost"),
+        ];
+        for (ending, label) in table {
+            assert_eq!(ending.outcome().label(), label, "{ending:?}");
+        }
     }
 }

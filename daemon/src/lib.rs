@@ -10,6 +10,8 @@
 //!   real one); `cgroup`: its per-execution cgroups (v1 and v2);
 //! * `store`: durable state; `output`, `events`: retained output and
 //!   status logs; `session`: the narrowing rules;
+//! * `prometheus`: the metrics `--metrics-listen` serves;
+//!   `request_counts`: requests by method;
 //! * `service`: the gRPC translation; `v1alpha1`: the original
 //!   contract over the same registry; `server`: listeners;
 //!   `authority`: lets clients that send a socket path as `:authority`
@@ -32,7 +34,9 @@ mod language;
 mod limits;
 mod output;
 mod peer;
+mod prometheus;
 mod registry;
+mod request_counts;
 mod runtime;
 mod server;
 mod service;
@@ -49,7 +53,12 @@ pub use ids::{RandomIds, SequentialIds};
 pub use limits::Limits;
 pub use output::Stream;
 pub use peer::{parse_id_list, PeerPolicy};
+pub use prometheus::{
+    ExecutionMetrics, LiveFigures, MetricsEndpoint, Outcome, MAX_SCRAPE_CONNECTIONS,
+    SCRAPE_HEADER_TIMEOUT,
+};
 pub use registry::{is_terminal, RegistryDeps, SessionRegistry};
+pub use request_counts::RequestCounts;
 pub use runtime::process::{ProcessRuntime, ProcessRuntimeConfig, TypeScriptRunner};
 pub use runtime::python_zygote::DEFAULT_PRELOAD as PYTHON_DEFAULT_PRELOAD;
 pub use runtime::run_as::check_reachable_by_all;

@@ -127,14 +127,16 @@ impl OutputLog {
     }
 
     /// Appends program output. Ignored after [`close`](Self::close).
-    pub fn append(&self, stream: Stream, data: &[u8]) {
+    /// Returns how many older bytes of `stream` this pushed out of the
+    /// retained window.
+    pub fn append(&self, stream: Stream, data: &[u8]) -> u64 {
         if data.is_empty() {
-            return;
+            return 0;
         }
-        {
+        let excess = {
             let mut inner = self.lock();
             if inner.closed {
-                return;
+                return 0;
             }
             let s = &mut inner.streams[stream.index()];
             s.buf.extend(data);
@@ -143,8 +145,10 @@ impl OutputLog {
                 s.buf.drain(..excess as usize);
                 s.start += excess;
             }
-        }
+            excess
+        };
         self.changed.send_modify(|v| *v += 1);
+        excess
     }
 
     /// Marks the end of output: readers finish once they have read it all.
@@ -267,8 +271,11 @@ mod tests {
     #[test]
     fn dropping_old_bytes_is_reported_with_the_exact_range() {
         let log = OutputLog::new(4);
-        log.append(Stream::Stdout, b"abcdef");
-        log.append(Stream::Stdout, b"gh");
+        // Each append says how many older bytes it pushed out (metrics
+        // count them as dropped).
+        assert_eq!(log.append(Stream::Stdout, b"abcdef"), 2);
+        assert_eq!(log.append(Stream::Stdout, b"gh"), 2);
+        assert_eq!(log.append(Stream::Stderr, b"ok"), 0);
         assert_eq!(
             log.read(Stream::Stdout, 0, 10),
             Read::Dropped { from: 0, to: 4 }
@@ -280,7 +287,7 @@ mod tests {
                 data: b"efgh".to_vec()
             }
         );
-        assert_eq!(log.totals(), (8, 0));
+        assert_eq!(log.totals(), (8, 2));
     }
 
     #[test]

@@ -13,7 +13,9 @@ use tonic::{Request, Response, Status};
 
 use crate::error::DaemonError;
 use crate::output::{Read, Stream};
+use crate::prometheus::MetricsEndpoint;
 use crate::registry::{is_terminal, SessionRegistry};
+use crate::request_counts::RequestCounts;
 use crate::signal::parse_signal;
 use crate::time::std_duration;
 
@@ -26,7 +28,7 @@ const STREAM_BUFFER: usize = 16;
 #[derive(Clone)]
 pub struct DaemonService {
     registry: Arc<SessionRegistry>,
-    requests: Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>>,
+    requests: RequestCounts,
 }
 
 impl DaemonService {
@@ -34,7 +36,7 @@ impl DaemonService {
     pub fn new(registry: Arc<SessionRegistry>) -> Self {
         DaemonService {
             registry,
-            requests: Arc::default(),
+            requests: RequestCounts::default(),
         }
     }
 
@@ -45,12 +47,17 @@ impl DaemonService {
 
     /// Counts one request of `rpc`.
     fn count(&self, rpc: &'static str) {
-        *self
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(rpc)
-            .or_default() += 1;
+        self.requests.count(rpc);
+    }
+
+    /// The Prometheus endpoint over this service's daemon: its registry's
+    /// figures and execution metrics, and the requests this service counts.
+    pub fn metrics_endpoint(&self) -> MetricsEndpoint {
+        MetricsEndpoint::new(
+            self.registry.clone(),
+            self.registry.execution_metrics(),
+            self.requests.clone(),
+        )
     }
 
     /// The tonic server wrapper, with message sizes that fit the limits.
@@ -179,10 +186,9 @@ impl ElideDaemon for DaemonService {
         };
         let requests = self
             .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
+            .snapshot()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
             .collect();
         Ok(Response::new(pb::GetDaemonStatsResponse {
             instance_id: health.instance_id,

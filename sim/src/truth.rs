@@ -150,6 +150,7 @@ impl Runtime for RecordingRuntime {
         let Program {
             mut events,
             control,
+            warm,
         } = self.inner.spawn(spec)?;
         let index = {
             let mut runs = self.truth.lock();
@@ -195,6 +196,7 @@ impl Runtime for RecordingRuntime {
                 execution_id: spec_id,
                 index,
             }),
+            warm,
         })
     }
 }

@@ -32,6 +32,11 @@ struct Args {
     /// TCP has NO authentication: anyone who can reach it can run code.
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
+    /// Serve Prometheus metrics (`GET /metrics`, text format) over HTTP on
+    /// this address, for example 127.0.0.1:9464. Off by default. It has NO
+    /// authentication: keep it on loopback or a private network.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Users (numeric ids or names, comma-separated) allowed to call over
     /// the Unix socket, checked with SO_PEERCRED on every connection.
     /// Without this and --allow-gid, the socket's file mode alone decides.
@@ -175,6 +180,16 @@ async fn main() -> anyhow::Result<()> {
     }
 
     raise_open_file_limit();
+    // Bound first, so a bad address stops the daemon before it starts
+    // anything.
+    let metrics_listener = match args.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics-listen {addr}: cannot listen there"))?,
+        ),
+        None => None,
+    };
     let limits = Limits {
         max_code_bytes: args.max_code_bytes,
         output_retention_bytes_per_stream: args.output_retention_bytes,
@@ -287,9 +302,15 @@ async fn main() -> anyhow::Result<()> {
         );
         drain_registry.drain(shutdown_grace).await;
     };
-    serve(DaemonService::new(registry), &opts, shutdown)
-        .await
-        .context("serving")?;
+    let service = DaemonService::new(registry);
+    if let Some(listener) = metrics_listener {
+        let addr = listener
+            .local_addr()
+            .context("--metrics-listen: reading the bound address")?;
+        tracing::info!(%addr, "serving Prometheus metrics on http://{addr}/metrics (no authentication)");
+        tokio::spawn(service.metrics_endpoint().serve(listener));
+    }
+    serve(service, &opts, shutdown).await.context("serving")?;
     if let Some(cgroups) = cgroups_in_use {
         cgroups.remove_parents();
     }

@@ -35,6 +35,7 @@ use crate::execution_run::{self, Ending, ExecutionReport, StopRequest};
 use crate::ids::{validate_id, IdSource};
 use crate::limits::Limits;
 use crate::output::OutputLog;
+use crate::prometheus::{ExecutionMetrics, LiveFigures};
 use crate::runtime::{Metrics, ProgramControl, Runtime, StartMode};
 use crate::session::{check_ai_available, execution_policy, ExecutionPolicy, SessionPolicy};
 use crate::store::{ExecutionRecord, SessionRecord, StateStore};
@@ -93,6 +94,8 @@ pub struct SessionRegistry {
     started: Instant,
     scratch_dir: PathBuf,
     run_slots: Arc<Semaphore>,
+    /// What execution runs record for Prometheus.
+    execution_metrics: ExecutionMetrics,
     inner: Mutex<Inner>,
     /// Serializes sequence-reservation writes (never held with `inner`
     /// across a write), so a later reservation is never overwritten by an
@@ -117,6 +120,7 @@ impl SessionRegistry {
             version: deps.version,
             started: Instant::now(),
             scratch_dir: deps.scratch_dir,
+            execution_metrics: ExecutionMetrics::default(),
             inner: Mutex::default(),
             reservations: Mutex::default(),
         });
@@ -160,7 +164,14 @@ impl SessionRegistry {
         }
     }
 
-    /// Load figures for `GetDaemonStats` (request counts are the service's).
+    /// What execution runs record for Prometheus (the rest of the daemon's
+    /// metrics are read at scrape time, see [`LiveFigures`]).
+    pub fn execution_metrics(&self) -> &ExecutionMetrics {
+        &self.execution_metrics
+    }
+
+    /// Load figures for `GetDaemonStats` (request counts are the service's):
+    /// sessions, running executions, queued executions.
     pub fn load(&self) -> (u32, u32, u32) {
         let inner = self.lock();
         let running = inner
@@ -647,6 +658,18 @@ impl SessionRegistry {
         }
         let all = futures::future::join_all(waits.iter_mut().map(|w| w.wait_for(|d| *d)));
         let _ = tokio::time::timeout(grace + Duration::from_secs(1), all).await;
+    }
+}
+
+/// What Prometheus reads at each scrape: the same figures `GetDaemonStats`
+/// reports.
+impl LiveFigures for SessionRegistry {
+    fn load(&self) -> (u32, u32, u32) {
+        SessionRegistry::load(self)
+    }
+
+    fn start_stats(&self) -> crate::runtime::StartStats {
+        self.runtime.start_stats()
     }
 }
 

@@ -82,6 +82,10 @@ impl ExecutionReport for SessionRegistry {
         self.limits.timeout_grace
     }
 
+    fn execution_metrics(&self) -> &ExecutionMetrics {
+        &self.execution_metrics
+    }
+
     fn dequeued(&self) {
         let mut inner = self.lock();
         inner.queued = inner.queued.saturating_sub(1);

@@ -201,6 +201,9 @@ pub struct Program {
     pub events: mpsc::Receiver<ProgramEvent>,
     /// Its control handle.
     pub control: Arc<dyn ProgramControl>,
+    /// Started warm: forked from a zygote or handed to a pooled worker
+    /// (what the `start` label of its metrics says).
+    pub warm: bool,
 }
 
 /// Which runtime serves a language on this host.

@@ -472,7 +472,8 @@ impl ProcessRuntime {
         let rules = rules_for(StartPath::BeforeExec)?;
         // A pooled worker cannot enter rules of its own (see `sandbox`).
         let warm = self.start_warm(spec, file, user, placement, rules.is_some())?;
-        if warm.is_some() {
+        let started_warm = warm.is_some();
+        if started_warm {
             self.counters.warm_start(spec.language);
         } else {
             self.counters.cold_start(spec.language);
@@ -531,7 +532,11 @@ impl ProcessRuntime {
                 }
             }
         };
-        Ok(self.watch(pid, stdout, stderr, exit, spec, (user, placement, file)))
+        let program = self.watch(pid, stdout, stderr, exit, spec, (user, placement, file));
+        Ok(Program {
+            warm: started_warm,
+            ..program
+        })
     }
 
     /// Follows a forked python execution exactly as a cold one.
@@ -558,7 +563,11 @@ impl ProcessRuntime {
                 ExitInfo::Code(-1)
             })
         };
-        Ok(self.watch(pid, Some(stdout), Some(stderr), exit, spec, placed))
+        let program = self.watch(pid, Some(stdout), Some(stderr), exit, spec, placed);
+        Ok(Program {
+            warm: true,
+            ..program
+        })
     }
 
     /// Copies a started program's output, samples it and reports its exit.
@@ -631,6 +640,7 @@ impl ProcessRuntime {
         Program {
             events: rx,
             control,
+            warm: false,
         }
     }
 }

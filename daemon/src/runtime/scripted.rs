@@ -171,6 +171,7 @@ impl Runtime for ScriptedRuntime {
         Ok(Program {
             events: rx,
             control,
+            warm: false,
         })
     }
 }

@@ -133,6 +133,7 @@ pub fn failed_program(error: &SyntaxError, scratch_dir: &Path) -> Program {
     Program {
         events,
         control: Arc::new(NoProcess),
+        warm: false,
     }
 }
 
