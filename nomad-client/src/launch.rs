@@ -138,7 +138,7 @@ impl PluginProcess {
             socket: self.socket.clone(),
             problem,
         };
-        let channel = tokio::time::timeout(CONNECT_LIMIT, dial(self.socket.clone()))
+        let channel = tokio::time::timeout(CONNECT_LIMIT, dial_unix(self.socket.clone()))
             .await
             .map_err(|_| connect(format!("no connection within {CONNECT_LIMIT:?}")))?
             .map_err(|e| connect(e.to_string()))?;
@@ -249,7 +249,9 @@ impl Drop for PluginProcess {
     }
 }
 
-async fn dial(socket: PathBuf) -> Result<Channel, tonic::transport::Error> {
+/// A gRPC channel over the Unix socket at `socket` (a plugin's, or any
+/// other gRPC server's on a Unix socket).
+pub async fn dial_unix(socket: PathBuf) -> Result<Channel, tonic::transport::Error> {
     Endpoint::from_static("http://unused")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let socket = socket.clone();

@@ -30,6 +30,8 @@ pub use configure::{
     api_version, init, set_config_request, CLIENT_MAX_PORT, CLIENT_MIN_PORT,
     DEFAULT_PLUGIN_API_VERSION,
 };
-pub use launch::{LaunchError, PluginProcess, CONNECT_LIMIT, EXIT_GRACE, HANDSHAKE_LIMIT};
+pub use launch::{
+    dial_unix, LaunchError, PluginProcess, CONNECT_LIMIT, EXIT_GRACE, HANDSHAKE_LIMIT,
+};
 pub use outcome::{exit_code, recoverable};
 pub use task_config::{TaskResources, TaskSpec};

@@ -5,9 +5,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use elide_proto::elide::daemon::v1 as pb;
-use hyper_util::rt::TokioIo;
 use pb::elide_daemon_client::ElideDaemonClient;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 use crate::binaries::{binary, DAEMON};
 use crate::procs::processes_with;
@@ -228,16 +227,7 @@ impl Daemon {
 
     /// A gRPC channel to the daemon's socket, for any of the APIs it serves.
     pub async fn channel(&self) -> Channel {
-        let socket = self.socket.clone();
-        Endpoint::from_static("http://daemon.invalid")
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let socket = socket.clone();
-                async move {
-                    tokio::net::UnixStream::connect(socket)
-                        .await
-                        .map(TokioIo::new)
-                }
-            }))
+        elide_nomad_client::dial_unix(self.socket.clone())
             .await
             .expect("dial the daemon")
     }
