@@ -132,11 +132,20 @@ fn task_event_message(event: TaskEvent) -> DriverTaskEvent {
     }
 }
 
+/// How long StartTask and RecoverTask wait for `SetConfig` on a plugin
+/// that has none yet. Nomad configures a plugin right after launching it,
+/// so a task call that races that (a restarted plugin, its task runners
+/// already recovering) waits for it rather than failing the task.
+pub const CONFIG_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl DriverService {
-    fn configured(&self) -> Result<Arc<PluginConfig>, Status> {
-        self.driver
-            .config()
-            .ok_or_else(|| task_status(crate::tasks::TaskError::NotConfigured))
+    async fn configured(&self) -> Result<Arc<PluginConfig>, Status> {
+        let mut config = self.driver.watch_config();
+        let arrived = tokio::time::timeout(CONFIG_WAIT, config.wait_for(Option::is_some)).await;
+        match arrived {
+            Ok(Ok(config)) => Ok(config.clone().expect("waited for a config")),
+            _ => Err(task_status(crate::tasks::TaskError::NotConfigured)),
+        }
     }
 }
 
@@ -330,7 +339,7 @@ impl Driver for DriverService {
         &self,
         request: Request<RecoverTaskRequest>,
     ) -> Result<Response<RecoverTaskResponse>, Status> {
-        let config = self.configured()?;
+        let config = self.configured().await?;
         self.driver.ensure_supervised(&config);
         // task_id is never set by Nomad: the id is handle.config.id.
         let handle = request
@@ -349,7 +358,7 @@ impl Driver for DriverService {
         &self,
         request: Request<StartTaskRequest>,
     ) -> Result<Response<StartTaskResponse>, Status> {
-        let config = self.configured()?;
+        let config = self.configured().await?;
         self.driver.ensure_supervised(&config);
         let task = request
             .into_inner()
@@ -580,10 +589,17 @@ mod tests {
         })
     }
 
-    #[tokio::test]
-    async fn start_before_set_config_is_a_failed_precondition() {
+    #[tokio::test(start_paused = true)]
+    async fn start_without_set_config_waits_for_it_then_is_a_recoverable_failed_precondition() {
+        let begun = tokio::time::Instant::now();
         let err = service().start_task(start(vec![0x80])).await.unwrap_err();
         assert_eq!(err.code(), Code::FailedPrecondition);
+        assert_eq!(elide_nomad_client::recoverable(&err), Some(true));
+        assert_eq!(
+            begun.elapsed(),
+            CONFIG_WAIT,
+            "it waited for SetConfig first"
+        );
     }
 
     #[tokio::test]
