@@ -177,6 +177,11 @@ impl DeleteJournal {
         self.save(&state);
     }
 
+    /// Whether `execution_id` is being deleted (its task was destroyed).
+    pub fn holds(&self, execution_id: &str) -> bool {
+        self.lock().entries.contains_key(execution_id)
+    }
+
     /// Forgets a delete the daemon confirmed (or refused for good).
     pub fn remove(&self, execution_id: &str) {
         let mut state = self.lock();

@@ -30,6 +30,15 @@ impl TaskManager {
         }
         let state = DriverState::decode(handle.version, &handle.driver_state)
             .map_err(|e| TaskError::InvalidConfig(format!("task {:?}: {e}", task.id)))?;
+        // A task destroyed earlier (an agent that crashed before it recorded
+        // the destroy asks again) stays destroyed: recovered, its output
+        // would be forwarded again from the start.
+        if self.journal.holds(&state.execution_id) {
+            return Err(TaskError::NotFound(format!(
+                "task {:?} was destroyed; its execution {} is being deleted",
+                task.id, state.execution_id
+            )));
+        }
         // The daemon the task was started on, even if the configuration
         // now names another one.
         let daemon = state
