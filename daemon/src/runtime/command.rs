@@ -26,6 +26,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
+use super::interpreter::{is_executable_file, on_path};
 use super::placement::Placement;
 use super::pty::{Pty, WindowSize};
 use super::run_as::{self, Identity};
@@ -178,18 +179,11 @@ impl CommandContext {
     /// `program` as the exec will find it: a path as given, else the first
     /// executable file of that name on the program's `PATH`.
     fn resolve(&self, program: &str) -> Option<PathBuf> {
-        use std::os::unix::fs::PermissionsExt;
-        let executable = |candidate: &PathBuf| {
-            std::fs::metadata(candidate)
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        };
         if program.contains('/') {
-            return Some(self.working_dir.join(program)).filter(executable);
+            return Some(self.working_dir.join(program)).filter(|p| is_executable_file(p));
         }
         let path = self.env.get("PATH")?;
-        path.split(':')
-            .map(|dir| PathBuf::from(dir).join(program))
-            .find(executable)
+        on_path(std::ffi::OsStr::new(path), program).next()
     }
 
     /// The program ended: every running command is killed, no new one starts.

@@ -24,18 +24,28 @@ fn candidates(program: &str) -> Result<Vec<PathBuf>, String> {
         return Ok(vec![PathBuf::from(program)]);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let found: Vec<PathBuf> = std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .filter(|candidate| {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::metadata(candidate)
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-        .collect();
+    let found: Vec<PathBuf> = on_path(&path, program).collect();
     if found.is_empty() {
         return Err(format!("{program} not found on PATH"));
     }
     Ok(found)
+}
+
+/// The executable files named `program` in the directories of `path` (a
+/// `PATH` value), in order.
+pub(super) fn on_path<'a>(
+    path: &'a std::ffi::OsStr,
+    program: &'a str,
+) -> impl Iterator<Item = PathBuf> + 'a {
+    std::env::split_paths(path)
+        .map(move |dir| dir.join(program))
+        .filter(|candidate| is_executable_file(candidate))
+}
+
+/// Whether `path` is a regular file someone may execute.
+pub(super) fn is_executable_file(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// Resolves `program` and learns its real path and version. With
