@@ -12,7 +12,7 @@ use crate::plugin_config::{DaemonEndpoint, PluginConfig};
 use crate::probe::{DaemonHealth, DaemonProbe};
 use crate::supervision::{LaunchPlan, Launcher, ProcessLauncher, Supervisor, SupervisorState};
 use crate::tasks::TaskManager;
-use crate::tasks::{NodeCompute, TaskEvent, NOT_CONFIGURED};
+use crate::tasks::{NodeCompute, TaskEvent, TaskEventHub, NOT_CONFIGURED};
 use elide_cty::ConfigError;
 
 /// The name jobs use (`driver = "elide"`) and the node attribute prefix.
@@ -23,7 +23,7 @@ pub const DRIVER_NAME: &str = "elide";
 pub struct ElideDriver {
     config: watch::Sender<Option<Arc<PluginConfig>>>,
     probe: Arc<dyn DaemonProbe>,
-    events: broadcast::Sender<TaskEvent>,
+    events: TaskEventHub,
     tasks: TaskManager,
     launcher: Arc<dyn Launcher>,
     supervisor: Mutex<Option<Supervisor>>,
@@ -48,7 +48,7 @@ impl ElideDriver {
     /// its clock, log sinks, files and identity).
     pub fn on_host(probe: Arc<dyn DaemonProbe>, dialers: DialerFactory, host: Host) -> Self {
         let (config, _) = watch::channel(None);
-        let (events, _) = broadcast::channel(256);
+        let events = TaskEventHub::default();
         ElideDriver {
             config,
             probe,
@@ -187,8 +187,9 @@ impl ElideDriver {
         self.supervision.subscribe()
     }
 
-    /// A receiver of every task event published from now on.
-    pub fn subscribe_events(&self) -> broadcast::Receiver<TaskEvent> {
+    /// The task events kept while no one was subscribed, and a receiver
+    /// of every one published from now on.
+    pub fn subscribe_events(&self) -> (Vec<TaskEvent>, broadcast::Receiver<TaskEvent>) {
         self.events.subscribe()
     }
 }

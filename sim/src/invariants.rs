@@ -2,7 +2,10 @@
 //!
 //! 1. every started task reaches exactly one persisted result, and any
 //!    other answer the agent received (before a crash kept it from
-//!    persisting it) is the same (`one-result`);
+//!    persisting it) is the same (`one-result`), unless every holder of
+//!    the first lost it before the second: the daemon's disk was wiped
+//!    and the plugin went down in between, and the second is an explicit
+//!    failure;
 //! 2. that result is the program's real outcome (from the ground truth),
 //!    never a wrong success or a wrong exit code; or an explicit failure
 //!    only where the truth shows the program could not finish by itself
@@ -234,6 +237,7 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
         for other in &seen.results {
             if (other.exit_code, other.signal, other.err.is_empty())
                 != (result.exit_code, result.signal, result.err.is_empty())
+                && !answer_forgotten_by_all(e, plan.client, result, other)
             {
                 violation(
                     "one-result",
@@ -602,6 +606,28 @@ fn unexcused_failure(
     Some(format!(
         "the program ended by itself with exit_code={code} signal={signal} at {ended:?} and its daemon kept the record"
     ))
+}
+
+/// Whether two different answers for one task are explained by every
+/// holder of the first one losing it before the second: the later answer
+/// is an explicit failure, and in between the daemon's disk was wiped and
+/// the plugin went down (its memory gone). Nomad can only have received
+/// the first without persisting it (an agent crash in between), so nothing
+/// it acted on is contradicted; `real-outcome` still judges the failure.
+fn answer_forgotten_by_all(
+    e: &Evidence<'_>,
+    client: u32,
+    one: &TaskResult,
+    other: &TaskResult,
+) -> bool {
+    let (first, later) = if one.at <= other.at {
+        (one, other)
+    } else {
+        (other, one)
+    };
+    !later.err.is_empty()
+        && e.plan.daemon_wiped_during(client, first.at, later.at)
+        && e.plan.plugin_down_during(client, first.at, later.at)
 }
 
 /// Why a result at `at` came before its program's end, if it did: the

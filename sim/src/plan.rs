@@ -334,6 +334,17 @@ impl Plan {
             .map(|(at, _)| *at)
     }
 
+    /// Whether `client`'s plugin went down (crashed or restarted, with its
+    /// client or alone) in `[from, to]`.
+    pub fn plugin_down_during(&self, client: u32, from: Duration, to: Duration) -> bool {
+        let plugin = plugin_host(client);
+        self.actions.iter().any(|(at, action)| {
+            from <= *at
+                && *at <= to
+                && matches!(action, Action::Crash(h) | Action::Restart(h) if *h == plugin)
+        })
+    }
+
     /// Whether `client`'s daemon lost its disk in `[from, to]`.
     pub fn daemon_wiped_during(&self, client: u32, from: Duration, to: Duration) -> bool {
         let daemon = daemon_host(client);

@@ -498,11 +498,16 @@ impl Driver for DriverService {
         &self,
         _request: Request<TaskEventsRequest>,
     ) -> Result<Response<Self::TaskEventsStream>, Status> {
-        // Lagged receivers skip what they missed rather than ending the
-        // stream; chained with `pending` so it never completes.
-        let events = BroadcastStream::new(self.driver.subscribe_events())
-            .filter_map(|event| async move { event.ok().map(|e| Ok(task_event_message(e))) })
-            .chain(futures::stream::pending());
+        // What was published while no stream was open comes first. Lagged
+        // receivers skip what they missed rather than ending the stream;
+        // chained with `pending` so it never completes.
+        let (backlog, live) = self.driver.subscribe_events();
+        let events =
+            futures::stream::iter(backlog.into_iter().map(|e| Ok(task_event_message(e))))
+                .chain(BroadcastStream::new(live).filter_map(|event| async move {
+                    event.ok().map(|e| Ok(task_event_message(e)))
+                }))
+                .chain(futures::stream::pending());
         Ok(Response::new(Box::pin(events)))
     }
 

@@ -37,7 +37,7 @@ use tokio::time::Instant;
 
 use elide_proto::elide::daemon::v1 as pb;
 use elide_proto::hashicorp::nomad::plugins::drivers::proto::TaskHandle;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::daemon_link::identity;
@@ -49,7 +49,7 @@ pub use detach::Detached;
 pub use driver_state::{DriverState, DRIVER_STATE_VERSION};
 pub use error::TaskError;
 use error::{daemon_error, unknown_task};
-pub use events::{TaskEvent, NOT_CONFIGURED};
+pub use events::{TaskEvent, TaskEventHub, NOT_CONFIGURED};
 pub use exec::ExecError;
 pub use exit::ExitOutcome;
 pub use stats::{NodeCompute, ResourceSample};
@@ -178,7 +178,7 @@ pub struct TaskManager {
     host: Host,
     contexts: tokio::sync::Mutex<BTreeMap<(String, String), Arc<SessionContext>>>,
     tasks: Mutex<BTreeMap<String, Arc<Task>>>,
-    events: broadcast::Sender<TaskEvent>,
+    events: TaskEventHub,
     /// Stops of tasks not (yet) in the table that could not be delivered:
     /// applied if the task is recovered. Keyed by task id, with the order of
     /// arrival for the size limit.
@@ -198,7 +198,7 @@ pub struct TaskManager {
 impl TaskManager {
     /// An empty table publishing task events on `events`, reaching daemons
     /// through `dialers`, on `host`.
-    pub fn new(events: broadcast::Sender<TaskEvent>, dialers: DialerFactory, host: Host) -> Self {
+    pub fn new(events: TaskEventHub, dialers: DialerFactory, host: Host) -> Self {
         let (alive, alive_receiver) = tokio::sync::mpsc::channel(1);
         TaskManager {
             dialers,

@@ -143,7 +143,7 @@ impl TaskManager {
             let (task_id, alloc_id, task_name) =
                 (task_id.clone(), alloc_id.clone(), task_name.clone());
             Arc::new(move |path: &std::path::Path, error: &std::io::Error| {
-                let _ = events.send(TaskEvent {
+                events.publish(TaskEvent {
                     task_id: task_id.clone(),
                     alloc_id: alloc_id.clone(),
                     task_name: task_name.clone(),
@@ -170,7 +170,7 @@ impl TaskManager {
                     to,
                     "the daemon no longer had part of the output; it is skipped"
                 );
-                let _ = events.send(TaskEvent {
+                events.publish(TaskEvent {
                     task_id: task_id.clone(),
                     alloc_id: alloc_id.clone(),
                     task_name: task_name.clone(),

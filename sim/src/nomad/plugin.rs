@@ -171,33 +171,55 @@ pub(super) async fn follow_events(plugin: Arc<Plugin>, seen: Observations) {
     }
 }
 
-/// Records every fingerprint the plugin sends (re-subscribing after
-/// plugin restarts), as Nomad's driver manager reads them.
+/// Records every fingerprint the plugin sends, as Nomad's driver manager
+/// reads them. When the stream breaks because the plugin is gone, the
+/// driver manager dispenses the plugin again, and Nomad's plugin loader
+/// relaunches an exited plugin and calls `SetConfig` before anything else
+/// reaches it: here, [`Plugin::reconnect`] waits for the restarted plugin
+/// and configures it, whether or not a task call noticed the restart.
 pub(super) async fn follow_fingerprints(plugin: Arc<Plugin>, seen: Observations, client: u32) {
     loop {
-        if let Ok(response) = plugin
+        let generation = plugin.current();
+        let response = plugin
             .driver()
             .fingerprint(drivers::FingerprintRequest {})
-            .await
-        {
-            let mut fingerprints = response.into_inner();
-            let mut last = None;
-            while let Some(Ok(fingerprint)) = fingerprints.next().await {
-                let healthy =
-                    fingerprint.health() == drivers::fingerprint_response::HealthState::Healthy;
-                let now = turmoil::sim_elapsed().unwrap_or_default();
-                seen.fingerprint(client, now, healthy);
-                if last != Some(healthy) {
-                    plugin.trace.record(
-                        &plugin.who,
-                        format!(
-                            "fingerprint: {}",
-                            if healthy { "healthy" } else { "unhealthy" }
-                        ),
-                    );
-                    last = Some(healthy);
+            .await;
+        let gone = match response {
+            Err(status) => plugin_gone(&status),
+            Ok(response) => {
+                let mut fingerprints = response.into_inner();
+                let mut last = None;
+                let mut ended = None;
+                while let Some(item) = fingerprints.next().await {
+                    let fingerprint = match item {
+                        Ok(fingerprint) => fingerprint,
+                        Err(status) => {
+                            ended = Some(status);
+                            break;
+                        }
+                    };
+                    let healthy =
+                        fingerprint.health() == drivers::fingerprint_response::HealthState::Healthy;
+                    let now = turmoil::sim_elapsed().unwrap_or_default();
+                    seen.fingerprint(client, now, healthy);
+                    if last != Some(healthy) {
+                        plugin.trace.record(
+                            &plugin.who,
+                            format!(
+                                "fingerprint: {}",
+                                if healthy { "healthy" } else { "unhealthy" }
+                            ),
+                        );
+                        last = Some(healthy);
+                    }
                 }
+                // A stream that ends without an error is a plugin that
+                // went away as cleanly as a crash looks from here.
+                ended.map_or(true, |status| plugin_gone(&status))
             }
+        };
+        if gone && plugin.reconnect(generation).await.is_err() {
+            return;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

@@ -169,6 +169,13 @@ impl TaskRun {
     /// updates the task state, then writes it to its state database). An
     /// agent crash in between leaves it received but not persisted.
     pub(super) async fn record_result(&self, result: TaskResult) {
+        self.receive_and_persist(result, self.plan.agent_crash_after_result)
+            .await;
+    }
+
+    /// `crash_between`: the agent crashes after receiving, before
+    /// persisting (once per task; see [`TaskPlan::agent_crash_after_result`]).
+    async fn receive_and_persist(&self, result: TaskResult, crash_between: bool) {
         self.note(format!(
             "result exit_code={} signal={} err={:?}",
             result.exit_code, result.signal, result.err
@@ -178,9 +185,7 @@ impl TaskRun {
             t.results.push(result);
             index = t.results.len() - 1;
         });
-        if self.plan.agent_crash_after_result
-            && self.crashes.request(self.plan.client, &self.plan.task_id)
-        {
+        if crash_between && self.crashes.request(self.plan.client, &self.plan.task_id) {
             self.note("agent crashes before persisting the result");
             std::future::pending::<()>().await;
         }
@@ -193,16 +198,20 @@ impl TaskRun {
 
     /// The agent's own failure of a task (a refused start or recovery):
     /// no exit code is known, which Nomad (1.10 on) reports as -1, as the
-    /// plugin does for a task whose ending it lost.
+    /// plugin does for a task whose ending it lost. Not a `WaitTask`
+    /// answer, so the planned crash between receiving and persisting a
+    /// result does not fall here: a restarted agent with no persisted
+    /// handle and no persisted result would start the task afresh, as
+    /// Nomad's task runner does, and that new run's answer may differ.
     pub(super) async fn fail(&self, err: String) {
-        self.record_result(TaskResult {
+        let result = TaskResult {
             at: turmoil::sim_elapsed().unwrap_or_default(),
             exit_code: -1,
             signal: 0,
             err,
             persisted: false,
-        })
-        .await;
+        };
+        self.receive_and_persist(result, false).await;
     }
 
     pub(super) async fn start(&mut self) -> Result<TaskHandle, Ended> {
