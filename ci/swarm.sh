@@ -6,12 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 budget="${SWARM_BUDGET:-3m}"
 first_seed="${SWARM_FIRST_SEED:-$(( $(date +%s) % 1000000000 ))}"
-# random-faults-wide is left out by default: fresh seeds of it fail about
-# 2 in 100 on findings still open in issue #17 (output lost unreported,
-# or a result contradicted, after a daemon wipe; a start given up while a
-# restarted plugin stays unconfigured). Run it by hand with
-# SWARM_SCENARIOS="scenarios/random-faults-wide.toml".
-read -r -a scenarios <<< "${SWARM_SCENARIOS:-scenarios/random-faults.toml}"
+read -r -a scenarios <<< "${SWARM_SCENARIOS:-scenarios/random-faults.toml scenarios/random-faults-wide.toml}"
 echo "swarm: ${scenarios[*]}; seeds from ${first_seed}; budget ${budget}"
 cargo build --quiet --release -p elide-sim --bin elide-sim
 target/release/elide-sim swarm --budget "$budget" --seeds 1000000 \
