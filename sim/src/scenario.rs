@@ -115,6 +115,22 @@ pub struct Cluster {
     /// Message latency on every link, `[min, max]`.
     #[serde(default = "default_latency")]
     pub latency: [Span; 2],
+    /// The simulation's time step: each step runs every host this long
+    /// and delivers the messages due. turmoil's cost is per host per step,
+    /// so a scale scenario that judges outcomes rather than millisecond
+    /// ordering may take a coarser step. From [`MIN_TICK`] to [`MAX_TICK`].
+    #[serde(default = "default_tick")]
+    pub tick: Span,
+}
+
+/// The finest time step (and the default).
+pub const MIN_TICK: Duration = Duration::from_millis(1);
+/// The coarsest time step a scenario may take: stop grace periods, poll
+/// intervals and `results_within` bounds are all well above it.
+pub const MAX_TICK: Duration = Duration::from_millis(10);
+
+fn default_tick() -> Span {
+    Span(MIN_TICK)
 }
 
 fn one() -> u32 {
@@ -145,6 +161,7 @@ impl Default for Cluster {
             daemon_watch: true,
             idle_timeout: default_idle(),
             latency: default_latency(),
+            tick: default_tick(),
         }
     }
 }
@@ -391,6 +408,12 @@ impl Scenario {
         if scenario.cluster.clients == 0 {
             return Err(invalid("cluster.clients must be at least 1".into()));
         }
+        let tick = scenario.cluster.tick.0;
+        if !(MIN_TICK..=MAX_TICK).contains(&tick) {
+            return Err(invalid(format!(
+                "cluster.tick must be from {MIN_TICK:?} to {MAX_TICK:?}, not {tick:?}"
+            )));
+        }
         if scenario.tasks.is_empty() {
             return Err(invalid("no [[tasks]]".into()));
         }
@@ -415,5 +438,32 @@ impl Scenario {
             }
         }
         Ok(scenario)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TASKS: &str = "[[tasks]]\nname = \"t\"\nprogram = \"exit 0\"\n";
+
+    #[test]
+    fn a_tick_outside_its_range_is_refused_naming_the_key() {
+        for tick in ["0s", "11ms"] {
+            let text = format!("about = \"x\"\n[cluster]\ntick = \"{tick}\"\n{TASKS}");
+            let err = Scenario::parse("s.toml", &text).unwrap_err().to_string();
+            assert!(
+                err.contains("cluster.tick must be from 1ms to 10ms"),
+                "{err}"
+            );
+        }
+        let text = format!("about = \"x\"\n[cluster]\ntick = \"5ms\"\n{TASKS}");
+        let scenario = Scenario::parse("s.toml", &text).unwrap();
+        assert_eq!(scenario.cluster.tick.0, Duration::from_millis(5));
+        let text = format!("about = \"x\"\n{TASKS}");
+        assert_eq!(
+            Scenario::parse("s.toml", &text).unwrap().cluster.tick.0,
+            MIN_TICK
+        );
     }
 }

@@ -84,6 +84,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
 
     let mut builder = crate::builder(seed, scenario.limit.0);
     builder
+        .tick_duration(cluster.tick.0)
         .min_message_latency(cluster.latency[0].0)
         .max_message_latency(cluster.latency[1].0);
     let mut sim = builder.build();

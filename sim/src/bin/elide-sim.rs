@@ -6,7 +6,7 @@
 //!   scenario with N seeds (within a wall-clock budget, if given) and
 //!   prints, for each failure, the command that replays it.
 //!
-//! Both report simulated seconds per wall second.
+//! Both report simulated seconds per wall second and per CPU second.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -100,15 +100,15 @@ fn main() -> anyhow::Result<ExitCode> {
                 install_logs(&filter)?;
             }
             let loaded = Scenario::load(&scenario)?;
-            let wall = Instant::now();
+            let (wall, cpu) = (Instant::now(), cpu_time());
             let report = run_scenario(&loaded, seed);
-            let wall = wall.elapsed();
+            let (wall, cpu) = (wall.elapsed(), cpu_time().saturating_sub(cpu));
             if !quiet {
                 for line in report.trace.lines() {
                     println!("{line}");
                 }
             }
-            print_verdict(&report, wall);
+            print_verdict(&report, wall, cpu);
             Ok(if report.passed() {
                 ExitCode::SUCCESS
             } else {
@@ -138,7 +138,8 @@ fn main() -> anyhow::Result<ExitCode> {
                 .collect::<Result<Vec<_>, _>>()?;
             let mut failures = Vec::new();
             let mut runs = 0u64;
-            let (mut simulated, wall) = (std::time::Duration::ZERO, Instant::now());
+            let (mut simulated, wall, cpu) =
+                (std::time::Duration::ZERO, Instant::now(), cpu_time());
             'seeds: for seed in first_seed..first_seed + seeds {
                 for (file, loaded) in &loaded {
                     if budget.is_some_and(|budget| wall.elapsed() >= budget) {
@@ -166,14 +167,14 @@ fn main() -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            let wall = wall.elapsed();
+            let (wall, cpu) = (wall.elapsed(), cpu_time().saturating_sub(cpu));
             println!(
-                "\n{} runs, {} failed; {:.0} simulated s in {:.1} wall s ({:.0} simulated s per wall s)",
+                "\n{} runs, {} failed; {:.0} simulated s in {:.1} wall s ({})",
                 runs,
                 failures.len(),
                 simulated.as_secs_f64(),
                 wall.as_secs_f64(),
-                simulated.as_secs_f64() / wall.as_secs_f64().max(1e-9)
+                speed(simulated, wall, cpu)
             );
             for command in &failures {
                 println!("replay: {command}");
@@ -198,7 +199,36 @@ fn scenario_files() -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn print_verdict(report: &RunReport, wall: std::time::Duration) {
+/// This process's CPU time (user and system). A run is single-threaded,
+/// so simulated seconds per CPU second is what the wall clock of an idle
+/// machine shows, and stays meaningful on a busy one.
+fn cpu_time() -> std::time::Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_SELF)
+        .map(|u| {
+            let (user, system) = (u.user_time(), u.system_time());
+            let micros =
+                |t: nix::sys::time::TimeVal| t.tv_sec() as u64 * 1_000_000 + t.tv_usec() as u64;
+            std::time::Duration::from_micros(micros(user) + micros(system))
+        })
+        .unwrap_or_default()
+}
+
+/// "N simulated s per wall s, M per CPU s".
+fn speed(
+    simulated: std::time::Duration,
+    wall: std::time::Duration,
+    cpu: std::time::Duration,
+) -> String {
+    let per = |d: std::time::Duration| simulated.as_secs_f64() / d.as_secs_f64().max(1e-9);
+    format!(
+        "{:.0} simulated s per wall s, {:.0} per CPU s",
+        per(wall),
+        per(cpu)
+    )
+}
+
+fn print_verdict(report: &RunReport, wall: std::time::Duration, cpu: std::time::Duration) {
     println!(
         "\n{} seed {}: {} tasks: {} clean results, {} explicit failures, {} refused",
         report.scenario,
@@ -225,10 +255,10 @@ fn print_verdict(report: &RunReport, wall: std::time::Duration) {
         report.summary.slowest
     );
     println!(
-        "{:.1} simulated s in {:.2} wall s ({:.0} simulated s per wall s); trace hash {}",
+        "{:.1} simulated s in {:.2} wall s ({}); trace hash {}",
         report.simulated.as_secs_f64(),
         wall.as_secs_f64(),
-        report.simulated.as_secs_f64() / wall.as_secs_f64().max(1e-9),
+        speed(report.simulated, wall, cpu),
         report.trace.hash()
     );
     if report.passed() {
