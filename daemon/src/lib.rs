@@ -66,7 +66,8 @@ pub use runtime::sandbox::Unenforceable;
 pub use runtime::scripted::ScriptedRuntime;
 pub use runtime::MAX_COMMANDS_PER_EXECUTION;
 pub use runtime::{
-    ExitInfo, LanguageRuntime, Metrics, Program, ProgramControl, ProgramEvent, ProgramSpec,
+    ExitInfo, KernelLimit, LanguageRuntime, Metrics, Program, ProgramControl, ProgramEvent,
+    ProgramSpec,
     Runtime, RuntimeError,
 };
 pub use server::{serve, ListenOptions};

@@ -88,6 +88,9 @@ scenarios! {
     stop_before_recovery => "stop-before-recovery",
     daemon_down_long => "daemon-down-long",
     random_faults_wide => "random-faults-wide",
+    timeouts => "timeouts",
+    memory_limits => "memory-limits",
+    log_readers => "log-readers",
 }
 
 /// The full trace of one run, printed by the `elide-sim` binary in its own
