@@ -30,7 +30,13 @@
 //!    the health Nomad is shown follows long daemon outages
 //!    (`fingerprint`, in [`crate::fingerprints`]);
 //! 9. where the scenario says so, results are prompt (`results_within`)
-//!    and exits are the ones known in advance (`exit_code`, `signal`).
+//!    and exits are the ones known in advance (`exit_code`, `signal`);
+//! 10. timeouts and memory limits hold and are reported as documented
+//!    (`timeout`, `oom`, `memory-limit`, in [`crate::task_limits`]);
+//! 11. a log reader that stalls or goes away delays no result beyond the
+//!    driver's flush limit, output it never took is reported exactly, and
+//!    no writer spins (`log-stall-bound`, `lost-output`, `no-busy-write`,
+//!    in [`crate::log_readers`]).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
