@@ -67,8 +67,7 @@ pub use runtime::scripted::ScriptedRuntime;
 pub use runtime::MAX_COMMANDS_PER_EXECUTION;
 pub use runtime::{
     ExitInfo, KernelLimit, LanguageRuntime, Metrics, Program, ProgramControl, ProgramEvent,
-    ProgramSpec,
-    Runtime, RuntimeError,
+    ProgramSpec, Runtime, RuntimeError,
 };
 pub use server::{serve, ListenOptions};
 pub use service::DaemonService;

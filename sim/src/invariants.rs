@@ -32,11 +32,11 @@
 //! 9. where the scenario says so, results are prompt (`results_within`)
 //!    and exits are the ones known in advance (`exit_code`, `signal`);
 //! 10. timeouts and memory limits hold and are reported as documented
-//!    (`timeout`, `oom`, `memory-limit`, in [`crate::task_limits`]);
+//!     (`timeout`, `oom`, `memory-limit`, in [`crate::task_limits`]);
 //! 11. a log reader that stalls or goes away delays no result beyond the
-//!    driver's flush limit, output it never took is reported exactly, and
-//!    no writer spins (`log-stall-bound`, `lost-output`, `no-busy-write`,
-//!    in [`crate::log_readers`]).
+//!     driver's flush limit, output it never took is reported exactly, and
+//!     no writer spins (`log-stall-bound`, `lost-output`, `no-busy-write`,
+//!     in [`crate::log_readers`]).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -127,9 +127,10 @@ pub fn summarize(e: &Evidence<'_>) -> Summary {
             .sum::<u64>();
         if let Some(result) = seen.results.first() {
             if let Some(run) = e.truth.runs_of(&plan.execution_id).first() {
-                summary.slowest = summary
-                    .slowest
-                    .max(result_delay(e, plan.client, &plan.group, run, result.at));
+                summary.slowest =
+                    summary
+                        .slowest
+                        .max(result_delay(e, plan.client, &plan.group, run, result.at));
             }
             if result.err.is_empty() {
                 summary.clean += 1;

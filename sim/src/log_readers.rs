@@ -94,9 +94,8 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
                     r.stderr.len()
                 }
             }) as u64;
-            let excused = result.is_some_and(|r| {
-                reader_away_during(e, plan, r.at.saturating_sub(limit), r.at)
-            });
+            let excused = result
+                .is_some_and(|r| reader_away_during(e, plan, r.at.saturating_sub(limit), r.at));
             if from >= to || *to > written || !excused {
                 violation(
                     "lost-output",
@@ -109,7 +108,10 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
             }
         }
         let logs = e.logs.get(&plan.client).cloned().unwrap_or_default();
-        for (name, path) in [("stdout", plan.stdout_path()), ("stderr", plan.stderr_path())] {
+        for (name, path) in [
+            ("stdout", plan.stdout_path()),
+            ("stderr", plan.stderr_path()),
+        ] {
             let stream = logs.stream(&path);
             if let Some((second, attempts)) = stream
                 .attempts

@@ -262,3 +262,60 @@ impl Drop for BookWriter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+    use tokio::io::AsyncWriteExt;
+
+    const PATH: &str = "/alloc/logs/.web.stdout.fifo";
+
+    async fn writer(book: &LogBook) -> LogWriter {
+        book.open(Path::new(PATH)).await.expect("the FIFO exists")
+    }
+
+    #[test]
+    fn a_stalled_reader_fills_the_pipe_then_the_writer_waits_until_it_reads() {
+        let book = LogBook::default();
+        book.create(PATH);
+        let mut w = writer(&book).now_or_never().unwrap();
+        book.reader_away(Some("web"), ReaderAway::Stalled);
+        let big = vec![7u8; PIPE_CAPACITY + 100];
+        // A short write: what fits.
+        let took = w.write(&big).now_or_never().unwrap().unwrap();
+        assert_eq!(took, PIPE_CAPACITY);
+        // Full: the next write waits.
+        assert!(w.write(b"x").now_or_never().is_none());
+        assert!(book.stream(PATH).bytes.is_empty());
+        // Another group's reader coming back changes nothing here.
+        book.reader_back(Some("db"), ReaderAway::Stalled);
+        assert!(w.write(b"x").now_or_never().is_none());
+        book.reader_back(Some("web"), ReaderAway::Stalled);
+        assert_eq!(w.write(b"x").now_or_never().unwrap().unwrap(), 1);
+        let stream = book.stream(PATH);
+        assert_eq!(stream.bytes.len(), PIPE_CAPACITY + 1);
+        assert!(stream.buffered.is_empty() && stream.freed.is_empty());
+    }
+
+    #[test]
+    fn small_writes_are_all_or_nothing_and_a_gone_reader_loses_the_pipe_on_the_last_close() {
+        let book = LogBook::default();
+        book.create(PATH);
+        let mut w = writer(&book).now_or_never().unwrap();
+        w.write(b"seen\n").now_or_never().unwrap().unwrap();
+        book.reader_away(None, ReaderAway::Gone);
+        let fill = vec![1u8; PIPE_CAPACITY - 10];
+        assert_eq!(
+            w.write(&fill).now_or_never().unwrap().unwrap(),
+            PIPE_CAPACITY - 10
+        );
+        // 20 bytes (under PIPE_BUF) do not fit in 10: nothing is taken.
+        assert!(w.write(&[2u8; 20]).now_or_never().is_none());
+        drop(w);
+        let stream = book.stream(PATH);
+        assert_eq!(stream.bytes, b"seen\n");
+        assert_eq!(stream.freed, vec![(5, (PIPE_CAPACITY - 10) as u64)]);
+        assert_eq!((stream.opens, stream.closes), (1, 1));
+    }
+}

@@ -56,7 +56,8 @@ fn ending_maybe_lost(e: &Evidence<'_>, plan: &TaskPlan, run: &ProgramRun, until:
     e.plan
         .daemon_down_during(plan.client, run.started_at, end)
         .is_some()
-        || e.plan.daemon_wiped_during(plan.client, run.started_at, until)
+        || e.plan
+            .daemon_wiped_during(plan.client, run.started_at, until)
 }
 
 /// Checks `timeout`, `oom` and `memory-limit`.
@@ -90,7 +91,7 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
         }
         // The memory limit Nomad's resources give it.
         let granted = (plan.memory_mb.max(plan.memory_max_mb) as u64) * 1024 * 1024;
-        if granted > 0 && !run.memory_limit.is_some_and(|limit| limit <= granted) {
+        if granted > 0 && run.memory_limit.is_none_or(|limit| limit > granted) {
             violation(
                 "memory-limit",
                 task,

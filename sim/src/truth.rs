@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use elide_daemon::{
-    ExitInfo, KernelLimit, LanguageRuntime, Metrics, Program, ProgramControl, ProgramEvent, ProgramSpec,
-    Runtime, RuntimeError, ScriptedRuntime, Stream,
+    ExitInfo, KernelLimit, LanguageRuntime, Metrics, Program, ProgramControl, ProgramEvent,
+    ProgramSpec, Runtime, RuntimeError, ScriptedRuntime, Stream,
 };
 use nix::sys::signal::Signal;
 use tokio::sync::mpsc;

@@ -33,8 +33,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{
-    ExitInfo, KernelLimit, LanguageRuntime, Metrics, Program, ProgramControl, ProgramEvent, ProgramSpec,
-    Runtime, RuntimeError,
+    ExitInfo, KernelLimit, LanguageRuntime, Metrics, Program, ProgramControl, ProgramEvent,
+    ProgramSpec, Runtime, RuntimeError,
 };
 use crate::language::Language;
 use crate::output::Stream;

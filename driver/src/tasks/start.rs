@@ -15,7 +15,7 @@ use crate::plugin_config::PluginConfig;
 use crate::task_config::ElideTaskConfig;
 
 use super::intents::StopFile;
-use super::output::{OffsetsFile, Offsets, OutputForwarder};
+use super::output::{Offsets, OffsetsFile, OutputForwarder};
 use super::{
     daemon_error, exit, request, task_user, AbortOnDrop, DriverState, Observed, SessionContext,
     Started, Task, TaskError, TaskEvent, TaskManager, DRIVER_STATE_VERSION, OUTPUT_FLUSH_LIMIT,
@@ -318,7 +318,14 @@ fn lost_output_reporter(
 ) -> LostOutputReporter {
     Arc::new(move |stream, from, to, why| {
         let stream = stream.as_str_name().to_ascii_lowercase();
-        tracing::warn!(task_id, stream, from, to, reason = why.as_str(), "part of the output is lost");
+        tracing::warn!(
+            task_id,
+            stream,
+            from,
+            to,
+            reason = why.as_str(),
+            "part of the output is lost"
+        );
         let message = match why {
             LostBecause::DaemonDiscarded => format!(
                 "{} bytes of {stream} were lost (the daemon had already discarded them)",
