@@ -199,7 +199,9 @@ async fn going_over_the_memory_limit_fails_the_execution() {
         (S::Failed, pb::FailureReason::MemoryLimitExceeded)
     );
     assert!(hog.message.contains("limit 10 MiB"), "{}", hog.message);
-    assert_eq!(hog.signal, "SIGKILL");
+    // Killed as the kernel's OOM killer would at a cgroup limit.
+    assert!(hog.message.contains("OOM killer"), "{}", hog.message);
+    assert_eq!((hog.signal.as_str(), hog.oom_killed), ("SIGKILL", true));
 }
 
 #[tokio::test(start_paused = true)]

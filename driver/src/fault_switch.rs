@@ -25,17 +25,28 @@ pub enum Breakage {
     AnswersWaitTaskTwice,
     /// A `StopTask` for a task not recovered yet is dropped.
     ForgetsStopBeforeRecovery,
+    /// A task the daemon ended at its `elide_opts.timeout` is reported as a
+    /// clean exit 0.
+    ReportsTimeoutAsCleanExit,
+    /// `oom_killed` is never set.
+    NeverSetsOomKilled,
+    /// A write to a log FIFO that would wait for its reader is skipped,
+    /// and the skipped output is not reported lost.
+    DropsOutputWhileStalled,
 }
 
 impl Breakage {
     /// Every breakage.
-    pub const ALL: [Breakage; 6] = [
+    pub const ALL: [Breakage; 9] = [
         Breakage::ReportsEverythingLost,
         Breakage::GivesUpDuringPartitions,
         Breakage::IgnoresKillSignal,
         Breakage::OverClaimsDroppedOutput,
         Breakage::AnswersWaitTaskTwice,
         Breakage::ForgetsStopBeforeRecovery,
+        Breakage::ReportsTimeoutAsCleanExit,
+        Breakage::NeverSetsOomKilled,
+        Breakage::DropsOutputWhileStalled,
     ];
 }
 

@@ -33,7 +33,13 @@
 //!    the health Nomad is shown follows long daemon outages
 //!    (`fingerprint`, in [`crate::fingerprints`]);
 //! 9. where the scenario says so, results are prompt (`results_within`)
-//!    and exits are the ones known in advance (`exit_code`, `signal`).
+//!    and exits are the ones known in advance (`exit_code`, `signal`);
+//! 10. timeouts and memory limits hold and are reported as documented
+//!     (`timeout`, `oom`, `memory-limit`, in [`crate::task_limits`]);
+//! 11. a log reader that stalls or goes away delays no result beyond the
+//!     driver's flush limit, output it never took is reported exactly, and
+//!     no writer spins (`log-stall-bound`, `lost-output`, `no-busy-write`,
+//!     in [`crate::log_readers`]).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -94,11 +100,17 @@ pub struct Summary {
 /// How long a result took to reach Nomad: from the program's end, or from
 /// the end of the last fault on its client if that is later (a program
 /// that died with its daemon counts from there).
-fn result_delay(e: &Evidence<'_>, client: u32, run: &ProgramRun, at: Duration) -> Duration {
+fn result_delay(
+    e: &Evidence<'_>,
+    client: u32,
+    group: &str,
+    run: &ProgramRun,
+    at: Duration,
+) -> Duration {
     let since = run
         .ended_at
         .unwrap_or_default()
-        .max(e.plan.last_fault_end(client, at));
+        .max(e.plan.last_fault_end(client, group, at));
     at.saturating_sub(since)
 }
 
@@ -113,13 +125,15 @@ pub fn summarize(e: &Evidence<'_>) -> Summary {
         summary.lost_bytes += seen
             .dropped
             .iter()
+            .chain(&seen.unread)
             .map(|(_, from, to)| to.saturating_sub(*from))
             .sum::<u64>();
         if let Some(result) = seen.results.first() {
             if let Some(run) = e.truth.runs_of(&plan.execution_id).first() {
-                summary.slowest = summary
-                    .slowest
-                    .max(result_delay(e, plan.client, run, result.at));
+                summary.slowest =
+                    summary
+                        .slowest
+                        .max(result_delay(e, plan.client, &plan.group, run, result.at));
             }
             if result.err.is_empty() {
                 summary.clean += 1;
@@ -139,7 +153,7 @@ pub fn summarize(e: &Evidence<'_>) -> Summary {
     summary
 }
 
-fn exit_of(run: &ProgramRun) -> Option<(i32, i32)> {
+pub(crate) fn exit_of(run: &ProgramRun) -> Option<(i32, i32)> {
     run.exit.map(|exit| match exit {
         ExitInfo::Code(code) => (code, 0),
         ExitInfo::Signal(signal) => (0, signal as i32),
@@ -290,14 +304,16 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
                     ),
                 );
             }
-        } else if !e.scenario.expect.failures_allowed && !destroyed_running {
+        } else if !e.scenario.expect.failures_allowed
+            && !destroyed_running
+            && !run.is_some_and(|run| crate::task_limits::ended_at_limit(e, plan, run))
+        {
             violation(
                 "real-outcome",
                 task,
                 format!("explicit failure where none was expected: {}", result.err),
             );
-        } else if let Some(why) = unexcused_failure(e, plan.client, run, result, destroyed_running)
-        {
+        } else if let Some(why) = unexcused_failure(e, plan, run, result, destroyed_running) {
             violation(
                 "real-outcome",
                 task,
@@ -344,6 +360,7 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
                 &written,
                 seen.dropped
                     .iter()
+                    .chain(&seen.unread)
                     .filter(|(s, _, _)| s == name)
                     .map(|(_, from, to)| (*from, *to)),
             );
@@ -410,7 +427,7 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
 
         // 9. Prompt results.
         if let (Some(bound), Some(run)) = (plan.results_within, run) {
-            let took = result_delay(e, plan.client, run, result.at);
+            let took = result_delay(e, plan.client, &plan.group, run, result.at);
             if took > bound {
                 violation(
                     "prompt",
@@ -572,6 +589,9 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
     }
     // 8b. Fingerprints follow the daemon.
     out.extend(crate::fingerprints::check(e));
+    // 10. Timeouts and memory limits; 11. log readers that stall or go.
+    out.extend(crate::task_limits::check(e));
+    out.extend(crate::log_readers::check(e));
     out
 }
 
@@ -581,13 +601,15 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
 /// (its disk wiped, or a crash just as it exited).
 fn unexcused_failure(
     e: &Evidence<'_>,
-    client: u32,
+    plan: &crate::plan::TaskPlan,
     run: Option<&ProgramRun>,
     result: &TaskResult,
     destroyed_running: bool,
 ) -> Option<String> {
+    let client = plan.client;
     let run = run?;
-    if destroyed_running {
+    // Ended at its timeout or memory limit: `timeout` and `oom` judge it.
+    if destroyed_running || crate::task_limits::ended_at_limit(e, plan, run) {
         return None;
     }
     let Some(ended) = run.ended_at else {

@@ -14,6 +14,8 @@ pub struct TaskResult {
     pub exit_code: i32,
     /// Terminating signal number.
     pub signal: i32,
+    /// `ExitResult.oom_killed`.
+    pub oom_killed: bool,
     /// The driver's error; empty for a clean run.
     pub err: String,
     /// Whether the agent wrote it to its state database (an agent crash
@@ -42,8 +44,12 @@ pub struct TaskSeen {
     pub force_destroyed_at: Option<Duration>,
     /// Driver task events.
     pub events: Vec<String>,
-    /// Output the driver reported lost: `(stream, from, to)` byte ranges.
+    /// Output the driver reported lost because the daemon had discarded
+    /// it: `(stream, from, to)` byte ranges.
     pub dropped: Vec<(String, u64, u64)>,
+    /// Output the driver reported lost because Nomad's log reader took
+    /// none of it in time (`reason = "log_reader_stalled"`), likewise.
+    pub unread: Vec<(String, u64, u64)>,
     /// Protocol surprises (an error a real Nomad would not expect).
     pub surprises: Vec<String>,
 }

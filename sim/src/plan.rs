@@ -7,6 +7,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::logs::ReaderAway;
 use crate::scenario::{FaultKind, FaultSpec, Scenario, TaskExpect};
 
 /// Port every daemon listens on.
@@ -66,6 +67,25 @@ pub struct TaskPlan {
     pub results_within: Option<Duration>,
     /// The agent crashes after receiving the result, before persisting it.
     pub agent_crash_after_result: bool,
+    /// `elide_opts.timeout` of its config, if it sets one.
+    pub timeout: Option<Duration>,
+    /// `resources { memory }`, MiB.
+    pub memory_mb: i64,
+    /// `resources { memory_max }`, MiB (0: unset).
+    pub memory_max_mb: i64,
+}
+
+/// `elide_opts { timeout = "…" }` of a task's extra config (HCL), read as
+/// Nomad's jobspec would; `None` when unset or unreadable (the driver then
+/// refuses the task, and the `rejections` rule judges that).
+fn config_timeout(config: &str) -> Option<Duration> {
+    let body: hcl::Body = hcl::parse(config).ok()?;
+    let opts = body.blocks().find(|b| b.identifier() == "elide_opts")?;
+    let timeout = opts.body().attributes().find(|a| a.key() == "timeout")?;
+    match timeout.expr() {
+        hcl::Expression::String(text) => elide_proto::go_duration::parse(text).ok(),
+        _ => None,
+    }
 }
 
 /// Longest execution id the daemon accepts.
@@ -144,6 +164,11 @@ pub enum Action {
     Restart(String),
     /// Empty a (crashed) daemon host's disk.
     Wipe(String),
+    /// Logmon of a client stops reading (or closes) the FIFOs of a task
+    /// group (every group when `None`).
+    ReaderAway(u32, Option<String>, ReaderAway),
+    /// Undo [`Action::ReaderAway`].
+    ReaderBack(u32, Option<String>, ReaderAway),
 }
 
 impl Action {
@@ -158,6 +183,22 @@ impl Action {
             Action::Crash(h) => format!("crash {h}"),
             Action::Restart(h) => format!("restart {h}"),
             Action::Wipe(h) => format!("wipe the disk of {h}"),
+            Action::ReaderAway(client, group, away) => format!(
+                "logmon of client {client} {} the FIFOs of {}",
+                match away {
+                    ReaderAway::Stalled => "stops reading",
+                    ReaderAway::Gone => "closes",
+                },
+                group.as_deref().unwrap_or("every task")
+            ),
+            Action::ReaderBack(client, group, away) => format!(
+                "logmon of client {client} {} the FIFOs of {}",
+                match away {
+                    ReaderAway::Stalled => "reads on",
+                    ReaderAway::Gone => "reopens",
+                },
+                group.as_deref().unwrap_or("every task")
+            ),
         }
     }
 }
@@ -175,6 +216,16 @@ pub struct Fault {
     pub client: u32,
     /// Largest message latency of a `slow` fault.
     pub latency: Duration,
+    /// The task group whose log readers a log fault hits (`None`: all).
+    pub group: Option<String>,
+}
+
+impl Fault {
+    /// Whether it can hold up the tasks of `group`: every fault can,
+    /// except a log fault aimed at another group.
+    pub fn hits(&self, group: &str) -> bool {
+        !self.kind.only_logs() || self.group.as_deref().is_none_or(|g| g == group)
+    }
 }
 
 /// The concrete run of a scenario for one seed.
@@ -227,6 +278,9 @@ impl Plan {
                         .or(scenario.expect.results_within)
                         .map(|s| s.0),
                     agent_crash_after_result: group.agent_crash_after_result,
+                    timeout: config_timeout(&group.config),
+                    memory_mb: group.memory,
+                    memory_max_mb: group.memory_max,
                 });
                 n += 1;
             }
@@ -256,6 +310,7 @@ impl Plan {
                     client,
                     lasts: Some(crate::scenario::Span(lasts)),
                     latency: Some(crate::scenario::Span(latency)),
+                    task: None,
                 }));
             }
         }
@@ -296,12 +351,13 @@ impl Plan {
         out
     }
 
-    /// The latest end of a fault on `client` that began by `by` (zero if
-    /// none did; a fault still going on at `by` ends after it).
-    pub fn last_fault_end(&self, client: u32, by: Duration) -> Duration {
+    /// The latest end of a fault on `client` that began by `by` and can
+    /// hold up tasks of `group` (zero if none did; a fault still going on
+    /// at `by` ends after it).
+    pub fn last_fault_end(&self, client: u32, group: &str, by: Duration) -> Duration {
         self.faults
             .iter()
-            .filter(|f| f.client == client && f.at <= by)
+            .filter(|f| f.client == client && f.at <= by && f.hits(group))
             .filter_map(|f| f.until)
             .max()
             .unwrap_or_default()
@@ -361,6 +417,7 @@ fn fault_of(spec: &FaultSpec) -> Fault {
         kind: spec.kind,
         client: spec.client,
         latency: spec.latency.map(|l| l.0).unwrap_or(Duration::from_secs(1)),
+        group: spec.task.clone(),
     }
 }
 
@@ -405,6 +462,19 @@ fn actions_of(fault: &Fault, normal: Duration) -> Vec<(Duration, Action)> {
         FaultKind::CrashPlugin => {
             out.push((fault.at, Action::Crash(plugin.clone())));
             at_end(Action::Restart(plugin), &mut out);
+        }
+        FaultKind::StallLogs | FaultKind::DropLogReader => {
+            let away = if fault.kind == FaultKind::StallLogs {
+                ReaderAway::Stalled
+            } else {
+                ReaderAway::Gone
+            };
+            let group = fault.group.clone();
+            out.push((
+                fault.at,
+                Action::ReaderAway(fault.client, group.clone(), away),
+            ));
+            at_end(Action::ReaderBack(fault.client, group, away), &mut out);
         }
         FaultKind::CrashClient => {
             out.push((fault.at, Action::Crash(nomad.clone())));

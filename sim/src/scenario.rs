@@ -278,6 +278,16 @@ pub struct TaskGroup {
     /// second answer must match the first).
     #[serde(default)]
     pub agent_crash_after_result: bool,
+    /// The task's `resources { memory }`, MiB.
+    #[serde(default = "default_memory")]
+    pub memory: i64,
+    /// The task's `resources { memory_max }`, MiB (0: unset).
+    #[serde(default)]
+    pub memory_max: i64,
+}
+
+fn default_memory() -> i64 {
+    256
 }
 
 fn default_kill_timeout() -> Span {
@@ -305,6 +315,12 @@ pub enum FaultKind {
     /// disk (a reinstalled machine, a state directory on tmpfs): every
     /// session and execution it had is unknown to it afterwards.
     WipeDaemon,
+    /// Logmon stops reading the log FIFOs (of `task`'s tasks, or of every
+    /// task on the client) for `for`, then reads on.
+    StallLogs,
+    /// Logmon closes those FIFOs (it exits) and opens them again after
+    /// `for` (it was restarted).
+    DropLogReader,
 }
 
 impl FaultKind {
@@ -318,7 +334,15 @@ impl FaultKind {
             FaultKind::CrashPlugin => "crash_plugin",
             FaultKind::CrashClient => "crash_client",
             FaultKind::WipeDaemon => "wipe_daemon",
+            FaultKind::StallLogs => "stall_logs",
+            FaultKind::DropLogReader => "drop_log_reader",
         }
+    }
+
+    /// Whether it hits only Nomad's log readers (not the plugin, the
+    /// daemon or the link between them).
+    pub fn only_logs(self) -> bool {
+        matches!(self, FaultKind::StallLogs | FaultKind::DropLogReader)
     }
 }
 
@@ -339,6 +363,10 @@ pub struct FaultSpec {
     /// Extra latency of `slow`.
     #[serde(default)]
     pub latency: Option<Span>,
+    /// The task (group name) whose log readers `stall_logs` and
+    /// `drop_log_reader` hit; every task on the client when unset.
+    #[serde(default)]
+    pub task: Option<String>,
 }
 
 /// Faults drawn from the seed: `count` faults of the given kinds, at
@@ -428,6 +456,22 @@ impl Scenario {
                     "fault at {:?}: client {} does not exist (1..={})",
                     fault.at.0, fault.client, scenario.cluster.clients
                 )));
+            }
+            if let Some(task) = &fault.task {
+                if !fault.kind.only_logs() {
+                    return Err(invalid(format!(
+                        "fault {} at {:?}: `task` is only for stall_logs and drop_log_reader",
+                        fault.kind.name(),
+                        fault.at.0
+                    )));
+                }
+                if !scenario.tasks.iter().any(|g| &g.name == task) {
+                    return Err(invalid(format!(
+                        "fault {} at {:?}: no task {task:?}",
+                        fault.kind.name(),
+                        fault.at.0
+                    )));
+                }
             }
             if fault.lasts.is_none() && fault.kind != FaultKind::CrashClient {
                 return Err(invalid(format!(

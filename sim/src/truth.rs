@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use elide_daemon::{
-    ExitInfo, LanguageRuntime, Metrics, Program, ProgramControl, ProgramEvent, ProgramSpec,
-    Runtime, RuntimeError, ScriptedRuntime, Stream,
+    ExitInfo, KernelLimit, LanguageRuntime, Metrics, Program, ProgramControl, ProgramEvent,
+    ProgramSpec, Runtime, RuntimeError, ScriptedRuntime, Stream,
 };
 use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
@@ -33,6 +33,12 @@ pub struct ProgramRun {
     pub ended_at: Option<Duration>,
     /// Every signal the daemon sent it: (simulated time, signal number).
     pub signals: Vec<(Duration, i32)>,
+    /// The memory limit the daemon gave it (`ProgramSpec::memory_limit_bytes`:
+    /// what the real runtime makes its cgroup's limit).
+    pub memory_limit: Option<u64>,
+    /// Whether the kernel's OOM killer took it at that limit (the scripted
+    /// runtime's `KernelLimit::OomKilled`, reported just before its exit).
+    pub oom_killed: bool,
     /// Bytes per stream its daemon keeps (`output_retention_bytes_per_stream`):
     /// the daemon can only have discarded what lies further back than that
     /// from the end of what the program wrote.
@@ -147,6 +153,7 @@ impl Runtime for RecordingRuntime {
     fn spawn(&self, spec: ProgramSpec) -> Result<Program, RuntimeError> {
         let execution_id = spec.execution_id.clone();
         let spec_id = execution_id.clone();
+        let memory_limit = spec.memory_limit_bytes;
         let Program {
             mut events,
             control,
@@ -160,6 +167,7 @@ impl Runtime for RecordingRuntime {
                 boot: self.boot,
                 started_at: turmoil::sim_elapsed().unwrap_or_default(),
                 retention: self.retention,
+                memory_limit,
                 ..ProgramRun::default()
             });
             runs.len() - 1
@@ -181,6 +189,9 @@ impl Runtime for RecordingRuntime {
                         r.exit = Some(*exit);
                         r.ended_at = Some(turmoil::sim_elapsed().unwrap_or_default());
                     }),
+                    ProgramEvent::KernelLimit(KernelLimit::OomKilled { .. }) => {
+                        truth.update(&execution_id, index, |r| r.oom_killed = true)
+                    }
                     ProgramEvent::MemoryExceeded { .. } | ProgramEvent::KernelLimit(_) => {}
                 }
                 if sender.send(event).await.is_err() {

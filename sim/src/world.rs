@@ -169,7 +169,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
                 break;
             }
             trace.record_at(now, "world", action.describe());
-            apply(&mut sim, action, &daemons);
+            apply(&mut sim, action, &daemons, &logs);
             actions.next();
         }
         // An agent that asked to crash (between receiving a result and
@@ -251,7 +251,12 @@ async fn list_everything(
     })
 }
 
-fn apply(sim: &mut turmoil::Sim<'_>, action: &Action, daemons: &BTreeMap<u32, DaemonHost>) {
+fn apply(
+    sim: &mut turmoil::Sim<'_>,
+    action: &Action,
+    daemons: &BTreeMap<u32, DaemonHost>,
+    logs: &BTreeMap<u32, LogBook>,
+) {
     match action {
         Action::Partition(a, b) => sim.partition(a.as_str(), b.as_str()),
         Action::Repair(a, b) => sim.repair(a.as_str(), b.as_str()),
@@ -260,6 +265,16 @@ fn apply(sim: &mut turmoil::Sim<'_>, action: &Action, daemons: &BTreeMap<u32, Da
         Action::Latency(a, b, d) => sim.set_link_max_message_latency(a.as_str(), b.as_str(), *d),
         Action::Crash(h) => sim.crash(h.as_str()),
         Action::Restart(h) => sim.bounce(h.as_str()),
+        Action::ReaderAway(client, group, away) => {
+            if let Some(book) = logs.get(client) {
+                book.reader_away(group.as_deref(), *away);
+            }
+        }
+        Action::ReaderBack(client, group, away) => {
+            if let Some(book) = logs.get(client) {
+                book.reader_back(group.as_deref(), *away);
+            }
+        }
         Action::Wipe(h) => {
             if let Some(daemon) = daemons.values().find(|d| &d.name == h) {
                 daemon.wipe();

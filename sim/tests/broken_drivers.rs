@@ -117,6 +117,21 @@ fn forgetting_a_stop_before_recovery_breaks_stop_bound() {
     );
 }
 
+#[test]
+fn reporting_a_timeout_as_a_clean_exit_breaks_timeout() {
+    caught_by(Breakage::ReportsTimeoutAsCleanExit, "timeouts", "timeout");
+}
+
+#[test]
+fn never_setting_oom_killed_breaks_oom() {
+    caught_by(Breakage::NeverSetsOomKilled, "memory-limits", "oom");
+}
+
+#[test]
+fn dropping_output_while_the_reader_stalls_breaks_output() {
+    caught_by(Breakage::DropsOutputWhileStalled, "log-readers", "output");
+}
+
 /// Every breakage has its test above.
 #[test]
 fn every_breakage_is_in_the_gallery() {

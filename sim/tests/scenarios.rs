@@ -88,6 +88,9 @@ scenarios! {
     stop_before_recovery => "stop-before-recovery",
     daemon_down_long => "daemon-down-long",
     random_faults_wide => "random-faults-wide",
+    timeouts => "timeouts",
+    memory_limits => "memory-limits",
+    log_readers => "log-readers",
 }
 
 /// The full trace of one run, printed by the `elide-sim` binary in its own
@@ -116,20 +119,22 @@ fn trace_of(scenario: &str, seed: u64) -> String {
 
 #[test]
 fn the_same_seed_gives_the_same_trace_and_another_seed_another() {
-    let first = trace_of("random-faults", 7);
-    let again = trace_of("random-faults", 7);
-    assert!(first.lines().count() > 100, "a real trace: {first}");
-    if first != again {
-        let at = first
-            .lines()
-            .zip(again.lines())
-            .position(|(a, b)| a != b)
-            .unwrap_or(0);
-        panic!(
-            "same seed, different traces; first difference at line {at}:\n{:?}\n{:?}",
-            first.lines().nth(at),
-            again.lines().nth(at)
-        );
+    for scenario in ["random-faults", "timeouts", "memory-limits", "log-readers"] {
+        let first = trace_of(scenario, 7);
+        let again = trace_of(scenario, 7);
+        assert!(first.lines().count() > 50, "a real trace: {first}");
+        if first != again {
+            let at = first
+                .lines()
+                .zip(again.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            panic!(
+                "{scenario}: same seed, different traces; first difference at line {at}:\n{:?}\n{:?}",
+                first.lines().nth(at),
+                again.lines().nth(at)
+            );
+        }
+        assert_ne!(first, trace_of(scenario, 8), "{scenario}: seeds 7 and 8");
     }
-    assert_ne!(first, trace_of("random-faults", 8));
 }

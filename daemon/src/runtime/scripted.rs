@@ -10,13 +10,17 @@
 //! | `print TEXT` / `eprint TEXT` | write `TEXT\n` to stdout / stderr |
 //! | `sleep DURATION` | wait, e.g. `sleep 3s`, `sleep 250ms` |
 //! | `flood SIZE` | write SIZE bytes (`10MB`, `64KiB`, `1000`) to stdout in 64 KiB chunks |
-//! | `memory SIZE` | report SIZE as resident memory from now on |
+//! | `memory SIZE` | report SIZE as resident memory from now on; over the spec's memory limit, the program is OOM-killed |
 //! | `trap SIG DURATION [CODE]` | on SIG: wait DURATION, then exit with CODE (default 0) |
 //! | `ignore SIG` | SIG has no effect |
 //! | `exit CODE` | end with CODE |
 //!
 //! A program that runs off its end exits 0. A signal that is neither trapped
 //! nor ignored ends the program with that signal; SIGKILL always does.
+//! Memory over `ProgramSpec::memory_limit_bytes` is what a cgroup's limit
+//! would make of it: the kernel's OOM killer takes the program, so it
+//! reports [`KernelLimit::OomKilled`] (one kill, as the real runtime reads
+//! from the cgroup's `oom_kill` count) and ends by SIGKILL at once.
 //! The flood pattern is byte `i % 251` at stream offset `i`, so a reader can
 //! check every byte.
 
@@ -29,8 +33,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{
-    ExitInfo, LanguageRuntime, Metrics, Program, ProgramControl, ProgramEvent, ProgramSpec,
-    Runtime, RuntimeError,
+    ExitInfo, KernelLimit, LanguageRuntime, Metrics, Program, ProgramControl, ProgramEvent,
+    ProgramSpec, Runtime, RuntimeError,
 };
 use crate::language::Language;
 use crate::output::Stream;
@@ -291,10 +295,19 @@ async fn interpret(
                     m.rss_bytes = n;
                     m.peak_rss_bytes = m.peak_rss_bytes.max(n);
                 });
-                if memory_limit.is_some_and(|limit| n > limit) {
+                if let Some(limit) = memory_limit.filter(|limit| n > *limit) {
+                    // The kernel's OOM kill at the cgroup limit: no signal
+                    // the program could trap, no grace.
                     let _ = events
-                        .send(ProgramEvent::MemoryExceeded { rss_bytes: n })
+                        .send(ProgramEvent::KernelLimit(KernelLimit::OomKilled {
+                            kills: 1,
+                            limit_bytes: Some(limit),
+                            peak_bytes: Some(n),
+                            cgroup: "scripted".into(),
+                        }))
                         .await;
+                    exit = ExitInfo::Signal(Signal::SIGKILL);
+                    break 'run;
                 }
             }
             Some(Instruction::Trap(sig, d, code)) => {

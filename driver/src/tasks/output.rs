@@ -3,14 +3,22 @@
 //! One [`OutputForwarder`] per task reads `StreamOutput(follow = true)`
 //! from the offsets it has already written and writes each stream's bytes,
 //! in order, to `TaskConfig.stdout_path` / `stderr_path`. The offsets are
-//! persisted ([`OffsetsFile`]) after every chunk written (one small file
-//! write and rename; chunks are up to 64 KiB, so this is cheap next to the
+//! persisted ([`OffsetsFile`]) after every write the FIFO took (one small
+//! file write and rename per write of up to 64 KiB, cheap next to the
 //! output itself), so a restarted plugin resumes exactly after the last
-//! byte written. The only window for a duplicate is a crash between a FIFO
-//! write and the rename that records it: at most one chunk.
+//! byte written. A FIFO whose reader (Nomad's logmon) stalls or went away
+//! takes what fits in its pipe and then part of a chunk, or nothing, until
+//! the reader reads again; every part is recorded as it is taken. The only
+//! window for a duplicate is a crash between a FIFO write and the rename
+//! that records it: at most what that one write handed over.
+//!
+//! A write into a full pipe waits (it is woken when the reader drains the
+//! pipe; it never spins). After the task ended, the result waits for the
+//! rest of the output at most `OUTPUT_FLUSH_LIMIT`; what the reader has
+//! not taken by then is reported lost, byte-exact (see `tasks::start`).
 //!
 //! The FIFOs are reached through [`LogSinks`] (real ones are opened so that
-//! nothing ever blocks: see [`crate::host::FifoSinks`]) and the offsets
+//! the open never blocks: see [`crate::host::FifoSinks`]) and the offsets
 //! through [`StateFiles`]. Both are opened as soon as the forwarder starts
 //! (after `StartTask` and after every recovery), not at the first byte: a
 //! stream the program never writes must still see its writer come and go,
@@ -25,6 +33,8 @@ use std::sync::Arc;
 
 use elide_proto::elide::daemon::v1 as pb;
 use serde::{Deserialize, Serialize};
+use std::sync::Mutex;
+
 use tokio::io::AsyncWriteExt;
 
 use crate::backoff::Backoff;
@@ -46,6 +56,15 @@ pub struct Offsets {
 }
 
 impl Offsets {
+    /// The offset of `stream` (zero for an unspecified one).
+    pub fn of(&self, stream: pb::OutputStream) -> u64 {
+        match stream {
+            pb::OutputStream::Stdout => self.stdout,
+            pb::OutputStream::Stderr => self.stderr,
+            pb::OutputStream::Unspecified => 0,
+        }
+    }
+
     fn get_mut(&mut self, stream: pb::OutputStream) -> Option<&mut u64> {
         match stream {
             pb::OutputStream::Stdout => Some(&mut self.stdout),
@@ -148,17 +167,50 @@ impl FifoSink {
         }
     }
 
-    async fn write(&mut self, data: &[u8]) {
+    /// Writes `data`, calling `accepted` with each part the FIFO took (a
+    /// full pipe takes part of a write, or nothing until its reader reads
+    /// again). A stream that is discarded, or fails, counts as taken.
+    async fn write(&mut self, data: &[u8], mut accepted: impl FnMut(usize)) {
         let Some(path) = self.path.clone() else {
+            accepted(data.len());
             return;
         };
         self.open().await;
-        if let Some(sender) = self.sender.as_mut() {
-            if let Err(e) = sender.write_all(data).await {
-                tracing::warn!(path = %path.display(), error = %e, "writing the log FIFO failed; discarding this stream's output");
-                self.sender = None;
-                self.path = None;
+        let Some(sender) = self.sender.as_mut() else {
+            accepted(data.len());
+            return;
+        };
+        let mut done = 0;
+        while done < data.len() {
+            let result = if crate::broken!(DropsOutputWhileStalled) {
+                // The test-only breakage: a write that would wait for the
+                // reader is skipped without a word.
+                match futures::FutureExt::now_or_never(sender.write(&data[done..])) {
+                    Some(result) => result,
+                    None => Ok(data.len() - done),
+                }
+            } else {
+                sender.write(&data[done..]).await
+            };
+            match result {
+                Ok(0) => {
+                    tracing::warn!(path = %path.display(), "the log FIFO takes no more bytes; discarding this stream's output");
+                    break;
+                }
+                Ok(n) => {
+                    done += n;
+                    accepted(n);
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "writing the log FIFO failed; discarding this stream's output");
+                    break;
+                }
             }
+        }
+        if done < data.len() {
+            accepted(data.len() - done);
+            self.sender = None;
+            self.path = None;
         }
     }
 
@@ -197,6 +249,21 @@ pub struct OutputForwarder {
     pub on_unwritable: UnwritableReporter,
     /// Raised by `Driver.Shutdown`: stop between two chunks.
     pub detach: tokio::sync::watch::Receiver<bool>,
+    /// Bytes of each stream the FIFOs have taken so far, byte-exact (a
+    /// partial write counts what the pipe took): what was really handed to
+    /// Nomad's log reader if forwarding is cut short.
+    pub delivered: Arc<Mutex<Offsets>>,
+}
+
+/// Sets the delivered offset of `stream`.
+fn set_delivered(delivered: &Mutex<Offsets>, stream: pb::OutputStream, at: u64) {
+    if let Some(offset) = delivered
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_mut(stream)
+    {
+        *offset = at;
+    }
 }
 
 /// How forwarding ended.
@@ -231,6 +298,7 @@ impl OutputForwarder {
         // Held from now until the end of output, whatever the program writes.
         let [stdout, stderr] = &mut sinks;
         let mut offsets = self.offsets_file.load();
+        *self.delivered.lock().unwrap_or_else(|p| p.into_inner()) = offsets;
         let mut detach = self.detach.clone();
         let detached = |mut detach: tokio::sync::watch::Receiver<bool>| async move {
             let _ = detach.wait_for(|d| *d).await;
@@ -350,11 +418,23 @@ impl OutputForwarder {
                         (self.on_dropped)(stream_kind, *written, chunk.offset);
                     }
                     let skip = written.saturating_sub(chunk.offset) as usize;
-                    sinks[index].write(&chunk.data[skip..]).await;
-                    *written = chunk_end;
-                    // Recorded right after each write, before reading on:
-                    // a crash can then repeat at most this one chunk.
-                    self.persist(*offsets);
+                    let mut at = chunk.offset + skip as u64;
+                    *written = at;
+                    set_delivered(&self.delivered, stream_kind, at);
+                    // Recorded right after each write the FIFO took, whole
+                    // or in part (a full pipe takes part of a chunk, then
+                    // nothing until its reader reads): a crash can then
+                    // repeat at most what one write handed over.
+                    sinks[index]
+                        .write(&chunk.data[skip..], |n| {
+                            at += n as u64;
+                            set_delivered(&self.delivered, stream_kind, at);
+                            if let Some(written) = offsets.get_mut(stream_kind) {
+                                *written = at;
+                            }
+                            self.persist(*offsets);
+                        })
+                        .await;
                 }
                 Event::Dropped(dropped) => {
                     let stream_kind = dropped.stream();
@@ -365,6 +445,7 @@ impl OutputForwarder {
                         let to = dropped.to_offset + claimed_beyond_the_drop();
                         (self.on_dropped)(stream_kind, (*written).max(dropped.from_offset), to);
                         *written = to;
+                        set_delivered(&self.delivered, stream_kind, to);
                         self.persist(*offsets);
                     }
                 }
@@ -433,7 +514,9 @@ mod tests {
             Arc::new(|_: &Path, _: &io::Error| {}),
         );
         // No reader is open: a plain O_WRONLY open would block here.
-        sink.write(b"hello\n").await;
+        let mut taken = 0;
+        sink.write(b"hello\n", |n| taken += n).await;
+        assert_eq!(taken, 6);
         let mut reader = std::fs::File::open(&path).unwrap();
         sink.close();
         let mut text = String::new();
@@ -447,7 +530,7 @@ mod tests {
             Arc::new(crate::host::FifoSinks),
             Arc::new(|_: &Path, _: &io::Error| {}),
         );
-        null.write(b"x").await;
+        null.write(b"x", |_| {}).await;
         assert!(null.sender.is_none());
     }
 }

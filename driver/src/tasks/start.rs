@@ -4,6 +4,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use elide_proto::elide::daemon::v1 as pb;
+
 use elide_proto::hashicorp::nomad::plugins::drivers::proto::{TaskConfig, TaskHandle};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -13,10 +15,11 @@ use crate::plugin_config::PluginConfig;
 use crate::task_config::ElideTaskConfig;
 
 use super::intents::StopFile;
-use super::output::{OffsetsFile, OutputForwarder};
+use super::output::{Offsets, OffsetsFile, OutputForwarder};
 use super::{
     daemon_error, exit, request, task_user, AbortOnDrop, DriverState, Observed, SessionContext,
-    Started, Task, TaskError, TaskEvent, TaskManager, DRIVER_STATE_VERSION, OUTPUT_FLUSH_LIMIT,
+    Started, Task, TaskError, TaskEvent, TaskEventHub, TaskManager, DRIVER_STATE_VERSION,
+    OUTPUT_FLUSH_LIMIT,
 };
 
 impl TaskManager {
@@ -133,8 +136,6 @@ impl TaskManager {
     ) -> Result<(), TaskError> {
         let alive = self.liveness_token()?;
         let mut detach = self.detach.subscribe();
-        let events = self.events.clone();
-        let clock = self.host.clock.clone();
         let (task_id, alloc_id, task_name) =
             (task.id.clone(), task.alloc_id.clone(), task.name.clone());
         let on_unwritable = {
@@ -153,6 +154,12 @@ impl TaskManager {
                 });
             })
         };
+        let report_lost = lost_output_reporter(
+            self.events.clone(),
+            self.host.clock.clone(),
+            (task_id.clone(), alloc_id.clone(), task_name.clone()),
+        );
+        let delivered = Arc::new(Mutex::new(Offsets::default()));
         let forwarder = OutputForwarder {
             link: context.link.clone(),
             session_id: state.session_id.clone(),
@@ -161,35 +168,17 @@ impl TaskManager {
             stderr_path: state.stderr_path.clone(),
             offsets_file: OffsetsFile::at(state.offsets_file.clone(), self.host.files.clone()),
             logs: self.host.logs.clone(),
-            on_dropped: Box::new(move |stream, from, to| {
-                let stream = stream.as_str_name().to_ascii_lowercase();
-                tracing::warn!(
-                    task_id,
-                    stream,
-                    from,
-                    to,
-                    "the daemon no longer had part of the output; it is skipped"
-                );
-                events.publish(TaskEvent {
-                    task_id: task_id.clone(),
-                    alloc_id: alloc_id.clone(),
-                    task_name: task_name.clone(),
-                    timestamp: clock.now(),
-                    message: format!(
-                        "{} bytes of {stream} were lost (the daemon had already discarded them)",
-                        to - from
-                    ),
-                    annotations: [
-                        ("stream".to_owned(), stream.clone()),
-                        ("from_offset".to_owned(), from.to_string()),
-                        ("to_offset".to_owned(), to.to_string()),
-                    ]
-                    .into(),
-                });
-            }),
+            on_dropped: {
+                let report = report_lost.clone();
+                Box::new(move |stream, from, to| {
+                    report(stream, from, to, LostBecause::DaemonDiscarded)
+                })
+            },
             on_unwritable,
             detach: self.detach.subscribe(),
+            delivered: delivered.clone(),
         };
+        let offsets_file = OffsetsFile::at(state.offsets_file.clone(), self.host.files.clone());
         let (exit_tx, exit_rx) = watch::channel(None);
         let task_id = task.id.clone();
         let clock = self.host.clock.clone();
@@ -218,6 +207,14 @@ impl TaskManager {
                 std::future::pending::<()>().await;
                 return;
             };
+            // What the daemon says the program wrote, in all.
+            let produced = match &final_state {
+                Ok(Observed::Status(status)) => Some(Offsets {
+                    stdout: status.stdout_bytes,
+                    stderr: status.stderr_bytes,
+                }),
+                _ => None,
+            };
             let outcome = match final_state {
                 Ok(final_state) => match &final_state {
                     Observed::Status(status) => {
@@ -242,8 +239,27 @@ impl TaskManager {
                     .is_err()
             {
                 tracing::warn!(task_id, limit = ?OUTPUT_FLUSH_LIMIT, "output not complete in time after the task ended; closing the log FIFOs");
+                drop(forwarding);
+                // Nomad's log reader took nothing more for the whole limit
+                // (stalled, or gone): what it never got is reported lost,
+                // exactly from the last byte its FIFO took, and recorded as
+                // written so that no later forwarder sends it after all.
+                if let Some(produced) = produced {
+                    let delivered = *delivered.lock().unwrap_or_else(|p| p.into_inner());
+                    for stream in [pb::OutputStream::Stdout, pb::OutputStream::Stderr] {
+                        let (from, to) = (delivered.of(stream), produced.of(stream));
+                        if to > from {
+                            report_lost(stream, from, to, LostBecause::LogReaderStalled);
+                        }
+                    }
+                    let _ = offsets_file.store(Offsets {
+                        stdout: delivered.stdout.max(produced.stdout),
+                        stderr: delivered.stderr.max(produced.stderr),
+                    });
+                }
+            } else {
+                drop(forwarding);
             }
-            drop(forwarding);
             drop(alive);
             tracing::info!(task_id, exit_code = outcome.exit_code, signal = outcome.signal, err = %outcome.err, "task exited");
             let _ = exit_tx.send(Some(outcome));
@@ -268,4 +284,73 @@ impl TaskManager {
         table.insert(task.id.clone(), entry);
         Ok(())
     }
+}
+
+/// Why part of a task's output never reached Nomad's log reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostBecause {
+    /// The daemon had discarded it (beyond its retention) before the
+    /// forwarder read it.
+    DaemonDiscarded,
+    /// The log FIFO's reader (Nomad's logmon) took none of it within
+    /// [`OUTPUT_FLUSH_LIMIT`] after the task ended.
+    LogReaderStalled,
+}
+
+impl LostBecause {
+    /// The `reason` annotation of its task event.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LostBecause::DaemonDiscarded => "daemon_discarded",
+            LostBecause::LogReaderStalled => "log_reader_stalled",
+        }
+    }
+}
+
+/// Reports lost output of one task: a warning in the plugin's log and a
+/// task event with the byte range (`stream`, `from_offset`, `to_offset`)
+/// and the `reason`.
+type LostOutputReporter = Arc<dyn Fn(pb::OutputStream, u64, u64, LostBecause) + Send + Sync>;
+
+fn lost_output_reporter(
+    events: TaskEventHub,
+    clock: Arc<dyn elide_proto::wall_clock::WallClock>,
+    (task_id, alloc_id, task_name): (String, String, String),
+) -> LostOutputReporter {
+    Arc::new(move |stream, from, to, why| {
+        let stream = stream.as_str_name().to_ascii_lowercase();
+        tracing::warn!(
+            task_id,
+            stream,
+            from,
+            to,
+            reason = why.as_str(),
+            "part of the output is lost"
+        );
+        let message = match why {
+            LostBecause::DaemonDiscarded => format!(
+                "{} bytes of {stream} were lost (the daemon had already discarded them)",
+                to - from
+            ),
+            LostBecause::LogReaderStalled => format!(
+                "{} bytes of {stream} were lost (Nomad's log reader took none of them within {:?} after the task ended)",
+                to - from,
+                OUTPUT_FLUSH_LIMIT
+            ),
+        };
+        events.publish(TaskEvent {
+            task_id: task_id.clone(),
+            alloc_id: alloc_id.clone(),
+            task_name: task_name.clone(),
+            timestamp: clock.now(),
+            message,
+            annotations: [
+                ("stream".to_owned(), stream.clone()),
+                ("from_offset".to_owned(), from.to_string()),
+                ("to_offset".to_owned(), to.to_string()),
+                ("reason".to_owned(), why.as_str().to_owned()),
+            ]
+            .into(),
+        });
+    })
 }

@@ -240,7 +240,7 @@ fn print_verdict(report: &RunReport, wall: std::time::Duration, cpu: std::time::
     );
     if report.summary.lost_bytes > 0 {
         println!(
-            "output the daemon no longer had, reported by the driver: {} bytes",
+            "output the driver reported lost (the daemon no longer had it, or Nomad's log reader never took it): {} bytes",
             report.summary.lost_bytes
         );
     }

@@ -161,9 +161,17 @@ pub(super) async fn follow_events(plugin: Arc<Plugin>, seen: Observations) {
             let mut events = response.into_inner();
             while let Some(Ok(event)) = events.next().await {
                 let dropped = dropped_range(&event.annotations);
+                let unread = event
+                    .annotations
+                    .get("reason")
+                    .is_some_and(|r| r == "log_reader_stalled");
                 seen.task(&event.task_id, |t| {
                     t.events.push(event.message.clone());
-                    t.dropped.extend(dropped);
+                    if unread {
+                        t.unread.extend(dropped);
+                    } else {
+                        t.dropped.extend(dropped);
+                    }
                 });
             }
         }

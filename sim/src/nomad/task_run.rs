@@ -148,12 +148,22 @@ impl TaskRun {
                 ("NOMAD_ALLOC_ID".to_owned(), plan.alloc_id.clone()),
             ]
             .into(),
+            // As the client fills them in (protocol notes §4): the task's
+            // `memory` and `memory_max`, and the Linux limit computed from
+            // them, max(memory, memory_max) MiB. No cgroup path: the
+            // simulated client manages no cgroups.
             resources: Some(drivers::Resources {
                 allocated_resources: Some(drivers::AllocatedTaskResources {
+                    cpu: Some(drivers::AllocatedCpuResources { cpu_shares: 100 }),
                     memory: Some(drivers::AllocatedMemoryResources {
-                        memory_mb: 256,
-                        memory_max_mb: 0,
+                        memory_mb: plan.memory_mb,
+                        memory_max_mb: plan.memory_max_mb,
                     }),
+                    ..Default::default()
+                }),
+                linux_resources: Some(drivers::LinuxResources {
+                    cpu_shares: 100,
+                    memory_limit_bytes: plan.memory_mb.max(plan.memory_max_mb) * 1024 * 1024,
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -177,8 +187,11 @@ impl TaskRun {
     /// persisting (once per task; see [`TaskPlan::agent_crash_after_result`]).
     async fn receive_and_persist(&self, result: TaskResult, crash_between: bool) {
         self.note(format!(
-            "result exit_code={} signal={} err={:?}",
-            result.exit_code, result.signal, result.err
+            "result exit_code={} signal={}{} err={:?}",
+            result.exit_code,
+            result.signal,
+            if result.oom_killed { " oom_killed" } else { "" },
+            result.err
         ));
         let mut index = 0;
         self.seen.task(&self.plan.task_id, |t| {
@@ -208,6 +221,7 @@ impl TaskRun {
             at: turmoil::sim_elapsed().unwrap_or_default(),
             exit_code: -1,
             signal: 0,
+            oom_killed: false,
             err,
             persisted: false,
         };
@@ -399,6 +413,7 @@ impl TaskRun {
                         at: turmoil::sim_elapsed().unwrap_or_default(),
                         exit_code: result.exit_code,
                         signal: result.signal,
+                        oom_killed: result.oom_killed,
                         err: response.err,
                         persisted: false,
                     })
