@@ -25,17 +25,27 @@ pub enum Breakage {
     AnswersWaitTaskTwice,
     /// A `StopTask` for a task not recovered yet is dropped.
     ForgetsStopBeforeRecovery,
+    /// `TaskStats` reports the figures of another task the driver runs.
+    ReportsAnotherTasksStats,
+    /// `TaskStats` goes on sampling after the task's exit.
+    KeepsStatsStreamOpen,
+    /// `SignalTask` sends the signal again when the daemon's answer is
+    /// slow (as if it were lost), without cancelling the first request.
+    RetriesSlowSignal,
 }
 
 impl Breakage {
     /// Every breakage.
-    pub const ALL: [Breakage; 6] = [
+    pub const ALL: [Breakage; 9] = [
         Breakage::ReportsEverythingLost,
         Breakage::GivesUpDuringPartitions,
         Breakage::IgnoresKillSignal,
         Breakage::OverClaimsDroppedOutput,
         Breakage::AnswersWaitTaskTwice,
         Breakage::ForgetsStopBeforeRecovery,
+        Breakage::ReportsAnotherTasksStats,
+        Breakage::KeepsStatsStreamOpen,
+        Breakage::RetriesSlowSignal,
     ];
 }
 

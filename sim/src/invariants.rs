@@ -30,7 +30,14 @@
 //!    the health Nomad is shown follows long daemon outages
 //!    (`fingerprint`, in [`crate::fingerprints`]);
 //! 9. where the scenario says so, results are prompt (`results_within`)
-//!    and exits are the ones known in advance (`exit_code`, `signal`).
+//!    and exits are the ones known in advance (`exit_code`, `signal`);
+//! 10. `TaskStats` samples come at the interval, resume after faults, carry
+//!    the task's own measured figures and end with the task
+//!    (`stats-cadence`, `stats-resume`, `stats-figures`, `stats-end`, in
+//!    [`crate::task_stats`]); `SignalTask` is delivered at most once, OK
+//!    means exactly once, only to its own task, with the result that
+//!    follows and codes Nomad can act on (`signal-once`, `signal-target`,
+//!    `signal-outcome`, `signal-codes`, in [`crate::signals`]).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -53,21 +60,7 @@ pub const EXIT_PERSIST_SLACK: Duration = Duration::from_millis(100);
 /// The driver's stop signal when the job sets no `kill_signal`.
 const DEFAULT_KILL_SIGNAL: &str = "SIGINT";
 
-/// Linux signal numbers of the names a job may give as `kill_signal`
-/// (a table of our own, not the driver's or the daemon's parser).
-fn signal_number(name: &str) -> Option<i32> {
-    let name = name.strip_prefix("SIG").unwrap_or(name);
-    Some(match name {
-        "HUP" => 1,
-        "INT" => 2,
-        "QUIT" => 3,
-        "KILL" => 9,
-        "USR1" => 10,
-        "USR2" => 12,
-        "TERM" => 15,
-        _ => return None,
-    })
-}
+use crate::signals::signal_number;
 
 pub use crate::evidence::Violation;
 
@@ -86,6 +79,10 @@ pub struct Summary {
     pub lost_bytes: u64,
     /// The longest any result took, as the `prompt` rule measures it.
     pub slowest: Duration,
+    /// `TaskStats` samples and their resumption after faults.
+    pub stats: crate::task_stats::StatsTally,
+    /// `SignalTask` calls and their fates.
+    pub signals: crate::signals::SignalTally,
 }
 
 /// How long a result took to reach Nomad: from the program's end, or from
@@ -133,6 +130,8 @@ pub fn summarize(e: &Evidence<'_>) -> Summary {
         }
     }
     summary.latency.samples.sort();
+    summary.stats = crate::task_stats::tally(e);
+    summary.signals = crate::signals::tally(e);
     summary
 }
 
@@ -568,6 +567,9 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
     }
     // 8b. Fingerprints follow the daemon.
     out.extend(crate::fingerprints::check(e));
+    // 10. TaskStats and SignalTask.
+    out.extend(crate::task_stats::check(e));
+    out.extend(crate::signals::check(e));
     out
 }
 

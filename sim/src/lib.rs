@@ -23,6 +23,8 @@ mod observe;
 mod plan;
 mod plugin_host;
 mod scenario;
+mod signals;
+mod task_stats;
 mod trace;
 mod truth;
 mod users;

@@ -66,6 +66,10 @@ pub struct TaskPlan {
     pub results_within: Option<Duration>,
     /// The agent crashes after receiving the result, before persisting it.
     pub agent_crash_after_result: bool,
+    /// `SignalTask` calls: (after the start, signal name), in time order.
+    pub signals: Vec<(Duration, String)>,
+    /// The interval the agent collects `TaskStats` at (`None`: it does not).
+    pub stats_interval: Option<Duration>,
 }
 
 /// Longest execution id the daemon accepts.
@@ -227,6 +231,16 @@ impl Plan {
                         .or(scenario.expect.results_within)
                         .map(|s| s.0),
                     agent_crash_after_result: group.agent_crash_after_result,
+                    signals: {
+                        let mut signals: Vec<(Duration, String)> = group
+                            .signals
+                            .iter()
+                            .map(|s| (s.at.0, s.signal.clone()))
+                            .collect();
+                        signals.sort_by_key(|s| s.0);
+                        signals
+                    },
+                    stats_interval: scenario.cluster.stats_interval.map(|s| s.0),
                 });
                 n += 1;
             }

@@ -115,6 +115,11 @@ pub struct Cluster {
     /// Message latency on every link, `[min, max]`.
     #[serde(default = "default_latency")]
     pub latency: [Span; 2],
+    /// The `collection_interval` each agent asks `TaskStats` for, for
+    /// every running task, as Nomad's stats hook does (Nomad's default
+    /// `collection_interval` is 1 s). Unset: no `TaskStats` calls.
+    #[serde(default)]
+    pub stats_interval: Option<Span>,
 }
 
 fn one() -> u32 {
@@ -145,6 +150,7 @@ impl Default for Cluster {
             daemon_watch: true,
             idle_timeout: default_idle(),
             latency: default_latency(),
+            stats_interval: None,
         }
     }
 }
@@ -261,6 +267,21 @@ pub struct TaskGroup {
     /// second answer must match the first).
     #[serde(default)]
     pub agent_crash_after_result: bool,
+    /// `SignalTask` calls Nomad makes (`nomad alloc signal`), each at a
+    /// time after the task's start, one after another (a call waits for
+    /// the answer to the one before).
+    #[serde(default)]
+    pub signals: Vec<SignalSpec>,
+}
+
+/// One `SignalTask` call of a task.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalSpec {
+    /// How long after the task's start.
+    pub at: Span,
+    /// The signal's name (`SIGUSR1`, `SIGHUP`, ...).
+    pub signal: String,
 }
 
 fn default_kill_timeout() -> Span {
@@ -399,6 +420,24 @@ impl Scenario {
             .apply(elide_daemon::Limits::default())
             .validate()
             .map_err(|problem| invalid(format!("[daemon]: {problem}")))?;
+        for group in &scenario.tasks {
+            let kill_signal = match group.kill_signal.as_str() {
+                "" => "SIGINT",
+                named => named,
+            };
+            for call in &group.signals {
+                let known = crate::signals::signal_number(&call.signal);
+                if known.is_none()
+                    || [Some(9), crate::signals::signal_number(kill_signal)].contains(&known)
+                {
+                    return Err(invalid(format!(
+                        "tasks {:?}: signals: {:?} at {:?} is not a signal the simulation can tell from a stop \
+                         (SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGTERM or SIGINT, other than the kill_signal {kill_signal})",
+                        group.name, call.signal, call.at.0
+                    )));
+                }
+            }
+        }
         for fault in &scenario.faults {
             if fault.client == 0 || fault.client > scenario.cluster.clients {
                 return Err(invalid(format!(

@@ -33,6 +33,10 @@ pub struct ProgramRun {
     pub ended_at: Option<Duration>,
     /// Every signal the daemon sent it: (simulated time, signal number).
     pub signals: Vec<(Duration, i32)>,
+    /// Its resident memory each time the daemon measured it: (simulated
+    /// time, bytes). The scripted program sets it with `memory SIZE`; it
+    /// is 0 before that and after the program's end.
+    pub memory: Vec<(Duration, u64)>,
     /// Bytes per stream its daemon keeps (`output_retention_bytes_per_stream`):
     /// the daemon can only have discarded what lies further back than that
     /// from the end of what the program wrote.
@@ -131,7 +135,12 @@ impl ProgramControl for RecordingControl {
     }
 
     fn metrics(&self) -> Metrics {
-        self.inner.metrics()
+        let metrics = self.inner.metrics();
+        let now = turmoil::sim_elapsed().unwrap_or_default();
+        self.truth.update(&self.execution_id, self.index, |r| {
+            r.memory.push((now, metrics.rss_bytes));
+        });
+        metrics
     }
 }
 

@@ -88,6 +88,8 @@ scenarios! {
     stop_before_recovery => "stop-before-recovery",
     daemon_down_long => "daemon-down-long",
     random_faults_wide => "random-faults-wide",
+    task_stats => "task-stats",
+    signal_under_partition => "signal-under-partition",
 }
 
 /// The full trace of one run, printed by the `elide-sim` binary in its own
@@ -114,10 +116,11 @@ fn trace_of(scenario: &str, seed: u64) -> String {
         .join("\n")
 }
 
-#[test]
-fn the_same_seed_gives_the_same_trace_and_another_seed_another() {
-    let first = trace_of("random-faults", 7);
-    let again = trace_of("random-faults", 7);
+/// Panics unless two runs of `scenario` on `seed` print the same trace;
+/// returns it.
+fn same_trace_twice(scenario: &str, seed: u64) -> String {
+    let first = trace_of(scenario, seed);
+    let again = trace_of(scenario, seed);
     assert!(first.lines().count() > 100, "a real trace: {first}");
     if first != again {
         let at = first
@@ -126,10 +129,21 @@ fn the_same_seed_gives_the_same_trace_and_another_seed_another() {
             .position(|(a, b)| a != b)
             .unwrap_or(0);
         panic!(
-            "same seed, different traces; first difference at line {at}:\n{:?}\n{:?}",
+            "{scenario}: same seed, different traces; first difference at line {at}:\n{:?}\n{:?}",
             first.lines().nth(at),
             again.lines().nth(at)
         );
     }
+    first
+}
+
+#[test]
+fn the_same_seed_gives_the_same_trace_and_another_seed_another() {
+    let first = same_trace_twice("random-faults", 7);
     assert_ne!(first, trace_of("random-faults", 8));
+    // TaskStats samples (each one a trace line) and SignalTask answers.
+    for scenario in ["task-stats", "signal-under-partition"] {
+        let first = same_trace_twice(scenario, 7);
+        assert_ne!(first, trace_of(scenario, 8), "{scenario}");
+    }
 }
