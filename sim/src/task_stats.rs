@@ -215,8 +215,8 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
 pub struct StatsTally {
     /// Samples received.
     pub samples: usize,
-    /// The longest time from the end of a fault to a task's next sample,
-    /// over tasks whose program still ran [`RESUME_WITHIN`] after it.
+    /// The longest time from the end of a fault to a task's next sample
+    /// while its program still ran.
     pub longest_resume: Duration,
 }
 
@@ -236,10 +236,10 @@ pub fn tally(e: &Evidence<'_>) -> StatsTally {
         };
         for fault in e.plan.faults.iter().filter(|f| f.client == plan.client) {
             let Some(until) = fault.until else { continue };
-            if seen.started_at.is_none_or(|s| s > until) || end < until + RESUME_WITHIN {
+            if seen.started_at.is_none_or(|s| s > until) || end < until {
                 continue;
             }
-            if let Some(next) = seen.stats.iter().find(|s| s.at >= until) {
+            if let Some(next) = seen.stats.iter().find(|s| (until..=end).contains(&s.at)) {
                 tally.longest_resume = tally.longest_resume.max(next.at - until);
             }
         }
