@@ -456,3 +456,38 @@ impl Scenario {
         Ok(scenario)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_signals(kill_signal: &str, signal: &str) -> Result<Scenario, ScenarioError> {
+        let text = format!(
+            "about = \"x\"\n[[tasks]]\nname = \"t\"\nprogram = \"sleep 1s\"\nkill_signal = \"{kill_signal}\"\nsignals = [{{ at = \"1s\", signal = \"{signal}\" }}]\n"
+        );
+        Scenario::parse("test.toml", &text)
+    }
+
+    #[test]
+    fn signals_must_differ_from_the_stop_signals() {
+        assert_eq!(
+            with_signals("SIGTERM", "SIGUSR1").unwrap().tasks[0]
+                .signals
+                .len(),
+            1
+        );
+        for (kill_signal, signal) in [
+            ("SIGTERM", "SIGTERM"),
+            ("", "SIGINT"),
+            ("", "SIGKILL"),
+            ("", "SIGWHAT"),
+        ] {
+            let problem = with_signals(kill_signal, signal).unwrap_err().to_string();
+            assert!(
+                problem.contains(&format!("signals: \"{signal}\""))
+                    && problem.contains("tasks \"t\""),
+                "{problem}"
+            );
+        }
+    }
+}
