@@ -90,6 +90,7 @@ scenarios! {
     random_faults_wide => "random-faults-wide",
     task_stats => "task-stats",
     signal_under_partition => "signal-under-partition",
+    stats_signals_random => "stats-signals-random",
 }
 
 /// The full trace of one run, printed by the `elide-sim` binary in its own

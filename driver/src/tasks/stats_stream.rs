@@ -11,7 +11,9 @@ use super::{stats, ResourceSample, TaskError, TaskManager};
 impl TaskManager {
     /// `TaskStats`: a sample now and every `interval` until the task ends
     /// (or the daemon stops answering, which ends the stream; Nomad calls
-    /// again). Fails at once for unknown tasks.
+    /// again). The stream ends as soon as the driver learns of the exit,
+    /// also during a daemon call, so no sample follows the task's result.
+    /// Fails at once for unknown tasks.
     pub fn stats(
         &self,
         task_id: &str,
@@ -54,13 +56,19 @@ impl TaskManager {
                         session_id: measured.state.session_id.clone(),
                         execution_id: measured.state.execution_id.clone(),
                     };
-                    let metrics = task
-                        .session
-                        .link
-                        .unary(request, |mut c, r| async move {
-                            c.get_execution_metrics(r).await
-                        })
-                        .await;
+                    let asked = task.session.link.unary(request, |mut c, r| async move {
+                        c.get_execution_metrics(r).await
+                    });
+                    // The exit ends the stream even while the daemon is slow
+                    // to answer: a sample that comes after the task's result
+                    // is not one Nomad wants (simulation: stats-signals-random
+                    // seeds 5037 and 5074).
+                    let mut exit = task.exit.clone();
+                    let metrics = tokio::select! {
+                        biased;
+                        _ = exit.wait_for(Option::is_some), if !keeps_open => return None,
+                        metrics = asked => metrics,
+                    };
                     match metrics {
                         Ok(response) => {
                             let sample =
