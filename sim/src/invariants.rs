@@ -31,13 +31,14 @@
 //!    (`fingerprint`, in [`crate::fingerprints`]);
 //! 9. where the scenario says so, results are prompt (`results_within`)
 //!    and exits are the ones known in advance (`exit_code`, `signal`);
-//! 10. `TaskStats` samples come at the interval, resume after faults, carry
-//!    the task's own measured figures and end with the task
-//!    (`stats-cadence`, `stats-resume`, `stats-figures`, `stats-end`, in
-//!    [`crate::task_stats`]); `SignalTask` is delivered at most once, OK
-//!    means exactly once, only to its own task, with the result that
-//!    follows and codes Nomad can act on (`signal-once`, `signal-target`,
-//!    `signal-outcome`, `signal-codes`, in [`crate::signals`]).
+//! 10. `TaskStats` samples come at the interval, resume after faults,
+//!     carry the task's own measured figures and end with the task
+//!     (`stats-cadence`, `stats-resume`, `stats-figures`, `stats-end`, in
+//!     [`crate::task_stats`]); each `SignalTask` is delivered at most once,
+//!     one answered OK before its answer, only to its own task, with the
+//!     result that follows and codes Nomad can act on (`signal-once`,
+//!     `signal-target`, `signal-outcome`, `signal-codes`, in
+//!     [`crate::signals`]).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
