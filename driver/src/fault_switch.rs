@@ -33,11 +33,18 @@ pub enum Breakage {
     /// A write to a log FIFO that would wait for its reader is skipped,
     /// and the skipped output is not reported lost.
     DropsOutputWhileStalled,
+    /// `TaskStats` reports the figures of another task the driver runs.
+    ReportsAnotherTasksStats,
+    /// `TaskStats` goes on sampling after the task's exit.
+    KeepsStatsStreamOpen,
+    /// `SignalTask` sends the signal again when the daemon's answer is
+    /// slow (as if it were lost), without cancelling the first request.
+    RetriesSlowSignal,
 }
 
 impl Breakage {
     /// Every breakage.
-    pub const ALL: [Breakage; 9] = [
+    pub const ALL: [Breakage; 12] = [
         Breakage::ReportsEverythingLost,
         Breakage::GivesUpDuringPartitions,
         Breakage::IgnoresKillSignal,
@@ -47,6 +54,9 @@ impl Breakage {
         Breakage::ReportsTimeoutAsCleanExit,
         Breakage::NeverSetsOomKilled,
         Breakage::DropsOutputWhileStalled,
+        Breakage::ReportsAnotherTasksStats,
+        Breakage::KeepsStatsStreamOpen,
+        Breakage::RetriesSlowSignal,
     ];
 }
 

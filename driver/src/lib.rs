@@ -38,7 +38,7 @@ mod task_config;
 mod tasks;
 
 pub use daemon_link::identity::execution_id;
-pub use daemon_link::{BoxedIo, Dialer, DialerFactory, HEARTBEAT_TIMEOUT};
+pub use daemon_link::{BoxedIo, Dialer, DialerFactory, DEFAULT_CALL_TIMEOUT, HEARTBEAT_TIMEOUT};
 pub use driver::ElideDriver;
 pub use grpc::{serve, BasePluginService, DriverService, FINGERPRINT_INTERVAL};
 pub use host::{Host, HostUser, LogSinks, LogWriter, StateFiles, TaskUsers, WallClock};

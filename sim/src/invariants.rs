@@ -40,6 +40,14 @@
 //!     driver's flush limit, output it never took is reported exactly, and
 //!     no writer spins (`log-stall-bound`, `lost-output`, `no-busy-write`,
 //!     in [`crate::log_readers`]).
+//! 10. `TaskStats` samples come at the interval, resume after faults,
+//!     carry the task's own measured figures and end with the task
+//!     (`stats-cadence`, `stats-resume`, `stats-figures`, `stats-end`, in
+//!     [`crate::task_stats`]); each `SignalTask` is delivered at most once,
+//!     one answered OK before its answer, only to its own task, with the
+//!     result that follows and codes Nomad can act on (`signal-once`,
+//!     `signal-target`, `signal-outcome`, `signal-codes`, in
+//!     [`crate::signals`]).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -62,21 +70,7 @@ pub const EXIT_PERSIST_SLACK: Duration = Duration::from_millis(100);
 /// The driver's stop signal when the job sets no `kill_signal`.
 const DEFAULT_KILL_SIGNAL: &str = "SIGINT";
 
-/// Linux signal numbers of the names a job may give as `kill_signal`
-/// (a table of our own, not the driver's or the daemon's parser).
-fn signal_number(name: &str) -> Option<i32> {
-    let name = name.strip_prefix("SIG").unwrap_or(name);
-    Some(match name {
-        "HUP" => 1,
-        "INT" => 2,
-        "QUIT" => 3,
-        "KILL" => 9,
-        "USR1" => 10,
-        "USR2" => 12,
-        "TERM" => 15,
-        _ => return None,
-    })
-}
+use crate::signals::signal_number;
 
 pub use crate::evidence::Violation;
 
@@ -95,6 +89,10 @@ pub struct Summary {
     pub lost_bytes: u64,
     /// The longest any result took, as the `prompt` rule measures it.
     pub slowest: Duration,
+    /// `TaskStats` samples and their resumption after faults.
+    pub stats: crate::task_stats::StatsTally,
+    /// `SignalTask` calls and their fates.
+    pub signals: crate::signals::SignalTally,
 }
 
 /// How long a result took to reach Nomad: from the program's end, or from
@@ -150,6 +148,8 @@ pub fn summarize(e: &Evidence<'_>) -> Summary {
         }
     }
     summary.latency.samples.sort();
+    summary.stats = crate::task_stats::tally(e);
+    summary.signals = crate::signals::tally(e);
     summary
 }
 
@@ -592,6 +592,9 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
     // 10. Timeouts and memory limits; 11. log readers that stall or go.
     out.extend(crate::task_limits::check(e));
     out.extend(crate::log_readers::check(e));
+    // 10. TaskStats and SignalTask.
+    out.extend(crate::task_stats::check(e));
+    out.extend(crate::signals::check(e));
     out
 }
 

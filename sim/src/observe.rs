@@ -52,6 +52,45 @@ pub struct TaskSeen {
     pub unread: Vec<(String, u64, u64)>,
     /// Protocol surprises (an error a real Nomad would not expect).
     pub surprises: Vec<String>,
+    /// Every `TaskStats` sample received, in order.
+    pub stats: Vec<StatsSeen>,
+    /// Set when a `TaskStats` stream was still open (no end, no sample)
+    /// this long after the result: the time the agent gave up on it.
+    pub stats_left_open: Option<Duration>,
+    /// Every `SignalTask` call, in order.
+    pub signal_calls: Vec<SignalCall>,
+}
+
+/// One `TaskStats` sample as the agent received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatsSeen {
+    /// When it arrived (simulated time).
+    pub at: Duration,
+    /// The task id it names.
+    pub task_id: String,
+    /// Resident memory, bytes.
+    pub rss_bytes: u64,
+}
+
+/// One `SignalTask` call and its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignalCall {
+    /// The signal's name.
+    pub signal: String,
+    /// When it was sent.
+    pub sent_at: Duration,
+    /// When it was answered (or failed); `None`: never (the agent
+    /// crashed while it was under way).
+    pub answered_at: Option<Duration>,
+    /// `None`: OK (if answered); else the gRPC code and message.
+    pub error: Option<(tonic::Code, String)>,
+}
+
+impl SignalCall {
+    /// Whether the plugin answered OK.
+    pub fn ok(&self) -> bool {
+        self.answered_at.is_some() && self.error.is_none()
+    }
 }
 
 /// The notebook.

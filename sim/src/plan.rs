@@ -73,6 +73,10 @@ pub struct TaskPlan {
     pub memory_mb: i64,
     /// `resources { memory_max }`, MiB (0: unset).
     pub memory_max_mb: i64,
+    /// `SignalTask` calls: (after the start, signal name), in time order.
+    pub signals: Vec<(Duration, String)>,
+    /// The interval the agent collects `TaskStats` at (`None`: it does not).
+    pub stats_interval: Option<Duration>,
 }
 
 /// `elide_opts { timeout = "…" }` of a task's extra config (HCL), read as
@@ -281,6 +285,16 @@ impl Plan {
                     timeout: config_timeout(&group.config),
                     memory_mb: group.memory,
                     memory_max_mb: group.memory_max,
+                    signals: {
+                        let mut signals: Vec<(Duration, String)> = group
+                            .signals
+                            .iter()
+                            .map(|s| (s.at.0, s.signal.clone()))
+                            .collect();
+                        signals.sort_by_key(|s| s.0);
+                        signals
+                    },
+                    stats_interval: scenario.cluster.stats_interval.map(|s| s.0),
                 });
                 n += 1;
             }

@@ -121,6 +121,11 @@ pub struct Cluster {
     /// ordering may take a coarser step. From [`MIN_TICK`] to [`MAX_TICK`].
     #[serde(default = "default_tick")]
     pub tick: Span,
+    /// The `collection_interval` each agent asks `TaskStats` for, for
+    /// every running task, as Nomad's stats hook does (Nomad's default
+    /// `collection_interval` is 1 s). Unset: no `TaskStats` calls.
+    #[serde(default)]
+    pub stats_interval: Option<Span>,
 }
 
 /// The finest time step (and the default).
@@ -162,6 +167,7 @@ impl Default for Cluster {
             idle_timeout: default_idle(),
             latency: default_latency(),
             tick: default_tick(),
+            stats_interval: None,
         }
     }
 }
@@ -284,10 +290,25 @@ pub struct TaskGroup {
     /// The task's `resources { memory_max }`, MiB (0: unset).
     #[serde(default)]
     pub memory_max: i64,
+    /// `SignalTask` calls Nomad makes (`nomad alloc signal`), each at a
+    /// time after the task's start, one after another (a call waits for
+    /// the answer to the one before).
+    #[serde(default)]
+    pub signals: Vec<SignalSpec>,
 }
 
 fn default_memory() -> i64 {
     256
+}
+
+/// One `SignalTask` call of a task.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalSpec {
+    /// How long after the task's start.
+    pub at: Span,
+    /// The signal's name (`SIGUSR1`, `SIGHUP`, ...).
+    pub signal: String,
 }
 
 fn default_kill_timeout() -> Span {
@@ -450,6 +471,24 @@ impl Scenario {
             .apply(elide_daemon::Limits::default())
             .validate()
             .map_err(|problem| invalid(format!("[daemon]: {problem}")))?;
+        for group in &scenario.tasks {
+            let kill_signal = match group.kill_signal.as_str() {
+                "" => "SIGINT",
+                named => named,
+            };
+            for call in &group.signals {
+                let known = crate::signals::signal_number(&call.signal);
+                if known.is_none()
+                    || [Some(9), crate::signals::signal_number(kill_signal)].contains(&known)
+                {
+                    return Err(invalid(format!(
+                        "tasks {:?}: signals: {:?} at {:?} is not a signal the simulation can tell from a stop \
+                         (SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGTERM or SIGINT, other than the kill_signal {kill_signal})",
+                        group.name, call.signal, call.at.0
+                    )));
+                }
+            }
+        }
         for fault in &scenario.faults {
             if fault.client == 0 || fault.client > scenario.cluster.clients {
                 return Err(invalid(format!(
@@ -509,5 +548,35 @@ mod tests {
             Scenario::parse("s.toml", &text).unwrap().cluster.tick.0,
             MIN_TICK
         );
+    }
+
+    fn with_signals(kill_signal: &str, signal: &str) -> Result<Scenario, ScenarioError> {
+        let text = format!(
+            "about = \"x\"\n[[tasks]]\nname = \"t\"\nprogram = \"sleep 1s\"\nkill_signal = \"{kill_signal}\"\nsignals = [{{ at = \"1s\", signal = \"{signal}\" }}]\n"
+        );
+        Scenario::parse("test.toml", &text)
+    }
+
+    #[test]
+    fn signals_must_differ_from_the_stop_signals() {
+        assert_eq!(
+            with_signals("SIGTERM", "SIGUSR1").unwrap().tasks[0]
+                .signals
+                .len(),
+            1
+        );
+        for (kill_signal, signal) in [
+            ("SIGTERM", "SIGTERM"),
+            ("", "SIGINT"),
+            ("", "SIGKILL"),
+            ("", "SIGWHAT"),
+        ] {
+            let problem = with_signals(kill_signal, signal).unwrap_err().to_string();
+            assert!(
+                problem.contains(&format!("signals: \"{signal}\""))
+                    && problem.contains("tasks \"t\""),
+                "{problem}"
+            );
+        }
     }
 }

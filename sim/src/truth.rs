@@ -39,6 +39,10 @@ pub struct ProgramRun {
     /// Whether the kernel's OOM killer took it at that limit (the scripted
     /// runtime's `KernelLimit::OomKilled`, reported just before its exit).
     pub oom_killed: bool,
+    /// Its resident memory each time the daemon measured it: (simulated
+    /// time, bytes). The scripted program sets it with `memory SIZE`; it
+    /// is 0 before that and after the program's end.
+    pub memory: Vec<(Duration, u64)>,
     /// Bytes per stream its daemon keeps (`output_retention_bytes_per_stream`):
     /// the daemon can only have discarded what lies further back than that
     /// from the end of what the program wrote.
@@ -137,7 +141,12 @@ impl ProgramControl for RecordingControl {
     }
 
     fn metrics(&self) -> Metrics {
-        self.inner.metrics()
+        let metrics = self.inner.metrics();
+        let now = turmoil::sim_elapsed().unwrap_or_default();
+        self.truth.update(&self.execution_id, self.index, |r| {
+            r.memory.push((now, metrics.rss_bytes));
+        });
+        metrics
     }
 }
 

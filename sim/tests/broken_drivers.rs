@@ -132,6 +132,29 @@ fn dropping_output_while_the_reader_stalls_breaks_output() {
     caught_by(Breakage::DropsOutputWhileStalled, "log-readers", "output");
 }
 
+#[test]
+fn reporting_another_tasks_stats_breaks_stats_figures() {
+    caught_by(
+        Breakage::ReportsAnotherTasksStats,
+        "task-stats",
+        "stats-figures",
+    );
+}
+
+#[test]
+fn keeping_the_stats_stream_open_breaks_stats_end() {
+    caught_by(Breakage::KeepsStatsStreamOpen, "task-stats", "stats-end");
+}
+
+#[test]
+fn retrying_a_slow_signal_breaks_signal_once() {
+    caught_by(
+        Breakage::RetriesSlowSignal,
+        "signal-under-partition",
+        "signal-once",
+    );
+}
+
 /// Every breakage has its test above.
 #[test]
 fn every_breakage_is_in_the_gallery() {

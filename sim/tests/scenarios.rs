@@ -91,6 +91,9 @@ scenarios! {
     timeouts => "timeouts",
     memory_limits => "memory-limits",
     log_readers => "log-readers",
+    task_stats => "task-stats",
+    signal_under_partition => "signal-under-partition",
+    stats_signals_random => "stats-signals-random",
 }
 
 /// The full trace of one run, printed by the `elide-sim` binary in its own
@@ -117,24 +120,41 @@ fn trace_of(scenario: &str, seed: u64) -> String {
         .join("\n")
 }
 
+/// Panics unless two runs of `scenario` on `seed` print the same trace;
+/// returns it.
+fn same_trace_twice(scenario: &str, seed: u64) -> String {
+    let first = trace_of(scenario, seed);
+    let again = trace_of(scenario, seed);
+    assert!(first.lines().count() > 50, "a real trace: {first}");
+    if first != again {
+        let at = first
+            .lines()
+            .zip(again.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
+        panic!(
+            "{scenario}: same seed, different traces; first difference at line {at}:\n{:?}\n{:?}",
+            first.lines().nth(at),
+            again.lines().nth(at)
+        );
+    }
+    first
+}
+
 #[test]
 fn the_same_seed_gives_the_same_trace_and_another_seed_another() {
-    for scenario in ["random-faults", "timeouts", "memory-limits", "log-readers"] {
-        let first = trace_of(scenario, 7);
-        let again = trace_of(scenario, 7);
-        assert!(first.lines().count() > 50, "a real trace: {first}");
-        if first != again {
-            let at = first
-                .lines()
-                .zip(again.lines())
-                .position(|(a, b)| a != b)
-                .unwrap_or(0);
-            panic!(
-                "{scenario}: same seed, different traces; first difference at line {at}:\n{:?}\n{:?}",
-                first.lines().nth(at),
-                again.lines().nth(at)
-            );
-        }
-        assert_ne!(first, trace_of(scenario, 8), "{scenario}: seeds 7 and 8");
+    let first = same_trace_twice("random-faults", 7);
+    assert_ne!(first, trace_of("random-faults", 8));
+    // TaskStats samples (each one a trace line), SignalTask answers,
+    // timeouts, OOM kills and log readers that stall or go away.
+    for scenario in [
+        "task-stats",
+        "signal-under-partition",
+        "timeouts",
+        "memory-limits",
+        "log-readers",
+    ] {
+        let first = same_trace_twice(scenario, 7);
+        assert_ne!(first, trace_of(scenario, 8), "{scenario}");
     }
 }

@@ -324,13 +324,16 @@ impl TaskManager {
             signal: signal.to_owned(),
         };
         let link = &task.session.link;
-        link.unary(
-            request,
-            |mut c, r| async move { c.signal_execution(r).await },
-        )
-        .await
-        .map(drop)
-        .map_err(|e| match e.code() {
+        let signalled = if crate::broken!(RetriesSlowSignal) {
+            signal_twice_if_slow(link, request).await
+        } else {
+            link.unary(
+                request,
+                |mut c, r| async move { c.signal_execution(r).await },
+            )
+            .await
+        };
+        signalled.map(drop).map_err(|e| match e.code() {
             tonic::Code::NotFound => TaskError::NotFound(format!("task {task_id:?}: {e}")),
             tonic::Code::InvalidArgument => TaskError::InvalidConfig(e.to_string()),
             tonic::Code::FailedPrecondition => {
@@ -349,5 +352,28 @@ impl TaskManager {
             started_at: task.started_at,
             outcome: task.outcome(),
         })
+    }
+}
+
+/// The test-only breakage `RetriesSlowSignal` (see `fault_switch.rs`): a
+/// second request when the first is not answered within a second, the
+/// first left running.
+async fn signal_twice_if_slow(
+    link: &crate::daemon_link::DaemonLink,
+    request: pb::SignalExecutionRequest,
+) -> Result<pb::SignalExecutionResponse, crate::daemon_link::CallError> {
+    let first = link.unary(request.clone(), |mut c, r| async move {
+        c.signal_execution(r).await
+    });
+    tokio::pin!(first);
+    match tokio::time::timeout(Duration::from_secs(1), &mut first).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            let again = link.unary(
+                request,
+                |mut c, r| async move { c.signal_execution(r).await },
+            );
+            tokio::join!(first, again).0
+        }
     }
 }

@@ -254,6 +254,20 @@ fn print_verdict(report: &RunReport, wall: std::time::Duration, cpu: std::time::
         "slowest result after its program's end (or the client's last fault): {:?}",
         report.summary.slowest
     );
+    let stats = &report.summary.stats;
+    if stats.samples > 0 {
+        println!(
+            "TaskStats: {} samples; longest wait for a sample after a fault ended: {:?}",
+            stats.samples, stats.longest_resume
+        );
+    }
+    let signals = &report.summary.signals;
+    if signals.ok + signals.failed > 0 {
+        println!(
+            "SignalTask: {} answered OK, {} failed ({} of them delivered all the same, after the error)",
+            signals.ok, signals.failed, signals.failed_delivered
+        );
+    }
     println!(
         "{:.1} simulated s in {:.2} wall s ({}); trace hash {}",
         report.simulated.as_secs_f64(),

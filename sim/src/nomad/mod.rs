@@ -21,7 +21,11 @@ use crate::trace::Trace;
 
 mod kill;
 mod plugin;
+mod signaller;
+mod stats_hook;
 mod task_run;
+
+pub use stats_hook::{STATS_BACKOFF_LIMIT, STATS_END_WITHIN};
 
 use plugin::{follow_events, follow_fingerprints, Plugin};
 use task_run::TaskRun;

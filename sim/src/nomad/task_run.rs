@@ -12,6 +12,8 @@ use tonic::Code;
 
 use super::kill::{sleep_until_after_start, InterruptRun, Interruption, KillRun};
 use super::plugin::{encode, plugin_gone, Plugin};
+use super::signaller::Signaller;
+use super::stats_hook::StatsHook;
 use super::{AgentCrashes, AgentDisk, PERSIST_DELAY, START_ATTEMPTS, START_RETRY_DELAY};
 use crate::logs::LogBook;
 use crate::observe::{Observations, TaskResult};
@@ -106,7 +108,41 @@ impl TaskRun {
                     })
                 });
                 let destroyer = interrupt(Interruption::ForceDestroy, self.plan.destroy_after);
+                // Nomad's poststart hooks: stats collection until the
+                // exit; and the operator's signals.
+                let (exited, exited_rx) = tokio::sync::watch::channel(false);
+                if let Some(interval) = self.plan.stats_interval {
+                    tokio::spawn(
+                        StatsHook {
+                            plugin: self.plugin.clone(),
+                            seen: self.seen.clone(),
+                            trace: self.trace.clone(),
+                            who: self.who.clone(),
+                            label: self.label(),
+                            task_id: self.plan.task_id.clone(),
+                            interval,
+                            exited: exited_rx,
+                        }
+                        .run(),
+                    );
+                }
+                // The signaller is left to end by itself after the result:
+                // a call under way is answered and noted.
+                if !self.plan.signals.is_empty() {
+                    tokio::spawn(
+                        Signaller {
+                            plugin: self.plugin.clone(),
+                            disk: self.disk.clone(),
+                            seen: self.seen.clone(),
+                            trace: self.trace.clone(),
+                            who: self.who.clone(),
+                            plan: self.plan.clone(),
+                        }
+                        .run(),
+                    );
+                }
                 self.wait(&handle).await;
+                let _ = exited.send(true);
                 for background in [kill_at, destroyer, self.killer.take()]
                     .into_iter()
                     .flatten()
