@@ -223,7 +223,7 @@ pub(super) async fn follow_fingerprints(plugin: Arc<Plugin>, seen: Observations,
                 }
                 // A stream that ends without an error is a plugin that
                 // went away as cleanly as a crash looks from here.
-                ended.map_or(true, |status| plugin_gone(&status))
+                ended.is_none_or(|status| plugin_gone(&status))
             }
         };
         if gone && plugin.reconnect(generation).await.is_err() {
