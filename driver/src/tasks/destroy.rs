@@ -77,6 +77,7 @@ impl TaskManager {
         OffsetsFile::at(task.state.offsets_file.clone(), self.host.files.clone()).remove();
         task.stop_file(&self.host.files).remove();
         self.table().remove(task_id);
+        self.events.forget(task_id);
         self.await_reap(task_id, reaping).await;
         Ok(())
     }
@@ -94,10 +95,16 @@ impl TaskManager {
         }
     }
 
-    /// After `SetConfig`: resumes every delete in the journal under
-    /// `config.driver_state_dir` (left by an earlier plugin process, or
-    /// asked of this one before it was configured).
+    /// After `SetConfig`: keeps pending stops under
+    /// `config.driver_state_dir` (adding those an earlier plugin process
+    /// left), and resumes every delete in the journal there (left by an
+    /// earlier plugin process, or asked of this one before it was
+    /// configured).
     pub fn resume(&self, config: &PluginConfig) {
+        self.pending_stops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .open(&config.driver_state_dir, self.host.files.as_ref());
         for entry in self.journal.open(&config.driver_state_dir) {
             tracing::info!(task_id = %entry.task_id, execution_id = %entry.execution_id, "resuming the delete of a destroyed task's execution");
             self.start_reap(config, entry);

@@ -31,6 +31,9 @@ pub struct TaskEvent {
 /// Events kept for Nomad while no `TaskEvents` stream is open.
 pub const EVENT_BACKLOG_LIMIT: usize = 256;
 
+/// Loss reports kept per live task for later subscribers.
+pub const STICKY_EVENTS_PER_TASK: usize = 16;
+
 /// Events buffered per live subscriber before a slow one skips ahead.
 const LIVE_CAPACITY: usize = 256;
 
@@ -51,6 +54,8 @@ pub struct TaskEventHub {
 struct Hub {
     live: broadcast::Sender<TaskEvent>,
     backlog: VecDeque<TaskEvent>,
+    /// Reports of lost output, by task, until the task is destroyed.
+    sticky: BTreeMap<String, Vec<TaskEvent>>,
 }
 
 impl Default for TaskEventHub {
@@ -59,6 +64,7 @@ impl Default for TaskEventHub {
             inner: Arc::new(Mutex::new(Hub {
                 live: broadcast::channel(LIVE_CAPACITY).0,
                 backlog: VecDeque::new(),
+                sticky: BTreeMap::new(),
             })),
         }
     }
@@ -82,12 +88,44 @@ impl TaskEventHub {
         hub.backlog.push_back(event);
     }
 
-    /// The events kept while no stream was open, and every event published
-    /// from now on. Taken under one lock, so nothing falls between them.
+    /// Publishes a report that part of a task's output is lost, and keeps
+    /// it, up to [`STICKY_EVENTS_PER_TASK`] per task, for every later
+    /// subscriber until [`TaskEventHub::forget`]: a Nomad agent that
+    /// restarts as the report is on its way (its stream dead but not yet
+    /// closed) would otherwise never learn of the loss; the next agent
+    /// process gets it again (random-faults-wide seed 797000035).
+    pub fn publish_sticky(&self, event: TaskEvent) {
+        {
+            let mut hub = self.lock();
+            let kept = hub.sticky.entry(event.task_id.clone()).or_default();
+            if kept.len() < STICKY_EVENTS_PER_TASK {
+                kept.push(event.clone());
+            }
+        }
+        self.publish(event);
+    }
+
+    /// Drops the reports kept for `task_id` (it is destroyed).
+    pub fn forget(&self, task_id: &str) {
+        self.lock().sticky.remove(task_id);
+    }
+
+    /// The events kept while no stream was open, then the kept loss
+    /// reports not among them, and every event published from now on.
+    /// Taken under one lock, so nothing falls between them.
     pub fn subscribe(&self) -> (Vec<TaskEvent>, broadcast::Receiver<TaskEvent>) {
         let mut hub = self.lock();
         let live = hub.live.subscribe();
-        (hub.backlog.drain(..).collect(), live)
+        let mut first: Vec<TaskEvent> = hub.backlog.drain(..).collect();
+        let again: Vec<TaskEvent> = hub
+            .sticky
+            .values()
+            .flatten()
+            .filter(|kept| !first.contains(kept))
+            .cloned()
+            .collect();
+        first.extend(again);
+        (first, live)
     }
 }
 
@@ -131,6 +169,34 @@ mod tests {
         drop(first);
         let (backlog, _) = hub.subscribe();
         assert!(backlog.is_empty(), "{:?}", messages(backlog));
+    }
+
+    #[test]
+    fn a_loss_report_reaches_every_later_subscriber_until_its_task_is_forgotten() {
+        let hub = TaskEventHub::default();
+        let (_, mut first) = hub.subscribe();
+        hub.publish_sticky(event("8 bytes of stdout were lost"));
+        hub.publish(event("ordinary"));
+        assert_eq!(
+            first.try_recv().unwrap().message,
+            "8 bytes of stdout were lost"
+        );
+        // A new agent process subscribes while the first stream is still
+        // open (dead, but not yet noticed): it gets the report, not the
+        // ordinary event.
+        let (again, _) = hub.subscribe();
+        assert_eq!(messages(again), ["8 bytes of stdout were lost"]);
+        hub.forget("a/t/1");
+        let (after, _) = hub.subscribe();
+        assert!(after.is_empty(), "{:?}", messages(after));
+    }
+
+    #[test]
+    fn a_loss_report_kept_for_no_subscriber_is_handed_over_once() {
+        let hub = TaskEventHub::default();
+        hub.publish_sticky(event("lost"));
+        let (first, _) = hub.subscribe();
+        assert_eq!(messages(first), ["lost"]);
     }
 
     #[test]

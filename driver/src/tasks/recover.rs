@@ -108,6 +108,9 @@ impl TaskManager {
                 self.host.files.clone(),
             )
             .write(stop);
+            // Forgotten on disk only once the task's own file has it.
+            let pending_stops = self.pending_stops.lock().unwrap_or_else(|p| p.into_inner());
+            pending_stops.save(self.host.files.as_ref());
         }
         match self.launch(&task, state, context, observed) {
             // Recovered concurrently by another call: fine.

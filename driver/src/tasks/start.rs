@@ -338,7 +338,7 @@ fn lost_output_reporter(
                 OUTPUT_FLUSH_LIMIT
             ),
         };
-        events.publish(TaskEvent {
+        events.publish_sticky(TaskEvent {
             task_id: task_id.clone(),
             alloc_id: alloc_id.clone(),
             task_name: task_name.clone(),

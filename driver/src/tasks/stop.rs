@@ -48,13 +48,15 @@ impl TaskManager {
             if crate::broken!(ForgetsStopBeforeRecovery) {
                 return Ok(());
             }
+            // Remembered, and kept on disk, before the cancel is sent and
+            // even when it is delivered: a later RecoverTask then records
+            // that Nomad asked for this stop (and repeats it, which is
+            // harmless), or applies it if it was not delivered, also in a
+            // plugin process started after this one crashed mid-call.
+            self.remember_stop(task_id, signal, grace);
             if let Some(config) = config {
                 self.stop_unknown(config, task_id, signal, grace).await;
             }
-            // Remembered even when delivered: a later RecoverTask then
-            // records that Nomad asked for this stop (and repeats it, which
-            // is harmless), or applies it if it was not delivered.
-            self.remember_stop(task_id, signal, grace);
             return Ok(());
         };
         if task.outcome().is_some() {
@@ -161,10 +163,12 @@ impl TaskManager {
     /// Remembers a stop of a task not in the table, for its recovery (up
     /// to [`MAX_PENDING_STOPS`]).
     fn remember_stop(&self, task_id: &str, signal: &str, grace: Duration) {
-        self.pending_stops
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remember(task_id, StopRequest::new(signal, grace));
+        // Saved under the lock, as the delete journal is: two stops saving
+        // at once must not leave the older set on disk.
+        let mut pending = self.pending_stops.lock().unwrap_or_else(|p| p.into_inner());
+        pending.remember(task_id, StopRequest::new(signal, grace));
+        pending.save(self.host.files.as_ref());
+        drop(pending);
         tracing::debug!(
             task_id,
             signal,

@@ -165,12 +165,17 @@ pub(super) async fn follow_events(plugin: Arc<Plugin>, seen: Observations) {
                     .annotations
                     .get("reason")
                     .is_some_and(|r| r == "log_reader_stalled");
+                // A report repeated (the plugin hands loss reports to every
+                // new agent process while the task lives) is one claim.
                 seen.task(&event.task_id, |t| {
                     t.events.push(event.message.clone());
-                    if unread {
-                        t.unread.extend(dropped);
+                    let claims = if unread {
+                        &mut t.unread
                     } else {
-                        t.dropped.extend(dropped);
+                        &mut t.dropped
+                    };
+                    if let Some(range) = dropped.filter(|r| !claims.contains(r)) {
+                        claims.push(range);
                     }
                 });
             }
