@@ -10,7 +10,7 @@ use crate::logs::LogBook;
 use crate::observe::Observations;
 use crate::plan::Plan;
 use crate::scenario::Scenario;
-use crate::truth::GroundTruth;
+use crate::truth::{GroundTruth, ProgramRun};
 
 /// Everything a finished run left for the invariants.
 pub struct Evidence<'a> {
@@ -78,4 +78,16 @@ impl std::fmt::Display for Violation {
             None => write!(f, "[{}] {}", self.rule, self.detail),
         }
     }
+}
+
+/// How long after its program's end a daemon crash may still take the
+/// exit with it (the daemon writes it to its store as it sees it).
+pub const EXIT_PERSIST_SLACK: Duration = Duration::from_millis(100);
+
+/// A program's real exit as (exit code, signal), if it ended.
+pub fn exit_of(run: &ProgramRun) -> Option<(i32, i32)> {
+    run.exit.map(|exit| match exit {
+        elide_daemon::ExitInfo::Code(code) => (code, 0),
+        elide_daemon::ExitInfo::Signal(signal) => (0, signal as i32),
+    })
 }

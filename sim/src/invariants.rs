@@ -52,9 +52,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use elide_daemon::ExitInfo;
 
-use crate::evidence::{Evidence, Latency};
+use crate::evidence::{exit_of, Evidence, Latency, EXIT_PERSIST_SLACK};
 use crate::observe::TaskResult;
 use crate::plan::daemon_host;
 use crate::scenario::TaskExpect;
@@ -63,14 +62,10 @@ use crate::truth::ProgramRun;
 /// Slack over `kill_timeout` for a stopped task's result to reach Nomad.
 pub const STOP_BOUND: Duration = Duration::from_secs(10);
 
-/// How long after its program's end a daemon crash may still take the
-/// exit with it (the daemon writes it to its store as it sees it).
-pub const EXIT_PERSIST_SLACK: Duration = Duration::from_millis(100);
-
 /// The driver's stop signal when the job sets no `kill_signal`.
 const DEFAULT_KILL_SIGNAL: &str = "SIGINT";
 
-use crate::signals::signal_number;
+use crate::scenario::signal_number;
 
 pub use crate::evidence::Violation;
 
@@ -151,13 +146,6 @@ pub fn summarize(e: &Evidence<'_>) -> Summary {
     summary.stats = crate::task_stats::tally(e);
     summary.signals = crate::signals::tally(e);
     summary
-}
-
-pub(crate) fn exit_of(run: &ProgramRun) -> Option<(i32, i32)> {
-    run.exit.map(|exit| match exit {
-        ExitInfo::Code(code) => (code, 0),
-        ExitInfo::Signal(signal) => (0, signal as i32),
-    })
 }
 
 /// Checks every invariant; returns the broken ones.

@@ -477,10 +477,8 @@ impl Scenario {
                 named => named,
             };
             for call in &group.signals {
-                let known = crate::signals::signal_number(&call.signal);
-                if known.is_none()
-                    || [Some(9), crate::signals::signal_number(kill_signal)].contains(&known)
-                {
+                let known = signal_number(&call.signal);
+                if known.is_none() || [Some(9), signal_number(kill_signal)].contains(&known) {
                     return Err(invalid(format!(
                         "tasks {:?}: signals: {:?} at {:?} is not a signal the simulation can tell from a stop \
                          (SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGTERM or SIGINT, other than the kill_signal {kill_signal})",
@@ -522,6 +520,23 @@ impl Scenario {
         }
         Ok(scenario)
     }
+}
+
+/// Linux signal numbers of the names a job may give as `kill_signal` or
+/// a `SignalTask` may carry (a table of our own, not the driver's or the
+/// daemon's parser).
+pub fn signal_number(name: &str) -> Option<i32> {
+    let name = name.strip_prefix("SIG").unwrap_or(name);
+    Some(match name {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "KILL" => 9,
+        "USR1" => 10,
+        "USR2" => 12,
+        "TERM" => 15,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

@@ -39,23 +39,7 @@ use tonic::Code;
 
 use crate::evidence::{Evidence, Violation};
 use crate::observe::SignalCall;
-
-/// Linux signal numbers of the names a job may give as `kill_signal` or
-/// a `SignalTask` may carry (a table of our own, not the driver's or the
-/// daemon's parser).
-pub fn signal_number(name: &str) -> Option<i32> {
-    let name = name.strip_prefix("SIG").unwrap_or(name);
-    Some(match name {
-        "HUP" => 1,
-        "INT" => 2,
-        "QUIT" => 3,
-        "KILL" => 9,
-        "USR1" => 10,
-        "USR2" => 12,
-        "TERM" => 15,
-        _ => return None,
-    })
-}
+use crate::scenario::signal_number;
 
 /// The exit code a program gives on `signal` if it traps it.
 fn trap_code(program: &str, signal: i32) -> Option<i32> {

@@ -52,7 +52,7 @@ pub fn ended_at_limit(e: &Evidence<'_>, plan: &TaskPlan, run: &ProgramRun) -> bo
 /// Whether the daemon may have lost `run`'s ending: it went down (or lost
 /// its disk) between the program's start and just after its end.
 fn ending_maybe_lost(e: &Evidence<'_>, plan: &TaskPlan, run: &ProgramRun, until: Duration) -> bool {
-    let end = run.ended_at.unwrap_or(until) + crate::invariants::EXIT_PERSIST_SLACK;
+    let end = run.ended_at.unwrap_or(until) + crate::evidence::EXIT_PERSIST_SLACK;
     e.plan
         .daemon_down_during(plan.client, run.started_at, end)
         .is_some()
@@ -105,7 +105,7 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
         let Some(result) = seen.results.iter().find(|r| r.persisted) else {
             continue;
         };
-        let real = crate::invariants::exit_of(&run);
+        let real = crate::evidence::exit_of(&run);
         let told = (result.exit_code, result.signal);
         let lost = ending_maybe_lost(e, plan, &run, result.at);
         match timed_out_at(e, plan, &run) {
