@@ -52,7 +52,6 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-
 use crate::evidence::{exit_of, Evidence, Latency, EXIT_PERSIST_SLACK};
 use crate::observe::TaskResult;
 use crate::plan::daemon_host;
