@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 budget="${SWARM_BUDGET:-3m}"
 first_seed="${SWARM_FIRST_SEED:-$(( $(date +%s) % 1000000000 ))}"
 # random-faults-wide is left out by default: fresh seed 799000063 wedges
-# (a task's result never comes after agent restarts while its output waits
-# on a full log pipe), open in issue #17. Run it by hand with
+# (a task whose program ended during a partition never gets its result:
+# after its output stream reconnected, nothing more happens), open in #17. Run it by hand with
 # SWARM_SCENARIOS="scenarios/random-faults-wide.toml".
 read -r -a scenarios <<< "${SWARM_SCENARIOS:-scenarios/random-faults.toml scenarios/stats-signals-random.toml}"
 echo "swarm: ${scenarios[*]}; seeds from ${first_seed}; budget ${budget}"
