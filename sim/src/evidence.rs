@@ -71,6 +71,17 @@ pub struct Violation {
     pub detail: String,
 }
 
+impl Violation {
+    /// A broken `rule` about `task`.
+    pub fn of_task(rule: &'static str, task: &str, detail: String) -> Self {
+        Violation {
+            rule,
+            task: Some(task.to_owned()),
+            detail,
+        }
+    }
+}
+
 impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.task {

@@ -58,11 +58,7 @@ fn last_other_fault_end(e: &Evidence<'_>, plan: &TaskPlan, by: Duration) -> Dura
 pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
     let mut out = Vec::new();
     let mut violation = |rule: &'static str, task: &str, detail: String| {
-        out.push(Violation {
-            rule,
-            task: Some(task.to_owned()),
-            detail,
-        })
+        out.push(Violation::of_task(rule, task, detail))
     };
     let limit = elide_driver::OUTPUT_FLUSH_LIMIT;
     for plan in &e.plan.tasks {

@@ -72,11 +72,7 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
         let seen = e.seen.seen(&plan.task_id);
         let runs = e.truth.runs_of(&plan.execution_id);
         let mut violation = |rule: &'static str, detail: String| {
-            out.push(Violation {
-                rule,
-                task: Some(plan.task_id.clone()),
-                detail,
-            })
+            out.push(Violation::of_task(rule, &plan.task_id, detail))
         };
         let ended = runs.first().and_then(|r| r.ended_at);
         for &signo in &sent {

@@ -64,11 +64,7 @@ fn ending_maybe_lost(e: &Evidence<'_>, plan: &TaskPlan, run: &ProgramRun, until:
 pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
     let mut out = Vec::new();
     let mut violation = |rule: &'static str, task: &str, detail: String| {
-        out.push(Violation {
-            rule,
-            task: Some(task.to_owned()),
-            detail,
-        })
+        out.push(Violation::of_task(rule, task, detail))
     };
     let grace = e.scenario.daemon.apply(Default::default()).timeout_grace;
     for plan in &e.plan.tasks {

@@ -59,11 +59,7 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
         let seen = e.seen.seen(&plan.task_id);
         let runs = e.truth.runs_of(&plan.execution_id);
         let mut violation = |rule: &'static str, detail: String| {
-            out.push(Violation {
-                rule,
-                task: Some(plan.task_id.clone()),
-                detail,
-            })
+            out.push(Violation::of_task(rule, &plan.task_id, detail))
         };
         let result_at = seen.results.first().map(|r| r.at);
 
