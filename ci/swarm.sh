@@ -6,11 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 budget="${SWARM_BUDGET:-3m}"
 first_seed="${SWARM_FIRST_SEED:-$(( $(date +%s) % 1000000000 ))}"
-# random-faults-wide is left out by default: fresh seed 799000063 wedges
-# (a task whose program ended during a partition never gets its result:
-# after its output stream reconnected, nothing more happens), open in #17. Run it by hand with
-# SWARM_SCENARIOS="scenarios/random-faults-wide.toml".
-read -r -a scenarios <<< "${SWARM_SCENARIOS:-scenarios/random-faults.toml scenarios/stats-signals-random.toml}"
+read -r -a scenarios <<< "${SWARM_SCENARIOS:-scenarios/random-faults.toml scenarios/random-faults-wide.toml scenarios/stats-signals-random.toml}"
 echo "swarm: ${scenarios[*]}; seeds from ${first_seed}; budget ${budget}"
 cargo build --quiet --release -p elide-sim --bin elide-sim
 target/release/elide-sim swarm --budget "$budget" --seeds 1000000 \

@@ -341,6 +341,7 @@ pub async fn watch_session(link: DaemonLink, hub: Arc<StatusHub>, session_id: St
             }
         };
         let mut watchdog = watchdog_on;
+        let mut reopen_now = false;
         loop {
             let message = match watchdog.next(&mut stream).await {
                 Next::Item(Some(message)) => message,
@@ -369,15 +370,31 @@ pub async fn watch_session(link: DaemonLink, hub: Arc<StatusHub>, session_id: St
             match event {
                 Event::Opened(opened) => {
                     backoff.reset();
-                    let known = cursor.as_ref().map(|(i, _)| i.clone()).unwrap_or_default();
-                    if !known.is_empty() && known != opened.daemon_instance_id {
-                        tracing::info!(session_id, old = %known, new = %opened.daemon_instance_id, "daemon restarted; re-listing executions");
-                        if let Ok(seq) = relist(&link, &hub, &session_id).await {
-                            bump(&mut cursor, seq);
+                    match log_change(cursor.as_ref(), &opened, after_seq) {
+                        LogChange::None => {
+                            if let Some((instance, _)) = cursor.as_mut() {
+                                *instance = opened.daemon_instance_id;
+                            }
                         }
-                    }
-                    if let Some((instance, _)) = cursor.as_mut() {
-                        *instance = opened.daemon_instance_id;
+                        change => {
+                            let known = cursor.as_ref().map(|(i, _)| i.as_str()).unwrap_or("");
+                            tracing::info!(session_id, old = %known, new = %opened.daemon_instance_id, after_seq, last_seq = opened.last_seq, "the daemon's event log is not the one followed (daemon restarted or session created again); re-listing executions");
+                            // The old numbering means nothing in a new log:
+                            // the cursor is the listing's, never the larger
+                            // of the two (which would skip the new log's
+                            // events up to the old cursor on the next
+                            // connection).
+                            cursor = match relist(&link, &hub, &session_id).await {
+                                Ok(seq) => Some((opened.daemon_instance_id, seq)),
+                                Err(_) => None,
+                            };
+                            if change == LogChange::Restarted || cursor.is_none() {
+                                // This stream only sends events after the
+                                // old cursor: reopen it after the listing.
+                                reopen_now = cursor.is_some();
+                                break;
+                            }
+                        }
                     }
                 }
                 Event::Status(status) => {
@@ -403,7 +420,42 @@ pub async fn watch_session(link: DaemonLink, hub: Arc<StatusHub>, session_id: St
                 }
             }
         }
-        hub.pause(&mut backoff).await;
+        if !reopen_now {
+            hub.pause(&mut backoff).await;
+        }
+    }
+}
+
+/// How the event log a `WatchSession` stream opened on relates to the one
+/// the cursor counts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogChange {
+    /// The same log: the stream goes on from the cursor.
+    None,
+    /// Another daemon instance whose log reaches the cursor (a restart that
+    /// kept its numbering, or a new log already as long): events the
+    /// stream will not send are covered by a listing.
+    NewInstance,
+    /// The log is shorter than the cursor: it started over (a daemon that
+    /// lost its state, or the session created again), so the stream skips
+    /// the new log's events up to the old cursor.
+    Restarted,
+}
+
+fn log_change(
+    cursor: Option<&(String, u64)>,
+    opened: &pb::WatchOpened,
+    after_seq: u64,
+) -> LogChange {
+    let Some((known, _)) = cursor else {
+        return LogChange::None;
+    };
+    if opened.last_seq < after_seq {
+        LogChange::Restarted
+    } else if !known.is_empty() && *known != opened.daemon_instance_id {
+        LogChange::NewInstance
+    } else {
+        LogChange::None
     }
 }
 
@@ -462,6 +514,44 @@ mod tests {
         };
         s.set_state(state);
         s
+    }
+
+    fn opened(instance: &str, last_seq: u64) -> pb::WatchOpened {
+        pb::WatchOpened {
+            daemon_instance_id: instance.into(),
+            last_seq,
+        }
+    }
+
+    #[test]
+    fn a_log_shorter_than_the_cursor_started_over() {
+        let cursor = ("boot1".to_owned(), 16);
+        // A wiped daemon's new log, or the session created again on the
+        // same daemon: both start at seq 1, below the old cursor.
+        assert_eq!(
+            log_change(Some(&cursor), &opened("boot2", 2), 16),
+            LogChange::Restarted
+        );
+        assert_eq!(
+            log_change(Some(&cursor), &opened("boot1", 0), 16),
+            LogChange::Restarted
+        );
+        // A restart that kept its numbering.
+        assert_eq!(
+            log_change(Some(&cursor), &opened("boot2", 16), 16),
+            LogChange::NewInstance
+        );
+        assert_eq!(
+            log_change(Some(&cursor), &opened("boot1", 20), 16),
+            LogChange::None
+        );
+        // The first stream after the first listing names the instance.
+        let first = (String::new(), 4);
+        assert_eq!(
+            log_change(Some(&first), &opened("boot1", 4), 4),
+            LogChange::None
+        );
+        assert_eq!(log_change(None, &opened("boot1", 0), 0), LogChange::None);
     }
 
     #[test]
