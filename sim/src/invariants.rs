@@ -202,6 +202,22 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
                 task,
                 "a misconfigured task's program ran".into(),
             ),
+            (TaskExpect::Rejected, Some(why))
+                if plan
+                    .refusal
+                    .as_ref()
+                    .is_some_and(|r| !why.contains(r.as_str()))
+                    || why.contains("not reachable") =>
+            {
+                // Nomad shows this text to the job's author: it says what
+                // was wrong, and a refusal the daemon gave is not presented
+                // as a daemon that cannot be reached.
+                violation(
+                    "rejections",
+                    task,
+                    format!("the refusal does not say what was wrong: {why}"),
+                )
+            }
             (TaskExpect::Run, Some(why)) => violation(
                 "rejections",
                 task,

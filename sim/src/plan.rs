@@ -60,6 +60,8 @@ pub struct TaskPlan {
     pub destroy_after: Option<Duration>,
     /// What should happen.
     pub expect: TaskExpect,
+    /// Text a refusal must contain.
+    pub refusal: Option<String>,
     /// The exit code and signal Nomad must be told, when known in advance.
     pub expected_exit: Option<(i32, i32)>,
     /// The bound on its result's delay after the program's end (or the
@@ -268,13 +270,17 @@ impl Plan {
                     task_id,
                     alloc_id,
                     start_at: group.start.0 + Duration::from_millis(offset),
-                    program: group.program.replace("{i}", &index.to_string()),
+                    program: padded(
+                        group.program.replace("{i}", &index.to_string()),
+                        group.padding,
+                    ),
                     extra_config: group.config.clone(),
                     stop_after: group.stop_after.map(|s| s.0),
                     kill_timeout: group.kill_timeout.0,
                     kill_signal: group.kill_signal.clone(),
                     destroy_after: group.destroy_after.map(|s| s.0),
                     expect: group.expect,
+                    refusal: group.refusal.clone(),
                     expected_exit: (group.exit_code.is_some() || group.signal.is_some())
                         .then(|| (group.exit_code.unwrap_or(0), group.signal.unwrap_or(0))),
                     results_within: group
@@ -498,4 +504,17 @@ fn actions_of(fault: &Fault, normal: Duration) -> Vec<(Duration, Action)> {
         }
     }
     out
+}
+
+/// `program` with `#` comment lines appended until it is `size` bytes
+/// long (or longer).
+fn padded(mut program: String, size: usize) -> String {
+    const LINE: &str = "# padding padding padding padding padding padding padding padding\n";
+    if program.len() < size && !program.ends_with('\n') && !program.is_empty() {
+        program.push('\n');
+    }
+    while program.len() < size {
+        program.push_str(LINE);
+    }
+    program
 }

@@ -247,6 +247,14 @@ pub struct TaskGroup {
     pub spread: Span,
     /// The snippet, in the scripted runtime's language.
     pub program: String,
+    /// Pads the snippet with `#` comment lines to at least this many bytes
+    /// (large snippets; the daemon's default limit is 1 MiB).
+    #[serde(default)]
+    pub padding: usize,
+    /// For `expect = "rejected"`: text Nomad's refusal must contain (what
+    /// was wrong, e.g. the field).
+    #[serde(default)]
+    pub refusal: Option<String>,
     /// More task `config` attributes (HCL), e.g. `language = "cobol"`.
     #[serde(default)]
     pub config: String,

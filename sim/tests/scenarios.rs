@@ -94,6 +94,7 @@ scenarios! {
     task_stats => "task-stats",
     signal_under_partition => "signal-under-partition",
     stats_signals_random => "stats-signals-random",
+    large_snippets => "large-snippets",
 }
 
 /// The full trace of one run, printed by the `elide-sim` binary in its own

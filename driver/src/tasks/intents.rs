@@ -25,10 +25,9 @@ use serde::{Deserialize, Serialize};
 use elide_proto::elide::daemon::v1 as pb;
 use tokio::sync::watch;
 
+use super::cancel::{cancel_execution, max_cancel_grace, next_stop_step, CancelOutcome, StopStep};
 use super::output::OFFSETS_DIR;
-use super::{
-    cancel_execution, ExitOutcome, FORCE_DELETE_TIMEOUT, REAP_FIRST_DELAY, REAP_MAX_DELAY,
-};
+use super::{ExitOutcome, FORCE_DELETE_TIMEOUT, REAP_FIRST_DELAY, REAP_MAX_DELAY};
 use crate::backoff::Backoff;
 use crate::daemon_link::DaemonLink;
 use crate::host::StateFiles;
@@ -279,7 +278,10 @@ pub(super) async fn reap(target: Reap) {
 
 /// Asks the daemon to stop an execution until it confirms (or says the
 /// execution is gone or finished), with back-off while it cannot be
-/// reached; ends early once the task has exited.
+/// reached; ends early once the task has exited. A stop the daemon refuses
+/// takes `StopTask`'s fallbacks ([`next_stop_step`]): the longest grace the
+/// daemon allows, then SIGKILL, so a stop applied at recovery ends the
+/// program the way the same stop sent to a known task would.
 pub(super) async fn keep_stopping(
     task_id: String,
     link: DaemonLink,
@@ -289,34 +291,45 @@ pub(super) async fn keep_stopping(
     mut exit: watch::Receiver<Option<ExitOutcome>>,
 ) {
     let mut backoff = Backoff::between(REAP_FIRST_DELAY, REAP_MAX_DELAY);
+    let mut refusals = 0;
     loop {
         if exit.borrow().is_some() {
             return;
         }
-        match cancel_execution(
+        let result = cancel_execution(
             &link,
             &session_id,
             &execution_id,
             &stop.signal,
             stop.grace(),
         )
-        .await
-        {
-            Ok(()) => {
-                tracing::info!(task_id, execution_id, "the daemon accepted the stop");
+        .await;
+        match next_stop_step(refusals, CancelOutcome::of(&result)) {
+            StopStep::AwaitExit => {
+                tracing::info!(task_id, execution_id, signal = %stop.signal, "the daemon accepted the stop");
                 return;
             }
-            Err(e) if e.is_transport() => {
-                tracing::debug!(task_id, execution_id, error = %e, "stop not delivered yet; retrying");
-            }
-            Err(e) if e.code() == tonic::Code::InvalidArgument && stop.signal != "SIGKILL" => {
-                // A signal or grace the daemon refuses: kill instead.
-                stop = StopRequest::new("SIGKILL", Duration::ZERO);
+            StopStep::RetryWithAllowedGrace => {
+                let allowed = max_cancel_grace(&link).await.unwrap_or(Duration::ZERO);
+                tracing::warn!(task_id, execution_id, grace = ?stop.grace(), ?allowed, "daemon refused the stop request; retrying with the grace it allows");
+                stop = StopRequest::new(&stop.signal, stop.grace().min(allowed));
+                refusals += 1;
                 continue;
             }
+            StopStep::Kill => {
+                tracing::warn!(task_id, execution_id, signal = %stop.signal, "daemon refused the stop signal; killing the task instead");
+                stop = StopRequest::new("SIGKILL", Duration::ZERO);
+                refusals += 1;
+                continue;
+            }
+            StopStep::Fail {
+                keep_stopping: true,
+            } => {
+                tracing::debug!(task_id, execution_id, error = ?result.err(), "stop not delivered yet; retrying");
+            }
             // Gone or already finished: nothing left to stop.
-            Err(e) => {
-                tracing::debug!(task_id, execution_id, error = %e, "nothing left to stop");
+            StopStep::MarkLost | StopStep::Fail { .. } => {
+                tracing::debug!(task_id, execution_id, error = ?result.err(), "nothing left to stop");
                 return;
             }
         }

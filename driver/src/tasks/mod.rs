@@ -10,6 +10,7 @@
 //!   output has reached Nomad's FIFOs; the outcome is published exactly
 //!   once on a `watch` channel, which any number of `WaitTask` calls read.
 
+mod cancel;
 mod destroy;
 mod detach;
 mod driver_state;
@@ -54,7 +55,6 @@ pub use exec::ExecError;
 pub use exit::ExitOutcome;
 pub use stats::{NodeCompute, ResourceSample};
 pub use status_feed::{Observed, StatusHub};
-use stop::cancel_execution;
 
 use intents::{keep_stopping, DeleteJournal, StopFile, StopRequest};
 

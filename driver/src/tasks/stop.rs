@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use elide_proto::elide::daemon::v1 as pb;
 use tokio::sync::watch;
 
 use crate::daemon_link::{identity, CallError, DaemonLink};
 use crate::plugin_config::PluginConfig;
 
+use super::cancel::{cancel_execution, max_cancel_grace, next_stop_step, CancelOutcome, StopStep};
 use super::intents::StopRequest;
 use super::{
     daemon_error, ExitOutcome, Task, TaskError, TaskManager, DEFAULT_STOP_SIGNAL, MAX_STOP_GRACE,
@@ -177,72 +177,6 @@ impl TaskManager {
     }
 }
 
-/// How one `CancelExecution` call went, as the stop ladder sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum CancelOutcome {
-    /// The daemon accepted: the signal is on its way.
-    Accepted,
-    /// `InvalidArgument`: the grace or the signal is not acceptable.
-    Refused,
-    /// The execution is not on the daemon (any more).
-    NotFound,
-    /// The daemon could not be reached.
-    Unreachable,
-    /// Any other failure.
-    Failed,
-}
-
-impl CancelOutcome {
-    fn of(result: &Result<(), CallError>) -> Self {
-        match result {
-            Ok(()) => CancelOutcome::Accepted,
-            Err(e) if e.code() == tonic::Code::InvalidArgument => CancelOutcome::Refused,
-            Err(e) if e.is_not_found() => CancelOutcome::NotFound,
-            Err(e) if e.is_transport() => CancelOutcome::Unreachable,
-            Err(_) => CancelOutcome::Failed,
-        }
-    }
-}
-
-/// What `StopTask` does next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum StopStep {
-    /// Wait for the exit (the stop was accepted).
-    AwaitExit,
-    /// Cancel again with the longest grace the daemon allows.
-    RetryWithAllowedGrace,
-    /// Cancel with SIGKILL and no grace: the daemon does not take the signal.
-    Kill,
-    /// The execution is gone: report the task lost.
-    MarkLost,
-    /// Fail `StopTask`; with `keep_stopping`, keep asking in the background.
-    Fail {
-        /// The daemon was unreachable, so the stop may still get through.
-        keep_stopping: bool,
-    },
-}
-
-/// The stop fallback ladder: the step after a cancel that went `outcome`,
-/// when `refusals` earlier cancels of this stop were refused. A refused
-/// stop is first retried with the daemon's longest grace (the operator's
-/// `kill_timeout` may be above the daemon's `max_cancel_grace`), then as
-/// SIGKILL (the signal name is unknown to the daemon); a refused SIGKILL
-/// fails the stop.
-pub(super) fn next_stop_step(refusals: usize, outcome: CancelOutcome) -> StopStep {
-    match outcome {
-        CancelOutcome::Accepted => StopStep::AwaitExit,
-        CancelOutcome::Refused if refusals == 0 => StopStep::RetryWithAllowedGrace,
-        CancelOutcome::Refused if refusals == 1 => StopStep::Kill,
-        CancelOutcome::Refused | CancelOutcome::Failed => StopStep::Fail {
-            keep_stopping: false,
-        },
-        CancelOutcome::NotFound => StopStep::MarkLost,
-        CancelOutcome::Unreachable => StopStep::Fail {
-            keep_stopping: true,
-        },
-    }
-}
-
 /// `CancelExecution` of a task's execution.
 pub(super) async fn cancel(task: &Task, signal: &str, grace: Duration) -> Result<(), CallError> {
     cancel_execution(
@@ -253,51 +187,6 @@ pub(super) async fn cancel(task: &Task, signal: &str, grace: Duration) -> Result
         grace,
     )
     .await
-}
-
-/// `CancelExecution`: `signal` now, SIGKILL after `grace`.
-/// Deadline of one `CancelExecution` call. The daemon answers it at once
-/// (it signals and returns; the program ends later), so an unanswered
-/// cancel means a dead connection, most often one left over from a
-/// partition that has already healed. A short deadline retires it sooner,
-/// which also reopens the streams on it, so the stop goes out again and its
-/// result comes back well inside `kill_timeout` + 10 s (found by the
-/// simulation: random-faults seeds 2000255 and 2000371).
-const CANCEL_CALL_TIMEOUT: Duration = Duration::from_secs(3);
-
-pub(super) async fn cancel_execution(
-    link: &DaemonLink,
-    session_id: &str,
-    execution_id: &str,
-    signal: &str,
-    grace: Duration,
-) -> Result<(), CallError> {
-    let request = pb::CancelExecutionRequest {
-        session_id: session_id.to_owned(),
-        execution_id: execution_id.to_owned(),
-        signal: signal.to_owned(),
-        grace: Some(elide_proto::duration_to_proto(grace)),
-    };
-    link.unary_within(CANCEL_CALL_TIMEOUT, request, |mut c, r| async move {
-        c.cancel_execution(r).await
-    })
-    .await
-    .map(drop)
-}
-
-/// The daemon's `max_cancel_grace`, if it says.
-async fn max_cancel_grace(link: &DaemonLink) -> Option<Duration> {
-    let capabilities = link
-        .unary(pb::GetCapabilitiesRequest {}, |mut c, r| async move {
-            c.get_capabilities(r).await
-        })
-        .await
-        .ok()?;
-    let grace = capabilities.limits?.max_cancel_grace?;
-    Some(Duration::new(
-        grace.seconds.max(0) as u64,
-        grace.nanos.max(0) as u32,
-    ))
 }
 
 /// How the wait after a stop request ended.
@@ -385,35 +274,5 @@ mod tests {
         })
         .await;
         assert_eq!(end, StopEnd::Exited);
-    }
-
-    #[test]
-    fn the_stop_ladder_retries_a_refused_stop_with_the_allowed_grace_then_kills() {
-        use CancelOutcome::*;
-        assert_eq!(next_stop_step(0, Refused), StopStep::RetryWithAllowedGrace);
-        assert_eq!(next_stop_step(1, Refused), StopStep::Kill);
-        assert_eq!(
-            next_stop_step(2, Refused),
-            StopStep::Fail {
-                keep_stopping: false
-            }
-        );
-        for refusals in 0..3 {
-            assert_eq!(next_stop_step(refusals, Accepted), StopStep::AwaitExit);
-            assert_eq!(next_stop_step(refusals, NotFound), StopStep::MarkLost);
-            assert_eq!(
-                next_stop_step(refusals, Unreachable),
-                StopStep::Fail {
-                    keep_stopping: true
-                },
-                "an unreachable daemon keeps being asked in the background"
-            );
-            assert_eq!(
-                next_stop_step(refusals, Failed),
-                StopStep::Fail {
-                    keep_stopping: false
-                }
-            );
-        }
     }
 }
