@@ -29,6 +29,8 @@ pub struct Evidence<'a> {
     /// Per client: what its daemon held at the end (`None`: not
     /// reachable).
     pub held: BTreeMap<u32, Option<Held>>,
+    /// Per client: every connection its plugins dialled to the daemon.
+    pub dials: BTreeMap<u32, Vec<crate::net::Dial>>,
     /// Why the run stopped early, if it did.
     pub aborted: Option<String>,
 }

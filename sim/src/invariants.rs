@@ -14,7 +14,12 @@
 //!    and no result reaches Nomad before its program ended
 //!    (`result-after-end`);
 //! 3. no program runs twice, a refused task runs not at all, and every
-//!    program that ran belongs to a planned task (`planned-runs`);
+//!    program that ran belongs to a planned task (`planned-runs`); a
+//!    refusal says what was wrong (`rejections`), and no `StartTask`
+//!    error blames reachability when no fault touched the client
+//!    (`start-errors`, in [`crate::start_errors`]); each link the plugin
+//!    makes dials its daemon again only after a fault on its client
+//!    (`redials`, in [`crate::connections`]);
 //! 4. a task's log streams received exactly the program's output, minus
 //!    the byte ranges the driver reported lost (a prefix when the program
 //!    died with its daemon or the task failed explicitly); every writer
@@ -55,7 +60,6 @@ use std::time::Duration;
 use crate::evidence::{exit_of, Evidence, Latency, EXIT_PERSIST_SLACK};
 use crate::observe::TaskResult;
 use crate::plan::daemon_host;
-use crate::scenario::TaskExpect;
 use crate::truth::ProgramRun;
 
 /// Slack over `kill_timeout` for a stopped task's result to reach Nomad.
@@ -190,40 +194,6 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
                 task,
                 format!("the program ran {} times", runs.len()),
             );
-        }
-        match (plan.expect, &seen.rejected) {
-            (TaskExpect::Rejected, None) if seen.start_calls > 0 => violation(
-                "rejections",
-                task,
-                "a misconfigured task was accepted".into(),
-            ),
-            (TaskExpect::Rejected, _) if !runs.is_empty() => violation(
-                "rejections",
-                task,
-                "a misconfigured task's program ran".into(),
-            ),
-            (TaskExpect::Rejected, Some(why))
-                if plan
-                    .refusal
-                    .as_ref()
-                    .is_some_and(|r| !why.contains(r.as_str()))
-                    || why.contains("not reachable") =>
-            {
-                // Nomad shows this text to the job's author: it says what
-                // was wrong, and a refusal the daemon gave is not presented
-                // as a daemon that cannot be reached.
-                violation(
-                    "rejections",
-                    task,
-                    format!("the refusal does not say what was wrong: {why}"),
-                )
-            }
-            (TaskExpect::Run, Some(why)) => violation(
-                "rejections",
-                task,
-                format!("a valid task was refused: {why}"),
-            ),
-            _ => {}
         }
         if seen.rejected.is_some() {
             continue;
@@ -593,6 +563,8 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
     // 8b. Fingerprints follow the daemon.
     out.extend(crate::fingerprints::check(e));
     // 10. Timeouts and memory limits; 11. log readers that stall or go.
+    out.extend(crate::start_errors::check(e));
+    out.extend(crate::connections::check(e));
     out.extend(crate::task_limits::check(e));
     out.extend(crate::log_readers::check(e));
     // 10. TaskStats and SignalTask.

@@ -11,6 +11,7 @@
 //! `invariants` judge what the agents `observe`d against the ground
 //! truth. Same seed, same `trace`, byte for byte.
 
+mod connections;
 mod daemon_host;
 mod evidence;
 mod files;
@@ -25,6 +26,7 @@ mod plan;
 mod plugin_host;
 mod scenario;
 mod signals;
+mod start_errors;
 mod task_limits;
 mod task_stats;
 mod trace;

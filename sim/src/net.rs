@@ -4,6 +4,7 @@
 //! above it are the production ones.
 
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -73,14 +74,74 @@ pub fn channel(host: &str, port: u16) -> Channel {
         }))
 }
 
+/// Every connection the plugin of one client dialled to its daemon: the
+/// link (one per dialer the driver made) and when. Lets an invariant tell
+/// a reconnect a fault explains from connection churn.
+#[derive(Debug, Clone, Default)]
+pub struct DialLog {
+    inner: Arc<Mutex<DialLogInner>>,
+}
+
+#[derive(Debug, Default)]
+struct DialLogInner {
+    links: u64,
+    dials: Vec<Dial>,
+}
+
+/// One dial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dial {
+    /// Which link (numbered in the order the driver made them).
+    pub link: u64,
+    /// When (simulated time).
+    pub at: Duration,
+}
+
+impl DialLog {
+    fn lock(&self) -> MutexGuard<'_, DialLogInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn new_link(&self) -> u64 {
+        let mut inner = self.lock();
+        inner.links += 1;
+        inner.links
+    }
+
+    /// Every dial so far, in order.
+    pub fn dials(&self) -> Vec<Dial> {
+        self.lock().dials.clone()
+    }
+}
+
 /// The driver's transport to a daemon in the simulation: simulated TCP to
-/// `host:port` where production dials a unix socket.
+/// `host:port` where production dials a unix socket. Each dial is logged.
 #[derive(Debug, Clone)]
-pub struct SimDialer(pub String);
+pub struct SimDialer {
+    target: String,
+    link: u64,
+    log: DialLog,
+}
+
+impl SimDialer {
+    /// A dialer of a new link to `target`, logging into `log`.
+    pub fn new(target: String, log: &DialLog) -> Self {
+        SimDialer {
+            target,
+            link: log.new_link(),
+            log: log.clone(),
+        }
+    }
+}
 
 impl Dialer for SimDialer {
     fn dial(&self) -> BoxFuture<'static, std::io::Result<BoxedIo>> {
-        let target = self.0.clone();
+        let target = self.target.clone();
+        let at = turmoil::sim_elapsed().unwrap_or_default();
+        self.log.lock().dials.push(Dial {
+            link: self.link,
+            at,
+        });
         Box::pin(async move {
             let stream = TcpStream::connect(target).await?;
             Ok(Box::new(stream) as BoxedIo)
@@ -88,7 +149,7 @@ impl Dialer for SimDialer {
     }
 
     fn target(&self) -> String {
-        self.0.clone()
+        self.target.clone()
     }
 
     fn keepalive(&self) -> bool {

@@ -33,6 +33,9 @@ pub struct TaskSeen {
     pub started_at: Option<Duration>,
     /// Why `StartTask` refused it for good.
     pub rejected: Option<String>,
+    /// `StartTask` failures Nomad retries (recoverable): when, and the
+    /// message.
+    pub start_failures: Vec<(Duration, String)>,
     /// Every result received (exactly one persisted is right; any other
     /// must match it).
     pub results: Vec<TaskResult>,

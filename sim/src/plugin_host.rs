@@ -16,7 +16,7 @@ use elide_proto::hashicorp::nomad::plugins::drivers::proto::driver_server::Drive
 
 use crate::files::MemoryFiles;
 use crate::logs::LogBook;
-use crate::net::{incoming, SimDialer};
+use crate::net::{incoming, DialLog, SimDialer};
 use crate::users::SimUsers;
 
 /// Port the plugin serves Nomad on.
@@ -34,13 +34,13 @@ impl WallClock for SimClock {
 
 /// Daemon endpoints reached over simulated TCP (a unix path is dialled as
 /// a host name, and fails: there are no unix sockets in the simulation).
-pub fn sim_dialers() -> DialerFactory {
-    Arc::new(|endpoint: &DaemonEndpoint| {
+pub fn sim_dialers(log: DialLog) -> DialerFactory {
+    Arc::new(move |endpoint: &DaemonEndpoint| {
         let target = match endpoint {
             DaemonEndpoint::Tcp(address) => address.clone(),
             DaemonEndpoint::Unix(path) => path.display().to_string(),
         };
-        Arc::new(SimDialer(target)) as Arc<dyn elide_driver::Dialer>
+        Arc::new(SimDialer::new(target, &log)) as Arc<dyn elide_driver::Dialer>
     })
 }
 
@@ -55,6 +55,8 @@ pub struct PluginHost {
     pub files: MemoryFiles,
     /// The client's log FIFOs (logmon's side).
     pub logs: LogBook,
+    /// The connections its plugins dialled to the daemon.
+    pub dials: DialLog,
 }
 
 impl PluginHost {
@@ -72,7 +74,7 @@ impl PluginHost {
                     files: Arc::new(plugin.files.clone()),
                     users: Arc::new(SimUsers),
                 };
-                let dialers = sim_dialers();
+                let dialers = sim_dialers(plugin.dials.clone());
                 let driver = Arc::new(ElideDriver::on_host(
                     Arc::new(ApiProbe::with_dialers(dialers.clone())),
                     dialers,

@@ -194,6 +194,13 @@ pub struct DaemonLimits {
     /// it are forgotten, oldest first.
     #[serde(default)]
     pub max_retained_executions: Option<u32>,
+    /// `max_running_executions`: programs running at once.
+    #[serde(default)]
+    pub max_running: Option<u32>,
+    /// `max_queued_executions`: accepted executions waiting for a run slot;
+    /// beyond it `StartExecution` is refused (`RESOURCE_EXHAUSTED`).
+    #[serde(default)]
+    pub max_queued: Option<u32>,
 }
 
 impl DaemonLimits {
@@ -210,6 +217,12 @@ impl DaemonLimits {
         }
         if let Some(events) = self.max_events_retained {
             limits.max_events_retained_per_session = events;
+        }
+        if let Some(running) = self.max_running {
+            limits.max_running_executions = running;
+        }
+        if let Some(queued) = self.max_queued {
+            limits.max_queued_executions = queued;
         }
         if let Some(executions) = self.max_retained_executions {
             limits.max_retained_executions_per_session = executions;

@@ -91,6 +91,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
 
     let mut daemons = BTreeMap::new();
     let mut logs = BTreeMap::new();
+    let mut dial_logs = BTreeMap::new();
     for client in 1..=cluster.clients {
         let daemon = DaemonHost::new(&daemon_host(client), DAEMON_PORT)
             .with_limits(scenario.daemon.apply(Default::default()))
@@ -99,11 +100,14 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
         daemon.install(&mut sim);
         daemons.insert(client, daemon);
         let book = LogBook::default();
+        let dial_log = crate::net::DialLog::default();
+        dial_logs.insert(client, dial_log.clone());
         PluginHost {
             name: plugin_host(client),
             machine: format!("client-{client}"),
             files: MemoryFiles::default(),
             logs: book.clone(),
+            dials: dial_log.clone(),
         }
         .install(&mut sim);
         NomadAgent {
@@ -204,6 +208,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
         logs: &logs,
         daemons: daemon_states,
         held,
+        dials: dial_logs.iter().map(|(c, log)| (*c, log.dials())).collect(),
         aborted,
     };
     let violations = invariants::check(&evidence);

@@ -95,6 +95,7 @@ scenarios! {
     signal_under_partition => "signal-under-partition",
     stats_signals_random => "stats-signals-random",
     large_snippets => "large-snippets",
+    busy_daemon => "busy-daemon",
 }
 
 /// The full trace of one run, printed by the `elide-sim` binary in its own

@@ -339,6 +339,10 @@ impl TaskRun {
                         "StartTask failed ({failures}): {}",
                         status.message()
                     ));
+                    let now = turmoil::sim_elapsed().unwrap_or_default();
+                    self.seen.task(&self.plan.task_id, |t| {
+                        t.start_failures.push((now, status.message().to_owned()))
+                    });
                     if failures >= START_ATTEMPTS {
                         self.fail(format!("failed to start: {}", status.message()))
                             .await;

@@ -1,0 +1,73 @@
+//! What Nomad is told when a task does not start (`rejections`,
+//! `start-errors`): a misconfigured task is refused, never run, with a
+//! message that says what was wrong; a valid one is never refused; and a
+//! start Nomad retries blames the network only when a fault touched the
+//! client. Nomad shows these messages to the job's author and the
+//! operator: a daemon's refusal presented as "not reachable" sends them
+//! after a network problem that is not there.
+
+use std::time::Duration;
+
+use crate::evidence::{Evidence, Violation};
+use crate::scenario::TaskExpect;
+
+/// How far back a fault may explain a `StartTask` error that says the
+/// daemon was not reachable (the driver's call deadlines and back-off).
+const START_ERROR_WINDOW: Duration = Duration::from_secs(30);
+
+/// The violations of `rejections` and `start-errors`.
+pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let mut violation = |rule: &'static str, task: &str, detail: String| {
+        out.push(Violation::of_task(rule, task, detail));
+    };
+    for plan in &e.plan.tasks {
+        let task = plan.task_id.as_str();
+        let seen = e.seen.seen(&plan.task_id);
+        let ran = !e.truth.runs_of(&plan.execution_id).is_empty();
+        match (plan.expect, &seen.rejected) {
+            (TaskExpect::Rejected, None) if seen.start_calls > 0 => violation(
+                "rejections",
+                task,
+                "a misconfigured task was accepted".into(),
+            ),
+            (TaskExpect::Rejected, _) if ran => violation(
+                "rejections",
+                task,
+                "a misconfigured task's program ran".into(),
+            ),
+            (TaskExpect::Rejected, Some(why))
+                if plan
+                    .refusal
+                    .as_ref()
+                    .is_some_and(|r| !why.contains(r.as_str()))
+                    || why.contains("not reachable") =>
+            {
+                violation(
+                    "rejections",
+                    task,
+                    format!("the refusal does not say what was wrong: {why}"),
+                )
+            }
+            (TaskExpect::Run, Some(why)) => violation(
+                "rejections",
+                task,
+                format!("a valid task was refused: {why}"),
+            ),
+            _ => {}
+        }
+        for (at, why) in &seen.start_failures {
+            let window = at.saturating_sub(START_ERROR_WINDOW);
+            if why.contains("not reachable")
+                && e.plan.faults_during(plan.client, window, *at).is_empty()
+            {
+                violation(
+                    "start-errors",
+                    task,
+                    format!("StartTask blamed reachability with no fault on its client: {why}"),
+                );
+            }
+        }
+    }
+    out
+}
