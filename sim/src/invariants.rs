@@ -17,7 +17,7 @@
 //!    program that ran belongs to a planned task (`planned-runs`); a
 //!    refusal says what was wrong (`rejections`), and no `StartTask`
 //!    error blames reachability when no fault touched the client
-//!    (`start-errors`, in [`crate::start_errors`]); each link the plugin
+//!    (`start-errors`, in [`crate::call_errors`]); each link the plugin
 //!    makes dials its daemon again only after a fault on its client
 //!    (`redials`, in [`crate::connections`]);
 //! 4. a task's log streams received exactly the program's output, minus
@@ -563,7 +563,7 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
     // 8b. Fingerprints follow the daemon.
     out.extend(crate::fingerprints::check(e));
     // 10. Timeouts and memory limits; 11. log readers that stall or go.
-    out.extend(crate::start_errors::check(e));
+    out.extend(crate::call_errors::check(e));
     out.extend(crate::connections::check(e));
     out.extend(crate::task_limits::check(e));
     out.extend(crate::log_readers::check(e));

@@ -11,6 +11,7 @@
 //! `invariants` judge what the agents `observe`d against the ground
 //! truth. Same seed, same `trace`, byte for byte.
 
+mod call_errors;
 mod connections;
 mod daemon_host;
 mod evidence;
@@ -26,7 +27,6 @@ mod plan;
 mod plugin_host;
 mod scenario;
 mod signals;
-mod start_errors;
 mod task_limits;
 mod task_stats;
 mod trace;

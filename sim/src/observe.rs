@@ -36,6 +36,8 @@ pub struct TaskSeen {
     /// `StartTask` failures Nomad retries (recoverable): when, and the
     /// message.
     pub start_failures: Vec<(Duration, String)>,
+    /// `StopTask` calls that failed: when, and the message.
+    pub stop_failures: Vec<(Duration, String)>,
     /// Every result received (exactly one persisted is right; any other
     /// must match it).
     pub results: Vec<TaskResult>,

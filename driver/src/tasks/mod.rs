@@ -302,17 +302,23 @@ impl TaskManager {
             Err(_) => exit::lost("the task was destroyed", self.host.clock.now()),
         };
         #[cfg(feature = "fault-switch")]
-        {
-            let answered_before = task
-                .answered
-                .swap(true, std::sync::atomic::Ordering::SeqCst);
-            if crate::broken!(ReportsEverythingLost)
-                || (answered_before && crate::broken!(AnswersWaitTaskTwice))
-            {
-                return Ok(exit::lost("broken on purpose", self.host.clock.now()));
-            }
+        if let Some(broken) = self.broken_wait_answer(&task) {
+            return Ok(broken);
         }
         Ok(outcome)
+    }
+
+    /// The test-only fault switch's wrong `WaitTask` answers (compiled
+    /// only with the `fault-switch` feature, so left out of mutation
+    /// testing, see `.cargo/mutants.toml`).
+    #[cfg(feature = "fault-switch")]
+    fn broken_wait_answer(&self, task: &Task) -> Option<ExitOutcome> {
+        let answered_before = task
+            .answered
+            .swap(true, std::sync::atomic::Ordering::SeqCst);
+        (crate::broken!(ReportsEverythingLost)
+            || (answered_before && crate::broken!(AnswersWaitTaskTwice)))
+        .then(|| exit::lost("broken on purpose", self.host.clock.now()))
     }
 
     /// `SignalTask`: delivers a signal by name.

@@ -53,6 +53,10 @@ impl KillRun {
                 .await;
             self.answered.notify_one();
             let Err(status) = stopped else { return };
+            let now = turmoil::sim_elapsed().unwrap_or_default();
+            self.seen.task(&self.plan.task_id, |t| {
+                t.stop_failures.push((now, status.message().to_owned()))
+            });
             let backoff = (KILL_BACKOFF_BASELINE * 4u32.pow(failures)).min(KILL_BACKOFF_LIMIT);
             self.trace.record(
                 &self.who,

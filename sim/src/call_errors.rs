@@ -1,10 +1,14 @@
-//! What Nomad is told when a task does not start (`rejections`,
-//! `start-errors`): a misconfigured task is refused, never run, with a
-//! message that says what was wrong; a valid one is never refused; and a
-//! start Nomad retries blames the network only when a fault touched the
-//! client. Nomad shows these messages to the job's author and the
-//! operator: a daemon's refusal presented as "not reachable" sends them
-//! after a network problem that is not there.
+//! What Nomad is told when a call fails (`rejections`, `start-errors`,
+//! `stop-errors`): a misconfigured task is refused, never run, with a
+//! message that says what was wrong; a valid one is never refused; a start
+//! Nomad retries blames the network only when a fault touched the client;
+//! and `StopTask` fails only when a fault kept the driver from the daemon
+//! (its contract: a stop the daemon refuses falls back to what it accepts,
+//! and a stop of an ended task succeeds, since a failed stop makes Nomad
+//! retry for minutes and then wait with no limit). Nomad shows these
+//! messages to the job's author and the operator: a daemon's refusal
+//! presented as "not reachable" sends them after a network problem that is
+//! not there.
 
 use std::time::Duration;
 
@@ -12,10 +16,11 @@ use crate::evidence::{Evidence, Violation};
 use crate::scenario::TaskExpect;
 
 /// How far back a fault may explain a `StartTask` error that says the
-/// daemon was not reachable (the driver's call deadlines and back-off).
+/// daemon was not reachable, or a failed `StopTask` (the driver's call
+/// deadlines and back-off).
 const START_ERROR_WINDOW: Duration = Duration::from_secs(30);
 
-/// The violations of `rejections` and `start-errors`.
+/// The violations of `rejections`, `start-errors` and `stop-errors`.
 pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
     let mut out = Vec::new();
     let mut violation = |rule: &'static str, task: &str, detail: String| {
@@ -65,6 +70,16 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
                     "start-errors",
                     task,
                     format!("StartTask blamed reachability with no fault on its client: {why}"),
+                );
+            }
+        }
+        for (at, why) in &seen.stop_failures {
+            let window = at.saturating_sub(START_ERROR_WINDOW);
+            if e.plan.faults_during(plan.client, window, *at).is_empty() {
+                violation(
+                    "stop-errors",
+                    task,
+                    format!("StopTask failed with no fault on its client: {why}"),
                 );
             }
         }
