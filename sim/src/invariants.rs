@@ -19,7 +19,9 @@
 //!    error blames reachability when no fault touched the client
 //!    (`start-errors`, in [`crate::call_errors`]); each link the plugin
 //!    makes dials its daemon again only after a fault on its client
-//!    (`redials`, in [`crate::connections`]);
+//!    (`redials`, in [`crate::connections`]); `InspectTask` after a
+//!    result says what `WaitTask` said (`inspect`, in
+//!    [`crate::inspections`]);
 //! 4. a task's log streams received exactly the program's output, minus
 //!    the byte ranges the driver reported lost (a prefix when the program
 //!    died with its daemon or the task failed explicitly); every writer
@@ -565,6 +567,7 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
     // 10. Timeouts and memory limits; 11. log readers that stall or go.
     out.extend(crate::call_errors::check(e));
     out.extend(crate::connections::check(e));
+    out.extend(crate::inspections::check(e));
     out.extend(crate::task_limits::check(e));
     out.extend(crate::log_readers::check(e));
     // 10. TaskStats and SignalTask.

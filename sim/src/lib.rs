@@ -17,6 +17,7 @@ mod daemon_host;
 mod evidence;
 mod files;
 mod fingerprints;
+mod inspections;
 mod invariants;
 mod log_readers;
 mod logs;

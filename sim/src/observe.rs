@@ -24,6 +24,21 @@ pub struct TaskResult {
     pub persisted: bool,
 }
 
+/// One `InspectTask` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    /// The wall clock (the plugin's) when it was asked.
+    pub asked_at: std::time::SystemTime,
+    /// `TaskStatus.state` (`TaskState`: 1 running, 2 exited).
+    pub state: i32,
+    /// `TaskStatus.result`: exit code, signal, OOM-killed.
+    pub exit: (i32, i32, bool),
+    /// `TaskStatus.started_at`.
+    pub started_at: Option<std::time::SystemTime>,
+    /// `TaskStatus.completed_at`.
+    pub completed_at: Option<std::time::SystemTime>,
+}
+
 /// Everything seen of one task.
 #[derive(Debug, Clone, Default)]
 pub struct TaskSeen {
@@ -38,6 +53,8 @@ pub struct TaskSeen {
     pub start_failures: Vec<(Duration, String)>,
     /// `StopTask` calls that failed: when, and the message.
     pub stop_failures: Vec<(Duration, String)>,
+    /// `InspectTask` answers after the result.
+    pub inspections: Vec<Inspection>,
     /// Every result received (exactly one persisted is right; any other
     /// must match it).
     pub results: Vec<TaskResult>,

@@ -19,6 +19,7 @@ use crate::plan::{nomad_host, plugin_host, TaskPlan};
 use crate::plugin_host::PLUGIN_PORT;
 use crate::trace::Trace;
 
+mod inspector;
 mod kill;
 mod plugin;
 mod signaller;

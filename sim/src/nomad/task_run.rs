@@ -458,6 +458,7 @@ impl TaskRun {
                         persisted: false,
                     })
                     .await;
+                    self.inspect().await;
                     return;
                 }
                 Err(status) if plugin_gone(&status) || status.code() == Code::NotFound => {
