@@ -96,6 +96,7 @@ scenarios! {
     stats_signals_random => "stats-signals-random",
     large_snippets => "large-snippets",
     busy_daemon => "busy-daemon",
+    stop_during_long_partition => "stop-during-long-partition",
 }
 
 /// The full trace of one run, printed by the `elide-sim` binary in its own
