@@ -31,6 +31,10 @@ pub struct Evidence<'a> {
     pub held: BTreeMap<u32, Option<Held>>,
     /// Per client: every connection its plugins dialled to the daemon.
     pub dials: BTreeMap<u32, Vec<crate::net::Dial>>,
+    /// Per client: the plugin's files at the end (path, contents).
+    pub files: BTreeMap<u32, BTreeMap<std::path::PathBuf, Vec<u8>>>,
+    /// Per client: when each plugin process started.
+    pub plugin_boots: BTreeMap<u32, Vec<std::time::Duration>>,
     /// Why the run stopped early, if it did.
     pub aborted: Option<String>,
 }

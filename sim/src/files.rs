@@ -19,6 +19,11 @@ impl MemoryFiles {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<PathBuf, Vec<u8>>> {
         self.files.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Every file and its contents, by path.
+    pub fn all(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        self.lock().clone()
+    }
 }
 
 impl StateFiles for MemoryFiles {

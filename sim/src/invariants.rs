@@ -21,7 +21,9 @@
 //!    makes dials its daemon again only after a fault on its client
 //!    (`redials`, in [`crate::connections`]); `InspectTask` after a
 //!    result says what `WaitTask` said (`inspect`, in
-//!    [`crate::inspections`]);
+//!    [`crate::inspections`]); once a client's tasks are all destroyed,
+//!    the plugin keeps no state for them (`leftover-files`, in
+//!    [`crate::leftovers`]);
 //! 4. a task's log streams received exactly the program's output, minus
 //!    the byte ranges the driver reported lost (a prefix when the program
 //!    died with its daemon or the task failed explicitly); every writer
@@ -568,6 +570,7 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
     out.extend(crate::call_errors::check(e));
     out.extend(crate::connections::check(e));
     out.extend(crate::inspections::check(e));
+    out.extend(crate::leftovers::check(e));
     out.extend(crate::task_limits::check(e));
     out.extend(crate::log_readers::check(e));
     // 10. TaskStats and SignalTask.

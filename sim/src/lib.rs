@@ -19,6 +19,7 @@ mod files;
 mod fingerprints;
 mod inspections;
 mod invariants;
+mod leftovers;
 mod log_readers;
 mod logs;
 mod net;

@@ -62,6 +62,8 @@ pub struct TaskSeen {
     pub stop_called_at: Option<Duration>,
     /// When `DestroyTask` succeeded.
     pub destroyed_at: Option<Duration>,
+    /// When a plugin last started or recovered it.
+    pub attached_at: Option<Duration>,
     /// When `DestroyTask(force)` was first called on it while it ran.
     pub force_destroyed_at: Option<Duration>,
     /// Driver task events.

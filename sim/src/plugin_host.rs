@@ -57,6 +57,8 @@ pub struct PluginHost {
     pub logs: LogBook,
     /// The connections its plugins dialled to the daemon.
     pub dials: DialLog,
+    /// When each of its plugin processes started.
+    pub boots: Arc<std::sync::Mutex<Vec<std::time::Duration>>>,
 }
 
 impl PluginHost {
@@ -66,6 +68,11 @@ impl PluginHost {
         let plugin = self.clone();
         sim.host(self.name.as_str(), move || {
             let plugin = plugin.clone();
+            plugin
+                .boots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(turmoil::sim_elapsed().unwrap_or_default());
             async move {
                 let host = Host {
                     identity: format!("{}\nmachine-{}", plugin.machine, plugin.machine),

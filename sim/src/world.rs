@@ -92,6 +92,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
     let mut daemons = BTreeMap::new();
     let mut logs = BTreeMap::new();
     let mut dial_logs = BTreeMap::new();
+    let mut plugin_files = BTreeMap::new();
+    let mut plugin_boots = BTreeMap::new();
     for client in 1..=cluster.clients {
         let daemon = DaemonHost::new(&daemon_host(client), DAEMON_PORT)
             .with_limits(scenario.daemon.apply(Default::default()))
@@ -101,13 +103,18 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
         daemons.insert(client, daemon);
         let book = LogBook::default();
         let dial_log = crate::net::DialLog::default();
+        let files = MemoryFiles::default();
+        plugin_files.insert(client, files.clone());
+        let boots = Arc::<std::sync::Mutex<Vec<Duration>>>::default();
+        plugin_boots.insert(client, boots.clone());
         dial_logs.insert(client, dial_log.clone());
         PluginHost {
             name: plugin_host(client),
             machine: format!("client-{client}"),
-            files: MemoryFiles::default(),
+            files: files.clone(),
             logs: book.clone(),
             dials: dial_log.clone(),
+            boots: boots.clone(),
         }
         .install(&mut sim);
         NomadAgent {
@@ -209,6 +216,11 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
         daemons: daemon_states,
         held,
         dials: dial_logs.iter().map(|(c, log)| (*c, log.dials())).collect(),
+        files: plugin_files.iter().map(|(c, f)| (*c, f.all())).collect(),
+        plugin_boots: plugin_boots
+            .iter()
+            .map(|(c, b)| (*c, b.lock().unwrap_or_else(|p| p.into_inner()).clone()))
+            .collect(),
         aborted,
     };
     let violations = invariants::check(&evidence);

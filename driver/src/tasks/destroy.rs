@@ -7,7 +7,6 @@ use crate::daemon_link::{identity, DaemonLink};
 use crate::plugin_config::{DaemonEndpoint, PluginConfig};
 
 use super::intents::{reap, PendingDelete, Reap};
-use super::output::OffsetsFile;
 use super::{TaskError, TaskManager, DESTROY_WAIT_LIMIT};
 
 impl TaskManager {
@@ -44,6 +43,8 @@ impl TaskManager {
                 running: true,
             };
             self.journal.add(entry.clone());
+            // A stop that came before a recovery that will not happen now.
+            self.forget_stop(task_id);
             match config {
                 Some(config) => {
                     tracing::debug!(task_id, execution_id = %entry.execution_id, "DestroyTask for a task not held; deleting the execution its id maps to");
@@ -74,7 +75,7 @@ impl TaskManager {
         self.journal.add(entry.clone());
         let reaping = self.spawn_reap(task.session.link.clone(), entry);
         task.session.hub.unregister(&task.state.execution_id);
-        OffsetsFile::at(task.state.offsets_file.clone(), self.host.files.clone()).remove();
+        task.offsets_file.remove();
         task.stop_file(&self.host.files).remove();
         self.table().remove(task_id);
         self.events.forget(task_id);

@@ -130,6 +130,8 @@ struct Task {
     /// Keeps asking the daemon to stop the program while it cannot be
     /// reached ([`keep_stopping`]); ends with the task.
     stopper: Mutex<Option<AbortOnDrop<()>>>,
+    /// Its output offsets (shared with its forwarder).
+    offsets_file: output::OffsetsFile,
     /// Whether a `WaitTask` was answered (for the test-only fault switch).
     #[cfg(feature = "fault-switch")]
     answered: std::sync::atomic::AtomicBool,

@@ -75,11 +75,17 @@ impl Offsets {
 }
 
 /// The small file recording [`Offsets`]: `<task_dir>/private/elide-output-<execution_id>.json`,
-/// replaced atomically (write to a temporary file, then rename).
+/// replaced atomically (write to a temporary file, then rename). Clones
+/// share one state: once [`OffsetsFile::remove`]d (the task is
+/// destroyed), no clone writes it again, so a forwarder still winding down
+/// cannot leave the file behind.
 #[derive(Clone)]
 pub struct OffsetsFile {
     path: PathBuf,
     files: Arc<dyn StateFiles>,
+    /// Set by `remove`; held while writing, so a store and a remove never
+    /// interleave.
+    removed: Arc<Mutex<bool>>,
 }
 
 impl std::fmt::Debug for OffsetsFile {
@@ -100,7 +106,11 @@ impl OffsetsFile {
 
     /// At `path` (as recorded in `driver_state`), in `files`.
     pub fn at(path: PathBuf, files: Arc<dyn StateFiles>) -> Self {
-        OffsetsFile { path, files }
+        OffsetsFile {
+            path,
+            files,
+            removed: Arc::default(),
+        }
     }
 
     /// Where it lives.
@@ -116,14 +126,20 @@ impl OffsetsFile {
             .unwrap_or_default()
     }
 
-    /// Records `offsets` atomically.
+    /// Records `offsets` atomically; nothing once removed.
     pub fn store(&self, offsets: Offsets) -> io::Result<()> {
         let bytes = serde_json::to_vec(&offsets).unwrap_or_default();
+        let removed = self.removed.lock().unwrap_or_else(|p| p.into_inner());
+        if *removed {
+            return Ok(());
+        }
         self.files.replace(&self.path, &bytes)
     }
 
-    /// Removes the file (the task is destroyed).
+    /// Removes the file (the task is destroyed), for good.
     pub fn remove(&self) {
+        let mut removed = self.removed.lock().unwrap_or_else(|p| p.into_inner());
+        *removed = true;
         self.files.remove(&self.path);
     }
 }
@@ -501,6 +517,31 @@ mod tests {
         assert!(file.path().starts_with(dir.path().join(OFFSETS_DIR)));
         file.remove();
         assert_eq!(file.load(), Offsets::default());
+    }
+
+    #[test]
+    fn a_removed_offsets_file_is_not_written_again_by_any_clone() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = OffsetsFile::at(
+            OffsetsFile::path_for(dir.path(), "a.b.c"),
+            Arc::new(crate::host::LocalFiles),
+        );
+        // The forwarder's clone, still winding down after the destroy.
+        let forwarders = file.clone();
+        forwarders
+            .store(Offsets {
+                stdout: 1,
+                stderr: 0,
+            })
+            .unwrap();
+        file.remove();
+        forwarders
+            .store(Offsets {
+                stdout: 9,
+                stderr: 9,
+            })
+            .unwrap();
+        assert!(!file.path().exists(), "the destroyed task's file came back");
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@ use elide_proto::hashicorp::nomad::plugins::drivers::proto::TaskHandle;
 use crate::plugin_config::{DaemonEndpoint, PluginConfig};
 
 use super::intents::StopFile;
+use super::output::OffsetsFile;
 use super::{DriverState, TaskError, TaskManager, RECOVER_CHECK_TIMEOUT};
 
 impl TaskManager {
@@ -72,6 +73,17 @@ impl TaskManager {
             // destroys the task and starts it afresh.
             Err(e) if e.is_not_found() || e.code() == tonic::Code::InvalidArgument => {
                 context.hub.unregister(&state.execution_id);
+                // Nothing will follow this execution again (Nomad starts a
+                // new task, with a new id): its files and any remembered
+                // stop go.
+                OffsetsFile::at(state.offsets_file.clone(), self.host.files.clone()).remove();
+                StopFile::of(
+                    &state.task_dir,
+                    &state.execution_id,
+                    self.host.files.clone(),
+                )
+                .remove();
+                self.forget_stop(&task.id);
                 return Err(TaskError::NotFound(format!(
                     "task {:?}: execution {} is not on the daemon any more: {e}",
                     task.id, state.execution_id

@@ -160,13 +160,16 @@ impl TaskManager {
             (task_id.clone(), alloc_id.clone(), task_name.clone()),
         );
         let delivered = Arc::new(Mutex::new(Offsets::default()));
+        // One state for the forwarder, the flush limit's record and the
+        // task's destroy (which removes it for good).
+        let offsets_file = OffsetsFile::at(state.offsets_file.clone(), self.host.files.clone());
         let forwarder = OutputForwarder {
             link: context.link.clone(),
             session_id: state.session_id.clone(),
             execution_id: state.execution_id.clone(),
             stdout_path: state.stdout_path.clone(),
             stderr_path: state.stderr_path.clone(),
-            offsets_file: OffsetsFile::at(state.offsets_file.clone(), self.host.files.clone()),
+            offsets_file: offsets_file.clone(),
             logs: self.host.logs.clone(),
             on_dropped: {
                 let report = report_lost.clone();
@@ -178,7 +181,7 @@ impl TaskManager {
             detach: self.detach.subscribe(),
             delivered: delivered.clone(),
         };
-        let offsets_file = OffsetsFile::at(state.offsets_file.clone(), self.host.files.clone());
+        let offsets = offsets_file.clone();
         let (exit_tx, exit_rx) = watch::channel(None);
         let task_id = task.id.clone();
         let clock = self.host.clock.clone();
@@ -252,7 +255,7 @@ impl TaskManager {
                             report_lost(stream, from, to, LostBecause::LogReaderStalled);
                         }
                     }
-                    let _ = offsets_file.store(Offsets {
+                    let _ = offsets.store(Offsets {
                         stdout: delivered.stdout.max(produced.stdout),
                         stderr: delivered.stderr.max(produced.stderr),
                     });
@@ -274,6 +277,7 @@ impl TaskManager {
             exit: exit_rx,
             _supervisor: AbortOnDrop(supervisor),
             stopper: Mutex::default(),
+            offsets_file,
             #[cfg(feature = "fault-switch")]
             answered: Default::default(),
         });

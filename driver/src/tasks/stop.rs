@@ -160,6 +160,15 @@ impl TaskManager {
         }
     }
 
+    /// Forgets a remembered stop of a task that will not be recovered (it
+    /// was destroyed, or its execution is gone), on disk too.
+    pub(super) fn forget_stop(&self, task_id: &str) {
+        let mut pending = self.pending_stops.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.take(task_id).is_some() {
+            pending.save(self.host.files.as_ref());
+        }
+    }
+
     /// Remembers a stop of a task not in the table, for its recovery (up
     /// to [`MAX_PENDING_STOPS`]).
     fn remember_stop(&self, task_id: &str, signal: &str, grace: Duration) {

@@ -52,6 +52,13 @@ impl TaskRun {
         format!("{}#{}", self.plan.group, self.plan.index)
     }
 
+    /// A plugin took the task (started or recovered it).
+    fn attached(&self) {
+        let now = turmoil::sim_elapsed().unwrap_or_default();
+        self.seen
+            .task(&self.plan.task_id, |t| t.attached_at = Some(now));
+    }
+
     pub(super) fn note(&self, line: impl AsRef<str>) {
         self.trace
             .record(&self.who, format!("{} {}", self.label(), line.as_ref()));
@@ -312,6 +319,7 @@ impl TaskRun {
                         t.started_at.get_or_insert(now);
                     });
                     self.note("started");
+                    self.attached();
                     return Ok(handle);
                 }
                 Err(status) if plugin_gone(&status) => {
@@ -387,6 +395,7 @@ impl TaskRun {
             match recovered {
                 Ok(_) => {
                     self.note("recovered");
+                    self.attached();
                     return Ok(());
                 }
                 Err(status) if plugin_gone(&status) => self.reconnect().await,
