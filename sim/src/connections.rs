@@ -3,7 +3,12 @@
 //! its client shortly before. A driver that gives up a connection on an
 //! ordinary answer (a refusal, NOT_FOUND) reopens every stream on it and
 //! keeps the daemon busy accepting connections; Nomad's operators see that
-//! as a reconnect storm in the daemon's logs.
+//! as a reconnect storm in the daemon's logs. No request storm either
+//! (`request-storm`): the daemon serves at most
+//! [`CANCELS_PER_TASK`] `CancelExecution` calls per task of its client (a
+//! stop, its fallbacks, the force kill, retries after faults), so a stop
+//! retried in a loop is caught even when Nomad's own force destroy ends
+//! the program in the same way.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -14,9 +19,25 @@ use crate::evidence::{Evidence, Violation};
 /// driver's back-off and heartbeat timeout, with room to spare.
 const REDIAL_WINDOW: Duration = Duration::from_secs(60);
 
-/// The violations of `redials`.
+/// `CancelExecution` calls a daemon may serve per task of its client.
+pub const CANCELS_PER_TASK: u64 = 10;
+
+/// The violations of `redials` and `request-storm`.
 pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
     let mut out = Vec::new();
+    for (client, requests) in &e.daemon_requests {
+        let tasks = e.plan.tasks_of(*client).len() as u64;
+        let cancels = requests.get("CancelExecution").copied().unwrap_or(0);
+        if cancels > CANCELS_PER_TASK * tasks {
+            out.push(Violation {
+                rule: "request-storm",
+                task: None,
+                detail: format!(
+                    "client {client}: its daemon served {cancels} CancelExecution calls for {tasks} tasks"
+                ),
+            });
+        }
+    }
     for (client, dials) in &e.dials {
         let mut dialled = BTreeSet::new();
         for dial in dials {

@@ -3,6 +3,7 @@
 //! a virtual clock and a state store that survives crashes of the host (the
 //! "disk"). Optionally an older daemon without the `WatchSession` stream.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -33,6 +34,8 @@ pub struct DaemonHost {
     /// Where program runs are recorded.
     pub truth: GroundTruth,
     boots: Arc<AtomicU64>,
+    /// Every request it served.
+    pub requests: RequestCounts,
 }
 
 impl DaemonHost {
@@ -46,6 +49,7 @@ impl DaemonHost {
             watch_stream: true,
             truth: GroundTruth::default(),
             boots: Arc::default(),
+            requests: RequestCounts::default(),
         }
     }
 
@@ -103,35 +107,57 @@ impl DaemonHost {
                 })?;
                 registry.spawn_expiry(Duration::from_secs(1));
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", host.port)).await?;
-                let service = DaemonService::new(registry).into_server();
-                let mut server = tonic::transport::Server::builder();
-                if host.watch_stream {
-                    server
-                        .add_service(service)
-                        .serve_with_incoming(incoming(listener))
-                        .await?;
-                } else {
-                    server
-                        .add_service(WithoutWatch(service))
-                        .serve_with_incoming(incoming(listener))
-                        .await?;
-                }
+                let service = Served {
+                    inner: DaemonService::new(registry).into_server(),
+                    watch_stream: host.watch_stream,
+                    requests: host.requests.clone(),
+                };
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming(incoming(listener))
+                    .await?;
                 Ok(())
             }
         });
     }
 }
 
-/// The daemon API minus `WatchSession`, which answers `UNIMPLEMENTED` as a
-/// daemon predating the stream would.
-#[derive(Clone)]
-struct WithoutWatch<S>(S);
+/// Every request a daemon served (across its boots), counted by method
+/// name (`CancelExecution`, ...).
+#[derive(Debug, Clone, Default)]
+pub struct RequestCounts(Arc<Mutex<BTreeMap<String, u64>>>);
 
-impl<S: tonic::server::NamedService> tonic::server::NamedService for WithoutWatch<S> {
+impl RequestCounts {
+    fn count(&self, method: &str) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(method.to_owned())
+            .or_default() += 1;
+    }
+
+    /// The counts so far.
+    pub fn all(&self) -> BTreeMap<String, u64> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The daemon API as served in the simulation: every request counted, and
+/// without `WatchSession` when the scenario says so (it then answers
+/// `UNIMPLEMENTED`, as a daemon predating the stream would).
+#[derive(Clone)]
+struct Served<S> {
+    inner: S,
+    watch_stream: bool,
+    requests: RequestCounts,
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Served<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S> tower::Service<http::Request<tonic::body::Body>> for WithoutWatch<S>
+impl<S> tower::Service<http::Request<tonic::body::Body>> for Served<S>
 where
     S: tower::Service<
         http::Request<tonic::body::Body>,
@@ -148,14 +174,16 @@ where
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        if request.uri().path().ends_with("/WatchSession") {
+        let path = request.uri().path();
+        self.requests.count(path.rsplit('/').next().unwrap_or(path));
+        if !self.watch_stream && path.ends_with("/WatchSession") {
             let status = tonic::Status::unimplemented("this daemon has no WatchSession");
             return Box::pin(async move { Ok(status.into_http()) });
         }
-        Box::pin(self.0.call(request))
+        Box::pin(self.inner.call(request))
     }
 }

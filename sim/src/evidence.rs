@@ -33,6 +33,8 @@ pub struct Evidence<'a> {
     pub dials: BTreeMap<u32, Vec<crate::net::Dial>>,
     /// Per client: the plugin's files at the end (path, contents).
     pub files: BTreeMap<u32, BTreeMap<std::path::PathBuf, Vec<u8>>>,
+    /// Per client: the requests its daemon served, by method.
+    pub daemon_requests: BTreeMap<u32, BTreeMap<String, u64>>,
     /// Per client: when each plugin process started.
     pub plugin_boots: BTreeMap<u32, Vec<std::time::Duration>>,
     /// Why the run stopped early, if it did.

@@ -217,6 +217,10 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
         held,
         dials: dial_logs.iter().map(|(c, log)| (*c, log.dials())).collect(),
         files: plugin_files.iter().map(|(c, f)| (*c, f.all())).collect(),
+        daemon_requests: daemons
+            .iter()
+            .map(|(c, d)| (*c, d.requests.all()))
+            .collect(),
         plugin_boots: plugin_boots
             .iter()
             .map(|(c, b)| (*c, b.lock().unwrap_or_else(|p| p.into_inner()).clone()))
