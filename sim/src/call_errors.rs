@@ -18,7 +18,7 @@ use crate::scenario::TaskExpect;
 /// How far back a fault may explain a `StartTask` error that says the
 /// daemon was not reachable, or a failed `StopTask` (the driver's call
 /// deadlines and back-off).
-const START_ERROR_WINDOW: Duration = Duration::from_secs(30);
+const FAULT_WINDOW: Duration = Duration::from_secs(30);
 
 /// The violations of `rejections`, `start-errors` and `stop-errors`.
 pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
@@ -61,11 +61,12 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
             ),
             _ => {}
         }
+        let undisturbed = |at: Duration| {
+            !e.plan
+                .calls_disturbed(plan.client, at.saturating_sub(FAULT_WINDOW), at)
+        };
         for (at, why) in &seen.start_failures {
-            let window = at.saturating_sub(START_ERROR_WINDOW);
-            if why.contains("not reachable")
-                && e.plan.faults_during(plan.client, window, *at).is_empty()
-            {
+            if why.contains("not reachable") && undisturbed(*at) {
                 violation(
                     "start-errors",
                     task,
@@ -74,8 +75,7 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
             }
         }
         for (at, why) in &seen.stop_failures {
-            let window = at.saturating_sub(START_ERROR_WINDOW);
-            if e.plan.faults_during(plan.client, window, *at).is_empty() {
+            if undisturbed(*at) {
                 violation(
                     "stop-errors",
                     task,

@@ -44,11 +44,9 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
             if dialled.insert(dial.link) {
                 continue;
             }
-            let explained = e
-                .plan
-                .faults_during(*client, dial.at.saturating_sub(REDIAL_WINDOW), dial.at)
-                .iter()
-                .any(|fault| !fault.kind.only_logs());
+            let explained =
+                e.plan
+                    .calls_disturbed(*client, dial.at.saturating_sub(REDIAL_WINDOW), dial.at);
             if !explained {
                 out.push(Violation {
                     rule: "redials",

@@ -383,6 +383,15 @@ impl Plan {
             .unwrap_or_default()
     }
 
+    /// Whether a fault that can break calls (anything but the log-reader
+    /// faults) touched `client` in `[from, to]`: what may explain a
+    /// failed call, a "not reachable" or a reconnect.
+    pub fn calls_disturbed(&self, client: u32, from: Duration, to: Duration) -> bool {
+        self.faults_during(client, from, to)
+            .iter()
+            .any(|fault| !fault.kind.only_logs())
+    }
+
     /// The faults on `client` that overlap `[from, to]`.
     pub fn faults_during(&self, client: u32, from: Duration, to: Duration) -> Vec<&Fault> {
         self.faults
