@@ -18,7 +18,9 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
         if departed.contains(client) {
             continue;
         }
-        let all_destroyed = e.plan.tasks_of(*client).iter().all(|plan| {
+        let tasks = e.plan.tasks_of(*client);
+        let boots = e.plugin_boots.get(client).map(Vec::as_slice).unwrap_or(&[]);
+        let all_destroyed = tasks.iter().all(|plan| {
             let seen = e.seen.seen(&plan.task_id);
             seen.destroyed_at.is_some() || seen.start_calls == 0 || seen.rejected.is_some()
         });
@@ -28,14 +30,11 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
         for (path, bytes) in files {
             // A task's own files, in its directory, are the driver's to
             // remove only if the plugin that held the task destroyed it.
-            let owner = e
-                .plan
-                .tasks_of(*client)
-                .into_iter()
+            let owner = tasks
+                .iter()
                 .find(|plan| path.to_string_lossy().contains(plan.execution_id.as_str()));
             if let Some(owner) = owner {
                 let seen = e.seen.seen(&owner.task_id);
-                let boots = e.plugin_boots.get(client).map(Vec::as_slice).unwrap_or(&[]);
                 let held = match (seen.attached_at, seen.destroyed_at) {
                     (Some(attached), Some(destroyed)) => {
                         !boots.iter().any(|b| attached < *b && *b <= destroyed)
@@ -46,13 +45,11 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
                     continue;
                 }
             }
-            let empty = matches!(
-                serde_json::from_slice::<serde_json::Value>(bytes),
-                Ok(serde_json::Value::Object(ref map)) if map.is_empty()
-            ) || matches!(
-                serde_json::from_slice::<serde_json::Value>(bytes),
-                Ok(serde_json::Value::Array(ref list)) if list.is_empty()
-            );
+            let empty = match serde_json::from_slice::<serde_json::Value>(bytes) {
+                Ok(serde_json::Value::Object(map)) => map.is_empty(),
+                Ok(serde_json::Value::Array(list)) => list.is_empty(),
+                _ => false,
+            };
             if !empty {
                 out.push(Violation {
                     rule: "leftover-files",

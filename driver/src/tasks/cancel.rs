@@ -104,8 +104,14 @@ pub(super) async fn cancel_execution(
     .map(drop)
 }
 
+/// The longest grace the daemon allows (its `max_cancel_grace`), for a
+/// stop it refused; none when it does not say, so the retry is a kill.
+pub(super) async fn allowed_grace(link: &DaemonLink) -> Duration {
+    max_cancel_grace(link).await.unwrap_or(Duration::ZERO)
+}
+
 /// The daemon's `max_cancel_grace`, if it says.
-pub(super) async fn max_cancel_grace(link: &DaemonLink) -> Option<Duration> {
+async fn max_cancel_grace(link: &DaemonLink) -> Option<Duration> {
     let capabilities = link
         .unary(pb::GetCapabilitiesRequest {}, |mut c, r| async move {
             c.get_capabilities(r).await

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use elide_proto::elide::daemon::v1 as pb;
 use tokio::sync::watch;
 
-use super::cancel::{cancel_execution, max_cancel_grace, next_stop_step, CancelOutcome, StopStep};
+use super::cancel::{allowed_grace, cancel_execution, next_stop_step, CancelOutcome, StopStep};
 use super::output::OFFSETS_DIR;
 use super::{ExitOutcome, FORCE_DELETE_TIMEOUT, REAP_FIRST_DELAY, REAP_MAX_DELAY};
 use crate::backoff::Backoff;
@@ -310,7 +310,7 @@ pub(super) async fn keep_stopping(
                 return;
             }
             StopStep::RetryWithAllowedGrace => {
-                let allowed = max_cancel_grace(&link).await.unwrap_or(Duration::ZERO);
+                let allowed = allowed_grace(&link).await;
                 tracing::warn!(task_id, execution_id, grace = ?stop.grace(), ?allowed, "daemon refused the stop request; retrying with the grace it allows");
                 stop = StopRequest::new(&stop.signal, stop.grace().min(allowed));
                 refusals += 1;

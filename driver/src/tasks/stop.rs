@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use crate::daemon_link::{identity, CallError, DaemonLink};
 use crate::plugin_config::PluginConfig;
 
-use super::cancel::{cancel_execution, max_cancel_grace, next_stop_step, CancelOutcome, StopStep};
+use super::cancel::{allowed_grace, cancel_execution, next_stop_step, CancelOutcome, StopStep};
 use super::intents::StopRequest;
 use super::{
     daemon_error, ExitOutcome, Task, TaskError, TaskManager, DEFAULT_STOP_SIGNAL, MAX_STOP_GRACE,
@@ -78,7 +78,7 @@ impl TaskManager {
                     // Most likely a grace above the daemon's max_cancel_grace
                     // (an operator may set Nomad's max_kill_timeout higher):
                     // ask for the longest grace the daemon allows.
-                    let allowed = max_cancel_grace(link).await.unwrap_or(Duration::ZERO);
+                    let allowed = allowed_grace(link).await;
                     tracing::warn!(task_id, signal, ?grace, ?allowed, error = %e, "daemon refused the stop request; retrying with the grace it allows");
                     cancelled = cancel(&task, signal, grace.min(allowed)).await;
                 }
