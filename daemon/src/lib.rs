@@ -66,8 +66,8 @@ pub use runtime::sandbox::Unenforceable;
 pub use runtime::scripted::ScriptedRuntime;
 pub use runtime::MAX_COMMANDS_PER_EXECUTION;
 pub use runtime::{
-    ExitInfo, KernelLimit, LanguageRuntime, Metrics, Program, ProgramControl, ProgramEvent,
-    ProgramSpec, Runtime, RuntimeError,
+    ExitInfo, KernelLimit, LanguageRuntime, MemoryEnforcement, Metrics, Program, ProgramControl,
+    ProgramEvent, ProgramSpec, Runtime, RuntimeError,
 };
 pub use server::{serve, ListenOptions};
 pub use service::DaemonService;

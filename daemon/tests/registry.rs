@@ -15,7 +15,7 @@ use pb::ExecutionState as S;
 
 fn open(store: Arc<MemoryStore>, limits: Limits, ids: &str) -> Arc<SessionRegistry> {
     SessionRegistry::open(RegistryDeps {
-        runtime: Arc::new(ScriptedRuntime),
+        runtime: Arc::new(ScriptedRuntime::default()),
         store: store as Arc<dyn StateStore>,
         clock: Arc::new(TokioClock::starting_at(SystemTime::UNIX_EPOCH)),
         ids: Arc::new(SequentialIds::new(ids)),

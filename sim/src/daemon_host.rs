@@ -4,12 +4,13 @@
 //! "disk"). Optionally an older daemon without the `WatchSession` stream.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use elide_daemon::{
-    DaemonService, Limits, MemoryStore, RegistryDeps, SequentialIds, SessionRegistry,
+    DaemonService, Limits, MemoryStore, RegistryDeps, ScriptedRuntime, SequentialIds,
+    SessionRegistry,
 };
 use elide_proto::wall_clock::TokioClock;
 
@@ -31,11 +32,16 @@ pub struct DaemonHost {
     /// Whether the daemon serves `WatchSession` (an older daemon does not:
     /// the driver must fall back to polling).
     pub watch_stream: bool,
+    /// What runs its programs.
+    pub runtime: ScriptedRuntime,
     /// Where program runs are recorded.
     pub truth: GroundTruth,
     boots: Arc<AtomicU64>,
     /// Every request it served.
     pub requests: RequestCounts,
+    /// Whether it breaks off its output streams now
+    /// ([`crate::scenario::FaultKind::BreakOutputStreams`]).
+    breaking_streams: Arc<AtomicBool>,
 }
 
 impl DaemonHost {
@@ -47,9 +53,11 @@ impl DaemonHost {
             limits: Limits::default(),
             disk: Arc::default(),
             watch_stream: true,
+            runtime: ScriptedRuntime::default(),
             truth: GroundTruth::default(),
             boots: Arc::default(),
             requests: RequestCounts::default(),
+            breaking_streams: Arc::default(),
         }
     }
 
@@ -69,6 +77,18 @@ impl DaemonHost {
     /// executions (meant for a crashed host).
     pub fn wipe(&self) {
         *self.disk.lock().unwrap_or_else(|p| p.into_inner()) = Arc::default();
+    }
+
+    /// Runs its programs on `runtime`.
+    pub fn with_runtime(mut self, runtime: ScriptedRuntime) -> Self {
+        self.runtime = runtime;
+        self
+    }
+
+    /// Starts or stops breaking off every `StreamOutput` stream after the
+    /// next message it sends.
+    pub fn break_output_streams(&self, on: bool) {
+        self.breaking_streams.store(on, Ordering::SeqCst);
     }
 
     /// Serves (or not) the `WatchSession` stream.
@@ -92,6 +112,7 @@ impl DaemonHost {
                 let epoch = SystemTime::UNIX_EPOCH + turmoil::since_epoch().unwrap_or_default();
                 let registry = SessionRegistry::open(RegistryDeps {
                     runtime: Arc::new(RecordingRuntime::new(
+                        host.runtime.clone(),
                         host.truth.clone(),
                         &host.name,
                         boot,
@@ -111,6 +132,7 @@ impl DaemonHost {
                     inner: DaemonService::new(registry).into_server(),
                     watch_stream: host.watch_stream,
                     requests: host.requests.clone(),
+                    breaking_streams: host.breaking_streams.clone(),
                 };
                 tonic::transport::Server::builder()
                     .add_service(service)
@@ -143,14 +165,16 @@ impl RequestCounts {
     }
 }
 
-/// The daemon API as served in the simulation: every request counted, and
+/// The daemon API as served in the simulation: every request counted,
 /// without `WatchSession` when the scenario says so (it then answers
-/// `UNIMPLEMENTED`, as a daemon predating the stream would).
+/// `UNIMPLEMENTED`, as a daemon predating the stream would), and with
+/// output streams that a fault can break off.
 #[derive(Clone)]
 struct Served<S> {
     inner: S,
     watch_stream: bool,
     requests: RequestCounts,
+    breaking_streams: Arc<AtomicBool>,
 }
 
 impl<S: tonic::server::NamedService> tonic::server::NamedService for Served<S> {
@@ -184,6 +208,70 @@ where
             let status = tonic::Status::unimplemented("this daemon has no WatchSession");
             return Box::pin(async move { Ok(status.into_http()) });
         }
+        if path.ends_with("/StreamOutput") {
+            let response = self.inner.call(request);
+            let breaking = self.breaking_streams.clone();
+            return Box::pin(async move {
+                let response = response.await?;
+                Ok(response.map(|body| tonic::body::Body::new(Breakable::new(body, breaking))))
+            });
+        }
         Box::pin(self.inner.call(request))
+    }
+}
+
+/// A streaming response that, while `breaking` is set, is broken off after
+/// the next message it sends: that data frame, then the trailers of an
+/// `UNAVAILABLE` status, as a daemon that ends a stream early sends them.
+struct Breakable {
+    inner: tonic::body::Body,
+    breaking: Arc<AtomicBool>,
+    /// Set once a message went out while breaking: the stream ends next.
+    cut: bool,
+    done: bool,
+}
+
+impl Breakable {
+    fn new(inner: tonic::body::Body, breaking: Arc<AtomicBool>) -> Self {
+        Breakable {
+            inner,
+            breaking,
+            cut: false,
+            done: false,
+        }
+    }
+}
+
+impl http_body::Body for Breakable {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if self.cut {
+            self.done = true;
+            let mut trailers = http::HeaderMap::new();
+            let status = tonic::Status::unavailable("the daemon broke off this stream");
+            if let Err(e) = status.add_header(&mut trailers) {
+                return Poll::Ready(Some(Err(e)));
+            }
+            return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
+        }
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if frame.is_data() {
+                self.cut = self.breaking.load(Ordering::SeqCst);
+            } else {
+                // The stream ended by itself (its trailers).
+                self.done = true;
+            }
+        }
+        polled
     }
 }

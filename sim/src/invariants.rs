@@ -31,11 +31,14 @@
 //!    was closed; and what the driver reported lost is no more than the
 //!    daemon can have discarded: what lies further back than its retention
 //!    from the end of what the program wrote (`lost-output`);
-//! 5. a stopped task ends within its kill_timeout plus [`STOP_BOUND`],
-//!    counted from the stop; or, when faults hit its client during the
-//!    stop, from the end of the last of them, plus the driver's heartbeat
-//!    timeout (the time it may take to find a stream dead) (`stop-bound`); its program's first signal
-//!    is the job's `kill_signal` (`kill-signal`);
+//! 5. a stopped task's program ends, and its result reaches Nomad, within
+//!    its kill_timeout plus [`STOP_BOUND`], counted from the stop; or,
+//!    when faults hit its client during the stop, from the end of the last
+//!    of them, plus the driver's heartbeat timeout (the time it may take
+//!    to find a stream dead); the result's count starts no earlier than
+//!    the agent's recovery of the task, the program's does not wait for it
+//!    (`stop-bound`); its program's first signal is the job's
+//!    `kill_signal` (`kill-signal`);
 //! 6. at the end no program runs on any daemon, and no daemon still holds
 //!    the execution of a destroyed task;
 //! 7. a departed client's session expires;
@@ -437,13 +440,32 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
                     } else {
                         elide_driver::HEARTBEAT_TIMEOUT
                     };
+                // The program itself must end in time even when Nomad
+                // recovers the task late (a stop sent before recovery is
+                // applied at once, not held for it) ...
+                let ended = run.and_then(|r| r.ended_at).filter(|at| *at <= first);
+                if let Some(took) = ended.map(|at| at.saturating_sub(from)) {
+                    if took > bound {
+                        violation(
+                            "stop-bound",
+                            task,
+                            format!(
+                                "stopped at {stop_at:?}, the program ended {took:?} after {from:?} (the stop, or the end of the last fault during it); bound {bound:?}"
+                            ),
+                        );
+                    }
+                }
+                // ... and the result reach Nomad in time once it waits on
+                // a plugin that holds the task.
+                let recovered = seen.attached_at.filter(|at| *at <= first);
+                let from = recovered.map_or(from, |at| from.max(at));
                 let took = first.saturating_sub(from);
                 if took > bound {
                     violation(
                         "stop-bound",
                         task,
                         format!(
-                            "stopped at {stop_at:?}, ended {took:?} after {from:?} (the stop, or the end of the last fault during it); bound {bound:?}"
+                            "stopped at {stop_at:?}, ended {took:?} after {from:?} (the stop, the end of the last fault during it, or the recovery); bound {bound:?}"
                         ),
                     );
                 }

@@ -79,6 +79,9 @@ pub struct TaskPlan {
     pub signals: Vec<(Duration, String)>,
     /// The interval the agent collects `TaskStats` at (`None`: it does not).
     pub stats_interval: Option<Duration>,
+    /// The wait path's delay before `RecoverTask` after the kill path's
+    /// `StopTask` on a restarted plugin (`cluster.recover_delay`).
+    pub recover_delay: Duration,
 }
 
 /// `elide_opts { timeout = "…" }` of a task's extra config (HCL), read as
@@ -175,6 +178,9 @@ pub enum Action {
     ReaderAway(u32, Option<String>, ReaderAway),
     /// Undo [`Action::ReaderAway`].
     ReaderBack(u32, Option<String>, ReaderAway),
+    /// A daemon host starts (`true`) or stops breaking off its output
+    /// streams.
+    BreakOutputStreams(String, bool),
 }
 
 impl Action {
@@ -197,6 +203,10 @@ impl Action {
                 },
                 group.as_deref().unwrap_or("every task")
             ),
+            Action::BreakOutputStreams(h, true) => format!("{h} breaks off its output streams"),
+            Action::BreakOutputStreams(h, false) => {
+                format!("{h} serves its output streams whole again")
+            }
             Action::ReaderBack(client, group, away) => format!(
                 "logmon of client {client} {} the FIFOs of {}",
                 match away {
@@ -301,6 +311,10 @@ impl Plan {
                         signals
                     },
                     stats_interval: scenario.cluster.stats_interval.map(|s| s.0),
+                    recover_delay: scenario
+                        .cluster
+                        .recover_delay
+                        .map_or(Duration::ZERO, |s| s.0),
                 });
                 n += 1;
             }
@@ -383,13 +397,13 @@ impl Plan {
             .unwrap_or_default()
     }
 
-    /// Whether a fault that can break calls (anything but the log-reader
-    /// faults) touched `client` in `[from, to]`: what may explain a
-    /// failed call, a "not reachable" or a reconnect.
+    /// Whether a fault that can break calls ([`FaultKind::disturbs_calls`])
+    /// touched `client` in `[from, to]`: what may explain a failed call, a
+    /// "not reachable" or a reconnect.
     pub fn calls_disturbed(&self, client: u32, from: Duration, to: Duration) -> bool {
         self.faults_during(client, from, to)
             .iter()
-            .any(|fault| !fault.kind.only_logs())
+            .any(|fault| fault.kind.disturbs_calls())
     }
 
     /// The faults on `client` that overlap `[from, to]`.
@@ -504,6 +518,10 @@ fn actions_of(fault: &Fault, normal: Duration) -> Vec<(Duration, Action)> {
                 Action::ReaderAway(fault.client, group.clone(), away),
             ));
             at_end(Action::ReaderBack(fault.client, group, away), &mut out);
+        }
+        FaultKind::BreakOutputStreams => {
+            out.push((fault.at, Action::BreakOutputStreams(daemon.clone(), true)));
+            at_end(Action::BreakOutputStreams(daemon, false), &mut out);
         }
         FaultKind::CrashClient => {
             out.push((fault.at, Action::Crash(nomad.clone())));

@@ -126,6 +126,11 @@ pub struct Cluster {
     /// `collection_interval` is 1 s). Unset: no `TaskStats` calls.
     #[serde(default)]
     pub stats_interval: Option<Span>,
+    /// How long the agent's wait path takes to call `RecoverTask` on a
+    /// restarted plugin after its kill path's `StopTask` was answered (a
+    /// Nomad client restoring many allocations). Unset: right after.
+    #[serde(default)]
+    pub recover_delay: Option<Span>,
 }
 
 /// The finest time step (and the default).
@@ -168,6 +173,7 @@ impl Default for Cluster {
             latency: default_latency(),
             tick: default_tick(),
             stats_interval: None,
+            recover_delay: None,
         }
     }
 }
@@ -201,9 +207,33 @@ pub struct DaemonLimits {
     /// beyond it `StartExecution` is refused (`RESOURCE_EXHAUSTED`).
     #[serde(default)]
     pub max_queued: Option<u32>,
+    /// How memory limits are met: `kernel` (a memory cgroup: the kernel's
+    /// OOM kill, the default) or `sampled` (no memory cgroup: the daemon
+    /// samples resident memory and kills a program over its limit).
+    #[serde(default)]
+    pub memory_enforcement: MemoryEnforcement,
+}
+
+/// [`DaemonLimits::memory_enforcement`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryEnforcement {
+    /// A memory cgroup per execution.
+    #[default]
+    Kernel,
+    /// The daemon's sampler.
+    Sampled,
 }
 
 impl DaemonLimits {
+    /// The scripted runtime as the daemon's host provides it.
+    pub fn runtime(&self) -> elide_daemon::ScriptedRuntime {
+        match self.memory_enforcement {
+            MemoryEnforcement::Kernel => elide_daemon::ScriptedRuntime::default(),
+            MemoryEnforcement::Sampled => elide_daemon::ScriptedRuntime::sampling_memory(),
+        }
+    }
+
     /// The daemon's limits with these applied.
     pub fn apply(&self, mut limits: elide_daemon::Limits) -> elide_daemon::Limits {
         if let Some(grace) = self.max_cancel_grace {
@@ -363,6 +393,11 @@ pub enum FaultKind {
     /// Logmon closes those FIFOs (it exits) and opens them again after
     /// `for` (it was restarted).
     DropLogReader,
+    /// For `for`, the daemon breaks off every `StreamOutput` stream it
+    /// serves with `UNAVAILABLE` after the stream's first message (a daemon
+    /// shedding load, a proxy resetting streams); it stays up and its
+    /// programs run on, so no output may be lost.
+    BreakOutputStreams,
 }
 
 impl FaultKind {
@@ -378,7 +413,14 @@ impl FaultKind {
             FaultKind::WipeDaemon => "wipe_daemon",
             FaultKind::StallLogs => "stall_logs",
             FaultKind::DropLogReader => "drop_log_reader",
+            FaultKind::BreakOutputStreams => "break_output_streams",
         }
+    }
+
+    /// Whether it can make a call fail, be slow or need a new connection
+    /// (the log-reader faults and broken output streams cannot).
+    pub fn disturbs_calls(self) -> bool {
+        !self.only_logs() && self != FaultKind::BreakOutputStreams
     }
 
     /// Whether it hits only Nomad's log readers (not the plugin, the

@@ -106,11 +106,18 @@ pub struct RecordingRuntime {
 }
 
 impl RecordingRuntime {
-    /// Records into `truth` as programs of `daemon` in its boot `boot`,
+    /// Runs `inner`, recording into `truth` as programs of `daemon` in its
+    /// boot `boot`,
     /// a daemon keeping `retention` bytes of output per stream.
-    pub fn new(truth: GroundTruth, daemon: &str, boot: u64, retention: u64) -> Self {
+    pub fn new(
+        inner: ScriptedRuntime,
+        truth: GroundTruth,
+        daemon: &str,
+        boot: u64,
+        retention: u64,
+    ) -> Self {
         RecordingRuntime {
-            inner: ScriptedRuntime,
+            inner,
             truth,
             daemon: daemon.to_owned(),
             boot,
@@ -159,6 +166,10 @@ impl Runtime for RecordingRuntime {
         self.inner.enforces_intrinsics()
     }
 
+    fn memory_enforcement(&self) -> elide_daemon::MemoryEnforcement {
+        self.inner.memory_enforcement()
+    }
+
     fn spawn(&self, spec: ProgramSpec) -> Result<Program, RuntimeError> {
         let execution_id = spec.execution_id.clone();
         let spec_id = execution_id.clone();
@@ -198,10 +209,13 @@ impl Runtime for RecordingRuntime {
                         r.exit = Some(*exit);
                         r.ended_at = Some(turmoil::sim_elapsed().unwrap_or_default());
                     }),
-                    ProgramEvent::KernelLimit(KernelLimit::OomKilled { .. }) => {
+                    // Killed at its memory limit, by the kernel or by the
+                    // daemon's sampler (whose SIGKILL follows).
+                    ProgramEvent::KernelLimit(KernelLimit::OomKilled { .. })
+                    | ProgramEvent::MemoryExceeded { .. } => {
                         truth.update(&execution_id, index, |r| r.oom_killed = true)
                     }
-                    ProgramEvent::MemoryExceeded { .. } | ProgramEvent::KernelLimit(_) => {}
+                    ProgramEvent::KernelLimit(_) => {}
                 }
                 if sender.send(event).await.is_err() {
                     break;

@@ -97,6 +97,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
     for client in 1..=cluster.clients {
         let daemon = DaemonHost::new(&daemon_host(client), DAEMON_PORT)
             .with_limits(scenario.daemon.apply(Default::default()))
+            .with_runtime(scenario.daemon.runtime())
             .recording_into(truth.clone())
             .with_watch_stream(cluster.daemon_watch);
         daemon.install(&mut sim);
@@ -299,6 +300,11 @@ fn apply(
         Action::Wipe(h) => {
             if let Some(daemon) = daemons.values().find(|d| &d.name == h) {
                 daemon.wipe();
+            }
+        }
+        Action::BreakOutputStreams(h, on) => {
+            if let Some(daemon) = daemons.values().find(|d| &d.name == h) {
+                daemon.break_output_streams(*on);
             }
         }
     }

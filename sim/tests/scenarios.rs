@@ -97,6 +97,9 @@ scenarios! {
     large_snippets => "large-snippets",
     busy_daemon => "busy-daemon",
     stop_during_long_partition => "stop-during-long-partition",
+    slow_recovery => "slow-recovery",
+    memory_sampled => "memory-sampled",
+    broken_streams => "broken-streams",
 }
 
 /// The full trace of one run, printed by the `elide-sim` binary in its own

@@ -260,7 +260,7 @@ async fn main() -> anyhow::Result<()> {
             };
             Arc::new(runtime)
         }
-        RuntimeKind::Scripted => Arc::new(elide_daemon::ScriptedRuntime),
+        RuntimeKind::Scripted => Arc::new(elide_daemon::ScriptedRuntime::default()),
     };
     let store = FsStore::open(&args.state_dir).context("opening the state store")?;
     let registry = SessionRegistry::open(RegistryDeps {

@@ -158,7 +158,7 @@ impl StateStore for ProbeStore {
 
 fn open(store: &Arc<ProbeStore>) -> Arc<SessionRegistry> {
     let reg = SessionRegistry::open(RegistryDeps {
-        runtime: Arc::new(ScriptedRuntime),
+        runtime: Arc::new(ScriptedRuntime::default()),
         store: store.clone(),
         clock: Arc::new(TokioClock::starting_at(SystemTime::UNIX_EPOCH)),
         ids: Arc::new(SequentialIds::new("i")),

@@ -20,7 +20,11 @@
 //! Memory over `ProgramSpec::memory_limit_bytes` is what a cgroup's limit
 //! would make of it: the kernel's OOM killer takes the program, so it
 //! reports [`KernelLimit::OomKilled`] (one kill, as the real runtime reads
-//! from the cgroup's `oom_kill` count) and ends by SIGKILL at once.
+//! from the cgroup's `oom_kill` count) and ends by SIGKILL at once. A
+//! [`ScriptedRuntime::sampling_memory`] runtime is a daemon without memory
+//! cgroups instead: it reports [`ProgramEvent::MemoryExceeded`], as the
+//! process runtime's sampler does, and the program runs on until the
+//! daemon's SIGKILL.
 //! The flood pattern is byte `i % 251` at stream offset `i`, so a reader can
 //! check every byte.
 
@@ -126,8 +130,25 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// Runs scripted programs; every language is "available".
+///
+/// By default memory over the limit is met as a cgroup would meet it (the
+/// kernel's OOM kill, [`KernelLimit::OomKilled`]). [`Self::sampling_memory`]
+/// makes it a daemon without a memory cgroup instead: the program reports
+/// [`ProgramEvent::MemoryExceeded`] and runs on until the daemon kills it.
 #[derive(Debug, Default, Clone)]
-pub struct ScriptedRuntime;
+pub struct ScriptedRuntime {
+    sampled_memory: bool,
+}
+
+impl ScriptedRuntime {
+    /// Memory limits met by sampling, as the process runtime does where
+    /// no memory cgroup can be made.
+    pub fn sampling_memory() -> Self {
+        ScriptedRuntime {
+            sampled_memory: true,
+        }
+    }
+}
 
 impl Runtime for ScriptedRuntime {
     fn languages(&self) -> Vec<LanguageRuntime> {
@@ -146,6 +167,14 @@ impl Runtime for ScriptedRuntime {
 
     fn enforces_intrinsics(&self) -> bool {
         false
+    }
+
+    fn memory_enforcement(&self) -> super::MemoryEnforcement {
+        if self.sampled_memory {
+            super::MemoryEnforcement::Sampled("scripted: sampled, no cgroup".into())
+        } else {
+            super::MemoryEnforcement::Enforced("scripted: as a cgroup's limit".into())
+        }
     }
 
     fn spawn(&self, spec: ProgramSpec) -> Result<Program, RuntimeError> {
@@ -167,7 +196,10 @@ impl Runtime for ScriptedRuntime {
         });
         tokio::spawn(interpret(
             program,
-            spec.memory_limit_bytes,
+            MemoryLimit {
+                bytes: spec.memory_limit_bytes,
+                sampled: self.sampled_memory,
+            },
             events,
             signal_rx,
             control.clone(),
@@ -235,9 +267,16 @@ fn react(sig: Signal, traps: &BTreeMap<i32, (Duration, i32)>, ignored: &[Signal]
     Reaction::End(ExitInfo::Signal(sig))
 }
 
+/// A program's memory limit, and who meets it.
+struct MemoryLimit {
+    bytes: Option<u64>,
+    /// The daemon's sampler (it kills the program) rather than the kernel.
+    sampled: bool,
+}
+
 async fn interpret(
     program: Vec<Instruction>,
-    memory_limit: Option<u64>,
+    memory_limit: MemoryLimit,
     events: mpsc::Sender<ProgramEvent>,
     mut signals: mpsc::UnboundedReceiver<Signal>,
     control: Arc<ScriptedControl>,
@@ -295,7 +334,14 @@ async fn interpret(
                     m.rss_bytes = n;
                     m.peak_rss_bytes = m.peak_rss_bytes.max(n);
                 });
-                if let Some(limit) = memory_limit.filter(|limit| n > *limit) {
+                let over = memory_limit.bytes.filter(|limit| n > *limit);
+                if over.is_some() && memory_limit.sampled {
+                    // The daemon's sampler sees it and kills the program;
+                    // until its SIGKILL arrives the program runs on.
+                    let _ = events
+                        .send(ProgramEvent::MemoryExceeded { rss_bytes: n })
+                        .await;
+                } else if let Some(limit) = over {
                     // The kernel's OOM kill at the cgroup limit: no signal
                     // the program could trap, no grace.
                     let _ = events
@@ -407,7 +453,7 @@ mod tests {
             enable_ai: false,
         };
         let start = Instant::now();
-        let mut p = ScriptedRuntime.spawn(spec).unwrap();
+        let mut p = ScriptedRuntime::default().spawn(spec).unwrap();
         for (at, sig) in signals.iter().copied() {
             let control = p.control.clone();
             tokio::spawn(async move {
@@ -477,5 +523,59 @@ mod tests {
             .iter()
             .enumerate()
             .all(|(i, b)| *b == flood_byte(i as u64)));
+    }
+
+    /// The events of `code` under a 64 MiB limit on `runtime`, until it
+    /// exits; a memory sample over the limit is answered with SIGKILL, as
+    /// the daemon answers it.
+    async fn memory_events(runtime: ScriptedRuntime, code: &str) -> Vec<String> {
+        let spec = ProgramSpec {
+            execution_id: "m".into(),
+            language: Language::Python,
+            code: code.into(),
+            source_name: String::new(),
+            args: vec![],
+            env: Default::default(),
+            working_dir: "/".into(),
+            run_as_user: String::new(),
+            scratch_dir: "/".into(),
+            memory_limit_bytes: Some(64 << 20),
+            nomad_cgroup: None,
+            intrinsics: vec![],
+            enable_ai: false,
+        };
+        let mut p = runtime.spawn(spec).unwrap();
+        let mut seen = Vec::new();
+        loop {
+            match p.events.recv().await.unwrap() {
+                ProgramEvent::Output(_, d) => seen.push(String::from_utf8(d).unwrap()),
+                ProgramEvent::MemoryExceeded { rss_bytes } => {
+                    seen.push(format!("sampled {}MiB", rss_bytes >> 20));
+                    p.control.signal(Signal::SIGKILL).unwrap();
+                }
+                ProgramEvent::KernelLimit(KernelLimit::OomKilled { kills, .. }) => {
+                    seen.push(format!("oom kills={kills}"))
+                }
+                ProgramEvent::KernelLimit(_) => seen.push("other limit".into()),
+                ProgramEvent::Exited(info) => {
+                    seen.push(format!("{info:?}"));
+                    return seen;
+                }
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn memory_over_the_limit_is_a_kernel_kill_or_a_sample_the_daemon_acts_on() {
+        let code = "memory 10MiB\nprint a\nmemory 100MiB\nprint b\nsleep 10s\nprint c";
+        let kernel = memory_events(ScriptedRuntime::default(), code).await;
+        assert_eq!(kernel, ["a\n", "oom kills=1", "Signal(SIGKILL)"]);
+        // Sampled: the program runs on (prints `b`) until the daemon's kill.
+        let sampled = memory_events(ScriptedRuntime::sampling_memory(), code).await;
+        assert_eq!(sampled, ["a\n", "sampled 100MiB", "b\n", "Signal(SIGKILL)"]);
+        assert!(matches!(
+            ScriptedRuntime::sampling_memory().memory_enforcement(),
+            super::super::MemoryEnforcement::Sampled(_)
+        ));
     }
 }

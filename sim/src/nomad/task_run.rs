@@ -484,6 +484,10 @@ impl TaskRun {
                     // driver must keep such a stop and apply it).
                     if self.killing.load(std::sync::atomic::Ordering::SeqCst) {
                         self.start_kill().notified().await;
+                        // The wait path may come much later (a client
+                        // restoring many allocations): the stop must not
+                        // wait for it.
+                        tokio::time::sleep(self.plan.recover_delay).await;
                     }
                     if self.recover(handle).await.is_err() {
                         return;
