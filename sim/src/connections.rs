@@ -8,7 +8,11 @@
 //! [`CANCELS_PER_TASK`] `CancelExecution` calls per task of its client (a
 //! stop, its fallbacks, the force kill, retries after faults), so a stop
 //! retried in a loop is caught even when Nomad's own force destroy ends
-//! the program in the same way.
+//! the program in the same way. And no call the daemon did not offer
+//! (`capabilities`): on a daemon whose `GetCapabilities` does not list
+//! `WatchSession`, a plugin in `status_mode = "auto"` polls and never asks
+//! for the stream (the contract: "a client falls back to polling when
+//! `WatchSession` is absent").
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -22,10 +26,22 @@ const REDIAL_WINDOW: Duration = Duration::from_secs(60);
 /// `CancelExecution` calls a daemon may serve per task of its client.
 pub const CANCELS_PER_TASK: u64 = 10;
 
-/// The violations of `redials` and `request-storm`.
+/// The violations of `redials`, `request-storm` and `capabilities`.
 pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
     let mut out = Vec::new();
+    let cluster = &e.scenario.cluster;
     for (client, requests) in &e.daemon_requests {
+        let watches = requests.get("WatchSession").copied().unwrap_or(0);
+        if !cluster.daemon_watch && cluster.status_mode == "auto" && watches > 0 {
+            out.push(Violation {
+                rule: "capabilities",
+                task: None,
+                detail: format!(
+                    "client {client}: its daemon does not list WatchSession, yet the plugin \
+                     (status_mode auto) asked for it {watches} times"
+                ),
+            });
+        }
         let tasks = e.plan.tasks_of(*client).len() as u64;
         let cancels = requests.get("CancelExecution").copied().unwrap_or(0);
         if cancels > CANCELS_PER_TASK * tasks {

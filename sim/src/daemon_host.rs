@@ -208,6 +208,15 @@ where
             let status = tonic::Status::unimplemented("this daemon has no WatchSession");
             return Box::pin(async move { Ok(status.into_http()) });
         }
+        if !self.watch_stream && path == V1_CAPABILITIES {
+            // Nor does it list the feature it does not have.
+            let response = self.inner.call(request);
+            return Box::pin(async move {
+                let (parts, body) = response.await?.into_parts();
+                let body = without_watch_session(body).await;
+                Ok(http::Response::from_parts(parts, body))
+            });
+        }
         if path.ends_with("/StreamOutput") {
             let response = self.inner.call(request);
             let breaking = self.breaking_streams.clone();
@@ -217,6 +226,64 @@ where
             });
         }
         Box::pin(self.inner.call(request))
+    }
+}
+
+/// The v1 API's `GetCapabilities` (v1alpha1 has its own).
+const V1_CAPABILITIES: &str = "/elide.daemon.v1.ElideDaemon/GetCapabilities";
+
+/// A `GetCapabilities` response body with `WatchSession` taken out of its
+/// `features` (a daemon from before the stream). A body that cannot be
+/// read as one is passed on as it came.
+async fn without_watch_session(mut body: tonic::body::Body) -> tonic::body::Body {
+    use http_body::Body as _;
+    use prost::Message as _;
+    let mut data = bytes::BytesMut::new();
+    let mut trailers = None;
+    while let Some(frame) =
+        futures::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+    {
+        let Ok(frame) = frame else { break };
+        match frame.into_data() {
+            Ok(chunk) => data.extend_from_slice(&chunk),
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    // One gRPC message: a compression flag (0), its length, the message.
+    let decoded = (data.len() >= 5 && data[0] == 0)
+        .then(|| elide_proto::elide::daemon::v1::GetCapabilitiesResponse::decode(&data[5..]).ok())
+        .flatten();
+    let mut frames = std::collections::VecDeque::new();
+    match decoded {
+        Some(mut capabilities) => {
+            capabilities.features.retain(|f| f != "WatchSession");
+            let message = capabilities.encode_to_vec();
+            let mut framed = bytes::BytesMut::with_capacity(5 + message.len());
+            framed.extend_from_slice(&[0]);
+            framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+            framed.extend_from_slice(&message);
+            frames.push_back(http_body::Frame::data(framed.freeze()));
+        }
+        None => frames.push_back(http_body::Frame::data(data.freeze())),
+    }
+    if let Some(trailers) = trailers {
+        frames.push_back(http_body::Frame::trailers(trailers));
+    }
+    tonic::body::Body::new(Replayed(frames))
+}
+
+/// A body of frames already at hand.
+struct Replayed(std::collections::VecDeque<http_body::Frame<bytes::Bytes>>);
+
+impl http_body::Body for Replayed {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
     }
 }
 

@@ -20,7 +20,8 @@
 //!    (`start-errors`, in [`crate::call_errors`]); each link the plugin
 //!    makes dials its daemon again only after a fault on its client
 //!    (`redials`, in [`crate::connections`]), and its daemon serves no
-//!    storm of `CancelExecution` calls (`request-storm`); `InspectTask` after a
+//!    storm of `CancelExecution` calls (`request-storm`) and no
+//!    `WatchSession` it does not list (`capabilities`); `InspectTask` after a
 //!    result says what `WaitTask` said (`inspect`, in
 //!    [`crate::inspections`]); once a client's tasks are all destroyed,
 //!    the plugin keeps no state for them (`leftover-files`, in

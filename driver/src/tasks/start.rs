@@ -212,7 +212,7 @@ impl TaskManager {
             };
             // What the daemon says the program wrote, in all.
             let produced = match &final_state {
-                Ok(Observed::Status(status)) => Some(Offsets {
+                Ok(Observed::Ended(status)) => Some(Offsets {
                     stdout: status.stdout_bytes,
                     stderr: status.stderr_bytes,
                 }),
@@ -220,7 +220,7 @@ impl TaskManager {
             };
             let outcome = match final_state {
                 Ok(final_state) => match &final_state {
-                    Observed::Status(status) => {
+                    Observed::Ended(status) => {
                         let outcome = exit::outcome_of(status, clock.now());
                         if stop_file.read().is_some() {
                             outcome

@@ -23,13 +23,15 @@ use crate::daemon_link::heartbeat::{self, Next, Watchdog};
 use crate::daemon_link::DaemonLink;
 use crate::plugin_config::StatusMode;
 
-/// What is known about one execution.
+/// What is known about one execution's end. Only the end is kept: a task
+/// waits for nothing else, so the statuses before it (queued, running)
+/// would be state no reader acts on.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Observed {
-    /// Nothing yet.
+    /// Not ended as far as the driver knows.
     Pending,
-    /// The newest status seen.
-    Status(Box<pb::ExecutionStatus>),
+    /// Its terminal status: the first one seen.
+    Ended(Box<pb::ExecutionStatus>),
     /// The daemon does not know the execution (any more).
     Lost(String),
 }
@@ -37,11 +39,7 @@ pub enum Observed {
 impl Observed {
     /// Whether nothing will change any more.
     pub fn is_final(&self) -> bool {
-        match self {
-            Observed::Pending => false,
-            Observed::Status(s) => is_terminal(s.state()),
-            Observed::Lost(_) => true,
-        }
+        !matches!(self, Observed::Pending)
     }
 }
 
@@ -121,28 +119,23 @@ impl StatusHub {
         self.lock().remove(execution_id);
     }
 
-    /// Records a status if it is newer than what is known. Final
-    /// observations are never replaced.
+    /// Records a terminal status as the execution's end, unless its end
+    /// is known already (final observations are never replaced). Other
+    /// statuses change nothing.
     pub fn deliver(&self, status: pb::ExecutionStatus) {
+        if !is_terminal(status.state()) {
+            return;
+        }
         let entries = self.lock();
         let Some(entry) = entries.get(&status.execution_id) else {
             return;
         };
         entry.sender.send_if_modified(|current| {
-            let newer = match current {
-                Observed::Pending => true,
-                Observed::Lost(_) => false,
-                Observed::Status(old) => {
-                    !is_terminal(old.state())
-                        && (status.seq >= old.seq
-                            || status.daemon_instance_id != old.daemon_instance_id
-                            || is_terminal(status.state()))
-                }
-            };
-            if newer {
-                *current = Observed::Status(Box::new(status.clone()));
+            if current.is_final() {
+                return false;
             }
-            newer
+            *current = Observed::Ended(Box::new(status.clone()));
+            true
         });
     }
 
@@ -555,17 +548,18 @@ mod tests {
     }
 
     #[test]
-    fn newer_statuses_win_and_terminal_ones_stick() {
+    fn the_first_terminal_status_sticks_and_others_change_nothing() {
         let hub = StatusHub::default();
         let rx = hub.register("e");
         hub.deliver(status("e", pb::ExecutionState::Running, 5));
         hub.deliver(status("e", pb::ExecutionState::Queued, 3));
-        assert!(matches!(&*rx.borrow(), Observed::Status(s) if s.seq == 5));
+        assert_eq!(*rx.borrow(), Observed::Pending);
         hub.deliver(status("e", pb::ExecutionState::Exited, 6));
         hub.deliver(status("e", pb::ExecutionState::Running, 7));
+        hub.deliver(status("e", pb::ExecutionState::Failed, 8));
         hub.mark_lost("e", "gone");
         assert!(
-            matches!(&*rx.borrow(), Observed::Status(s) if s.state() == pb::ExecutionState::Exited)
+            matches!(&*rx.borrow(), Observed::Ended(s) if s.state() == pb::ExecutionState::Exited && s.seq == 6)
         );
         // Unknown ids are ignored.
         hub.deliver(status("other", pb::ExecutionState::Exited, 8));
