@@ -14,6 +14,7 @@
 mod call_errors;
 mod connections;
 mod daemon_host;
+mod daemon_wire;
 mod evidence;
 mod files;
 mod fingerprints;

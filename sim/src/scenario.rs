@@ -109,6 +109,11 @@ pub struct Cluster {
     /// Whether the daemons serve `WatchSession`.
     #[serde(default = "yes")]
     pub daemon_watch: bool,
+    /// Whether the daemons' `WatchSession` sends only events after
+    /// `after_seq` even after the gap for a cursor from another log (the
+    /// contract's letter; the reference daemon replays its new log then).
+    #[serde(default)]
+    pub strict_after_seq: bool,
     /// The plugin's `session_config.idle_timeout`.
     #[serde(default = "default_idle")]
     pub idle_timeout: String,
@@ -169,6 +174,7 @@ impl Default for Cluster {
             status_mode: auto(),
             poll_interval: None,
             daemon_watch: true,
+            strict_after_seq: false,
             idle_timeout: default_idle(),
             latency: default_latency(),
             tick: default_tick(),

@@ -99,7 +99,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
             .with_limits(scenario.daemon.apply(Default::default()))
             .with_runtime(scenario.daemon.runtime())
             .recording_into(truth.clone())
-            .with_watch_stream(cluster.daemon_watch);
+            .with_watch_stream(cluster.daemon_watch)
+            .with_strict_after_seq(cluster.strict_after_seq);
         daemon.install(&mut sim);
         daemons.insert(client, daemon);
         let book = LogBook::default();

@@ -100,6 +100,7 @@ scenarios! {
     slow_recovery => "slow-recovery",
     memory_sampled => "memory-sampled",
     broken_streams => "broken-streams",
+    daemon_wipe_strict => "daemon-wipe-strict",
 }
 
 /// The full trace of one run, printed by the `elide-sim` binary in its own

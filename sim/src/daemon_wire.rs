@@ -1,0 +1,322 @@
+//! The daemon API as the simulation serves it: the reference daemon's
+//! gRPC service behind a wrapper that counts every request and can make
+//! the daemon behave as others may: one from before `WatchSession`, one
+//! that follows `after_seq` to the letter, one whose output streams break
+//! off. It works on the HTTP/2 bodies (gRPC frames), below tonic's codec,
+//! so the daemon itself stays the production one.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use elide_proto::elide::daemon::v1 as pb;
+use http_body::{Body as _, Frame};
+
+use crate::daemon_host::RequestCounts;
+
+/// The daemon API as served in the simulation: every request counted,
+/// without `WatchSession` when the scenario says so (it then answers
+/// `UNIMPLEMENTED` and does not list it, as a daemon predating the stream
+/// would), with `after_seq` followed to the letter when the scenario says
+/// so, and with output streams that a fault can break off.
+#[derive(Clone)]
+pub(crate) struct Served<S> {
+    pub inner: S,
+    /// Whether it serves `WatchSession` (and lists it).
+    pub watch_stream: bool,
+    /// Whether `WatchSession` sends only events after `after_seq`, even
+    /// after the gap for a cursor from another log.
+    pub strict_after_seq: bool,
+    pub requests: RequestCounts,
+    /// While set, output streams break off.
+    pub breaking_streams: Arc<AtomicBool>,
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Served<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for Served<S>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let path = request.uri().path();
+        self.requests.count(path.rsplit('/').next().unwrap_or(path));
+        if !self.watch_stream && path.ends_with("/WatchSession") {
+            let status = tonic::Status::unimplemented("this daemon has no WatchSession");
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        if !self.watch_stream && path == V1_CAPABILITIES {
+            // Nor does it list the feature it does not have.
+            let response = self.inner.call(request);
+            return Box::pin(async move {
+                let (parts, body) = response.await?.into_parts();
+                let body = without_watch_session(body).await;
+                Ok(http::Response::from_parts(parts, body))
+            });
+        }
+        if self.strict_after_seq && path == V1_WATCH_SESSION {
+            let inner = self.inner.clone();
+            return Box::pin(after_seq_to_the_letter(inner, request));
+        }
+        if path.ends_with("/StreamOutput") {
+            let response = self.inner.call(request);
+            let breaking = self.breaking_streams.clone();
+            return Box::pin(async move {
+                let response = response.await?;
+                Ok(response.map(|body| tonic::body::Body::new(Breakable::new(body, breaking))))
+            });
+        }
+        Box::pin(self.inner.call(request))
+    }
+}
+
+/// The v1 API's `GetCapabilities` (v1alpha1 has its own).
+const V1_CAPABILITIES: &str = "/elide.daemon.v1.ElideDaemon/GetCapabilities";
+/// The v1 API's `WatchSession`.
+const V1_WATCH_SESSION: &str = "/elide.daemon.v1.ElideDaemon/WatchSession";
+
+/// A `GetCapabilities` response body with `WatchSession` taken out of its
+/// `features` (a daemon from before the stream). A body that cannot be
+/// read as one is passed on as it came.
+async fn without_watch_session(body: tonic::body::Body) -> tonic::body::Body {
+    let (data, trailers) = read_all(body).await;
+    let mut frames = VecDeque::new();
+    match one_message::<pb::GetCapabilitiesResponse>(&data) {
+        Some(mut capabilities) => {
+            capabilities.features.retain(|f| f != "WatchSession");
+            frames.push_back(Frame::data(framed(&capabilities)));
+        }
+        None => frames.push_back(Frame::data(data.freeze())),
+    }
+    frames.extend(trailers.map(Frame::trailers));
+    tonic::body::Body::new(Replayed(frames))
+}
+
+/// `WatchSession` by the contract's letter: only status events with
+/// `seq > after_seq`, also after the `gap` that tells a cursor from
+/// another log (a wiped daemon's new log). The reference daemon replays
+/// its new log from the start then, which hides a client that does not
+/// re-open the stream at the listing's seq.
+async fn after_seq_to_the_letter<S>(
+    mut inner: S,
+    request: http::Request<tonic::body::Body>,
+) -> Result<http::Response<tonic::body::Body>, std::convert::Infallible>
+where
+    S: tower::Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<tonic::body::Body>,
+        Error = std::convert::Infallible,
+    >,
+{
+    let (parts, body) = request.into_parts();
+    let (data, trailers) = read_all(body).await;
+    let after_seq = one_message::<pb::WatchSessionRequest>(&data).map_or(0, |r| r.after_seq);
+    let mut frames = VecDeque::from([Frame::data(data.freeze())]);
+    frames.extend(trailers.map(Frame::trailers));
+    let request = http::Request::from_parts(parts, tonic::body::Body::new(Replayed(frames)));
+    futures::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
+    let response = inner.call(request).await?;
+    Ok(response.map(|body| {
+        tonic::body::Body::new(AfterSeqOnly {
+            inner: body,
+            after_seq,
+            unread: BytesMut::new(),
+            out: VecDeque::new(),
+            done: false,
+        })
+    }))
+}
+
+/// A whole body: its data, and its trailers if any.
+async fn read_all(mut body: tonic::body::Body) -> (BytesMut, Option<http::HeaderMap>) {
+    let mut data = BytesMut::new();
+    let mut trailers = None;
+    while let Some(frame) = futures::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+    {
+        let Ok(frame) = frame else { break };
+        match frame.into_data() {
+            Ok(chunk) => data.extend_from_slice(&chunk),
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    (data, trailers)
+}
+
+/// The one uncompressed gRPC message `data` holds (a flag byte, a 4-byte
+/// length, the message), if it is one.
+fn one_message<M: prost::Message + Default>(data: &[u8]) -> Option<M> {
+    (data.len() >= 5 && data[0] == 0)
+        .then(|| M::decode(&data[5..]).ok())
+        .flatten()
+}
+
+/// `message` as a gRPC frame.
+fn framed(message: &impl prost::Message) -> Bytes {
+    let encoded = message.encode_to_vec();
+    let mut out = BytesMut::with_capacity(5 + encoded.len());
+    out.extend_from_slice(&[0]);
+    out.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    out.extend_from_slice(&encoded);
+    out.freeze()
+}
+
+/// Splits the first whole gRPC frame off `unread`, if it holds one.
+fn next_frame(unread: &mut BytesMut) -> Option<Bytes> {
+    if unread.len() < 5 {
+        return None;
+    }
+    let len = (&unread[1..5]).get_u32() as usize;
+    (unread.len() >= 5 + len).then(|| unread.split_to(5 + len).freeze())
+}
+
+/// A `WatchSession` response without the status events at or before
+/// `after_seq` ([`after_seq_to_the_letter`]).
+struct AfterSeqOnly {
+    inner: tonic::body::Body,
+    after_seq: u64,
+    /// Bytes of a message not yet whole.
+    unread: BytesMut,
+    /// Frames ready to pass on.
+    out: VecDeque<Frame<Bytes>>,
+    done: bool,
+}
+
+impl AfterSeqOnly {
+    fn passes(&self, frame: &[u8]) -> bool {
+        let seq = match one_message::<pb::SessionEvent>(frame).and_then(|e| e.event) {
+            Some(pb::session_event::Event::Status(status)) => status.seq,
+            _ => return true,
+        };
+        seq > self.after_seq
+    }
+}
+
+impl http_body::Body for AfterSeqOnly {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        loop {
+            if let Some(frame) = self.out.pop_front() {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let frame = match std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => {
+                    self.done = true;
+                    continue;
+                }
+            };
+            match frame.into_data() {
+                Ok(data) => {
+                    let this = &mut *self;
+                    this.unread.extend_from_slice(&data);
+                    while let Some(message) = next_frame(&mut this.unread) {
+                        if this.passes(&message) {
+                            this.out.push_back(Frame::data(message));
+                        }
+                    }
+                }
+                // The trailers: the stream's end.
+                Err(frame) => self.out.push_back(frame),
+            }
+        }
+    }
+}
+
+/// A body of frames already at hand.
+struct Replayed(VecDeque<Frame<Bytes>>);
+
+impl http_body::Body for Replayed {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
+/// A streaming response that, while `breaking` is set, is broken off after
+/// the next message it sends: that data frame, then the trailers of an
+/// `UNAVAILABLE` status, as a daemon that ends a stream early sends them.
+struct Breakable {
+    inner: tonic::body::Body,
+    breaking: Arc<AtomicBool>,
+    /// Set once a message went out while breaking: the stream ends next.
+    cut: bool,
+    done: bool,
+}
+
+impl Breakable {
+    fn new(inner: tonic::body::Body, breaking: Arc<AtomicBool>) -> Self {
+        Breakable {
+            inner,
+            breaking,
+            cut: false,
+            done: false,
+        }
+    }
+}
+
+impl http_body::Body for Breakable {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if self.cut {
+            self.done = true;
+            let mut trailers = http::HeaderMap::new();
+            let status = tonic::Status::unavailable("the daemon broke off this stream");
+            if let Err(e) = status.add_header(&mut trailers) {
+                return Poll::Ready(Some(Err(e)));
+            }
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if frame.is_data() {
+                self.cut = self.breaking.load(Ordering::SeqCst);
+            } else {
+                // The stream ended by itself (its trailers).
+                self.done = true;
+            }
+        }
+        polled
+    }
+}
