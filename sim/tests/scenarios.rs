@@ -101,6 +101,7 @@ scenarios! {
     memory_sampled => "memory-sampled",
     broken_streams => "broken-streams",
     daemon_wipe_strict => "daemon-wipe-strict",
+    stop_flood => "stop-flood",
 }
 
 /// The full trace of one run, printed by the `elide-sim` binary in its own

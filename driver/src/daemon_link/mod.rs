@@ -6,9 +6,12 @@
 //! anything else in the driver knowing. The link adds what every call needs:
 //! a deadline on each unary call ([`DaemonLink::unary`]), a fresh
 //! connection after a call that got no answer at all (the connection may be
-//! dead without either side being told, as after a network partition), and
-//! HTTP/2 keepalive, so a hung daemon is noticed even on long streams.
+//! dead without either side being told, as after a network partition),
+//! HTTP/2 keepalive, so a hung daemon is noticed even on long streams, and
+//! spaced connection attempts while the daemon cannot be reached
+//! ([`dial_gate::DIAL_RETRY_GAP`]).
 
+mod dial_gate;
 pub(crate) mod heartbeat;
 pub(crate) mod identity;
 
@@ -201,17 +204,29 @@ impl Connection {
 /// A lazily connecting client over `dialer`.
 fn client_over(dialer: Arc<dyn Dialer>) -> DaemonClient {
     let keepalive = dialer.keepalive();
+    let gate = Arc::new(Mutex::new(dial_gate::DialGate::default()));
     let connector = tower::service_fn(move |_: Uri| {
-        let dial = dialer.dial();
+        let closed = gate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(tokio::time::Instant::now());
+        let dial = closed.is_ok().then(|| dialer.dial());
+        let gate = gate.clone();
         async move {
-            match tokio::time::timeout(DIAL_TIMEOUT, dial).await {
-                Ok(Ok(io)) => Ok(TokioIo::new(io)),
-                Ok(Err(e)) => Err(e),
+            let Some(dial) = dial else {
+                return Err(closed.unwrap_err());
+            };
+            let dialled = match tokio::time::timeout(DIAL_TIMEOUT, dial).await {
+                Ok(dialled) => dialled,
                 Err(_) => Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("no connection within {DIAL_TIMEOUT:?}"),
                 )),
-            }
+            };
+            gate.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .dialled(tokio::time::Instant::now(), dialled.as_ref().map(drop));
+            dialled.map(TokioIo::new)
         }
     });
     // The URI is required by the API and unused: the dialer decides.

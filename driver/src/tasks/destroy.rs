@@ -126,7 +126,7 @@ impl TaskManager {
         if entry.session_id.is_none() {
             entry.session_id = Some(self.session_id_for(config));
         }
-        self.spawn_reap(DaemonLink::to_endpoint(&self.dialers, &daemon), entry)
+        self.spawn_reap(self.link_to(&daemon), entry)
     }
 
     /// Starts a [`reap`] unless one is under way for the execution; the

@@ -179,6 +179,10 @@ pub struct TaskManager {
     dialers: DialerFactory,
     host: Host,
     contexts: tokio::sync::Mutex<BTreeMap<(String, String), Arc<SessionContext>>>,
+    /// One link (one connection) per daemon endpoint, shared by its
+    /// sessions, the stops and the deletes of tasks not held: a thousand
+    /// stops after a restart must not dial a thousand connections.
+    links: Mutex<BTreeMap<String, DaemonLink>>,
     tasks: Mutex<BTreeMap<String, Arc<Task>>>,
     events: TaskEventHub,
     /// Stops of tasks not (yet) in the table that could not be delivered:
@@ -205,6 +209,7 @@ impl TaskManager {
         TaskManager {
             dialers,
             contexts: tokio::sync::Mutex::default(),
+            links: Mutex::default(),
             tasks: Mutex::default(),
             events,
             pending_stops: Mutex::new(pending_stops::PendingStops::new(MAX_PENDING_STOPS)),
@@ -226,6 +231,16 @@ impl TaskManager {
             .get(task_id)
             .cloned()
             .ok_or_else(|| unknown_task(task_id))
+    }
+
+    /// The link to `daemon`, made on first use.
+    pub(super) fn link_to(&self, daemon: &DaemonEndpoint) -> DaemonLink {
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(daemon.to_string())
+            .or_insert_with(|| DaemonLink::to_endpoint(&self.dialers, daemon))
+            .clone()
     }
 
     /// The session this client's driver uses under `config`.
@@ -252,7 +267,7 @@ impl TaskManager {
         if let Some(context) = contexts.get(&key) {
             return context.clone();
         }
-        let link = DaemonLink::to_endpoint(&self.dialers, daemon);
+        let link = self.link_to(daemon);
         let hub = Arc::new(StatusHub::default());
         let feed = tokio::spawn(status_feed::follow_session(
             link.clone(),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::daemon_link::{identity, CallError, DaemonLink};
+use crate::daemon_link::{identity, CallError};
 use crate::plugin_config::PluginConfig;
 
 use super::cancel::{allowed_grace, cancel_execution, next_stop_step, CancelOutcome, StopStep};
@@ -139,7 +139,7 @@ impl TaskManager {
         signal: &str,
         grace: Duration,
     ) {
-        let link = DaemonLink::to_endpoint(&self.dialers, &config.daemon);
+        let link = self.link_to(&config.daemon);
         let cancelled = cancel_execution(
             &link,
             &self.session_id_for(config),
