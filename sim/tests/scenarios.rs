@@ -102,6 +102,7 @@ scenarios! {
     broken_streams => "broken-streams",
     daemon_wipe_strict => "daemon-wipe-strict",
     stop_flood => "stop-flood",
+    task_ids => "task-ids",
 }
 
 /// The full trace of one run, printed by the `elide-sim` binary in its own
