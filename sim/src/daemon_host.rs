@@ -46,6 +46,9 @@ pub struct DaemonHost {
     /// Whether it breaks off its output streams now
     /// ([`crate::scenario::FaultKind::BreakOutputStreams`]).
     breaking_streams: Arc<AtomicBool>,
+    /// Whether it fails every `CancelExecution` now
+    /// ([`crate::scenario::FaultKind::FailCancels`]).
+    failing_cancels: Arc<AtomicBool>,
 }
 
 impl DaemonHost {
@@ -63,6 +66,7 @@ impl DaemonHost {
             requests: RequestCounts::default(),
             strict_after_seq: false,
             breaking_streams: Arc::default(),
+            failing_cancels: Arc::default(),
         }
     }
 
@@ -94,6 +98,11 @@ impl DaemonHost {
     /// next message it sends.
     pub fn break_output_streams(&self, on: bool) {
         self.breaking_streams.store(on, Ordering::SeqCst);
+    }
+
+    /// Starts or stops answering every `CancelExecution` with `INTERNAL`.
+    pub fn fail_cancels(&self, on: bool) {
+        self.failing_cancels.store(on, Ordering::SeqCst);
     }
 
     /// Sends (or not) only events after `after_seq` on `WatchSession`,
@@ -146,6 +155,7 @@ impl DaemonHost {
                     strict_after_seq: host.strict_after_seq,
                     requests: host.requests.clone(),
                     breaking_streams: host.breaking_streams.clone(),
+                    failing_cancels: host.failing_cancels.clone(),
                 };
                 tonic::transport::Server::builder()
                     .add_service(service)

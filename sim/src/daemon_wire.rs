@@ -2,7 +2,7 @@
 //! gRPC service behind a wrapper that counts every request and can make
 //! the daemon behave as others may: one from before `WatchSession`, one
 //! that follows `after_seq` to the letter, one whose output streams break
-//! off. It works on the HTTP/2 bodies (gRPC frames), below tonic's codec,
+//! off, one that fails its cancels. It works on the HTTP/2 bodies (gRPC frames), below tonic's codec,
 //! so the daemon itself stays the production one.
 
 use std::collections::VecDeque;
@@ -33,6 +33,8 @@ pub(crate) struct Served<S> {
     pub requests: RequestCounts,
     /// While set, output streams break off.
     pub breaking_streams: Arc<AtomicBool>,
+    /// While set, every `CancelExecution` is answered with `INTERNAL`.
+    pub failing_cancels: Arc<AtomicBool>,
 }
 
 impl<S: tonic::server::NamedService> tonic::server::NamedService for Served<S> {
@@ -61,6 +63,10 @@ where
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let path = request.uri().path();
         self.requests.count(path.rsplit('/').next().unwrap_or(path));
+        if path == V1_CANCEL && self.failing_cancels.load(Ordering::SeqCst) {
+            let status = tonic::Status::internal("the daemon could not record the cancel");
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
         if !self.watch_stream && path.ends_with("/WatchSession") {
             let status = tonic::Status::unimplemented("this daemon has no WatchSession");
             return Box::pin(async move { Ok(status.into_http()) });
@@ -92,6 +98,8 @@ where
 
 /// The v1 API's `GetCapabilities` (v1alpha1 has its own).
 const V1_CAPABILITIES: &str = "/elide.daemon.v1.ElideDaemon/GetCapabilities";
+/// The v1 API's `CancelExecution`.
+const V1_CANCEL: &str = "/elide.daemon.v1.ElideDaemon/CancelExecution";
 /// The v1 API's `WatchSession`.
 const V1_WATCH_SESSION: &str = "/elide.daemon.v1.ElideDaemon/WatchSession";
 

@@ -181,6 +181,8 @@ pub enum Action {
     /// A daemon host starts (`true`) or stops breaking off its output
     /// streams.
     BreakOutputStreams(String, bool),
+    /// A daemon host starts (`true`) or stops failing its cancels.
+    FailCancels(String, bool),
 }
 
 impl Action {
@@ -207,6 +209,8 @@ impl Action {
             Action::BreakOutputStreams(h, false) => {
                 format!("{h} serves its output streams whole again")
             }
+            Action::FailCancels(h, true) => format!("{h} fails every CancelExecution"),
+            Action::FailCancels(h, false) => format!("{h} takes cancels again"),
             Action::ReaderBack(client, group, away) => format!(
                 "logmon of client {client} {} the FIFOs of {}",
                 match away {
@@ -522,6 +526,10 @@ fn actions_of(fault: &Fault, normal: Duration) -> Vec<(Duration, Action)> {
         FaultKind::BreakOutputStreams => {
             out.push((fault.at, Action::BreakOutputStreams(daemon.clone(), true)));
             at_end(Action::BreakOutputStreams(daemon, false), &mut out);
+        }
+        FaultKind::FailCancels => {
+            out.push((fault.at, Action::FailCancels(daemon.clone(), true)));
+            at_end(Action::FailCancels(daemon, false), &mut out);
         }
         FaultKind::CrashClient => {
             out.push((fault.at, Action::Crash(nomad.clone())));

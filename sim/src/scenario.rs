@@ -404,6 +404,11 @@ pub enum FaultKind {
     /// shedding load, a proxy resetting streams); it stays up and its
     /// programs run on, so no output may be lost.
     BreakOutputStreams,
+    /// For `for`, the daemon answers every `CancelExecution` with
+    /// `INTERNAL` (a daemon whose state store fails, say on a full disk);
+    /// it stays up and its programs run on. Such a refusal goes back to
+    /// Nomad, which retries the stop on its own schedule.
+    FailCancels,
 }
 
 impl FaultKind {
@@ -420,6 +425,7 @@ impl FaultKind {
             FaultKind::StallLogs => "stall_logs",
             FaultKind::DropLogReader => "drop_log_reader",
             FaultKind::BreakOutputStreams => "break_output_streams",
+            FaultKind::FailCancels => "fail_cancels",
         }
     }
 

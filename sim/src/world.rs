@@ -308,5 +308,10 @@ fn apply(
                 daemon.break_output_streams(*on);
             }
         }
+        Action::FailCancels(h, on) => {
+            if let Some(daemon) = daemons.values().find(|d| &d.name == h) {
+                daemon.fail_cancels(*on);
+            }
+        }
     }
 }

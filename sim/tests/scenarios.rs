@@ -102,6 +102,7 @@ scenarios! {
     broken_streams => "broken-streams",
     daemon_wipe_strict => "daemon-wipe-strict",
     stop_flood => "stop-flood",
+    failing_cancels => "failing-cancels",
     task_ids => "task-ids",
 }
 

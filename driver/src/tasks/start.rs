@@ -17,9 +17,9 @@ use crate::task_config::ElideTaskConfig;
 use super::intents::StopFile;
 use super::output::{Offsets, OffsetsFile, OutputForwarder};
 use super::{
-    daemon_error, exit, request, task_user, AbortOnDrop, DriverState, Observed, SessionContext,
-    Started, Task, TaskError, TaskEvent, TaskEventHub, TaskManager, DRIVER_STATE_VERSION,
-    OUTPUT_FLUSH_LIMIT,
+    daemon_error, exit, request, task_user, AbortOnDrop, DriverState, ExitOutcome, Observed,
+    SessionContext, Started, Task, TaskError, TaskEvent, TaskEventHub, TaskManager,
+    DRIVER_STATE_VERSION, OUTPUT_FLUSH_LIMIT,
 };
 
 impl TaskManager {
@@ -233,10 +233,7 @@ impl TaskManager {
                 },
                 Err(_) => exit::lost("the driver stopped following it", clock.now()),
             };
-            // The test-only fault switch's driver that gives up declares the
-            // task lost at once, without waiting for its output.
-            let gave_up = crate::broken!(GivesUpDuringPartitions) && !outcome.err.is_empty();
-            if !gave_up
+            if !gives_up_without_output(&outcome)
                 && tokio::time::timeout(OUTPUT_FLUSH_LIMIT, &mut forwarding.0)
                     .await
                     .is_err()
@@ -357,4 +354,12 @@ fn lost_output_reporter(
             .into(),
         });
     })
+}
+
+/// Whether the test-only fault switch's driver that gives up declares the
+/// task lost at once, without waiting for its output. A constant `false`
+/// without the `fault-switch` feature (kept apart so mutation testing can
+/// leave it out with the rest of the switch's code).
+fn gives_up_without_output(outcome: &ExitOutcome) -> bool {
+    crate::broken!(GivesUpDuringPartitions) && !outcome.err.is_empty()
 }
