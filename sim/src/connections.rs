@@ -6,8 +6,9 @@
 //! as a reconnect storm in the daemon's logs. No request storm either
 //! (`request-storm`): the daemon serves at most
 //! [`CANCELS_PER_TASK`] `CancelExecution` calls per task of its client (a
-//! stop, its fallbacks, the force kill, retries after faults), so a stop
-//! retried in a loop is caught even when Nomad's own force destroy ends
+//! stop, its fallbacks, the force kill, retries after faults), plus one per
+//! [`PACED_RETRY`] that faults on the client lasted (a stop kept up in the
+//! background at its back-off), so a stop retried in a loop is caught even when Nomad's own force destroy ends
 //! the program in the same way. And no call the daemon did not offer
 //! (`capabilities`): on a daemon whose `GetCapabilities` does not list
 //! `WatchSession`, a plugin in `status_mode = "auto"` polls and never asks
@@ -25,6 +26,23 @@ const REDIAL_WINDOW: Duration = Duration::from_secs(60);
 
 /// `CancelExecution` calls a daemon may serve per task of its client.
 pub const CANCELS_PER_TASK: u64 = 10;
+
+/// A retry every this long while a fault lasts is paced, not a storm:
+/// half the longest back-off of a stop kept up in the background.
+const PACED_RETRY: Duration = Duration::from_secs(15);
+
+/// Cancels per task that faults on `client` explain beyond
+/// [`CANCELS_PER_TASK`]: one per [`PACED_RETRY`] they lasted.
+fn paced_retries(e: &Evidence<'_>, client: u32) -> u64 {
+    let lasted: Duration = e
+        .plan
+        .faults
+        .iter()
+        .filter(|f| f.client == client && f.kind.disturbs_calls())
+        .filter_map(|f| f.until.map(|until| until.saturating_sub(f.at)))
+        .sum();
+    lasted.as_secs() / PACED_RETRY.as_secs()
+}
 
 /// The violations of `redials`, `request-storm` and `capabilities`.
 pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
@@ -44,12 +62,14 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
         }
         let tasks = e.plan.tasks_of(*client).len() as u64;
         let cancels = requests.get("CancelExecution").copied().unwrap_or(0);
-        if cancels > CANCELS_PER_TASK * tasks {
+        let allowed = tasks * (CANCELS_PER_TASK + paced_retries(e, *client));
+        if cancels > allowed {
             out.push(Violation {
                 rule: "request-storm",
                 task: None,
                 detail: format!(
-                    "client {client}: its daemon served {cancels} CancelExecution calls for {tasks} tasks"
+                    "client {client}: its daemon served {cancels} CancelExecution calls for {tasks} tasks \
+                     (at most {allowed})"
                 ),
             });
         }

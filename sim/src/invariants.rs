@@ -36,7 +36,8 @@
 //!    its kill_timeout plus [`STOP_BOUND`], counted from the stop; or,
 //!    when faults hit its client during the stop, from the end of the last
 //!    of them, plus the driver's heartbeat timeout (the time it may take
-//!    to find a stream dead); the result's count starts no earlier than
+//!    to find a stream dead), and, after a daemon that failed cancels,
+//!    the background stop's longest back-off; the result's count starts no earlier than
 //!    the agent's recovery of the task, the program's does not wait for it
 //!    (`stop-bound`); its program's first signal is the job's
 //!    `kill_signal` (`kill-signal`);
@@ -77,7 +78,7 @@ pub const STOP_BOUND: Duration = Duration::from_secs(10);
 /// The driver's stop signal when the job sets no `kill_signal`.
 const DEFAULT_KILL_SIGNAL: &str = "SIGINT";
 
-use crate::scenario::signal_number;
+use crate::scenario::{signal_number, FaultKind};
 
 pub use crate::evidence::Violation;
 
@@ -440,6 +441,14 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
                         Duration::ZERO
                     } else {
                         elide_driver::HEARTBEAT_TIMEOUT
+                    }
+                    // A daemon that failed cancels gives no sign when it
+                    // takes them again: the stop kept up in the background
+                    // finds out at its next try, its back-off apart.
+                    + if faults.iter().any(|f| f.kind == FaultKind::FailCancels) {
+                        elide_driver::REAP_MAX_DELAY
+                    } else {
+                        Duration::ZERO
                     };
                 // The program itself must end in time even when Nomad
                 // recovers the task late (a stop sent before recovery is

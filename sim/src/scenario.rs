@@ -407,7 +407,8 @@ pub enum FaultKind {
     /// For `for`, the daemon answers every `CancelExecution` with
     /// `INTERNAL` (a daemon whose state store fails, say on a full disk);
     /// it stays up and its programs run on. Such a refusal goes back to
-    /// Nomad, which retries the stop on its own schedule.
+    /// Nomad, which retries the stop on its own schedule, and the driver
+    /// keeps the stop up in the background.
     FailCancels,
 }
 

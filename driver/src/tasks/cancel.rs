@@ -17,9 +17,14 @@ pub(super) enum CancelOutcome {
     Refused,
     /// The execution is not on the daemon (any more).
     NotFound,
-    /// The daemon could not be reached.
-    Unreachable,
-    /// Any other failure.
+    /// Not yet: the daemon could not be reached, or failed for a reason
+    /// that may pass (`INTERNAL`, `RESOURCE_EXHAUSTED`, `ABORTED`: a
+    /// daemon whose store fails, an overloaded one). Nomad retries a failed
+    /// stop five times over about four minutes and then waits for the exit
+    /// with no limit, so the stop is also kept up in the background (found
+    /// by the simulation: `failing-cancels`).
+    NotYet,
+    /// Any other failure (one that retrying will not change).
     Failed,
 }
 
@@ -29,10 +34,19 @@ impl CancelOutcome {
             Ok(()) => CancelOutcome::Accepted,
             Err(e) if e.code() == tonic::Code::InvalidArgument => CancelOutcome::Refused,
             Err(e) if e.is_not_found() => CancelOutcome::NotFound,
-            Err(e) if e.is_transport() => CancelOutcome::Unreachable,
+            Err(e) if e.is_transport() || may_pass(e.code()) => CancelOutcome::NotYet,
             Err(_) => CancelOutcome::Failed,
         }
     }
+}
+
+/// Whether a daemon's answer with `code` may be different on a later try
+/// (its own failure, not a judgement of the request).
+fn may_pass(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Internal | tonic::Code::ResourceExhausted | tonic::Code::Aborted
+    )
 }
 
 /// What `StopTask` does next.
@@ -48,7 +62,8 @@ pub(super) enum StopStep {
     MarkLost,
     /// Fail `StopTask`; with `keep_stopping`, keep asking in the background.
     Fail {
-        /// The daemon was unreachable, so the stop may still get through.
+        /// The daemon could not take it yet (unreachable, or failing for a
+        /// reason that may pass), so the stop may still get through.
         keep_stopping: bool,
     },
 }
@@ -68,7 +83,7 @@ pub(super) fn next_stop_step(refusals: usize, outcome: CancelOutcome) -> StopSte
             keep_stopping: false,
         },
         CancelOutcome::NotFound => StopStep::MarkLost,
-        CancelOutcome::Unreachable => StopStep::Fail {
+        CancelOutcome::NotYet => StopStep::Fail {
             keep_stopping: true,
         },
     }
@@ -144,11 +159,11 @@ mod tests {
             assert_eq!(next_stop_step(refusals, Accepted), StopStep::AwaitExit);
             assert_eq!(next_stop_step(refusals, NotFound), StopStep::MarkLost);
             assert_eq!(
-                next_stop_step(refusals, Unreachable),
+                next_stop_step(refusals, NotYet),
                 StopStep::Fail {
                     keep_stopping: true
                 },
-                "an unreachable daemon keeps being asked in the background"
+                "an unreachable or failing daemon keeps being asked in the background"
             );
             assert_eq!(
                 next_stop_step(refusals, Failed),
@@ -156,6 +171,31 @@ mod tests {
                     keep_stopping: false
                 }
             );
+        }
+    }
+
+    #[test]
+    fn a_daemon_failing_for_its_own_reasons_is_asked_again_a_refusal_is_not() {
+        use tonic::Code;
+        let outcome =
+            |code: Code| CancelOutcome::of(&Err(CallError::Status(tonic::Status::new(code, "x"))));
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Internal,
+            Code::ResourceExhausted,
+            Code::Aborted,
+        ] {
+            assert_eq!(outcome(code), CancelOutcome::NotYet, "{code:?}");
+        }
+        assert_eq!(outcome(Code::InvalidArgument), CancelOutcome::Refused);
+        assert_eq!(outcome(Code::NotFound), CancelOutcome::NotFound);
+        for code in [
+            Code::PermissionDenied,
+            Code::FailedPrecondition,
+            Code::Unimplemented,
+        ] {
+            assert_eq!(outcome(code), CancelOutcome::Failed, "{code:?}");
         }
     }
 }

@@ -74,9 +74,11 @@ pub const FORCE_DELETE_TIMEOUT: Duration = Duration::from_secs(15);
 /// is gone before returning anyway (the deletion goes on in the
 /// background).
 pub const DESTROY_WAIT_LIMIT: Duration = Duration::from_secs(5);
-/// First delay between attempts to delete a destroyed task's execution.
+/// First delay between attempts to delete a destroyed task's execution,
+/// or to deliver a stop in the background.
 pub const REAP_FIRST_DELAY: Duration = Duration::from_secs(1);
-/// Longest delay between attempts to delete a destroyed task's execution.
+/// Longest delay between attempts to delete a destroyed task's execution,
+/// or to deliver a stop in the background.
 pub const REAP_MAX_DELAY: Duration = Duration::from_secs(30);
 /// Deadline of the one daemon call `RecoverTask` makes: Nomad recovers the
 /// tasks of a node one after another on its start-up path.
@@ -127,9 +129,10 @@ struct Task {
     started_instant: Instant,
     exit: watch::Receiver<Option<ExitOutcome>>,
     _supervisor: AbortOnDrop<()>,
-    /// Keeps asking the daemon to stop the program while it cannot be
-    /// reached ([`keep_stopping`]); ends with the task.
-    stopper: Mutex<Option<AbortOnDrop<()>>>,
+    /// Keeps asking the daemon to stop the program while it cannot take
+    /// the stop ([`keep_stopping`]), with the stop it delivers; ends with
+    /// the task.
+    stopper: Mutex<Option<(StopRequest, AbortOnDrop<()>)>>,
     /// Its output offsets (shared with its forwarder).
     offsets_file: output::OffsetsFile,
     /// Whether a `WaitTask` was answered (for the test-only fault switch).
@@ -152,18 +155,27 @@ impl Task {
 
     /// Records `stop` in the task dir and makes sure the daemon gets it:
     /// a background stopper retries until the daemon confirms or the task
-    /// has exited (replacing an earlier one).
+    /// has exited. One still retrying the same stop goes on at its
+    /// back-off (Nomad retries a failed `StopTask` itself, and a stopper
+    /// started afresh each time would ask at the first delay again); one
+    /// with another stop is replaced.
     fn keep_stopping(&self, files: &Arc<dyn crate::host::StateFiles>, stop: StopRequest) {
         self.stop_file(files).write(&stop);
+        let mut slot = self.stopper.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((running, stopper)) = slot.as_ref() {
+            if *running == stop && !stopper.0.is_finished() {
+                return;
+            }
+        }
         let stopper = tokio::spawn(keep_stopping(
             self.id.clone(),
             self.session.link.clone(),
             self.state.session_id.clone(),
             self.state.execution_id.clone(),
-            stop,
+            stop.clone(),
             self.exit.clone(),
         ));
-        *self.stopper.lock().unwrap_or_else(|p| p.into_inner()) = Some(AbortOnDrop(stopper));
+        *slot = Some((stop, AbortOnDrop(stopper)));
     }
 }
 
