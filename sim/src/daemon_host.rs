@@ -3,7 +3,6 @@
 //! a virtual clock and a state store that survives crashes of the host (the
 //! "disk"). Optionally an older daemon without the `WatchSession` stream.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -14,7 +13,7 @@ use elide_daemon::{
 };
 use elide_proto::wall_clock::TokioClock;
 
-use crate::daemon_wire::Served;
+use crate::daemon_wire::{RequestCounts, Served};
 use crate::net::incoming;
 use crate::truth::{GroundTruth, RecordingRuntime};
 
@@ -164,26 +163,5 @@ impl DaemonHost {
                 Ok(())
             }
         });
-    }
-}
-
-/// Every request a daemon served (across its boots), counted by method
-/// name (`CancelExecution`, ...).
-#[derive(Debug, Clone, Default)]
-pub struct RequestCounts(Arc<Mutex<BTreeMap<String, u64>>>);
-
-impl RequestCounts {
-    pub(crate) fn count(&self, method: &str) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(method.to_owned())
-            .or_default() += 1;
-    }
-
-    /// The counts so far.
-    pub fn all(&self) -> BTreeMap<String, u64> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }

@@ -5,17 +5,15 @@
 //! off, one that fails its cancels. It works on the HTTP/2 bodies (gRPC frames), below tonic's codec,
 //! so the daemon itself stays the production one.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use elide_proto::elide::daemon::v1 as pb;
 use http_body::{Body as _, Frame};
-
-use crate::daemon_host::RequestCounts;
 
 /// The daemon API as served in the simulation: every request counted,
 /// without `WatchSession` when the scenario says so (it then answers
@@ -93,6 +91,27 @@ where
             });
         }
         Box::pin(self.inner.call(request))
+    }
+}
+
+/// Every request a daemon served (across its boots), counted by method
+/// name (`CancelExecution`, ...).
+#[derive(Debug, Clone, Default)]
+pub struct RequestCounts(Arc<Mutex<BTreeMap<String, u64>>>);
+
+impl RequestCounts {
+    pub(crate) fn count(&self, method: &str) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(method.to_owned())
+            .or_default() += 1;
+    }
+
+    /// The counts so far.
+    pub fn all(&self) -> BTreeMap<String, u64> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

@@ -18,6 +18,7 @@ mod daemon_wire;
 mod evidence;
 mod files;
 mod fingerprints;
+mod held;
 mod inspections;
 mod invariants;
 mod leftovers;

@@ -1,0 +1,95 @@
+//! What the daemons hold once the run has settled (`nothing-runs`,
+//! `cleanup`, `session-expiry`): no program runs on any daemon, no daemon
+//! still holds the execution of a destroyed task, and a departed client's
+//! session has expired.
+
+use std::collections::BTreeSet;
+
+use crate::evidence::{Evidence, Violation};
+use crate::plan::daemon_host;
+
+/// The violations of `nothing-runs`, `cleanup` and `session-expiry`.
+pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let mut violation = |rule: &'static str, task: Option<&str>, detail: String| {
+        out.push(Violation {
+            rule,
+            task: task.map(str::to_owned),
+            detail,
+        })
+    };
+    let departed = e.plan.departed_clients();
+    // 6. Nothing runs at the end.
+    for (client, (boots, running)) in &e.daemons {
+        if !running {
+            continue;
+        }
+        let live = e.truth.live_on(&daemon_host(*client), *boots);
+        if !live.is_empty() {
+            violation(
+                "nothing-runs",
+                None,
+                format!(
+                    "{} still runs {} program(s) after every task was destroyed: {}",
+                    daemon_host(*client),
+                    live.len(),
+                    live.join(", ")
+                ),
+            );
+        }
+    }
+
+    // 6b. Destroyed tasks' executions are gone from their daemon. A
+    // daemon the observer could not list is reported once; one it never
+    // got to list (the run did not settle) is already a `finishes` failure.
+    let mut unlisted = BTreeSet::new();
+    for plan in &e.plan.tasks {
+        let seen = e.seen.seen(&plan.task_id);
+        if seen.destroyed_at.is_none() || departed.contains(&plan.client) {
+            continue;
+        }
+        match e.held.get(&plan.client) {
+            Some(Some(held)) if held.executions.contains(&plan.execution_id) => violation(
+                "cleanup",
+                Some(&plan.task_id),
+                format!(
+                    "destroyed, but {} still holds execution {}",
+                    daemon_host(plan.client),
+                    plan.execution_id
+                ),
+            ),
+            Some(None) => {
+                unlisted.insert(plan.client);
+            }
+            Some(Some(_)) | None => {}
+        }
+    }
+    for client in unlisted {
+        violation(
+            "cleanup",
+            None,
+            format!("could not list what {} holds", daemon_host(client)),
+        );
+    }
+
+    // 7. Departed clients' sessions expire.
+    for client in departed {
+        match e.held.get(&client) {
+            Some(Some(held)) if !held.sessions.is_empty() => violation(
+                "session-expiry",
+                None,
+                format!(
+                    "client {client} is gone but its daemon still holds {}",
+                    held.sessions.join(", ")
+                ),
+            ),
+            Some(Some(_)) | None => {}
+            Some(None) => violation(
+                "session-expiry",
+                None,
+                format!("could not list the sessions of client {client}'s daemon"),
+            ),
+        }
+    }
+    out
+}
