@@ -8,7 +8,10 @@
 //! that failure at once, without dialing, until [`DIAL_RETRY_GAP`] has
 //! passed: one link dials at most about four times a second however many
 //! callers it has. Callers see the same transport error and keep their
-//! own back-off.
+//! own back-off; a unary call tries once more when the gate opens, if its
+//! deadline allows (a daemon restarted meanwhile then answers it: found by
+//! the supervision test, where a `StartTask` right after the daemon's
+//! restart failed on another call's dial that had failed just before).
 
 use std::io;
 use std::time::Duration;
@@ -35,6 +38,14 @@ impl DialGate {
                 format!("{message} (not dialled again for {:?})", *until - now),
             )),
             _ => Ok(()),
+        }
+    }
+
+    /// How long after `now` the gate opens again, if it is closed.
+    pub(super) fn reopens_after(&self, now: Instant) -> Option<Duration> {
+        match &self.closed {
+            Some((until, _, _)) if now < *until => Some(*until - now),
+            _ => None,
         }
     }
 
@@ -66,9 +77,15 @@ mod tests {
                 .starts_with("daemon.sock (not dialled again for"),
             "{early}"
         );
+        assert_eq!(
+            gate.reopens_after(start + DIAL_RETRY_GAP / 2),
+            Some(DIAL_RETRY_GAP - DIAL_RETRY_GAP / 2)
+        );
         assert!(gate.check(start + DIAL_RETRY_GAP).is_ok());
+        assert_eq!(gate.reopens_after(start + DIAL_RETRY_GAP), None);
         gate.dialled(start + DIAL_RETRY_GAP, Err(&refused));
         gate.dialled(start + DIAL_RETRY_GAP, Ok(()));
         assert!(gate.check(start + DIAL_RETRY_GAP).is_ok());
+        assert_eq!(gate.reopens_after(start + DIAL_RETRY_GAP), None);
     }
 }

@@ -179,6 +179,8 @@ struct Connection {
     /// The generation in use, announced when a connection is retired, so
     /// streams opened on the old one stop waiting on it.
     retired: tokio::sync::watch::Sender<u64>,
+    /// Spaces its dials after a failed one (shared by its generations).
+    gate: Arc<Mutex<dial_gate::DialGate>>,
 }
 
 impl Connection {
@@ -194,7 +196,10 @@ impl Connection {
     fn replace(&self, generation: u64) {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if current.1 == generation {
-            *current = (client_over(self.dialer.clone()), generation + 1);
+            *current = (
+                client_over(self.dialer.clone(), self.gate.clone()),
+                generation + 1,
+            );
             self.retired.send_replace(generation + 1);
             tracing::info!(daemon = %self.dialer.target(), "a call got no answer in time; dialling a fresh connection");
         }
@@ -202,9 +207,8 @@ impl Connection {
 }
 
 /// A lazily connecting client over `dialer`.
-fn client_over(dialer: Arc<dyn Dialer>) -> DaemonClient {
+fn client_over(dialer: Arc<dyn Dialer>, gate: Arc<Mutex<dial_gate::DialGate>>) -> DaemonClient {
     let keepalive = dialer.keepalive();
-    let gate = Arc::new(Mutex::new(dial_gate::DialGate::default()));
     let connector = tower::service_fn(move |_: Uri| {
         let closed = gate
             .lock()
@@ -269,12 +273,14 @@ impl DaemonLink {
     /// broken connection is re-dialled on the next call.
     pub fn new(dialer: Arc<dyn Dialer>, call_timeout: Duration) -> Self {
         let target = dialer.target();
-        let client = client_over(dialer.clone());
+        let gate = Arc::new(Mutex::new(dial_gate::DialGate::default()));
+        let client = client_over(dialer.clone(), gate.clone());
         DaemonLink {
             connection: Arc::new(Connection {
                 dialer,
                 current: Mutex::new((client, 0)),
                 retired: tokio::sync::watch::Sender::new(0),
+                gate,
             }),
             target,
             call_timeout,
@@ -320,13 +326,20 @@ impl DaemonLink {
     /// the daemon (`grpc-timeout`) and enforced here as well.
     pub async fn unary<Req, Resp, F, Fut>(&self, message: Req, call: F) -> Result<Resp, CallError>
     where
-        F: FnOnce(DaemonClient, tonic::Request<Req>) -> Fut,
+        Req: Clone,
+        F: Fn(DaemonClient, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         self.unary_within(self.call_timeout, message, call).await
     }
 
     /// [`DaemonLink::unary`] with an explicit deadline.
+    ///
+    /// A call that failed to connect while the dial gate was closed (a dial
+    /// just failed: [`dial_gate`]) is tried once more when the gate opens,
+    /// if that is within `deadline`: a daemon that came back in the
+    /// meantime (restarted by the plugin's supervisor) then answers the
+    /// call, instead of the call failing on another caller's dial.
     pub async fn unary_within<Req, Resp, F, Fut>(
         &self,
         deadline: Duration,
@@ -334,14 +347,34 @@ impl DaemonLink {
         call: F,
     ) -> Result<Resp, CallError>
     where
-        F: FnOnce(DaemonClient, tonic::Request<Req>) -> Fut,
+        Req: Clone,
+        F: Fn(DaemonClient, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
-        let mut request = tonic::Request::new(message);
-        request.set_timeout(deadline);
-        let (client, generation) = self.connection.current();
-        self.settle(deadline, generation, call(client, request))
-            .await
+        let started = tokio::time::Instant::now();
+        let once = |deadline: Duration| {
+            let mut request = tonic::Request::new(message.clone());
+            request.set_timeout(deadline);
+            let (client, generation) = self.connection.current();
+            self.settle(deadline, generation, call(client, request))
+        };
+        let result = once(deadline).await;
+        let reopens = match &result {
+            Err(e) if e.is_transport() => self
+                .connection
+                .gate
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .reopens_after(tokio::time::Instant::now()),
+            _ => None,
+        };
+        match reopens {
+            Some(wait) if started.elapsed() + wait < deadline => {
+                tokio::time::sleep(wait).await;
+                once(deadline.saturating_sub(started.elapsed())).await
+            }
+            _ => result,
+        }
     }
 
     /// Opens a server stream: the call must *answer* within the link's
