@@ -80,6 +80,15 @@ pub struct Violation {
 }
 
 impl Violation {
+    /// A broken `rule`, about `task` if it is about one.
+    pub fn new(rule: &'static str, task: Option<&str>, detail: String) -> Self {
+        Violation {
+            rule,
+            task: task.map(str::to_owned),
+            detail,
+        }
+    }
+
     /// A broken `rule` about `task`.
     pub fn of_task(rule: &'static str, task: &str, detail: String) -> Self {
         Violation {

@@ -12,11 +12,7 @@ use crate::plan::daemon_host;
 pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
     let mut out = Vec::new();
     let mut violation = |rule: &'static str, task: Option<&str>, detail: String| {
-        out.push(Violation {
-            rule,
-            task: task.map(str::to_owned),
-            detail,
-        })
+        out.push(Violation::new(rule, task, detail))
     };
     let departed = e.plan.departed_clients();
     // 6. Nothing runs at the end.

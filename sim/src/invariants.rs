@@ -164,11 +164,7 @@ pub fn summarize(e: &Evidence<'_>) -> Summary {
 pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
     let mut out = Vec::new();
     let mut violation = |rule: &'static str, task: Option<&str>, detail: String| {
-        out.push(Violation {
-            rule,
-            task: task.map(str::to_owned),
-            detail,
-        })
+        out.push(Violation::new(rule, task, detail))
     };
     if let Some(why) = &e.aborted {
         violation("finishes", None, format!("the run did not finish: {why}"));
