@@ -433,12 +433,11 @@ mod tests {
         assert!(err.contains("line 2"), "{err}");
     }
 
-    async fn run(
-        code: &str,
-        signals: &[(Duration, Signal)],
-    ) -> (Vec<u8>, Vec<u8>, ExitInfo, Duration) {
-        let spec = ProgramSpec {
-            execution_id: "t".into(),
+    /// A Python program `code` under `execution_id`, with nothing else set
+    /// but its memory limit.
+    fn spec_of(execution_id: &str, code: &str, memory_limit_bytes: Option<u64>) -> ProgramSpec {
+        ProgramSpec {
+            execution_id: execution_id.into(),
             language: Language::Python,
             code: code.into(),
             source_name: String::new(),
@@ -447,11 +446,18 @@ mod tests {
             working_dir: "/".into(),
             run_as_user: String::new(),
             scratch_dir: "/".into(),
-            memory_limit_bytes: None,
+            memory_limit_bytes,
             nomad_cgroup: None,
             intrinsics: vec![],
             enable_ai: false,
-        };
+        }
+    }
+
+    async fn run(
+        code: &str,
+        signals: &[(Duration, Signal)],
+    ) -> (Vec<u8>, Vec<u8>, ExitInfo, Duration) {
+        let spec = spec_of("t", code, None);
         let start = Instant::now();
         let mut p = ScriptedRuntime::default().spawn(spec).unwrap();
         for (at, sig) in signals.iter().copied() {
@@ -529,21 +535,7 @@ mod tests {
     /// exits; a memory sample over the limit is answered with SIGKILL, as
     /// the daemon answers it.
     async fn memory_events(runtime: ScriptedRuntime, code: &str) -> Vec<String> {
-        let spec = ProgramSpec {
-            execution_id: "m".into(),
-            language: Language::Python,
-            code: code.into(),
-            source_name: String::new(),
-            args: vec![],
-            env: Default::default(),
-            working_dir: "/".into(),
-            run_as_user: String::new(),
-            scratch_dir: "/".into(),
-            memory_limit_bytes: Some(64 << 20),
-            nomad_cgroup: None,
-            intrinsics: vec![],
-            enable_ai: false,
-        };
+        let spec = spec_of("m", code, Some(64 << 20));
         let mut p = runtime.spawn(spec).unwrap();
         let mut seen = Vec::new();
         loop {
