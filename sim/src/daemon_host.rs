@@ -13,7 +13,7 @@ use elide_daemon::{
 };
 use elide_proto::wall_clock::TokioClock;
 
-use crate::daemon_wire::{RequestCounts, Served};
+use crate::daemon_wire::{Refusals, RequestCounts, Served, StopRefusal};
 use crate::net::incoming;
 use crate::truth::{GroundTruth, RecordingRuntime};
 
@@ -45,9 +45,11 @@ pub struct DaemonHost {
     /// Whether it breaks off its output streams now
     /// ([`crate::scenario::FaultKind::BreakOutputStreams`]).
     breaking_streams: Arc<AtomicBool>,
-    /// Whether it fails every `CancelExecution` now
-    /// ([`crate::scenario::FaultKind::FailCancels`]).
-    failing_cancels: Arc<AtomicBool>,
+    /// Whether it refuses every `CancelExecution` and `DeleteExecution`
+    /// now, and with which code.
+    refusing_stops: StopRefusal,
+    /// The calls it refused so.
+    pub refusals: Refusals,
 }
 
 impl DaemonHost {
@@ -65,7 +67,8 @@ impl DaemonHost {
             requests: RequestCounts::default(),
             strict_after_seq: false,
             breaking_streams: Arc::default(),
-            failing_cancels: Arc::default(),
+            refusing_stops: StopRefusal::default(),
+            refusals: Refusals::default(),
         }
     }
 
@@ -99,9 +102,10 @@ impl DaemonHost {
         self.breaking_streams.store(on, Ordering::SeqCst);
     }
 
-    /// Starts or stops answering every `CancelExecution` with `INTERNAL`.
-    pub fn fail_cancels(&self, on: bool) {
-        self.failing_cancels.store(on, Ordering::SeqCst);
+    /// Starts answering every `CancelExecution` and `DeleteExecution`
+    /// with `code`, or (`None`) takes them again.
+    pub fn refuse_stops(&self, code: Option<tonic::Code>) {
+        self.refusing_stops.set(code);
     }
 
     /// Sends (or not) only events after `after_seq` on `WatchSession`,
@@ -154,7 +158,8 @@ impl DaemonHost {
                     strict_after_seq: host.strict_after_seq,
                     requests: host.requests.clone(),
                     breaking_streams: host.breaking_streams.clone(),
-                    failing_cancels: host.failing_cancels.clone(),
+                    refusing_stops: host.refusing_stops.clone(),
+                    refusals: host.refusals.clone(),
                 };
                 tonic::transport::Server::builder()
                     .add_service(service)

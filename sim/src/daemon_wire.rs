@@ -2,14 +2,16 @@
 //! gRPC service behind a wrapper that counts every request and can make
 //! the daemon behave as others may: one from before `WatchSession`, one
 //! that follows `after_seq` to the letter, one whose output streams break
-//! off, one that fails its cancels. It works on the HTTP/2 bodies (gRPC frames), below tonic's codec,
-//! so the daemon itself stays the production one.
+//! off, one that fails or refuses the calls that stop and delete
+//! executions. It works on the HTTP/2 bodies (gRPC frames), below tonic's
+//! codec, so the daemon itself stays the production one.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use elide_proto::elide::daemon::v1 as pb;
@@ -31,8 +33,11 @@ pub(crate) struct Served<S> {
     pub requests: RequestCounts,
     /// While set, output streams break off.
     pub breaking_streams: Arc<AtomicBool>,
-    /// While set, every `CancelExecution` is answered with `INTERNAL`.
-    pub failing_cancels: Arc<AtomicBool>,
+    /// While set, every `CancelExecution` and `DeleteExecution` is
+    /// answered with its code.
+    pub refusing_stops: StopRefusal,
+    /// The calls it refused so.
+    pub refusals: Refusals,
 }
 
 impl<S: tonic::server::NamedService> tonic::server::NamedService for Served<S> {
@@ -61,9 +66,13 @@ where
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let path = request.uri().path();
         self.requests.count(path.rsplit('/').next().unwrap_or(path));
-        if path == V1_CANCEL && self.failing_cancels.load(Ordering::SeqCst) {
-            let status = tonic::Status::internal("the daemon could not record the cancel");
-            return Box::pin(async move { Ok(status.into_http()) });
+        let stopping = match path {
+            V1_CANCEL => Some(StopCall::Cancel),
+            V1_DELETE => Some(StopCall::Delete),
+            _ => None,
+        };
+        if let (Some(call), Some(code)) = (stopping, self.refusing_stops.now()) {
+            return Box::pin(refuse(call, code, request, self.refusals.clone()));
         }
         if !self.watch_stream && path.ends_with("/WatchSession") {
             let status = tonic::Status::unimplemented("this daemon has no WatchSession");
@@ -115,10 +124,100 @@ impl RequestCounts {
     }
 }
 
+/// Whether (and with which code) the daemon refuses every call that stops
+/// or deletes an execution now
+/// ([`crate::scenario::FaultKind::FailStops`],
+/// [`crate::scenario::FaultKind::DenyStops`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StopRefusal(Arc<Mutex<Option<tonic::Code>>>);
+
+impl StopRefusal {
+    /// Refuses with `code` from now on; takes the calls again with `None`.
+    pub(crate) fn set(&self, code: Option<tonic::Code>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = code;
+    }
+
+    fn now(&self) -> Option<tonic::Code> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One call a daemon refused because a fault told it to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// When (simulated time).
+    pub at: Duration,
+    /// `CancelExecution` or `DeleteExecution`.
+    pub method: &'static str,
+    /// The execution it named (empty if the request could not be read).
+    pub execution_id: String,
+    /// The answer.
+    pub code: tonic::Code,
+}
+
+/// Every call a daemon refused on a fault's orders, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Refusals(Arc<Mutex<Vec<Refusal>>>);
+
+impl Refusals {
+    fn record(&self, refusal: Refusal) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(refusal);
+    }
+
+    /// The refusals so far.
+    pub fn all(&self) -> Vec<Refusal> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A call that stops or deletes an execution.
+#[derive(Debug, Clone, Copy)]
+enum StopCall {
+    Cancel,
+    Delete,
+}
+
+/// Answers `request` (a [`StopCall`]) with `code`, recording which
+/// execution it named.
+async fn refuse(
+    call: StopCall,
+    code: tonic::Code,
+    request: http::Request<tonic::body::Body>,
+    refusals: Refusals,
+) -> Result<http::Response<tonic::body::Body>, std::convert::Infallible> {
+    let (data, _) = read_all(request.into_body()).await;
+    let (method, execution_id) = match call {
+        StopCall::Cancel => (
+            "CancelExecution",
+            one_message::<pb::CancelExecutionRequest>(&data).map(|r| r.execution_id),
+        ),
+        StopCall::Delete => (
+            "DeleteExecution",
+            one_message::<pb::DeleteExecutionRequest>(&data).map(|r| r.execution_id),
+        ),
+    };
+    refusals.record(Refusal {
+        at: turmoil::sim_elapsed().unwrap_or_default(),
+        method,
+        execution_id: execution_id.unwrap_or_default(),
+        code,
+    });
+    let message = match code {
+        tonic::Code::PermissionDenied => format!("this client may not call {method}"),
+        _ => format!("the daemon could not record the {method}"),
+    };
+    Ok(tonic::Status::new(code, message).into_http())
+}
+
 /// The v1 API's `GetCapabilities` (v1alpha1 has its own).
 const V1_CAPABILITIES: &str = "/elide.daemon.v1.ElideDaemon/GetCapabilities";
 /// The v1 API's `CancelExecution`.
 const V1_CANCEL: &str = "/elide.daemon.v1.ElideDaemon/CancelExecution";
+/// The v1 API's `DeleteExecution`.
+const V1_DELETE: &str = "/elide.daemon.v1.ElideDaemon/DeleteExecution";
 /// The v1 API's `WatchSession`.
 const V1_WATCH_SESSION: &str = "/elide.daemon.v1.ElideDaemon/WatchSession";
 

@@ -35,6 +35,8 @@ pub struct Evidence<'a> {
     pub files: BTreeMap<u32, BTreeMap<std::path::PathBuf, Vec<u8>>>,
     /// Per client: the requests its daemon served, by method.
     pub daemon_requests: BTreeMap<u32, BTreeMap<String, u64>>,
+    /// Per client: the calls its daemon refused on a fault's orders.
+    pub refusals: BTreeMap<u32, Vec<crate::daemon_wire::Refusal>>,
     /// Per client: when each plugin process started.
     pub plugin_boots: BTreeMap<u32, Vec<std::time::Duration>>,
     /// Why the run stopped early, if it did.

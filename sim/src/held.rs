@@ -1,7 +1,8 @@
 //! What the daemons hold once the run has settled (`nothing-runs`,
 //! `cleanup`, `session-expiry`): no program runs on any daemon, no daemon
-//! still holds the execution of a destroyed task, and a departed client's
-//! session has expired.
+//! still holds the execution of a destroyed task (unless it refused its
+//! delete for good: `refused-for-good`), and a departed client's session
+//! has expired.
 
 use std::collections::BTreeSet;
 
@@ -41,7 +42,10 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
     let mut unlisted = BTreeSet::new();
     for plan in &e.plan.tasks {
         let seen = e.seen.seen(&plan.task_id);
-        if seen.destroyed_at.is_none() || departed.contains(&plan.client) {
+        if seen.destroyed_at.is_none()
+            || departed.contains(&plan.client)
+            || crate::refusals::delete_refused_for_good(e, plan.client, &plan.execution_id)
+        {
             continue;
         }
         match e.held.get(&plan.client) {

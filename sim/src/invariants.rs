@@ -21,7 +21,9 @@
 //!    makes dials its daemon again only after a fault on its client
 //!    (`redials`, in [`crate::connections`]), and its daemon serves no
 //!    storm of `CancelExecution` calls (`request-storm`) and no
-//!    `WatchSession` it does not list (`capabilities`); `InspectTask` after a
+//!    `WatchSession` it does not list (`capabilities`); a cancel or delete
+//!    the daemon refused for good goes again only when Nomad asks again
+//!    (`refused-for-good`, in [`crate::refusals`]); `InspectTask` after a
 //!    result says what `WaitTask` said (`inspect`, in
 //!    [`crate::inspections`]); once a client's tasks are all destroyed,
 //!    the plugin keeps no state for them (`leftover-files`, in
@@ -37,12 +39,14 @@
 //!    when faults hit its client during the stop, from the end of the last
 //!    of them, plus the driver's heartbeat timeout (the time it may take
 //!    to find a stream dead), and, after a daemon that failed cancels,
-//!    the background stop's longest back-off; the result's count starts no earlier than
+//!    the background stop's longest back-off (after one that refused them
+//!    for good, from Nomad's next `StopTask`); the result's count starts no earlier than
 //!    the agent's recovery of the task, the program's does not wait for it
 //!    (`stop-bound`); its program's first signal is the job's
 //!    `kill_signal` (`kill-signal`);
 //! 6. at the end no program runs on any daemon, and no daemon still holds
-//!    the execution of a destroyed task;
+//!    the execution of a destroyed task (unless it refused its delete for
+//!    good);
 //! 7. a departed client's session expires;
 //! 8. the run finishes (no wedge) and the plugin never surprised Nomad;
 //!    the health Nomad is shown follows long daemon outages
@@ -420,7 +424,7 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
 
         // 5. Stops end in time, with the faults during them accounted for,
         // and begin with the job's kill_signal.
-        if let Some(stop_at) = seen.stop_called_at {
+        if let Some(stop_at) = seen.stop_called_at() {
             let first = seen.results.first().map_or(result.at, |r| r.at);
             let faults = e.plan.faults_during(plan.client, stop_at, first);
             if faults.iter().all(|f| f.until.is_some()) {
@@ -428,6 +432,17 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
                     .iter()
                     .filter_map(|f| f.until)
                     .fold(stop_at, Duration::max);
+                // A stop the daemon refused for good goes again when Nomad
+                // retries it, on Nomad's schedule, not the driver's.
+                let from = if faults.iter().any(|f| f.kind == FaultKind::DenyStops) {
+                    seen.stop_calls
+                        .iter()
+                        .copied()
+                        .find(|at| *at >= from)
+                        .unwrap_or(from)
+                } else {
+                    from
+                };
                 // After a fault the driver may first have to find its
                 // streams dead: its heartbeat timeout is its own limit.
                 let bound = plan.kill_timeout
@@ -440,7 +455,7 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
                     // A daemon that failed cancels gives no sign when it
                     // takes them again: the stop kept up in the background
                     // finds out at its next try, its back-off apart.
-                    + if faults.iter().any(|f| f.kind == FaultKind::FailCancels) {
+                    + if faults.iter().any(|f| f.kind == FaultKind::FailStops) {
                         elide_driver::REAP_MAX_DELAY
                     } else {
                         Duration::ZERO
@@ -527,6 +542,7 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
     out.extend(crate::fingerprints::check(e));
     // 10. Timeouts and memory limits; 11. log readers that stall or go.
     out.extend(crate::call_errors::check(e));
+    out.extend(crate::refusals::check(e));
     out.extend(crate::connections::check(e));
     out.extend(crate::inspections::check(e));
     out.extend(crate::leftovers::check(e));

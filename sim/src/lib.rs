@@ -29,6 +29,7 @@ mod nomad;
 mod observe;
 mod plan;
 mod plugin_host;
+mod refusals;
 mod scenario;
 mod signals;
 mod task_limits;

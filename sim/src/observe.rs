@@ -58,8 +58,13 @@ pub struct TaskSeen {
     /// Every result received (exactly one persisted is right; any other
     /// must match it).
     pub results: Vec<TaskResult>,
-    /// When `StopTask` was first called.
-    pub stop_called_at: Option<Duration>,
+    /// When `StopTask` was called, every time.
+    pub stop_calls: Vec<Duration>,
+    /// `DestroyTask` calls made (forced while running, or after the
+    /// result).
+    pub destroy_calls: u32,
+    /// `RecoverTask` calls made.
+    pub recover_calls: u32,
     /// When `DestroyTask` succeeded.
     pub destroyed_at: Option<Duration>,
     /// When a plugin last started or recovered it.
@@ -83,6 +88,13 @@ pub struct TaskSeen {
     pub stats_left_open: Option<Duration>,
     /// Every `SignalTask` call, in order.
     pub signal_calls: Vec<SignalCall>,
+}
+
+impl TaskSeen {
+    /// When `StopTask` was first called.
+    pub fn stop_called_at(&self) -> Option<Duration> {
+        self.stop_calls.first().copied()
+    }
 }
 
 /// One `TaskStats` sample as the agent received it.

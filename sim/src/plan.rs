@@ -181,8 +181,9 @@ pub enum Action {
     /// A daemon host starts (`true`) or stops breaking off its output
     /// streams.
     BreakOutputStreams(String, bool),
-    /// A daemon host starts (`true`) or stops failing its cancels.
-    FailCancels(String, bool),
+    /// A daemon host starts refusing its cancels and deletes with a code,
+    /// or (`None`) takes them again.
+    RefuseStops(String, Option<tonic::Code>),
 }
 
 impl Action {
@@ -209,8 +210,10 @@ impl Action {
             Action::BreakOutputStreams(h, false) => {
                 format!("{h} serves its output streams whole again")
             }
-            Action::FailCancels(h, true) => format!("{h} fails every CancelExecution"),
-            Action::FailCancels(h, false) => format!("{h} takes cancels again"),
+            Action::RefuseStops(h, Some(code)) => {
+                format!("{h} answers every CancelExecution and DeleteExecution with {code:?}")
+            }
+            Action::RefuseStops(h, None) => format!("{h} takes cancels and deletes again"),
             Action::ReaderBack(client, group, away) => format!(
                 "logmon of client {client} {} the FIFOs of {}",
                 match away {
@@ -527,9 +530,14 @@ fn actions_of(fault: &Fault, normal: Duration) -> Vec<(Duration, Action)> {
             out.push((fault.at, Action::BreakOutputStreams(daemon.clone(), true)));
             at_end(Action::BreakOutputStreams(daemon, false), &mut out);
         }
-        FaultKind::FailCancels => {
-            out.push((fault.at, Action::FailCancels(daemon.clone(), true)));
-            at_end(Action::FailCancels(daemon, false), &mut out);
+        FaultKind::FailStops | FaultKind::DenyStops => {
+            let code = if fault.kind == FaultKind::FailStops {
+                tonic::Code::Internal
+            } else {
+                tonic::Code::PermissionDenied
+            };
+            out.push((fault.at, Action::RefuseStops(daemon.clone(), Some(code))));
+            at_end(Action::RefuseStops(daemon, None), &mut out);
         }
         FaultKind::CrashClient => {
             out.push((fault.at, Action::Crash(nomad.clone())));

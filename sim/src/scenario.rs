@@ -404,12 +404,20 @@ pub enum FaultKind {
     /// shedding load, a proxy resetting streams); it stays up and its
     /// programs run on, so no output may be lost.
     BreakOutputStreams,
-    /// For `for`, the daemon answers every `CancelExecution` with
-    /// `INTERNAL` (a daemon whose state store fails, say on a full disk);
-    /// it stays up and its programs run on. Such a refusal goes back to
-    /// Nomad, which retries the stop on its own schedule, and the driver
-    /// keeps the stop up in the background.
-    FailCancels,
+    /// For `for`, the daemon answers every `CancelExecution` and
+    /// `DeleteExecution` with `INTERNAL` (a daemon whose state store fails,
+    /// say on a full disk); it stays up and its programs run on. A failed
+    /// stop goes back to Nomad, which retries it on its own schedule, and
+    /// the driver keeps the stop, and a destroyed task's delete, up in the
+    /// background.
+    FailStops,
+    /// For `for`, the daemon refuses every `CancelExecution` and
+    /// `DeleteExecution` with `PERMISSION_DENIED` (an authorization policy
+    /// that lets this client start executions but not stop them, changed
+    /// by the daemon's operator and changed back): a refusal for good,
+    /// which the driver reports and does not repeat on its own; a stop
+    /// goes again when Nomad retries it.
+    DenyStops,
 }
 
 impl FaultKind {
@@ -426,7 +434,8 @@ impl FaultKind {
             FaultKind::StallLogs => "stall_logs",
             FaultKind::DropLogReader => "drop_log_reader",
             FaultKind::BreakOutputStreams => "break_output_streams",
-            FaultKind::FailCancels => "fail_cancels",
+            FaultKind::FailStops => "fail_stops",
+            FaultKind::DenyStops => "deny_stops",
         }
     }
 

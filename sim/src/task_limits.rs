@@ -39,7 +39,7 @@ pub fn timed_out_at(e: &Evidence<'_>, plan: &TaskPlan, run: &ProgramRun) -> Opti
     let timeout = plan.timeout?;
     let (at, signal) = *run.signals.first()?;
     let seen = e.seen.seen(&plan.task_id);
-    let asked_first = seen.stop_called_at.is_some_and(|s| s <= at)
+    let asked_first = seen.stop_called_at().is_some_and(|s| s <= at)
         || seen.force_destroyed_at.is_some_and(|d| d <= at);
     (signal == SIGTERM && at >= run.started_at + timeout && !asked_first).then_some(at)
 }

@@ -223,6 +223,10 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
             .iter()
             .map(|(c, d)| (*c, d.requests.all()))
             .collect(),
+        refusals: daemons
+            .iter()
+            .map(|(c, d)| (*c, d.refusals.all()))
+            .collect(),
         plugin_boots: plugin_boots
             .iter()
             .map(|(c, b)| (*c, b.lock().unwrap_or_else(|p| p.into_inner()).clone()))
@@ -308,9 +312,9 @@ fn apply(
                 daemon.break_output_streams(*on);
             }
         }
-        Action::FailCancels(h, on) => {
+        Action::RefuseStops(h, code) => {
             if let Some(daemon) = daemons.values().find(|d| &d.name == h) {
-                daemon.fail_cancels(*on);
+                daemon.refuse_stops(*code);
             }
         }
     }

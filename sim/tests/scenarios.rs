@@ -102,7 +102,8 @@ scenarios! {
     broken_streams => "broken-streams",
     daemon_wipe_strict => "daemon-wipe-strict",
     stop_flood => "stop-flood",
-    failing_cancels => "failing-cancels",
+    failing_stops => "failing-stops",
+    denied_stops => "denied-stops",
     task_ids => "task-ids",
 }
 

@@ -22,7 +22,7 @@ pub(super) enum CancelOutcome {
     /// daemon whose store fails, an overloaded one). Nomad retries a failed
     /// stop five times over about four minutes and then waits for the exit
     /// with no limit, so the stop is also kept up in the background (found
-    /// by the simulation: `failing-cancels`).
+    /// by the simulation: `failing-stops`).
     NotYet,
     /// Any other failure (one that retrying will not change).
     Failed,
@@ -41,8 +41,10 @@ impl CancelOutcome {
 }
 
 /// Whether a daemon's answer with `code` may be different on a later try
-/// (its own failure, not a judgement of the request).
-fn may_pass(code: tonic::Code) -> bool {
+/// (its own failure, not a judgement of the request): a stop or a delete
+/// failed this way is tried again; one refused for good
+/// (`PERMISSION_DENIED`, `UNIMPLEMENTED`, ...) is not.
+pub(super) fn may_pass(code: tonic::Code) -> bool {
     matches!(
         code,
         tonic::Code::Internal | tonic::Code::ResourceExhausted | tonic::Code::Aborted

@@ -25,7 +25,9 @@ use serde::{Deserialize, Serialize};
 use elide_proto::elide::daemon::v1 as pb;
 use tokio::sync::watch;
 
-use super::cancel::{allowed_grace, cancel_execution, next_stop_step, CancelOutcome, StopStep};
+use super::cancel::{
+    allowed_grace, cancel_execution, may_pass, next_stop_step, CancelOutcome, StopStep,
+};
 use super::output::OFFSETS_DIR;
 use super::{ExitOutcome, FORCE_DELETE_TIMEOUT, REAP_FIRST_DELAY, REAP_MAX_DELAY};
 use crate::backoff::Backoff;
@@ -211,8 +213,10 @@ pub(super) struct Reap {
 /// Deletes a destroyed task's execution, retrying with back-off (from
 /// [`REAP_FIRST_DELAY`] doubling to [`REAP_MAX_DELAY`]) for as long as the
 /// daemon cannot be reached, and returns once it confirms the execution is
-/// gone (`NOT_FOUND` counts). Only an error a retry cannot fix ends it
-/// early, with a warning.
+/// gone (`NOT_FOUND` counts), also while the daemon fails the delete for
+/// a reason that may pass (`INTERNAL`, ...: found by the simulation,
+/// `failing-stops`). Only a refusal a retry cannot change ends it early,
+/// with a warning.
 pub(super) async fn reap(target: Reap) {
     let Reap {
         task_id,
@@ -250,7 +254,11 @@ pub(super) async fn reap(target: Reap) {
             Ok(_) if !killed => killed = true,
             Ok(_) => break,
             Err(e) if e.is_not_found() => break,
-            Err(e) if e.is_transport() || e.code() == tonic::Code::FailedPrecondition => {
+            Err(e)
+                if e.is_transport()
+                    || e.code() == tonic::Code::FailedPrecondition
+                    || may_pass(e.code()) =>
+            {
                 if e.code() == tonic::Code::FailedPrecondition {
                     // Still running after all (the driver had given up on
                     // following it): kill it on the next attempt.

@@ -39,7 +39,7 @@ impl KillRun {
             }
             let now = turmoil::sim_elapsed().unwrap_or_default();
             self.seen.task(&self.plan.task_id, |t| {
-                t.stop_called_at.get_or_insert(now);
+                t.stop_calls.push(now);
             });
             self.trace.record(&self.who, format!("{label} StopTask"));
             let stopped = self
@@ -108,7 +108,10 @@ impl InterruptRun {
             let now = turmoil::sim_elapsed().unwrap_or_default();
             self.seen.task(&self.plan.task_id, |t| {
                 match self.what {
-                    Interruption::ForceDestroy => t.force_destroyed_at.get_or_insert(now),
+                    Interruption::ForceDestroy => {
+                        t.force_destroyed_at.get_or_insert(now);
+                        t.destroy_calls += 1;
+                    }
                 };
             });
             self.trace.record(&self.who, format!("{label} {attempt}"));

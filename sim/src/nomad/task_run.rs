@@ -385,6 +385,7 @@ impl TaskRun {
     /// restart). A refusal ends the task with an explicit failure.
     pub(super) async fn recover(&mut self, handle: &TaskHandle) -> Result<(), Ended> {
         loop {
+            self.seen.task(&self.plan.task_id, |t| t.recover_calls += 1);
             let recovered = self
                 .driver()
                 .recover_task(drivers::RecoverTaskRequest {
@@ -512,6 +513,7 @@ impl TaskRun {
     /// not this retry comes.
     pub(super) async fn destroy(&mut self) {
         for _ in 0..20 {
+            self.seen.task(&self.plan.task_id, |t| t.destroy_calls += 1);
             let destroyed = self
                 .driver()
                 .destroy_task(drivers::DestroyTaskRequest {
