@@ -56,6 +56,12 @@ pub use tasks::{TaskError, FORCE_DELETE_TIMEOUT, OUTPUT_FLUSH_LIMIT, REAP_MAX_DE
 
 /// Whether the test-only [`fault_switch`] breaks the driver in this way
 /// now; always `false` (and free) without the `fault-switch` feature.
+/// The text of log lines operators search for, each with one home (the
+/// simulation holds them to the facts).
+pub mod log_lines {
+    pub use crate::tasks::log_lines::{DELETE_DONE, DELETE_RETRYING, EXECUTION_EXISTED};
+}
+
 #[macro_export]
 #[doc(hidden)]
 macro_rules! broken {

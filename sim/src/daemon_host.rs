@@ -13,7 +13,7 @@ use elide_daemon::{
 };
 use elide_proto::wall_clock::TokioClock;
 
-use crate::daemon_wire::{Refusals, RequestCounts, Served, StopRefusal};
+use crate::daemon_wire::{ExistingStarts, Refusals, RequestCounts, Served, StopRefusal};
 use crate::net::incoming;
 use crate::truth::{GroundTruth, RecordingRuntime};
 
@@ -50,6 +50,11 @@ pub struct DaemonHost {
     refusing_stops: StopRefusal,
     /// The calls it refused so.
     pub refusals: Refusals,
+    /// The executions it answered a start with `created = false` for.
+    pub existing_starts: ExistingStarts,
+    /// Whether it loses its answers to `ExecuteSnippet` now
+    /// ([`crate::scenario::FaultKind::LoseStartAnswers`]).
+    losing_start_answers: Arc<AtomicBool>,
 }
 
 impl DaemonHost {
@@ -69,6 +74,8 @@ impl DaemonHost {
             breaking_streams: Arc::default(),
             refusing_stops: StopRefusal::default(),
             refusals: Refusals::default(),
+            existing_starts: ExistingStarts::default(),
+            losing_start_answers: Arc::default(),
         }
     }
 
@@ -100,6 +107,12 @@ impl DaemonHost {
     /// next message it sends.
     pub fn break_output_streams(&self, on: bool) {
         self.breaking_streams.store(on, Ordering::SeqCst);
+    }
+
+    /// Starts or stops losing its answers to `ExecuteSnippet` (it carries
+    /// the start out; the caller gets `UNAVAILABLE`).
+    pub fn lose_start_answers(&self, on: bool) {
+        self.losing_start_answers.store(on, Ordering::SeqCst);
     }
 
     /// Starts answering every `CancelExecution` and `DeleteExecution`
@@ -160,6 +173,8 @@ impl DaemonHost {
                     breaking_streams: host.breaking_streams.clone(),
                     refusing_stops: host.refusing_stops.clone(),
                     refusals: host.refusals.clone(),
+                    existing_starts: host.existing_starts.clone(),
+                    losing_start_answers: host.losing_start_answers.clone(),
                 };
                 tonic::transport::Server::builder()
                     .add_service(service)

@@ -3,10 +3,10 @@
 //! the daemon behave as others may: one from before `WatchSession`, one
 //! that follows `after_seq` to the letter, one whose output streams break
 //! off, one that fails or refuses the calls that stop and delete
-//! executions. It works on the HTTP/2 bodies (gRPC frames), below tonic's
+//! executions, one whose answers to starts are lost. It works on the HTTP/2 bodies (gRPC frames), below tonic's
 //! codec, so the daemon itself stays the production one.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,6 +38,12 @@ pub(crate) struct Served<S> {
     pub refusing_stops: StopRefusal,
     /// The calls it refused so.
     pub refusals: Refusals,
+    /// The executions it answered `ExecuteSnippet` with `created = false`
+    /// for.
+    pub existing_starts: ExistingStarts,
+    /// While set, every `ExecuteSnippet` is carried out but its answer is
+    /// lost (the caller gets `UNAVAILABLE`).
+    pub losing_start_answers: Arc<AtomicBool>,
 }
 
 impl<S: tonic::server::NamedService> tonic::server::NamedService for Served<S> {
@@ -90,6 +96,23 @@ where
         if self.strict_after_seq && path == V1_WATCH_SESSION {
             let inner = self.inner.clone();
             return Box::pin(after_seq_to_the_letter(inner, request));
+        }
+        if path == V1_EXECUTE_SNIPPET {
+            let response = self.inner.call(request);
+            let existing = self.existing_starts.clone();
+            let losing = self.losing_start_answers.load(Ordering::SeqCst);
+            return Box::pin(async move {
+                let (parts, body) = response.await?.into_parts();
+                if losing {
+                    // Carried out (the handler has returned), then the
+                    // connection drops before the answer goes out.
+                    drop(read_all(body).await);
+                    let status = tonic::Status::unavailable("connection reset before the answer");
+                    return Ok(status.into_http());
+                }
+                let body = noting_existing_start(body, existing).await;
+                Ok(http::Response::from_parts(parts, body))
+            });
         }
         if path.ends_with("/StreamOutput") {
             let response = self.inner.call(request);
@@ -212,10 +235,46 @@ async fn refuse(
     Ok(tonic::Status::new(code, message).into_http())
 }
 
+/// The executions a daemon answered `ExecuteSnippet` with `created = false`
+/// for (the request matched an execution it already had).
+#[derive(Debug, Clone, Default)]
+pub struct ExistingStarts(Arc<Mutex<BTreeSet<String>>>);
+
+impl ExistingStarts {
+    /// Them so far.
+    pub fn all(&self) -> BTreeSet<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// An `ExecuteSnippet` response body, passed on as it came, noting its
+/// execution in `existing` when it says `created = false`.
+async fn noting_existing_start(
+    body: tonic::body::Body,
+    existing: ExistingStarts,
+) -> tonic::body::Body {
+    let (data, trailers) = read_all(body).await;
+    if let Some(response) = one_message::<pb::ExecuteSnippetResponse>(&data) {
+        if !response.created {
+            let execution_id = response.status.unwrap_or_default().execution_id;
+            existing
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(execution_id);
+        }
+    }
+    let mut frames = VecDeque::from([Frame::data(data.freeze())]);
+    frames.extend(trailers.map(Frame::trailers));
+    tonic::body::Body::new(Replayed(frames))
+}
+
 /// The v1 API's `GetCapabilities` (v1alpha1 has its own).
 const V1_CAPABILITIES: &str = "/elide.daemon.v1.ElideDaemon/GetCapabilities";
 /// The v1 API's `CancelExecution`.
 const V1_CANCEL: &str = "/elide.daemon.v1.ElideDaemon/CancelExecution";
+/// The v1 API's `ExecuteSnippet`.
+const V1_EXECUTE_SNIPPET: &str = "/elide.daemon.v1.ElideDaemon/ExecuteSnippet";
 /// The v1 API's `DeleteExecution`.
 const V1_DELETE: &str = "/elide.daemon.v1.ElideDaemon/DeleteExecution";
 /// The v1 API's `WatchSession`.

@@ -37,6 +37,11 @@ pub struct Evidence<'a> {
     pub daemon_requests: BTreeMap<u32, BTreeMap<String, u64>>,
     /// Per client: the calls its daemon refused on a fault's orders.
     pub refusals: BTreeMap<u32, Vec<crate::daemon_wire::Refusal>>,
+    /// Per client: the executions its daemon answered a start with
+    /// `created = false` for.
+    pub existing_starts: BTreeMap<u32, BTreeSet<String>>,
+    /// What the driver logged at `INFO` or above, in order.
+    pub operator_log: &'a [LogLine],
     /// Per client: when each plugin process started.
     pub plugin_boots: BTreeMap<u32, Vec<std::time::Duration>>,
     /// Why the run stopped early, if it did.
@@ -50,6 +55,17 @@ pub struct Held {
     pub sessions: Vec<String>,
     /// The executions of all of them.
     pub executions: BTreeSet<String>,
+}
+
+/// One line the driver logged at `INFO` or above.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// When (simulated time).
+    pub at: Duration,
+    /// Its message.
+    pub message: String,
+    /// Its `task_id` field, if it has one.
+    pub task_id: Option<String>,
 }
 
 /// Completion latency: the program's exit to Nomad's `WaitTask` result.

@@ -49,6 +49,8 @@
 //!    good);
 //! 7. a departed client's session expires;
 //! 8. the run finishes (no wedge) and the plugin never surprised Nomad;
+//!    the log lines operators search for say only what happened
+//!    (`operator-log`, in [`crate::operator_log`]);
 //!    the health Nomad is shown follows long daemon outages
 //!    (`fingerprint`, in [`crate::fingerprints`]);
 //! 9. where the scenario says so, results are prompt (`results_within`)
@@ -543,6 +545,7 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
     // 10. Timeouts and memory limits; 11. log readers that stall or go.
     out.extend(crate::call_errors::check(e));
     out.extend(crate::refusals::check(e));
+    out.extend(crate::operator_log::check(e));
     out.extend(crate::connections::check(e));
     out.extend(crate::inspections::check(e));
     out.extend(crate::leftovers::check(e));

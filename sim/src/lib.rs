@@ -27,6 +27,7 @@ mod logs;
 mod net;
 mod nomad;
 mod observe;
+mod operator_log;
 mod plan;
 mod plugin_host;
 mod refusals;
@@ -44,7 +45,7 @@ pub use evidence::Latency;
 pub use net::channel;
 pub use scenario::Scenario;
 pub use trace::Trace;
-pub use world::{run as run_scenario, RunReport};
+pub use world::{run as run_scenario, run_logging as run_scenario_logging, RunReport};
 
 use std::time::{Duration, SystemTime};
 

@@ -181,6 +181,8 @@ pub enum Action {
     /// A daemon host starts (`true`) or stops breaking off its output
     /// streams.
     BreakOutputStreams(String, bool),
+    /// A daemon host starts (`true`) or stops losing its answers to starts.
+    LoseStartAnswers(String, bool),
     /// A daemon host starts refusing its cancels and deletes with a code,
     /// or (`None`) takes them again.
     RefuseStops(String, Option<tonic::Code>),
@@ -214,6 +216,10 @@ impl Action {
                 format!("{h} answers every CancelExecution and DeleteExecution with {code:?}")
             }
             Action::RefuseStops(h, None) => format!("{h} takes cancels and deletes again"),
+            Action::LoseStartAnswers(h, true) => {
+                format!("{h} carries out every ExecuteSnippet and loses the answer")
+            }
+            Action::LoseStartAnswers(h, false) => format!("{h} answers starts again"),
             Action::ReaderBack(client, group, away) => format!(
                 "logmon of client {client} {} the FIFOs of {}",
                 match away {
@@ -529,6 +535,10 @@ fn actions_of(fault: &Fault, normal: Duration) -> Vec<(Duration, Action)> {
         FaultKind::BreakOutputStreams => {
             out.push((fault.at, Action::BreakOutputStreams(daemon.clone(), true)));
             at_end(Action::BreakOutputStreams(daemon, false), &mut out);
+        }
+        FaultKind::LoseStartAnswers => {
+            out.push((fault.at, Action::LoseStartAnswers(daemon.clone(), true)));
+            at_end(Action::LoseStartAnswers(daemon, false), &mut out);
         }
         FaultKind::FailStops | FaultKind::DenyStops => {
             let code = if fault.kind == FaultKind::FailStops {

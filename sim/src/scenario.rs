@@ -418,6 +418,11 @@ pub enum FaultKind {
     /// which the driver reports and does not repeat on its own; a stop
     /// goes again when Nomad retries it.
     DenyStops,
+    /// For `for`, the daemon carries out every `ExecuteSnippet` but its
+    /// answer is lost (the connection resets before it goes out: the
+    /// caller sees `UNAVAILABLE`). Nomad retries the failed `StartTask`;
+    /// the program must not run twice.
+    LoseStartAnswers,
 }
 
 impl FaultKind {
@@ -436,6 +441,7 @@ impl FaultKind {
             FaultKind::BreakOutputStreams => "break_output_streams",
             FaultKind::FailStops => "fail_stops",
             FaultKind::DenyStops => "deny_stops",
+            FaultKind::LoseStartAnswers => "lose_start_answers",
         }
     }
 

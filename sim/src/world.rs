@@ -17,6 +17,7 @@ use crate::logs::LogBook;
 use crate::net::channel;
 use crate::nomad::{AgentCrashes, AgentDisk, NomadAgent};
 use crate::observe::Observations;
+use crate::operator_log::OperatorLog;
 use crate::plan::{daemon_host, nomad_host, plugin_host, Action, Plan, DAEMON_PORT};
 use crate::plugin_host::PluginHost;
 use crate::scenario::Scenario;
@@ -75,6 +76,20 @@ fn plugin_config(scenario: &Scenario, client: u32) -> String {
 
 /// Runs `scenario` with `seed`.
 pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
+    run_logging(scenario, seed, None)
+}
+
+/// Runs `scenario` with `seed`, also writing the log lines of the code
+/// under test that `stderr` lets through to stderr.
+pub fn run_logging(
+    scenario: &Scenario,
+    seed: u64,
+    stderr: Option<tracing_subscriber::EnvFilter>,
+) -> RunReport {
+    // The driver's lines are evidence (`operator-log`); every host runs on
+    // this thread, so a subscriber for the thread sees all of them.
+    let operator_log = OperatorLog::default();
+    let _logging = tracing::subscriber::set_default(operator_log.subscriber(stderr));
     let plan = Plan::draw(scenario, seed);
     let trace = Trace::default();
     let seen = Observations::default();
@@ -227,6 +242,11 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
             .iter()
             .map(|(c, d)| (*c, d.refusals.all()))
             .collect(),
+        existing_starts: daemons
+            .iter()
+            .map(|(c, d)| (*c, d.existing_starts.all()))
+            .collect(),
+        operator_log: &operator_log.lines(),
         plugin_boots: plugin_boots
             .iter()
             .map(|(c, b)| (*c, b.lock().unwrap_or_else(|p| p.into_inner()).clone()))
@@ -310,6 +330,11 @@ fn apply(
         Action::BreakOutputStreams(h, on) => {
             if let Some(daemon) = daemons.values().find(|d| &d.name == h) {
                 daemon.break_output_streams(*on);
+            }
+        }
+        Action::LoseStartAnswers(h, on) => {
+            if let Some(daemon) = daemons.values().find(|d| &d.name == h) {
+                daemon.lose_start_answers(*on);
             }
         }
         Action::RefuseStops(h, code) => {

@@ -104,6 +104,7 @@ scenarios! {
     stop_flood => "stop-flood",
     failing_stops => "failing-stops",
     denied_stops => "denied-stops",
+    lost_start_answers => "lost-start-answers",
     task_ids => "task-ids",
 }
 

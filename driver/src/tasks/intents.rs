@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use super::cancel::{
     allowed_grace, cancel_execution, may_pass, next_stop_step, CancelOutcome, StopStep,
 };
+use super::log_lines;
 use super::output::OFFSETS_DIR;
 use super::{ExitOutcome, FORCE_DELETE_TIMEOUT, REAP_FIRST_DELAY, REAP_MAX_DELAY};
 use crate::backoff::Backoff;
@@ -234,9 +235,11 @@ pub(super) async fn reap(target: Reap) {
     // A running execution is killed first; the daemon answers once the
     // program is gone. Forcing is harmless if it has ended meanwhile.
     let mut killed = !running;
-    let mut attempts: u64 = 0;
+    // Failed calls so far (a kill and then the delete are two calls but no
+    // retry: only a retried delete is announced as gone, closing its
+    // warnings).
+    let mut failures: u64 = 0;
     loop {
-        attempts += 1;
         let result = if killed {
             // Forgets the (now terminal) execution; right after a forced
             // delete the daemon may still hold the record for a moment.
@@ -264,8 +267,9 @@ pub(super) async fn reap(target: Reap) {
                     // following it): kill it on the next attempt.
                     killed = false;
                 }
+                failures += 1;
                 let delay = backoff.next_delay();
-                tracing::warn!(task_id, execution_id, attempts, error = %e, retry_in = ?delay, "could not delete the destroyed task's execution; retrying");
+                tracing::warn!(task_id, execution_id, failures, error = %e, retry_in = ?delay, "{}", log_lines::DELETE_RETRYING);
                 tokio::time::sleep(delay).await;
             }
             Err(e) => {
@@ -274,12 +278,13 @@ pub(super) async fn reap(target: Reap) {
             }
         }
     }
-    if attempts > 1 {
+    if failures > 0 {
         tracing::info!(
             task_id,
             execution_id,
-            attempts,
-            "the destroyed task's execution is gone from the daemon"
+            failures,
+            "{}",
+            log_lines::DELETE_DONE
         );
     }
 }

@@ -19,6 +19,7 @@ mod events;
 mod exec;
 mod exit;
 mod intents;
+pub(crate) mod log_lines;
 mod output;
 mod pending_stops;
 mod recover;

@@ -15,6 +15,7 @@ use crate::plugin_config::PluginConfig;
 use crate::task_config::ElideTaskConfig;
 
 use super::intents::StopFile;
+use super::log_lines;
 use super::output::{Offsets, OffsetsFile, OutputForwarder};
 use super::{
     daemon_error, exit, request, task_user, AbortOnDrop, DriverState, ExitOutcome, Observed,
@@ -94,7 +95,7 @@ impl TaskManager {
         let daemon_instance_id = status.daemon_instance_id.clone();
         context.hub.deliver(status);
         if !response.created {
-            tracing::info!(task_id = %task.id, execution_id, "execution already existed (retried StartTask)");
+            tracing::info!(task_id = %task.id, execution_id, "{}", log_lines::EXECUTION_EXISTED);
         }
 
         let state = DriverState {

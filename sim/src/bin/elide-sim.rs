@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use elide_sim::{run_scenario, RunReport, Scenario};
+use elide_sim::{run_scenario, run_scenario_logging, RunReport, Scenario};
 
 #[derive(Parser)]
 #[command(
@@ -62,30 +62,10 @@ enum Command {
     },
 }
 
-/// Stamps log lines with the simulated time of the running simulation
-/// (a wall-clock stamp would say nothing about when things happened).
-struct SimulatedTime;
-
-impl tracing_subscriber::fmt::time::FormatTime for SimulatedTime {
-    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
-        match turmoil::sim_elapsed() {
-            Some(t) => write!(w, "[{:>10.3}s]", t.as_secs_f64()),
-            None => write!(w, "[          -]"),
-        }
-    }
-}
-
-/// Sends the code under test's `tracing` output to stderr.
-fn install_logs(filter: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .with_context(|| format!("--log {filter:?} is not a valid filter"))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_timer(SimulatedTime)
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .init();
-    Ok(())
+/// The filter for the code under test's `tracing` output to stderr.
+fn stderr_filter(filter: &str) -> anyhow::Result<tracing_subscriber::EnvFilter> {
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("--log {filter:?} is not a valid filter"))
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -96,12 +76,10 @@ fn main() -> anyhow::Result<ExitCode> {
             quiet,
             log,
         } => {
-            if let Some(filter) = log {
-                install_logs(&filter)?;
-            }
+            let stderr = log.as_deref().map(stderr_filter).transpose()?;
             let loaded = Scenario::load(&scenario)?;
             let (wall, cpu) = (Instant::now(), cpu_time());
-            let report = run_scenario(&loaded, seed);
+            let report = run_scenario_logging(&loaded, seed, stderr);
             let (wall, cpu) = (wall.elapsed(), cpu_time().saturating_sub(cpu));
             if !quiet {
                 for line in report.trace.lines() {
