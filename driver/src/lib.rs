@@ -52,7 +52,9 @@ pub use probe::{ApiProbe, AttributeValue, DaemonHealth};
 pub use shutdown::Shutdown;
 pub use task_config::schema as task_config_schema;
 pub use task_config::{ElideTaskConfig, TaskSource};
-pub use tasks::{TaskError, FORCE_DELETE_TIMEOUT, OUTPUT_FLUSH_LIMIT, REAP_MAX_DELAY};
+pub use tasks::{
+    TaskError, DESTROY_WAIT_LIMIT, FORCE_DELETE_TIMEOUT, OUTPUT_FLUSH_LIMIT, REAP_MAX_DELAY,
+};
 
 /// Whether the test-only [`fault_switch`] breaks the driver in this way
 /// now; always `false` (and free) without the `fault-switch` feature.

@@ -13,7 +13,7 @@ use elide_daemon::{
 };
 use elide_proto::wall_clock::TokioClock;
 
-use crate::daemon_wire::{ExistingStarts, Refusals, RequestCounts, Served, StopRefusal};
+use crate::daemon_wire::{Deletes, ExistingStarts, Refusals, RequestCounts, Served, StopRefusal};
 use crate::net::incoming;
 use crate::truth::{GroundTruth, RecordingRuntime};
 
@@ -55,6 +55,8 @@ pub struct DaemonHost {
     /// Whether it loses its answers to `ExecuteSnippet` now
     /// ([`crate::scenario::FaultKind::LoseStartAnswers`]).
     losing_start_answers: Arc<AtomicBool>,
+    /// When it first answered a delete of each execution with OK.
+    pub deletes: Deletes,
 }
 
 impl DaemonHost {
@@ -76,6 +78,7 @@ impl DaemonHost {
             refusals: Refusals::default(),
             existing_starts: ExistingStarts::default(),
             losing_start_answers: Arc::default(),
+            deletes: Deletes::default(),
         }
     }
 
@@ -175,6 +178,7 @@ impl DaemonHost {
                     refusals: host.refusals.clone(),
                     existing_starts: host.existing_starts.clone(),
                     losing_start_answers: host.losing_start_answers.clone(),
+                    deletes: host.deletes.clone(),
                 };
                 tonic::transport::Server::builder()
                     .add_service(service)

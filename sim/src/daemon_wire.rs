@@ -44,6 +44,8 @@ pub(crate) struct Served<S> {
     /// While set, every `ExecuteSnippet` is carried out but its answer is
     /// lost (the caller gets `UNAVAILABLE`).
     pub losing_start_answers: Arc<AtomicBool>,
+    /// When it first answered a `DeleteExecution` with OK, by execution.
+    pub deletes: Deletes,
 }
 
 impl<S: tonic::server::NamedService> tonic::server::NamedService for Served<S> {
@@ -96,6 +98,13 @@ where
         if self.strict_after_seq && path == V1_WATCH_SESSION {
             let inner = self.inner.clone();
             return Box::pin(after_seq_to_the_letter(inner, request));
+        }
+        if path == V1_DELETE {
+            return Box::pin(noting_delete(
+                self.inner.clone(),
+                request,
+                self.deletes.clone(),
+            ));
         }
         if path == V1_EXECUTE_SNIPPET {
             let response = self.inner.call(request);
@@ -233,6 +242,64 @@ async fn refuse(
         _ => format!("the daemon could not record the {method}"),
     };
     Ok(tonic::Status::new(code, message).into_http())
+}
+
+/// When a daemon answered a `DeleteExecution` with OK (a forced one once
+/// the program is gone): the execution is let go from then on.
+#[derive(Debug, Clone, Default)]
+pub struct Deletes(Arc<Mutex<BTreeMap<String, Duration>>>);
+
+impl Deletes {
+    /// The first such answer for each execution.
+    pub fn all(&self) -> BTreeMap<String, Duration> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// `DeleteExecution`, passed on to the daemon as it came; an OK answer is
+/// noted in `deletes`.
+async fn noting_delete<S>(
+    mut inner: S,
+    request: http::Request<tonic::body::Body>,
+    deletes: Deletes,
+) -> Result<http::Response<tonic::body::Body>, std::convert::Infallible>
+where
+    S: tower::Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<tonic::body::Body>,
+        Error = std::convert::Infallible,
+    >,
+{
+    let (parts, body) = request.into_parts();
+    let (data, trailers) = read_all(body).await;
+    let delete = one_message::<pb::DeleteExecutionRequest>(&data);
+    let mut frames = VecDeque::from([Frame::data(data.freeze())]);
+    frames.extend(trailers.map(Frame::trailers));
+    let request = http::Request::from_parts(parts, tonic::body::Body::new(Replayed(frames)));
+    futures::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
+    let (parts, body) = inner.call(request).await?.into_parts();
+    let (data, trailers) = read_all(body).await;
+    // An error is a trailers-only response (`grpc-status` in the headers);
+    // an answer has `grpc-status: 0` in its trailers.
+    let ok = !parts.headers.contains_key("grpc-status")
+        && trailers
+            .as_ref()
+            .and_then(|t| t.get("grpc-status"))
+            .is_some_and(|status| status == "0");
+    if let Some(delete) = delete.filter(|_| ok) {
+        deletes
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(delete.execution_id)
+            .or_insert(turmoil::sim_elapsed().unwrap_or_default());
+    }
+    let mut frames = VecDeque::from([Frame::data(data.freeze())]);
+    frames.extend(trailers.map(Frame::trailers));
+    Ok(http::Response::from_parts(
+        parts,
+        tonic::body::Body::new(Replayed(frames)),
+    ))
 }
 
 /// The executions a daemon answered `ExecuteSnippet` with `created = false`

@@ -40,6 +40,9 @@ pub struct Evidence<'a> {
     /// Per client: the executions its daemon answered a start with
     /// `created = false` for.
     pub existing_starts: BTreeMap<u32, BTreeSet<String>>,
+    /// Per client: when its daemon first answered a delete of each
+    /// execution with OK.
+    pub deletes: BTreeMap<u32, BTreeMap<String, Duration>>,
     /// What the driver logged at `INFO` or above, in order.
     pub operator_log: &'a [LogLine],
     /// Per client: when each plugin process started.

@@ -1,15 +1,22 @@
 //! What the daemons hold once the run has settled (`nothing-runs`,
 //! `cleanup`, `session-expiry`): no program runs on any daemon, no daemon
 //! still holds the execution of a destroyed task (unless it refused its
-//! delete for good: `refused-for-good`), and a departed client's session
-//! has expired.
+//! delete for good: `refused-for-good`), an undisturbed `DestroyTask`
+//! answered only once the daemon had deleted the execution
+//! (`destroy-waits`), and a departed client's session has expired.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use crate::evidence::{Evidence, Violation};
 use crate::plan::daemon_host;
 
-/// The violations of `nothing-runs`, `cleanup` and `session-expiry`.
+/// How long before a `DestroyTask` a fault on its client may still slow
+/// its delete (dead connections found, back-off).
+const DISTURBED_BEFORE: Duration = Duration::from_secs(30);
+
+/// The violations of `nothing-runs`, `cleanup`, `destroy-waits` and
+/// `session-expiry`.
 pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
     let mut out = Vec::new();
     let mut violation = |rule: &'static str, task: Option<&str>, detail: String| {
@@ -62,6 +69,43 @@ pub fn check(e: &Evidence<'_>) -> Vec<Violation> {
                 unlisted.insert(plan.client);
             }
             Some(Some(_)) | None => {}
+        }
+    }
+    // 6c. An undisturbed `DestroyTask` answers once the daemon has let go
+    // of the execution (the plugin waits up to its limit for the delete:
+    // Nomad removes the allocation's directories next).
+    for plan in &e.plan.tasks {
+        let seen = e.seen.seen(&plan.task_id);
+        let Some((called, answered)) = seen.destroy_answered else {
+            continue;
+        };
+        if answered.saturating_sub(called) >= elide_driver::DESTROY_WAIT_LIMIT
+            || e.truth.runs_of(&plan.execution_id).is_empty()
+            || e.plan.calls_disturbed(
+                plan.client,
+                called.saturating_sub(DISTURBED_BEFORE),
+                answered,
+            )
+        {
+            continue;
+        }
+        let deleted = e
+            .deletes
+            .get(&plan.client)
+            .and_then(|deletes| deletes.get(&plan.execution_id));
+        // The plugin answers after the daemon's answer reached it: strictly
+        // later (every message takes at least the minimum latency).
+        if deleted.is_none_or(|at| *at >= answered) {
+            violation(
+                "destroy-waits",
+                Some(&plan.task_id),
+                format!(
+                    "DestroyTask (called at {called:?}) answered at {answered:?}, but {} deleted execution {} {}",
+                    daemon_host(plan.client),
+                    plan.execution_id,
+                    deleted.map_or("never".to_owned(), |at| format!("only at {at:?}"))
+                ),
+            );
         }
     }
     for client in unlisted {

@@ -46,7 +46,8 @@
 //!    `kill_signal` (`kill-signal`);
 //! 6. at the end no program runs on any daemon, and no daemon still holds
 //!    the execution of a destroyed task (unless it refused its delete for
-//!    good);
+//!    good); an undisturbed `DestroyTask` answers after the daemon
+//!    answered the delete (`destroy-waits`, in [`crate::held`]);
 //! 7. a departed client's session expires;
 //! 8. the run finishes (no wedge) and the plugin never surprised Nomad;
 //!    the log lines operators search for say only what happened

@@ -69,6 +69,9 @@ pub struct TaskSeen {
     pub destroyed_at: Option<Duration>,
     /// When a plugin last started or recovered it.
     pub attached_at: Option<Duration>,
+    /// When a `DestroyTask` call (forced while running, or after the
+    /// result) was first answered OK, and when that call was made.
+    pub destroy_answered: Option<(Duration, Duration)>,
     /// When `DestroyTask(force)` was first called on it while it ran.
     pub force_destroyed_at: Option<Duration>,
     /// Driver task events.

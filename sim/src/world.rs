@@ -246,6 +246,7 @@ pub fn run_logging(
             .iter()
             .map(|(c, d)| (*c, d.existing_starts.all()))
             .collect(),
+        deletes: daemons.iter().map(|(c, d)| (*c, d.deletes.all())).collect(),
         operator_log: &operator_log.lines(),
         plugin_boots: plugin_boots
             .iter()

@@ -218,7 +218,8 @@ impl SessionRegistry {
         }
         if queued >= self.limits.max_queued_executions {
             return Err(DaemonError::ResourceExhausted(format!(
-                "{queued} executions are already waiting for a run slot, the daemon's limit"
+                "the daemon's run queue is full (waiting for a run slot: {queued}; limit: {}, --max-queued)",
+                self.limits.max_queued_executions
             )));
         }
         // The seq is given when the execution is published; the QUEUED

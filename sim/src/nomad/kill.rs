@@ -128,7 +128,13 @@ impl InterruptRun {
                     .map(drop),
             };
             match answered {
-                Ok(()) => return,
+                Ok(()) => {
+                    let answered = turmoil::sim_elapsed().unwrap_or_default();
+                    self.seen.task(&self.plan.task_id, |t| {
+                        t.destroy_answered.get_or_insert((now, answered));
+                    });
+                    return;
+                }
                 // Nomad retries a failed kill.
                 Err(status) => self.trace.record(
                     &self.who,
