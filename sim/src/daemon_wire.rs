@@ -270,12 +270,7 @@ where
         Error = std::convert::Infallible,
     >,
 {
-    let (parts, body) = request.into_parts();
-    let (data, trailers) = read_all(body).await;
-    let delete = one_message::<pb::DeleteExecutionRequest>(&data);
-    let mut frames = VecDeque::from([Frame::data(data.freeze())]);
-    frames.extend(trailers.map(Frame::trailers));
-    let request = http::Request::from_parts(parts, tonic::body::Body::new(Replayed(frames)));
+    let (delete, request) = read_request::<pb::DeleteExecutionRequest>(request).await;
     futures::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
     let (parts, body) = inner.call(request).await?.into_parts();
     let (data, trailers) = read_all(body).await;
@@ -380,12 +375,8 @@ where
         Error = std::convert::Infallible,
     >,
 {
-    let (parts, body) = request.into_parts();
-    let (data, trailers) = read_all(body).await;
-    let after_seq = one_message::<pb::WatchSessionRequest>(&data).map_or(0, |r| r.after_seq);
-    let mut frames = VecDeque::from([Frame::data(data.freeze())]);
-    frames.extend(trailers.map(Frame::trailers));
-    let request = http::Request::from_parts(parts, tonic::body::Body::new(Replayed(frames)));
+    let (watch, request) = read_request::<pb::WatchSessionRequest>(request).await;
+    let after_seq = watch.map_or(0, |r| r.after_seq);
     futures::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
     let response = inner.call(request).await?;
     Ok(response.map(|body| {
@@ -397,6 +388,20 @@ where
             done: false,
         })
     }))
+}
+
+/// The message a unary request carries (if it reads as an `M`), and the
+/// same request to pass on.
+async fn read_request<M: prost::Message + Default>(
+    request: http::Request<tonic::body::Body>,
+) -> (Option<M>, http::Request<tonic::body::Body>) {
+    let (parts, body) = request.into_parts();
+    let (data, trailers) = read_all(body).await;
+    let message = one_message::<M>(&data);
+    let mut frames = VecDeque::from([Frame::data(data.freeze())]);
+    frames.extend(trailers.map(Frame::trailers));
+    let request = http::Request::from_parts(parts, tonic::body::Body::new(Replayed(frames)));
+    (message, request)
 }
 
 /// A whole body: its data, and its trailers if any.
