@@ -54,13 +54,7 @@ impl<S: tonic::server::NamedService> tonic::server::NamedService for Served<S> {
 
 impl<S> tower::Service<http::Request<tonic::body::Body>> for Served<S>
 where
-    S: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
+    S: GrpcService + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
@@ -133,6 +127,26 @@ where
         }
         Box::pin(self.inner.call(request))
     }
+}
+
+/// The daemon's gRPC service, as this wrapper takes it and passes requests
+/// on to it.
+pub(crate) trait GrpcService:
+    tower::Service<
+    http::Request<tonic::body::Body>,
+    Response = http::Response<tonic::body::Body>,
+    Error = std::convert::Infallible,
+>
+{
+}
+
+impl<S> GrpcService for S where
+    S: tower::Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<tonic::body::Body>,
+        Error = std::convert::Infallible,
+    >
+{
 }
 
 /// Every request a daemon served (across its boots), counted by method
@@ -264,11 +278,7 @@ async fn noting_delete<S>(
     deletes: Deletes,
 ) -> Result<http::Response<tonic::body::Body>, std::convert::Infallible>
 where
-    S: tower::Service<
-        http::Request<tonic::body::Body>,
-        Response = http::Response<tonic::body::Body>,
-        Error = std::convert::Infallible,
-    >,
+    S: GrpcService,
 {
     let (delete, request) = read_request::<pb::DeleteExecutionRequest>(request).await;
     futures::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
@@ -289,11 +299,9 @@ where
             .entry(delete.execution_id)
             .or_insert(turmoil::sim_elapsed().unwrap_or_default());
     }
-    let mut frames = VecDeque::from([Frame::data(data.freeze())]);
-    frames.extend(trailers.map(Frame::trailers));
     Ok(http::Response::from_parts(
         parts,
-        tonic::body::Body::new(Replayed(frames)),
+        replayed(data.freeze(), trailers),
     ))
 }
 
@@ -326,9 +334,7 @@ async fn noting_existing_start(
                 .insert(execution_id);
         }
     }
-    let mut frames = VecDeque::from([Frame::data(data.freeze())]);
-    frames.extend(trailers.map(Frame::trailers));
-    tonic::body::Body::new(Replayed(frames))
+    replayed(data.freeze(), trailers)
 }
 
 /// The v1 API's `GetCapabilities` (v1alpha1 has its own).
@@ -347,16 +353,14 @@ const V1_WATCH_SESSION: &str = "/elide.daemon.v1.ElideDaemon/WatchSession";
 /// read as one is passed on as it came.
 async fn without_watch_session(body: tonic::body::Body) -> tonic::body::Body {
     let (data, trailers) = read_all(body).await;
-    let mut frames = VecDeque::new();
-    match one_message::<pb::GetCapabilitiesResponse>(&data) {
+    let data = match one_message::<pb::GetCapabilitiesResponse>(&data) {
         Some(mut capabilities) => {
             capabilities.features.retain(|f| f != "WatchSession");
-            frames.push_back(Frame::data(framed(&capabilities)));
+            framed(&capabilities)
         }
-        None => frames.push_back(Frame::data(data.freeze())),
-    }
-    frames.extend(trailers.map(Frame::trailers));
-    tonic::body::Body::new(Replayed(frames))
+        None => data.freeze(),
+    };
+    replayed(data, trailers)
 }
 
 /// `WatchSession` by the contract's letter: only status events with
@@ -369,11 +373,7 @@ async fn after_seq_to_the_letter<S>(
     request: http::Request<tonic::body::Body>,
 ) -> Result<http::Response<tonic::body::Body>, std::convert::Infallible>
 where
-    S: tower::Service<
-        http::Request<tonic::body::Body>,
-        Response = http::Response<tonic::body::Body>,
-        Error = std::convert::Infallible,
-    >,
+    S: GrpcService,
 {
     let (watch, request) = read_request::<pb::WatchSessionRequest>(request).await;
     let after_seq = watch.map_or(0, |r| r.after_seq);
@@ -398,9 +398,7 @@ async fn read_request<M: prost::Message + Default>(
     let (parts, body) = request.into_parts();
     let (data, trailers) = read_all(body).await;
     let message = one_message::<M>(&data);
-    let mut frames = VecDeque::from([Frame::data(data.freeze())]);
-    frames.extend(trailers.map(Frame::trailers));
-    let request = http::Request::from_parts(parts, tonic::body::Body::new(Replayed(frames)));
+    let request = http::Request::from_parts(parts, replayed(data.freeze(), trailers));
     (message, request)
 }
 
@@ -506,6 +504,14 @@ impl http_body::Body for AfterSeqOnly {
             }
         }
     }
+}
+
+/// A body read whole ([`read_all`]) as a body again: `data` as one frame,
+/// then the trailers if any.
+fn replayed(data: Bytes, trailers: Option<http::HeaderMap>) -> tonic::body::Body {
+    let mut frames = VecDeque::from([Frame::data(data)]);
+    frames.extend(trailers.map(Frame::trailers));
+    tonic::body::Body::new(Replayed(frames))
 }
 
 /// A body of frames already at hand.
